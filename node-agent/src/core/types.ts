@@ -1,0 +1,452 @@
+// Data types shared by the protocol core, its adapters and the simulator.
+// Everything here is plain data: serialisable, comparable, free of I/O.
+
+/** A member's stable identity (the operator assigns these; `kubectl` shows them). */
+export type NodeId = number;
+
+/**
+ * Position of a delivered update in a shard's history: the view it was delivered in, and its global
+ * round-robin sequence number inside that view (seq = index * senderCount + senderRank).
+ * Versions order lexicographically: first by viewId, then by seq. seq -1 means "nothing in that view".
+ */
+export interface Version {
+  viewId: number;
+  seq: number;
+}
+
+export const VERSION_NONE: Version = Object.freeze({ viewId: -1, seq: -1 });
+
+export function compareVersions(a: Version, b: Version): number {
+  if (a.viewId !== b.viewId) return a.viewId < b.viewId ? -1 : 1;
+  if (a.seq !== b.seq) return a.seq < b.seq ? -1 : 1;
+  return 0;
+}
+
+export function maxVersion(a: Version, b: Version): Version {
+  return compareVersions(a, b) >= 0 ? a : b;
+}
+
+export type DeliveryMode = 'ordered' | 'raw';
+
+/** Allocation policy of one subgroup type (Derecho's default allocator semantics). */
+export interface SubgroupPolicy {
+  /** Unique name, e.g. "kv". */
+  name: string;
+  /** Number of shards of this subgroup. */
+  shards: number;
+  /** A shard with fewer members makes the view inadequate. */
+  minNodesPerShard: number;
+  /** Extra nodes beyond this stay unassigned for this subgroup. */
+  maxNodesPerShard: number;
+  deliveryMode: DeliveryMode;
+  /** Ordered updates are written to a versioned log (ignored for raw mode, which is never persisted). */
+  persistent: boolean;
+  /**
+   * Optional: per shard, node ids reserved for it. A reserved node, when present in the view, is placed
+   * in that shard even if it already serves another subgroup (this is how subgroups overlap).
+   */
+  reservedNodeIds?: NodeId[][];
+  /** Optional: only these nodes may send in this subgroup's shards (default: every member sends). */
+  senderNodeIds?: NodeId[];
+}
+
+/** The whole group's policy: its subgroups in a fixed order (flat shard ids follow this order). */
+export interface GroupPolicy {
+  subgroups: SubgroupPolicy[];
+}
+
+/** One shard in a layout. `shardId` is the flat index over all subgroups' shards in policy order. */
+export interface ShardLayout {
+  shardId: number;
+  subgroup: string;
+  /** Index of the shard inside its subgroup. */
+  shardIndex: number;
+  /** Members in rank order (the shard's leader is its lowest-ranked non-failed member). */
+  members: NodeId[];
+  /** Members that send; a subset of `members`, in `members` order. Round-robin runs over these. */
+  senders: NodeId[];
+  deliveryMode: DeliveryMode;
+  persistent: boolean;
+}
+
+export interface Layout {
+  shards: ShardLayout[];
+}
+
+export type AllocationResult =
+  | { adequate: true; layout: Layout }
+  | { adequate: false; reason: string };
+
+/** An installed view. Members are in rank order; rank = index in `members`. */
+export interface View {
+  viewId: number;
+  members: NodeId[];
+  layout: Layout;
+}
+
+/**
+ * The single value agreed for the transition view v -> v+1 (decided by Paxos inside the state table):
+ * the next view and, per shard of v, the ragged trim (how many messages from each sender every
+ * surviving member delivers in v before installing v+1).
+ */
+export interface ViewChangeValue {
+  fromViewId: number;
+  next: View;
+  /** trims[shardId][senderRank] = number of messages from that sender delivered in the ending view. */
+  trims: number[][];
+  /** Nodes that joined in this change (they need state transfer). */
+  joined: NodeId[];
+  /** Nodes removed (failed, left, or suspected). */
+  removed: NodeId[];
+}
+
+/** A persisted update as it sits in a shard's log. */
+export interface LogRecord {
+  shardId: number;
+  version: Version;
+  sender: NodeId;
+  payload: Uint8Array;
+}
+
+/** A message between cores. The transport carries it; `from` is set by the sender's core. */
+export type Message =
+  | RowMessage
+  | DataMessage
+  | JoinRequestMessage
+  | JoinRedirectMessage
+  | WelcomeMessage
+  | ViewDecidedMessage
+  | RestartReportMessage
+  | RestartActiveMessage
+  | RestartPrepareMessage
+  | RestartPromiseMessage
+  | RestartAcceptMessage
+  | RestartAcceptedMessage
+  | RestartCommitMessage
+  | StateRequestMessage;
+
+/** A push of the sender's own row of the shared state table for `viewId`. */
+export interface RowMessage {
+  kind: 'row';
+  from: NodeId;
+  viewId: number;
+  row: Row;
+}
+
+/** A multicast message in a shard: ordered or raw. `payload === null` marks a null message. */
+export interface DataMessage {
+  kind: 'data';
+  from: NodeId;
+  viewId: number;
+  shardId: number;
+  /** The sender's index in the shard's sender list. */
+  senderRank: number;
+  /** Per-sender index, 0, 1, 2, ... (null messages included). */
+  index: number;
+  payload: Uint8Array | null;
+}
+
+export interface JoinRequestMessage {
+  kind: 'joinRequest';
+  from: NodeId;
+  /** Distinguishes process lifetimes of the same node id. */
+  incarnation: number;
+}
+
+export interface JoinRedirectMessage {
+  kind: 'joinRedirect';
+  from: NodeId;
+  leader: NodeId;
+}
+
+/** Sent to a joining node: the view it is now a member of. */
+export interface WelcomeMessage {
+  kind: 'welcome';
+  from: NodeId;
+  view: View;
+  /** Incarnation of the join request that was admitted. */
+  incarnation: number;
+}
+
+/** Tells a lagging node the decided transition out of a view it is still in. */
+export interface ViewDecidedMessage {
+  kind: 'viewDecided';
+  from: NodeId;
+  value: ViewChangeValue;
+}
+
+/** What a restarting node brings (see restart.ts). */
+export interface RestartReport {
+  nodeId: NodeId;
+  /** Last view this node installed and saved. */
+  lastView: View;
+  /** Highest view id this node knows was proposed or accepted (never reuse it). */
+  highestViewIdSeen: number;
+  /** Ragged trims it saved, by the view they ended. */
+  trims: SavedTrim[];
+  /** Per shard it holds a log for: the newest version in its log. */
+  logTails: { shardId: number; version: Version }[];
+}
+
+export interface SavedTrim {
+  viewId: number;
+  trims: number[][];
+  /** Per shard, the last version delivered in that view under the trim (VERSION_NONE if none). */
+  lastVersions: Version[];
+}
+
+export interface RestartReportMessage {
+  kind: 'restartReport';
+  from: NodeId;
+  report: RestartReport;
+}
+
+/** Reply of an active member to a restarting node: a group is running, join it. */
+export interface RestartActiveMessage {
+  kind: 'restartActive';
+  from: NodeId;
+  viewId: number;
+  leader: NodeId;
+}
+
+/** Ballot of the restart consensus: compared by round, then by node id. */
+export interface Ballot {
+  round: number;
+  nodeId: NodeId;
+}
+
+export interface RestartPrepareMessage {
+  kind: 'restartPrepare';
+  from: NodeId;
+  ballot: Ballot;
+}
+
+export interface RestartPromiseMessage {
+  kind: 'restartPromise';
+  from: NodeId;
+  ballot: Ballot;
+  accepted: { ballot: Ballot; plan: RestartDecision } | null;
+  report: RestartReport;
+}
+
+export interface RestartAcceptMessage {
+  kind: 'restartAccept';
+  from: NodeId;
+  ballot: Ballot;
+  plan: RestartDecision;
+}
+
+export interface RestartAcceptedMessage {
+  kind: 'restartAccepted';
+  from: NodeId;
+  ballot: Ballot;
+}
+
+export interface RestartCommitMessage {
+  kind: 'restartCommit';
+  from: NodeId;
+  plan: RestartDecision;
+}
+
+/** A member asks `to` for a shard's state (object state and log suffix) after `have`. */
+export interface StateRequestMessage {
+  kind: 'stateRequest';
+  from: NodeId;
+  shardId: number;
+  viewId: number;
+}
+
+/** The decided restart: the view to install and, per shard, where logs end and who serves them. */
+export interface RestartDecision {
+  view: View;
+  /** Per shard: the node with the longest valid log, and the version every log is cut to. */
+  shards: { shardId: number; source: NodeId | null; truncateTo: Version }[];
+  /** Ragged trims known to the planner, so every node can record them. */
+  trims: SavedTrim[];
+}
+
+/** One member's row of the shared state table (SST) for one view. See state-table.ts. */
+export interface Row {
+  /** Counts pushes of this row; a receiver keeps the row with the highest count. Only goes up. */
+  pushCount: number;
+  /** Incremented every heartbeat period. Only goes up. */
+  heartbeat: number;
+  /** suspected[rank]: this member suspects that member has failed. false -> true only. */
+  suspected: boolean[];
+  /** This member asked to leave the group. false -> true only. */
+  leaving: boolean;
+  /** This member stopped sending and receiving multicasts in this view. false -> true only. */
+  wedged: boolean;
+  /** received[shardId][senderRank] = contiguous messages received from that sender. Only go up. */
+  received: number[][];
+  /** delivered[shardId] = number of global sequence numbers delivered in this view. Only goes up. */
+  delivered: number[];
+  /** persisted[shardId] = number of global sequence numbers durably logged in this view. Only goes up. */
+  persisted: number[];
+  /** stateReady[shardId]: this member holds the shard's state (false while a state transfer is due). */
+  stateReady: boolean[];
+  /** Highest ballot (leader rank) this member promised to follow in the view change. Only goes up. */
+  promisedBallot: number;
+  /** Ballot under which `accepted` was accepted; -1 if none. Only goes up. */
+  acceptedBallot: number;
+  /** The view-change value this member accepted (the leader's proposal, echoed). */
+  accepted: ViewChangeValue | null;
+  /** This member knows `accepted` is decided (chosen by a majority). false -> true only. */
+  committed: boolean;
+  /** Joining nodes this member (as leader) has queued; informational, bounded. */
+  pendingJoins: NodeId[];
+}
+
+/** Configuration of the core; all durations are in ticks. */
+export interface ReplicaConfig {
+  nodeId: NodeId;
+  policy: GroupPolicy;
+  /** Push the own row at least every this many ticks. */
+  heartbeatTicks: number;
+  /** Suspect a member not heard from in this many ticks. */
+  suspectTicks: number;
+  /** Resend unacknowledged multicasts to a lagging receiver at most every this many ticks. */
+  retransmitTicks: number;
+  /** Per sender and shard: messages in flight (sent but not received by every member). */
+  windowSize: number;
+  /** Bound of the queue of application sends waiting for a window slot, per shard. */
+  pendingSendsMax: number;
+  /** Bound of the leader's queue of join requests. */
+  pendingJoinsMax: number;
+  /** Joins admitted in one view change. */
+  joinsPerViewMax: number;
+  /** Give up (exit, so the supervisor restarts us) after this many ticks wedged without a new view. */
+  wedgedExitTicks: number;
+  /** Restart: after the quorum holds, wait this many ticks for the remaining members. */
+  restartGraceTicks: number;
+  /** Joiner / restarting node: re-send its request every this many ticks. */
+  retryTicks: number;
+  /** Bound on ordered deliveries held for a shard while its state transfer is pending. */
+  heldDeliveriesMax: number;
+  /** Payload bound (bytes) of one multicast message. */
+  payloadBytesMax: number;
+  /**
+   * For tests only: deliberately break a protocol rule, to prove the simulator's checkers catch it.
+   * Never set outside tests.
+   */
+  brokenRule?: BrokenRule;
+}
+
+export type BrokenRule = 'deliverOrderedOnReceipt' | 'installWithoutMajority' | 'skipRaggedTrim';
+
+export const DEFAULT_TIMING = Object.freeze({
+  heartbeatTicks: 2,
+  suspectTicks: 20,
+  retransmitTicks: 8,
+  windowSize: 16,
+  pendingSendsMax: 1024,
+  pendingJoinsMax: 64,
+  joinsPerViewMax: 8,
+  wedgedExitTicks: 400,
+  restartGraceTicks: 30,
+  retryTicks: 10,
+  heldDeliveriesMax: 100_000,
+  payloadBytesMax: 1 << 20,
+});
+
+/** Where a Replica begins its life. */
+export type StartState =
+  | { kind: 'bootstrap'; members: NodeId[] } // first view of a brand-new group (same list on every founder)
+  | { kind: 'join'; contacts: NodeId[] } // join a running group through any member
+  | { kind: 'restart'; saved: SavedState; contacts: NodeId[] }; // come back with stored state
+
+/** What a node finds in its storage when it starts again (written through Ready.persist). */
+export interface SavedState {
+  lastView: View;
+  trims: SavedTrim[];
+  /** Highest view id seen in proposals / accepted values / restart plans. */
+  highestViewIdSeen: number;
+  logTails: { shardId: number; version: Version }[];
+  /** Restart consensus state (Paxos acceptor), if any. */
+  restartPromised: Ballot | null;
+  restartAccepted: { ballot: Ballot; plan: RestartDecision } | null;
+}
+
+/** Something the driver must make durable before sending the Ready's messages. */
+export type PersistRecord =
+  | { kind: 'log'; record: LogRecord }
+  | { kind: 'view'; view: View }
+  | { kind: 'trim'; trim: SavedTrim }
+  | { kind: 'viewIdSeen'; viewId: number }
+  | { kind: 'truncate'; shardId: number; after: Version }
+  | { kind: 'restartPromise'; ballot: Ballot }
+  | { kind: 'restartAccept'; ballot: Ballot; plan: RestartDecision };
+
+export interface Envelope {
+  to: NodeId;
+  message: Message;
+}
+
+export interface Delivery {
+  shardId: number;
+  version: Version;
+  sender: NodeId;
+  payload: Uint8Array;
+  mode: DeliveryMode;
+}
+
+/** A state transfer the driver must serve: send `to` the shard's state up to and including `through`. */
+export interface TransferOrder {
+  to: NodeId;
+  shardId: number;
+  through: Version;
+}
+
+/** Human-readable reason the node is waiting (minority partition, inadequate view, restart quorum...). */
+export interface Waiting {
+  kind: 'minority' | 'inadequate' | 'restartQuorum' | 'joining' | 'stateTransfer' | 'none';
+  message: string;
+}
+
+/**
+ * Output of the core, to be processed by the driver in this order:
+ *  1. `persist`: make every record durable (logs, views, trims, consensus state).
+ *  2. `deliver`: hand deliveries to the application, in order (ordered ones are stable).
+ *  3. `transfers`: serve state transfers (from state as of the deliveries just applied).
+ *  4. `send`: put messages on the wire (only now: persisted state may be acknowledged).
+ *  5. call `advance()`.
+ * A Ready never mixes deliveries from before and after `installView`.
+ */
+export interface Ready {
+  persist: PersistRecord[];
+  deliver: Delivery[];
+  transfers: TransferOrder[];
+  send: Envelope[];
+  /** A view this node installed during the steps this Ready covers (after the deliveries above). */
+  installView: View | null;
+  /** Per shard, the newest version persisted by every member (moved forward since the last Ready). */
+  persistenceFrontiers: { shardId: number; version: Version }[];
+  /** The node must stop: removed from the group, or wedged too long. The driver exits / restarts it. */
+  exit: { reason: string } | null;
+}
+
+/** A snapshot of what the node is doing, for /status, the simulator's trace and tests. */
+export interface ReplicaStatus {
+  nodeId: NodeId;
+  mode: 'joining' | 'restarting' | 'active' | 'exited';
+  viewId: number;
+  members: NodeId[];
+  leader: NodeId | null;
+  wedged: boolean;
+  waiting: Waiting;
+  /** Shards this node is a member of, with its frontiers. */
+  shards: {
+    shardId: number;
+    subgroup: string;
+    shardIndex: number;
+    members: NodeId[];
+    delivered: Version;
+    persistenceFrontier: Version;
+    stateReady: boolean;
+  }[];
+}
+
+/** Result of Replica.send. */
+export type SendResult =
+  | { ok: true }
+  | { ok: false; reason: 'notMember' | 'notSender' | 'backpressure' | 'wedged' | 'tooLarge' | 'inactive' };
