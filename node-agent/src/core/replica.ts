@@ -1,22 +1,1287 @@
-// PLACEHOLDER: being written; see the interface below.
-import type { Message, ReplicaConfig, StartState, Ready, ReplicaStatus, SendResult, Version } from './types.ts';
-import type { Prng } from './prng.ts';
+// The Derecho protocol core for one member: deterministic and I/O-free, in the style of etcd's raft.
+//
+//   step(message) / tick() / send() / leave() / stateTransferred()  -> mutate state
+//   hasReady() / ready()                                             -> what to persist, deliver, transfer, send
+//   advance()                                                        -> the driver processed the last Ready
+//
+// State is a shared state table (state-table.ts): one row per member, counters that only go up, each
+// member writing only its own row and pushing it to the others. Every decision is a predicate over the
+// table: stability (min of a received column), the persistence frontier (min of the persisted column),
+// the view change (Paxos run inside the table: promise = promisedBallot, accept = acceptedBallot +
+// accepted value, decision = committed), the ragged trim (part of the decided value).
+// docs/protocol.md explains the protocol as implemented, with its invariants.
+
+import { allocate } from './allocation.ts';
+import { Prng } from './prng.ts';
+import { planRestart, truncationFor } from './restart.ts';
+import { contiguousSeqCount, globalSeq, persistenceFrontier, seqOwner, stableSeqCount } from './stability.ts';
+import { cloneRow, emptyRow, RowMonitor } from './state-table.ts';
+import type {
+  Ballot,
+  DataMessage,
+  Delivery,
+  Envelope,
+  LogRecord,
+  Message,
+  NodeId,
+  PersistRecord,
+  Ready,
+  ReplicaConfig,
+  ReplicaStatus,
+  RestartDecision,
+  RestartReport,
+  Row,
+  SavedState,
+  SavedTrim,
+  SendResult,
+  ShardLayout,
+  StartState,
+  StateTransferPlan,
+  TransferOrder,
+  Version,
+  View,
+  ViewChangeValue,
+  Waiting,
+  WelcomeMessage,
+} from './types.ts';
+import { VERSION_NONE, compareVersions } from './types.ts';
+
+/** Per-shard state of a shard this node is a member of, for the current view. */
+interface ShardState {
+  layout: ShardLayout;
+  /** My index in layout.senders, or -1. */
+  mySenderRank: number;
+  /** View ranks of the shard's members. */
+  memberRanks: number[];
+  /** Next index I send (null messages included). Only goes up within a view. */
+  sent: number;
+  /** My sent messages not yet received by every member: index outboxBase + i. */
+  outbox: (Uint8Array | null)[];
+  outboxBase: number;
+  /** Application sends waiting for a window slot. Bounded by pendingSendsMax. */
+  pending: Uint8Array[];
+  /** Per sender: received, not yet delivered payloads; inbox[r][i] has index inboxBase[r] + i. */
+  inbox: (Uint8Array | null)[][];
+  inboxBase: number[];
+  /** Global sequence numbers delivered in this view (ordered mode). Only goes up. */
+  deliveredSeq: number;
+  /** Sequence numbers whose log records were handed out in a Ready (persistent shards). */
+  loggedSeq: number;
+  /** Sequence numbers known durable (advance() after the Ready that logged them). Only goes up. */
+  persistedSeq: number;
+  /** loggedSeq as of the last ready(); becomes persistedSeq on advance(). */
+  loggedSeqAtReady: number;
+  /** Highest persistence frontier reported so far (count in this view). */
+  frontierReported: number;
+  /** Last version delivered (any view), for status. */
+  lastDelivered: Version;
+  /** This node holds the shard's state; false while waiting for a state transfer. */
+  stateReady: boolean;
+  /** Who serves our state transfer (when !stateReady). */
+  transferFrom: NodeId | null;
+  transferRequestedTick: number;
+  /** Deliveries (and their log records) withheld while !stateReady. Bounded by heldDeliveriesMax. */
+  held: Delivery[];
+}
+
+interface RestartState {
+  saved: SavedState;
+  /** Latest report from each restarting node (mine included), with the tick it arrived. */
+  reports: Map<NodeId, { report: RestartReport; tick: number }>;
+  quorumSinceTick: number | null;
+  /** Paxos acceptor state (persisted through Ready). */
+  promised: Ballot | null;
+  accepted: { ballot: Ballot; plan: RestartDecision } | null;
+  /** Proposer state when this node leads the restart. */
+  proposing: {
+    ballot: Ballot;
+    startedTick: number;
+    promises: Map<NodeId, { accepted: { ballot: Ballot; plan: RestartDecision } | null }>;
+    plan: RestartDecision | null;
+    acceptedBy: Set<NodeId>;
+  } | null;
+  highestRoundSeen: number;
+  waiting: Waiting;
+}
+
+const HISTORY_MAX = 8;
+
+export function compareBallots(a: Ballot | null, b: Ballot | null): number {
+  if (a === null) return b === null ? 0 : -1;
+  if (b === null) return 1;
+  if (a.round !== b.round) return a.round < b.round ? -1 : 1;
+  if (a.nodeId !== b.nodeId) return a.nodeId < b.nodeId ? -1 : 1;
+  return 0;
+}
 
 export class Replica {
-  constructor(_config: ReplicaConfig, _start: StartState, _prng: Prng) {}
-  /** Feed one message received from the transport. Malformed/stale messages are ignored. */
-  step(_message: Message): void {}
-  /** Advance logical time by one tick. */
-  tick(): void {}
-  /** Queue an application multicast in a shard this node sends in. */
-  send(_shardId: number, _payload: Uint8Array): SendResult { return { ok: false, reason: 'inactive' }; }
-  /** Ask to leave the group gracefully. */
-  leave(): void {}
-  /** The driver installed a transferred state for the shard, up to and including `through`. */
-  stateTransferred(_shardId: number, _through: Version): void {}
-  hasReady(): boolean { return false; }
-  ready(): Ready { throw new Error('todo'); }
-  advance(): void {}
-  status(): ReplicaStatus { throw new Error('todo'); }
-  assertInvariants(): void {}
+  private readonly config: ReplicaConfig;
+  private readonly me: NodeId;
+  private readonly prng: Prng;
+  private mode: ReplicaStatus['mode'];
+  /** Logical time. Only goes up. */
+  private tickCount = 0;
+
+  // ---- current view ----
+  private view: View | null = null;
+  private myRank = -1;
+  private rows: Row[] = [];
+  private lastHeardTick: number[] = [];
+  private shards = new Map<number, ShardState>();
+  private rowDirty = false;
+  private lastPushTick = 0;
+  private wedgedSinceTick = 0;
+  private lastRetransmitTick = new Map<string, number>();
+  private readonly rowMonitor = new RowMonitor();
+  /** The Ready containing the last install has not been advanced yet: hold new-view deliveries. */
+  private installPendingAdvance = false;
+  /** Decided transitions out of recent views, to bring laggards up to date. */
+  private decided: ViewChangeValue[] = [];
+  private lastDecidedReply = new Map<NodeId, number>();
+  private leaving = false;
+  private waiting: Waiting = { kind: 'none', message: '' };
+  /** Leader's queue of join requests (bounded by pendingJoinsMax). */
+  private pendingJoins: { nodeId: NodeId; incarnation: number }[] = [];
+  /** Welcomes this node sent for the current view, to resend on a repeated request. */
+  private welcomes = new Map<NodeId, WelcomeMessage>();
+  /** If the current view came from a restart, the decision (to resend to members that missed it). */
+  private restartCommitOfView: RestartDecision | null = null;
+
+  // ---- joining ----
+  private readonly incarnation: number;
+  private contacts: NodeId[] = [];
+  private contactCursor = 0;
+  private preferredContact: NodeId | null = null;
+  private lastRetryTick = -1_000_000;
+
+  // ---- restarting ----
+  private restart: RestartState | null = null;
+
+  // ---- output (the next Ready) ----
+  private out: Ready = emptyReady();
+
+  constructor(config: ReplicaConfig, start: StartState, prng: Prng) {
+    this.config = config;
+    this.me = config.nodeId;
+    this.prng = prng;
+    this.incarnation = prng.int(1, 2 ** 30);
+    switch (start.kind) {
+      case 'bootstrap': {
+        const members = [...start.members];
+        if (!members.includes(this.me)) throw new Error(`bootstrap: node ${this.me} is not in the founding members [${members.join(', ')}]`);
+        if (new Set(members).size !== members.length) throw new Error(`bootstrap: duplicate member ids in [${members.join(', ')}]`);
+        const alloc = allocate(config.policy, null, members);
+        if (!alloc.adequate) throw new Error(`bootstrap: the founding members cannot host the policy: ${alloc.reason}`);
+        this.mode = 'active';
+        const view: View = { viewId: 0, members, layout: alloc.layout };
+        this.out.persist.push({ kind: 'view', view });
+        this.installFresh(view, [], true);
+        break;
+      }
+      case 'join':
+        this.mode = 'joining';
+        this.contacts = start.contacts.filter((c) => c !== this.me);
+        this.waiting = { kind: 'joining', message: 'joining: waiting for the leader to admit this node' };
+        break;
+      case 'restart':
+        this.mode = 'restarting';
+        this.contacts = uniq([...start.contacts, ...start.saved.lastView.members]).filter((c) => c !== this.me);
+        this.restart = {
+          saved: start.saved,
+          reports: new Map(),
+          quorumSinceTick: null,
+          promised: start.saved.restartPromised,
+          accepted: start.saved.restartAccepted,
+          proposing: null,
+          highestRoundSeen: start.saved.restartPromised?.round ?? 0,
+          waiting: { kind: 'restartQuorum', message: 'restarting: collecting restart reports' },
+        };
+        this.restart.reports.set(this.me, { report: this.myRestartReport(), tick: 0 });
+        break;
+    }
+  }
+
+  // ======================================================================================
+  // Public API
+  // ======================================================================================
+
+  step(message: Message): void {
+    if (this.mode === 'exited') return;
+    switch (message.kind) {
+      case 'row':
+      case 'data':
+        if (this.mode === 'active') this.onViewMessage(message);
+        else if (this.mode === 'restarting' && this.restart) this.onRestartViewTraffic(message.from, message.viewId);
+        break;
+      case 'joinRequest':
+        this.onJoinRequest(message.from, message.incarnation);
+        break;
+      case 'joinRedirect':
+        if (this.mode === 'joining') {
+          this.preferredContact = message.leader;
+          this.sendJoinRequest(message.leader);
+        }
+        break;
+      case 'welcome':
+        this.onWelcome(message);
+        break;
+      case 'viewDecided':
+        this.onViewDecided(message.value);
+        break;
+      case 'restartReport':
+        this.onRestartReport(message.from, message.report);
+        break;
+      case 'restartActive':
+        if (this.mode === 'restarting') this.becomeJoiner(message.leader);
+        break;
+      case 'restartPrepare':
+        this.onRestartPrepare(message.from, message.ballot);
+        break;
+      case 'restartPromise':
+        this.onRestartPromise(message.from, message.ballot, message.accepted, message.report);
+        break;
+      case 'restartAccept':
+        this.onRestartAccept(message.from, message.ballot, message.plan);
+        break;
+      case 'restartAccepted':
+        this.onRestartAccepted(message.from, message.ballot);
+        break;
+      case 'restartCommit':
+        this.onRestartCommit(message.plan);
+        break;
+      case 'stateRequest':
+        this.onStateRequest(message.from, message.shardId, message.viewId);
+        break;
+      default:
+        break;
+    }
+    this.progress();
+  }
+
+  tick(): void {
+    if (this.mode === 'exited') return;
+    this.tickCount++;
+    if (this.mode === 'active') this.tickActive();
+    else if (this.mode === 'joining') this.tickJoining();
+    else if (this.mode === 'restarting') this.tickRestarting();
+    this.progress();
+    this.pushRowIfDue();
+  }
+
+  send(shardId: number, payload: Uint8Array): SendResult {
+    if (this.mode !== 'active' || !this.view) return { ok: false, reason: 'inactive' };
+    const shard = this.shards.get(shardId);
+    if (!shard) return { ok: false, reason: 'notMember' };
+    if (shard.mySenderRank < 0) return { ok: false, reason: 'notSender' };
+    if (payload.byteLength > this.config.payloadBytesMax) return { ok: false, reason: 'tooLarge' };
+    if (shard.pending.length >= this.config.pendingSendsMax) return { ok: false, reason: 'backpressure' };
+    if (this.myRow().wedged) return { ok: false, reason: 'wedged' };
+    shard.pending.push(payload);
+    this.trySend(shard);
+    this.progress();
+    return { ok: true };
+  }
+
+  leave(): void {
+    if (this.mode !== 'active') {
+      this.exit('left the group before joining it');
+      return;
+    }
+    this.leaving = true;
+    this.myRow().leaving = true;
+    this.rowDirty = true;
+    this.progress();
+  }
+
+  stateTransferred(shardId: number, through: Version): void {
+    const shard = this.shards.get(shardId);
+    if (!shard || shard.stateReady) return;
+    shard.stateReady = true;
+    shard.transferFrom = null;
+    if (compareVersions(through, shard.lastDelivered) > 0) shard.lastDelivered = through;
+    for (const d of shard.held) {
+      if (compareVersions(d.version, through) <= 0) continue;
+      this.emitDelivery(shard, d);
+    }
+    shard.held = [];
+    if (shard.layout.persistent && shard.layout.deliveryMode === 'ordered') shard.loggedSeq = shard.deliveredSeq;
+    if (this.myRank >= 0) {
+      this.myRow().stateReady[shardId] = true;
+      this.rowDirty = true;
+    }
+    this.progress();
+  }
+
+  /** Push the own row now if it changed (a driver may call this after a batch of steps). */
+  pushRowIfDirty(): void {
+    if (this.mode === 'active' && this.rowDirty) this.pushRow();
+  }
+
+  hasReady(): boolean {
+    const o = this.out;
+    return o.persist.length > 0 || o.deliver.length > 0 || o.transfers.length > 0 || o.send.length > 0 ||
+      o.installView !== null || o.persistenceFrontiers.length > 0 || o.exit !== null;
+  }
+
+  ready(): Ready {
+    const r = this.out;
+    this.out = emptyReady();
+    for (const shard of this.shards.values()) shard.loggedSeqAtReady = shard.loggedSeq;
+    return r;
+  }
+
+  advance(): void {
+    this.installPendingAdvance = false;
+    if (this.mode !== 'active' || this.myRank < 0) return;
+    const row = this.myRow();
+    for (const [shardId, shard] of this.shards) {
+      if (shard.loggedSeqAtReady > shard.persistedSeq) {
+        shard.persistedSeq = shard.loggedSeqAtReady;
+        row.persisted[shardId] = shard.persistedSeq;
+        this.rowDirty = true;
+      }
+    }
+  }
+
+  status(): ReplicaStatus {
+    const view = this.view;
+    const shards = [...this.shards.values()].map((s) => ({
+      shardId: s.layout.shardId,
+      subgroup: s.layout.subgroup,
+      shardIndex: s.layout.shardIndex,
+      members: [...s.layout.members],
+      delivered: s.lastDelivered,
+      persistenceFrontier: view && s.frontierReported > 0 ? { viewId: view.viewId, seq: s.frontierReported - 1 } : VERSION_NONE,
+      stateReady: s.stateReady,
+    }));
+    const waiting = this.mode === 'restarting' && this.restart ? this.restart.waiting : this.waiting;
+    return {
+      nodeId: this.me,
+      mode: this.mode,
+      viewId: view?.viewId ?? -1,
+      members: view ? [...view.members] : [],
+      leader: this.mode === 'active' ? this.leaderNode() : null,
+      wedged: this.mode === 'active' ? this.myRow().wedged : false,
+      waiting: { ...waiting },
+      shards,
+    };
+  }
+
+  /** The current view (null while joining or restarting). */
+  currentView(): View | null {
+    return this.view;
+  }
+
+  assertInvariants(): void {
+    if (this.mode === 'active') {
+      if (!this.view || this.myRank < 0 || this.view.members[this.myRank] !== this.me) throw new Error('invariant: an active replica has a view that contains it');
+      const row = this.myRow();
+      this.rowMonitor.check(this.view.viewId, row);
+      if (row.committed && !row.accepted) throw new Error('invariant: committed implies an accepted value');
+      if (row.acceptedBallot > row.promisedBallot && row.acceptedBallot !== this.myRank) throw new Error('invariant: a member accepts only under a ballot it promised');
+      for (const [shardId, s] of this.shards) {
+        if (!(s.persistedSeq <= s.loggedSeq && s.loggedSeq <= s.deliveredSeq)) {
+          throw new Error(`invariant: shard ${shardId}: persisted ${s.persistedSeq} <= logged ${s.loggedSeq} <= delivered ${s.deliveredSeq}`);
+        }
+        if (s.layout.deliveryMode === 'ordered' && this.config.brokenRule !== 'deliverOrderedOnReceipt') {
+          const mine = contiguousSeqCount(row.received[shardId]!);
+          if (s.deliveredSeq > mine) throw new Error(`invariant: shard ${shardId}: delivered ${s.deliveredSeq} beyond what this member received (${mine})`);
+        }
+        if (s.outboxBase + s.outbox.length !== s.sent) throw new Error(`invariant: shard ${shardId}: outbox covers [${s.outboxBase}, ${s.sent})`);
+        if (s.pending.length > this.config.pendingSendsMax) throw new Error(`invariant: shard ${shardId}: pending sends over their bound`);
+        if (s.held.length > this.config.heldDeliveriesMax) throw new Error(`invariant: shard ${shardId}: held deliveries over their bound`);
+        if (s.mySenderRank >= 0 && s.sent - this.minReceivedOf(s, s.mySenderRank) > this.config.windowSize) {
+          throw new Error(`invariant: shard ${shardId}: more than windowSize=${this.config.windowSize} messages in flight`);
+        }
+        if (row.stateReady[shardId] !== s.stateReady) throw new Error(`invariant: shard ${shardId}: row.stateReady mirrors the shard state`);
+      }
+    }
+    if (this.pendingJoins.length > this.config.pendingJoinsMax) throw new Error('invariant: pending joins over their bound');
+  }
+
+  // ======================================================================================
+  // Active member: the state table
+  // ======================================================================================
+
+  private myRow(): Row {
+    return this.rows[this.myRank]!;
+  }
+
+  private tickActive(): void {
+    const view = this.view!;
+    const row = this.myRow();
+    if (this.tickCount % this.config.heartbeatTicks === 0) {
+      row.heartbeat++;
+      this.rowDirty = true;
+    }
+    for (let r = 0; r < view.members.length; r++) {
+      if (r === this.myRank || row.suspected[r]) continue;
+      if (this.tickCount - this.lastHeardTick[r]! > this.config.suspectTicks) this.suspect(r);
+    }
+    if (row.wedged && this.tickCount - this.wedgedSinceTick > this.config.wedgedExitTicks) {
+      this.exit(`wedged for ${this.config.wedgedExitTicks} ticks in view ${view.viewId} without a new view (${this.waiting.message || 'no progress'})`);
+      return;
+    }
+    if (!row.wedged) {
+      for (const shard of this.shards.values()) {
+        this.retransmit(shard);
+        this.sendNullsIfBehind(shard);
+      }
+    }
+    for (const shard of this.shards.values()) {
+      if (!shard.stateReady && shard.transferFrom !== null && this.tickCount - shard.transferRequestedTick > this.config.retryTicks * 3) {
+        shard.transferRequestedTick = this.tickCount;
+        this.emit(shard.transferFrom, { kind: 'stateRequest', from: this.me, shardId: shard.layout.shardId, viewId: view.viewId });
+      }
+    }
+  }
+
+  private pushRowIfDue(): void {
+    if (this.mode !== 'active') return;
+    if (this.rowDirty || this.tickCount - this.lastPushTick >= this.config.heartbeatTicks) this.pushRow();
+  }
+
+  private pushRow(): void {
+    const view = this.view!;
+    const row = this.myRow();
+    row.pushCount++;
+    this.rowDirty = false;
+    this.lastPushTick = this.tickCount;
+    for (let r = 0; r < view.members.length; r++) {
+      if (r === this.myRank) continue;
+      this.emit(view.members[r]!, { kind: 'row', from: this.me, viewId: view.viewId, row: cloneRow(row) });
+    }
+  }
+
+  private onViewMessage(message: Message & { kind: 'row' | 'data' }): void {
+    const view = this.view!;
+    if (message.viewId !== view.viewId) {
+      this.onOtherViewTraffic(message.from, message.viewId);
+      return;
+    }
+    const rank = view.members.indexOf(message.from);
+    if (rank < 0 || rank === this.myRank) return;
+    this.lastHeardTick[rank] = this.tickCount;
+    if (message.kind === 'row') {
+      if (!validRowShape(message.row, view)) return;
+      if (message.row.pushCount > this.rows[rank]!.pushCount) this.rows[rank] = message.row;
+      return;
+    }
+    this.onData(message);
+  }
+
+  private onData(m: DataMessage): void {
+    const shard = this.shards.get(m.shardId);
+    if (!shard) return;
+    const row = this.myRow();
+    if (row.wedged) return; // the received column is frozen once wedged
+    if (shard.layout.senders[m.senderRank] !== m.from) return;
+    if (m.payload !== null && m.payload.byteLength > this.config.payloadBytesMax) return;
+    const received = row.received[m.shardId]!;
+    const expected = received[m.senderRank]!;
+    if (m.index !== expected) return; // duplicate, or a gap the sender's retransmission will fill
+    this.acceptData(shard, m.senderRank, m.payload);
+  }
+
+  /** Count a message as received (own messages included) and deliver whatever became deliverable. */
+  private acceptData(shard: ShardState, senderRank: number, payload: Uint8Array | null): void {
+    const shardId = shard.layout.shardId;
+    const row = this.myRow();
+    const received = row.received[shardId]!;
+    const index = received[senderRank]!;
+    received[senderRank] = index + 1;
+    this.rowDirty = true;
+    const raw = shard.layout.deliveryMode === 'raw' || this.config.brokenRule === 'deliverOrderedOnReceipt';
+    if (raw) {
+      if (payload !== null) {
+        const seq = globalSeq(index, senderRank, shard.layout.senders.length);
+        this.deliverOne(shard, { viewId: this.view!.viewId, seq }, shard.layout.senders[senderRank]!, payload, shard.layout.deliveryMode === 'raw');
+      }
+      if (shard.layout.deliveryMode === 'raw') return;
+    }
+    shard.inbox[senderRank]!.push(payload);
+  }
+
+  private deliverStable(shard: ShardState): void {
+    if (this.installPendingAdvance) return;
+    if (shard.layout.deliveryMode !== 'ordered') return;
+    const shardId = shard.layout.shardId;
+    const stable = stableSeqCount(shard.memberRanks.map((r) => this.rows[r]!.received[shardId]!));
+    this.deliverOrderedUpTo(shard, stable);
+  }
+
+  /** Deliver ordered messages in round-robin order until `seqCount` (or the first one not received). */
+  private deliverOrderedUpTo(shard: ShardState, seqCount: number): void {
+    const n = shard.layout.senders.length;
+    const viewId = this.view!.viewId;
+    while (shard.deliveredSeq < seqCount) {
+      const seq = shard.deliveredSeq;
+      const { index, senderRank } = seqOwner(seq, n);
+      const slot = index - shard.inboxBase[senderRank]!;
+      const inbox = shard.inbox[senderRank]!;
+      if (slot !== 0 || inbox.length === 0) break; // not received (only possible for a removed member)
+      const payload = inbox.shift()!;
+      shard.inboxBase[senderRank]!++;
+      shard.deliveredSeq++;
+      this.myRow().delivered[shard.layout.shardId] = shard.deliveredSeq;
+      this.rowDirty = true;
+      if (this.config.brokenRule === 'deliverOrderedOnReceipt') {
+        if (shard.layout.persistent) shard.loggedSeq = shard.deliveredSeq;
+        continue; // already handed out on receipt
+      }
+      if (payload !== null) this.deliverOne(shard, { viewId, seq }, shard.layout.senders[senderRank]!, payload, false);
+      else if (shard.stateReady && shard.layout.persistent && shard.held.length === 0) shard.loggedSeq = shard.deliveredSeq;
+    }
+  }
+
+  private deliverOne(shard: ShardState, version: Version, sender: NodeId, payload: Uint8Array, raw: boolean): void {
+    const d: Delivery = { shardId: shard.layout.shardId, version, sender, payload, mode: raw ? 'raw' : 'ordered' };
+    if (!shard.stateReady && !raw) {
+      if (shard.held.length >= this.config.heldDeliveriesMax) {
+        this.exit(`state transfer for shard ${shard.layout.shardId} did not arrive before ${this.config.heldDeliveriesMax} deliveries were held`);
+        return;
+      }
+      shard.held.push(d);
+      return;
+    }
+    this.emitDelivery(shard, d);
+  }
+
+  private emitDelivery(shard: ShardState, d: Delivery): void {
+    this.out.deliver.push(d);
+    if (compareVersions(d.version, shard.lastDelivered) > 0) shard.lastDelivered = d.version;
+    if (d.mode === 'ordered' && shard.layout.persistent) {
+      if (this.config.brokenRule === 'deliverOrderedOnReceipt') return;
+      const record: LogRecord = { shardId: d.shardId, version: d.version, sender: d.sender, payload: d.payload };
+      this.out.persist.push({ kind: 'log', record });
+      if (this.view && d.version.viewId === this.view.viewId) shard.loggedSeq = Math.max(shard.loggedSeq, d.version.seq + 1);
+    }
+  }
+
+  private minReceivedOf(shard: ShardState, senderRank: number): number {
+    let m = Number.POSITIVE_INFINITY;
+    for (const r of shard.memberRanks) m = Math.min(m, this.rows[r]!.received[shard.layout.shardId]![senderRank]!);
+    return m;
+  }
+
+  private trySend(shard: ShardState): void {
+    if (this.myRow().wedged || shard.mySenderRank < 0) return;
+    while (shard.pending.length > 0 && this.windowOpen(shard)) this.sendData(shard, shard.pending.shift()!);
+  }
+
+  private windowOpen(shard: ShardState): boolean {
+    return shard.sent - this.minReceivedOf(shard, shard.mySenderRank) < this.config.windowSize;
+  }
+
+  private sendData(shard: ShardState, payload: Uint8Array | null): void {
+    const view = this.view!;
+    const index = shard.sent++;
+    shard.outbox.push(payload);
+    const message: DataMessage = {
+      kind: 'data', from: this.me, viewId: view.viewId, shardId: shard.layout.shardId,
+      senderRank: shard.mySenderRank, index, payload,
+    };
+    for (const r of shard.memberRanks) if (r !== this.myRank) this.emit(view.members[r]!, message);
+    this.acceptData(shard, shard.mySenderRank, payload);
+  }
+
+  /** Ordered mode: an idle sender sends null messages so the round-robin never waits for it. */
+  private sendNullsIfBehind(shard: ShardState): void {
+    if (shard.layout.deliveryMode !== 'ordered' || shard.mySenderRank < 0 || shard.pending.length > 0) return;
+    const n = shard.layout.senders.length;
+    const received = this.myRow().received[shard.layout.shardId]!;
+    let highestSeen = -1;
+    for (let r = 0; r < n; r++) if (received[r]! > 0) highestSeen = Math.max(highestSeen, globalSeq(received[r]! - 1, r, n));
+    while (globalSeq(shard.sent, shard.mySenderRank, n) < highestSeen && this.windowOpen(shard)) this.sendData(shard, null);
+  }
+
+  /** Resend my messages a lagging member has not received (lost on a broken link). */
+  private retransmit(shard: ShardState): void {
+    if (shard.mySenderRank < 0) return;
+    const view = this.view!;
+    const shardId = shard.layout.shardId;
+    const minAll = this.minReceivedOf(shard, shard.mySenderRank);
+    if (minAll > shard.outboxBase) {
+      shard.outbox.splice(0, minAll - shard.outboxBase);
+      shard.outboxBase = minAll;
+    }
+    for (const r of shard.memberRanks) {
+      if (r === this.myRank || this.myRow().suspected[r]) continue;
+      const theirs = this.rows[r]!.received[shardId]![shard.mySenderRank]!;
+      if (theirs >= shard.sent) continue;
+      const key = `${shardId}:${r}`;
+      const last = this.lastRetransmitTick.get(key) ?? this.tickCount;
+      if (!this.lastRetransmitTick.has(key)) this.lastRetransmitTick.set(key, this.tickCount);
+      if (this.tickCount - last < this.config.retransmitTicks) continue;
+      this.lastRetransmitTick.set(key, this.tickCount);
+      const to = view.members[r]!;
+      for (let index = Math.max(theirs, shard.outboxBase); index < shard.sent; index++) {
+        this.emit(to, {
+          kind: 'data', from: this.me, viewId: view.viewId, shardId, senderRank: shard.mySenderRank,
+          index, payload: shard.outbox[index - shard.outboxBase]!,
+        });
+      }
+    }
+  }
+
+  // ======================================================================================
+  // Membership: suspicion, wedge, Paxos in the state table, ragged trim, install
+  // ======================================================================================
+
+  private suspect(rank: number): void {
+    const row = this.myRow();
+    if (rank === this.myRank || row.suspected[rank]) return;
+    row.suspected[rank] = true;
+    this.rowDirty = true;
+  }
+
+  private leaderRankAmongLive(): number {
+    const row = this.myRow();
+    for (let r = 0; r < row.suspected.length; r++) if (!row.suspected[r]) return r;
+    return this.myRank;
+  }
+
+  private leaderNode(): NodeId {
+    return this.view!.members[this.leaderRankAmongLive()]!;
+  }
+
+  private liveRanks(): number[] {
+    const row = this.myRow();
+    const out: number[] = [];
+    for (let r = 0; r < row.suspected.length; r++) if (!row.suspected[r]) out.push(r);
+    return out;
+  }
+
+  private hasMajority(liveCount: number): boolean {
+    if (this.config.brokenRule === 'installWithoutMajority') return true;
+    return liveCount * 2 > this.view!.members.length;
+  }
+
+  private wedge(): void {
+    const row = this.myRow();
+    if (row.wedged) return;
+    row.wedged = true;
+    this.rowDirty = true;
+    this.wedgedSinceTick = this.tickCount;
+  }
+
+  private progress(): void {
+    if (this.mode === 'restarting') {
+      this.progressRestart();
+      return;
+    }
+    if (this.mode !== 'active') return;
+    const view = this.view!;
+    const row = this.myRow();
+    // Suspicions spread: what any member suspects, everyone suspects (sticky within the view).
+    for (let r = 0; r < this.rows.length; r++) {
+      const other = this.rows[r]!;
+      for (let j = 0; j < other.suspected.length; j++) if (other.suspected[j] && j !== this.myRank) this.suspect(j);
+    }
+    const changeWanted = row.suspected.some((s) => s) || this.pendingJoins.length > 0 ||
+      this.rows.some((o) => o.leaving || o.wedged || o.promisedBallot >= 0 || o.committed);
+    if (changeWanted) this.wedge();
+    for (const shard of this.shards.values()) this.deliverStable(shard);
+    this.reportFrontiers();
+    if (this.mode !== 'active') return;
+    if (!row.wedged) {
+      for (const shard of this.shards.values()) this.trySend(shard);
+      this.waiting = this.shardWaiting();
+      return;
+    }
+    // A decided value anywhere in the table is final: install it.
+    for (const o of this.rows) {
+      if (o.committed && o.accepted && o.accepted.fromViewId === view.viewId) {
+        this.install(o.accepted);
+        return;
+      }
+    }
+    const live = this.liveRanks();
+    if (!this.hasMajority(live.length)) {
+      this.waiting = {
+        kind: 'minority',
+        message: `wedged in view ${view.viewId}: only ${live.length} of ${view.members.length} members reachable (a majority is needed); suspected: ${this.suspectedNodes().join(', ')}`,
+      };
+      return;
+    }
+    const leaderRank = live[0]!;
+    if (row.promisedBallot < leaderRank) {
+      row.promisedBallot = leaderRank;
+      this.rowDirty = true;
+    }
+    if (leaderRank === this.myRank) this.leadViewChange(live);
+    else this.followViewChange(leaderRank);
+  }
+
+  private suspectedNodes(): NodeId[] {
+    const row = this.myRow();
+    return this.view!.members.filter((_, r) => row.suspected[r]);
+  }
+
+  private shardWaiting(): Waiting {
+    for (const s of this.shards.values()) {
+      if (!s.stateReady) return { kind: 'stateTransfer', message: `waiting for the state of shard ${s.layout.subgroup}/${s.layout.shardIndex} from node ${s.transferFrom}` };
+    }
+    return { kind: 'none', message: '' };
+  }
+
+  private followViewChange(leaderRank: number): void {
+    const row = this.myRow();
+    const leaderRow = this.rows[leaderRank]!;
+    this.waiting = { kind: 'none', message: `view change in progress (leader ${this.view!.members[leaderRank]})` };
+    if (leaderRow.acceptedBallot === leaderRank && leaderRow.accepted && row.acceptedBallot < leaderRank &&
+      leaderRow.accepted.fromViewId === this.view!.viewId) {
+      row.accepted = leaderRow.accepted;
+      row.acceptedBallot = leaderRank;
+      this.rowDirty = true;
+      this.out.persist.push({ kind: 'viewIdSeen', viewId: leaderRow.accepted.next.viewId });
+    }
+  }
+
+  private leadViewChange(live: number[]): void {
+    const row = this.myRow();
+    const ready = live.every((r) => this.rows[r]!.wedged && this.rows[r]!.promisedBallot === this.myRank);
+    if (!ready) {
+      this.waiting = { kind: 'none', message: 'view change: waiting for every live member to wedge and follow this leader' };
+      return;
+    }
+    if (row.acceptedBallot !== this.myRank) {
+      let adopt: ViewChangeValue | null = null;
+      let adoptBallot = -1;
+      for (const r of live) {
+        const o = this.rows[r]!;
+        if (o.accepted && o.acceptedBallot > adoptBallot && o.accepted.fromViewId === this.view!.viewId) {
+          adopt = o.accepted;
+          adoptBallot = o.acceptedBallot;
+        }
+      }
+      let value = adopt;
+      if (!value) {
+        const fresh = this.proposeValue(live);
+        if (typeof fresh === 'string') {
+          this.waiting = { kind: 'inadequate', message: fresh };
+          return;
+        }
+        value = fresh;
+      }
+      row.accepted = value;
+      row.acceptedBallot = this.myRank;
+      this.rowDirty = true;
+      this.out.persist.push({ kind: 'viewIdSeen', viewId: value.next.viewId });
+    }
+    const acceptedAll = live.every((r) => this.rows[r]!.acceptedBallot === this.myRank);
+    if (acceptedAll && this.hasMajority(live.length)) {
+      row.committed = true;
+      this.rowDirty = true;
+      this.install(row.accepted!);
+    } else {
+      this.waiting = { kind: 'none', message: 'view change: waiting for every live member to accept the proposal' };
+    }
+  }
+
+  /** The leader's fresh proposal, or the reason it cannot make one. */
+  private proposeValue(live: number[]): ViewChangeValue | string {
+    const view = this.view!;
+    const liveSet = new Set(live);
+    const survivors = live.filter((r) => !this.rows[r]!.leaving).map((r) => view.members[r]!);
+    const joined: NodeId[] = [];
+    for (const j of this.pendingJoins) {
+      if (joined.length >= this.config.joinsPerViewMax) break;
+      if (!survivors.includes(j.nodeId) && !joined.includes(j.nodeId)) joined.push(j.nodeId);
+    }
+    const members = [...survivors, ...joined];
+    if (members.length === 0) return `view ${view.viewId}: every member is leaving or failed`;
+    const alloc = allocate(this.config.policy, view.layout, members);
+    if (!alloc.adequate) return `next view would be inadequate: ${alloc.reason}; waiting for more nodes to join`;
+    const trims: number[][] = [];
+    for (const shard of view.layout.shards) {
+      const liveMembers = shard.members.map((m) => view.members.indexOf(m)).filter((r) => liveSet.has(r));
+      if (liveMembers.length === 0) {
+        if (shard.persistent && shard.deliveryMode === 'ordered') {
+          return `shard ${shard.subgroup}/${shard.shardIndex} has no reachable member (its persisted state is with ${shard.members.join(', ')}); waiting for them or for a total restart`;
+        }
+        trims.push(shard.senders.map(() => 0));
+        continue;
+      }
+      trims.push(shard.senders.map((_, sr) => Math.min(...liveMembers.map((r) => this.rows[r]!.received[shard.shardId]![sr]!))));
+    }
+    const transfers: StateTransferPlan[] = [];
+    for (const next of alloc.layout.shards) {
+      if (next.deliveryMode === 'raw') continue;
+      const old = view.layout.shards[next.shardId]!;
+      const holders = next.members.filter((m) => {
+        const r = view.members.indexOf(m);
+        return r >= 0 && liveSet.has(r) && old.members.includes(m) && this.rows[r]!.stateReady[next.shardId] === true;
+      });
+      const to = next.members.filter((m) => !holders.includes(m));
+      if (to.length === 0) continue;
+      if (holders.length === 0) {
+        if (next.persistent) return `no reachable member holds the state of shard ${next.subgroup}/${next.shardIndex}; waiting`;
+        continue; // a volatile shard whose state is lost: its members start empty
+      }
+      transfers.push({ shardId: next.shardId, from: holders[0]!, to });
+    }
+    const removed = view.members.filter((m) => !survivors.includes(m));
+    return {
+      fromViewId: view.viewId,
+      next: { viewId: view.viewId + 1, members, layout: alloc.layout },
+      trims, joined, removed, transfers,
+    };
+  }
+
+  /** Install the decided transition out of the current view. */
+  private install(value: ViewChangeValue): void {
+    const view = this.view!;
+    if (value.fromViewId !== view.viewId) return;
+    const row = this.myRow();
+    if (!row.committed || row.accepted !== value) {
+      row.accepted = value;
+      row.committed = true;
+      this.rowDirty = true;
+    }
+    // Ragged-edge cleanup: deliver exactly the decided prefix of the ending view.
+    this.installPendingAdvance = false;
+    const lastVersions: Version[] = [];
+    for (const shardLayout of view.layout.shards) {
+      const trimCount = contiguousSeqCount(value.trims[shardLayout.shardId]!);
+      // seq -1 (not VERSION_NONE) when nothing was delivered in this view: older records stay valid.
+      lastVersions.push({ viewId: view.viewId, seq: trimCount - 1 });
+      const shard = this.shards.get(shardLayout.shardId);
+      if (!shard || shardLayout.deliveryMode !== 'ordered') continue;
+      if (this.config.brokenRule !== 'skipRaggedTrim') this.deliverOrderedUpTo(shard, trimCount);
+    }
+    const trim: SavedTrim = { viewId: view.viewId, trims: value.trims, lastVersions };
+    this.out.persist.push({ kind: 'trim', trim });
+    this.out.persist.push({ kind: 'view', view: value.next });
+    this.decided.push(value);
+    if (this.decided.length > HISTORY_MAX) this.decided.shift();
+    // A last push of the committed row so every member of the old view learns the decision quickly.
+    this.pushRow();
+    if (!value.next.members.includes(this.me)) {
+      this.exit(this.leaving ? `left the group (view ${value.next.viewId} installed without this node)` : `removed from the group in view ${value.next.viewId}`);
+      return;
+    }
+    const oldLayout = view.layout;
+    const oldShards = this.shards;
+    const wasInOldView = view.members.includes(this.me);
+    const welcomes = value.joined.map((j) => this.welcomeFor(j, value));
+    this.installFresh(value.next, value.transfers, false, oldShards, oldLayout);
+    // Serve the state transfers this node is the source of: state as of the end of the old view.
+    for (const plan of value.transfers) {
+      if (plan.from !== this.me) continue;
+      const through = lastVersions[plan.shardId] && lastVersions[plan.shardId]!.seq >= 0 ? lastVersions[plan.shardId]! : this.shardLastVersion(oldShards.get(plan.shardId));
+      for (const to of plan.to) this.out.transfers.push({ to, shardId: plan.shardId, through });
+    }
+    // The lowest-ranked member that was already in the old view welcomes the joiners.
+    const welcomer = value.next.members.find((m) => view.members.includes(m));
+    if (wasInOldView && welcomer === this.me) {
+      for (const w of welcomes) this.emit(w.to, w);
+    }
+    // Every continuing member can resend a welcome a joiner did not receive.
+    if (wasInOldView) for (const w of welcomes) this.welcomes.set(w.to, w);
+    this.pendingJoins = this.pendingJoins.filter((p) => !value.next.members.includes(p.nodeId));
+    if (this.view!.members[this.leaderRankAmongLive()] !== this.me) this.pendingJoins = [];
+  }
+
+  private welcomeFor(joiner: NodeId, value: ViewChangeValue): WelcomeMessage {
+    let incarnation = 0;
+    for (const row of this.rows) for (const j of row.pendingJoins) if (j.nodeId === joiner) incarnation = j.incarnation;
+    return { kind: 'welcome', from: this.me, to: joiner, view: value.next, incarnation, transfers: value.transfers.filter((t) => t.to.includes(joiner)) };
+  }
+
+  private shardLastVersion(shard: ShardState | undefined): Version {
+    return shard ? shard.lastDelivered : VERSION_NONE;
+  }
+
+  /** Set up the table and shard state for a newly installed view. */
+  private installFresh(view: View, transfers: StateTransferPlan[], founding: boolean, oldShards?: Map<number, ShardState>, oldLayout?: View['layout']): void {
+    this.view = view;
+    this.myRank = view.members.indexOf(this.me);
+    this.restartCommitOfView = null;
+    this.welcomes = new Map();
+    const n = view.members.length;
+    this.rows = view.members.map(() => emptyRow(n, view.layout));
+    this.lastHeardTick = view.members.map(() => this.tickCount);
+    this.lastRetransmitTick = new Map();
+    this.lastDecidedReply = new Map();
+    this.shards = new Map();
+    for (const layout of view.layout.shards) {
+      if (!layout.members.includes(this.me)) continue;
+      const plan = transfers.find((t) => t.shardId === layout.shardId && t.to.includes(this.me));
+      const old = oldShards?.get(layout.shardId);
+      const wasMember = oldLayout?.shards[layout.shardId]?.members.includes(this.me) ?? false;
+      let stateReady: boolean;
+      if (layout.deliveryMode === 'raw' || founding) stateReady = true;
+      else if (plan) stateReady = false;
+      else if (old && wasMember) stateReady = old.stateReady;
+      else stateReady = true; // new to a volatile shard whose state is lost: start empty
+      const shard: ShardState = {
+        layout,
+        mySenderRank: layout.senders.indexOf(this.me),
+        memberRanks: layout.members.map((m) => view.members.indexOf(m)),
+        sent: 0, outbox: [], outboxBase: 0, pending: old && wasMember ? old.pending : [],
+        inbox: layout.senders.map(() => []), inboxBase: layout.senders.map(() => 0),
+        deliveredSeq: 0, loggedSeq: 0, persistedSeq: 0, loggedSeqAtReady: 0, frontierReported: 0,
+        lastDelivered: old ? old.lastDelivered : VERSION_NONE,
+        stateReady,
+        transferFrom: plan ? plan.from : (old && wasMember && !old.stateReady ? old.transferFrom : null),
+        transferRequestedTick: this.tickCount,
+        held: old && wasMember && !stateReady ? old.held : [],
+      };
+      this.shards.set(layout.shardId, shard);
+      this.myRow().stateReady[layout.shardId] = stateReady;
+    }
+    this.rowMonitor.reset();
+    this.rowDirty = true;
+    this.waiting = this.shardWaiting();
+    this.installPendingAdvance = true;
+    this.out.installView = view;
+  }
+
+  private reportFrontiers(): void {
+    if (!this.view) return;
+    for (const [shardId, shard] of this.shards) {
+      if (!shard.layout.persistent || shard.layout.deliveryMode !== 'ordered') continue;
+      const f = persistenceFrontier(shard.memberRanks.map((r) => this.rows[r]!.persisted[shardId]!));
+      if (f > shard.frontierReported) {
+        shard.frontierReported = f;
+        this.out.persistenceFrontiers.push({ shardId, version: { viewId: this.view.viewId, seq: f - 1 } });
+      }
+    }
+  }
+
+  private onOtherViewTraffic(from: NodeId, viewId: number): void {
+    const view = this.view!;
+    if (viewId >= view.viewId) return; // we are behind: the decision reaches us through viewDecided
+    const value = this.decided.find((d) => d.fromViewId === viewId);
+    if (!value) return;
+    const last = this.lastDecidedReply.get(from);
+    if (last !== undefined && this.tickCount - last < this.config.retransmitTicks) return;
+    this.lastDecidedReply.set(from, this.tickCount);
+    this.emit(from, { kind: 'viewDecided', from: this.me, value });
+  }
+
+  private onViewDecided(value: ViewChangeValue): void {
+    if (this.mode !== 'active') return;
+    const view = this.view!;
+    if (value.fromViewId === view.viewId) {
+      this.wedge();
+      this.install(value);
+    } else if (value.fromViewId > view.viewId) {
+      this.exit(`fell behind: view ${value.next.viewId} was installed while this node is in view ${view.viewId}`);
+    }
+  }
+
+  // ======================================================================================
+  // Joins
+  // ======================================================================================
+
+  private onJoinRequest(from: NodeId, incarnation: number): void {
+    if (this.mode !== 'active') return;
+    const view = this.view!;
+    const rank = view.members.indexOf(from);
+    if (rank >= 0) {
+      const welcome = this.welcomes.get(from);
+      if (welcome && welcome.incarnation === incarnation) {
+        this.emit(from, welcome);
+        return;
+      }
+      // A member asking to join again has restarted: its old incarnation has failed.
+      this.suspect(rank);
+    }
+    const leaderRank = this.leaderRankAmongLive();
+    if (leaderRank !== this.myRank) {
+      this.emit(from, { kind: 'joinRedirect', from: this.me, leader: view.members[leaderRank]! });
+      return;
+    }
+    const existing = this.pendingJoins.find((p) => p.nodeId === from);
+    if (existing) existing.incarnation = incarnation;
+    else if (this.pendingJoins.length < this.config.pendingJoinsMax) this.pendingJoins.push({ nodeId: from, incarnation });
+    this.myRow().pendingJoins = this.pendingJoins.map((p) => ({ ...p }));
+    this.rowDirty = true;
+  }
+
+  private tickJoining(): void {
+    if (this.tickCount - this.lastRetryTick < this.config.retryTicks) return;
+    this.lastRetryTick = this.tickCount;
+    let to = this.preferredContact;
+    if (to === null || this.prng.chance(0.3)) {
+      if (this.contacts.length === 0) return;
+      to = this.contacts[this.contactCursor++ % this.contacts.length]!;
+    }
+    this.sendJoinRequest(to);
+  }
+
+  private sendJoinRequest(to: NodeId): void {
+    this.emit(to, { kind: 'joinRequest', from: this.me, incarnation: this.incarnation });
+  }
+
+  private onWelcome(w: WelcomeMessage): void {
+    if (this.mode !== 'joining' || w.incarnation !== this.incarnation || !w.view.members.includes(this.me)) return;
+    this.mode = 'active';
+    this.out.persist.push({ kind: 'view', view: w.view });
+    this.installFresh(w.view, w.transfers, false);
+  }
+
+  private becomeJoiner(leader: NodeId): void {
+    this.mode = 'joining';
+    this.restart = null;
+    this.preferredContact = leader;
+    this.waiting = { kind: 'joining', message: `joining the running group through node ${leader}` };
+    this.lastRetryTick = -1_000_000;
+    this.tickJoining();
+  }
+
+  // ======================================================================================
+  // State transfer (served by the driver; the core only decides who and up to where)
+  // ======================================================================================
+
+  private onStateRequest(from: NodeId, shardId: number, viewId: number): void {
+    if (this.mode !== 'active') return;
+    const shard = this.shards.get(shardId);
+    if (!shard || !shard.stateReady || viewId !== this.view!.viewId || !shard.layout.members.includes(from)) return;
+    this.out.transfers.push({ to: from, shardId, through: shard.lastDelivered });
+  }
+
+  // ======================================================================================
+  // Restart after total failure: reports, the pure planner, and single-decree Paxos over the plan
+  // ======================================================================================
+
+  private myRestartReport(): RestartReport {
+    const s = this.restart!.saved;
+    return {
+      nodeId: this.me, lastView: s.lastView, highestViewIdSeen: s.highestViewIdSeen, trims: s.trims,
+      logTails: s.logTails, promised: this.restart!.promised,
+    };
+  }
+
+  private tickRestarting(): void {
+    const rs = this.restart!;
+    rs.reports.set(this.me, { report: this.myRestartReport(), tick: this.tickCount });
+    if (this.tickCount - this.lastRetryTick >= this.config.retryTicks) {
+      this.lastRetryTick = this.tickCount;
+      const report = this.myRestartReport();
+      for (const c of this.contacts) this.emit(c, { kind: 'restartReport', from: this.me, report });
+    }
+    // Forget nodes not heard from recently (they may have crashed again).
+    for (const [id, r] of rs.reports) if (id !== this.me && this.tickCount - r.tick > this.config.suspectTicks * 2) rs.reports.delete(id);
+  }
+
+  private onRestartReport(from: NodeId, report: RestartReport): void {
+    if (report.nodeId !== from) return;
+    if (this.mode === 'active') {
+      const view = this.view!;
+      const rank = view.members.indexOf(from);
+      if (rank >= 0 && this.restartCommitOfView && report.lastView.viewId < this.restartCommitOfView.view.viewId) {
+        this.emit(from, { kind: 'restartCommit', from: this.me, plan: this.restartCommitOfView });
+        return;
+      }
+      if (rank >= 0) this.suspect(rank); // it lost its in-memory state: remove, it will join again
+      this.emit(from, { kind: 'restartActive', from: this.me, viewId: view.viewId, leader: this.leaderNode() });
+      return;
+    }
+    if (this.mode !== 'restarting') return;
+    const rs = this.restart!;
+    rs.reports.set(from, { report, tick: this.tickCount });
+    if (report.promised) rs.highestRoundSeen = Math.max(rs.highestRoundSeen, report.promised.round);
+    if (!this.contacts.includes(from)) this.contacts.push(from);
+  }
+
+  /** Active traffic reached a restarting node: a group is running (or a restart view was installed). */
+  private onRestartViewTraffic(from: NodeId, viewId: number): void {
+    const rs = this.restart!;
+    if (viewId > rs.saved.lastView.viewId) {
+      // Ask it: its reply (restartActive or the restart commit) tells us how to come back.
+      this.emit(from, { kind: 'restartReport', from: this.me, report: this.myRestartReport() });
+    }
+  }
+
+  private isRestartLeader(): boolean {
+    const rs = this.restart!;
+    for (const [id, r] of rs.reports) if (id < this.me && this.tickCount - r.tick <= this.config.suspectTicks * 2) return false;
+    return true;
+  }
+
+  private progressRestart(): void {
+    const rs = this.restart;
+    if (!rs) return;
+    const reports = [...rs.reports.values()].map((r) => r.report);
+    const plan = planRestart(this.config.policy, reports);
+    if (!plan.ready) {
+      rs.quorumSinceTick = null;
+      rs.waiting = { kind: 'restartQuorum', message: plan.message };
+      rs.proposing = null;
+      return;
+    }
+    if (!this.isRestartLeader()) {
+      rs.waiting = { kind: 'restartQuorum', message: `restart quorum holds for view ${plan.lastView.viewId}; waiting for the restart leader` };
+      return;
+    }
+    if (rs.quorumSinceTick === null) rs.quorumSinceTick = this.tickCount;
+    const everyoneBack = plan.lastView.members.every((m) => rs.reports.has(m));
+    const graceOver = this.tickCount - rs.quorumSinceTick >= this.config.restartGraceTicks;
+    if (!everyoneBack && !graceOver) {
+      const absent = plan.lastView.members.filter((m) => !rs.reports.has(m));
+      rs.waiting = { kind: 'restartQuorum', message: `restart quorum holds for view ${plan.lastView.viewId}; grace period for nodes ${absent.join(', ')}` };
+      return;
+    }
+    const p = rs.proposing;
+    const stale = p && this.tickCount - p.startedTick > this.config.retryTicks * 4;
+    if (!p || stale) {
+      const round = Math.max(rs.highestRoundSeen, rs.promised?.round ?? 0) + 1;
+      rs.highestRoundSeen = round;
+      const ballot: Ballot = { round, nodeId: this.me };
+      rs.proposing = { ballot, startedTick: this.tickCount, promises: new Map(), plan: null, acceptedBy: new Set() };
+      rs.waiting = { kind: 'restartQuorum', message: `restarting view ${plan.lastView.viewId}: preparing ballot ${round}.${this.me}` };
+      for (const m of plan.decision.view.members) {
+        if (m === this.me) this.onRestartPrepare(this.me, ballot);
+        else this.emit(m, { kind: 'restartPrepare', from: this.me, ballot });
+      }
+      return;
+    }
+    if (p.plan === null) {
+      const members = plan.decision.view.members;
+      if (!members.every((m) => p.promises.has(m))) return;
+      let chosen: RestartDecision = plan.decision;
+      let best: Ballot | null = null;
+      for (const pr of p.promises.values()) {
+        const acc = pr.accepted;
+        if (acc && acc.plan.view.viewId > plan.lastView.viewId && compareBallots(acc.ballot, best) > 0) {
+          best = acc.ballot;
+          chosen = acc.plan;
+        }
+      }
+      p.plan = chosen;
+      for (const m of chosen.view.members) {
+        if (m === this.me) this.onRestartAccept(this.me, p.ballot, chosen);
+        else this.emit(m, { kind: 'restartAccept', from: this.me, ballot: p.ballot, plan: chosen });
+      }
+      return;
+    }
+    if (p.plan.view.members.every((m) => p.acceptedBy.has(m))) {
+      const decision = p.plan;
+      for (const m of decision.view.members) if (m !== this.me) this.emit(m, { kind: 'restartCommit', from: this.me, plan: decision });
+      this.onRestartCommit(decision);
+    }
+  }
+
+  private onRestartPrepare(from: NodeId, ballot: Ballot): void {
+    const rs = this.restart;
+    if (this.mode !== 'restarting' || !rs) return;
+    rs.highestRoundSeen = Math.max(rs.highestRoundSeen, ballot.round);
+    if (compareBallots(ballot, rs.promised) < 0) return;
+    rs.promised = ballot;
+    this.out.persist.push({ kind: 'restartPromise', ballot });
+    const promise = { kind: 'restartPromise' as const, from: this.me, ballot, accepted: rs.accepted, report: this.myRestartReport() };
+    if (from === this.me) this.onRestartPromise(this.me, ballot, rs.accepted, promise.report);
+    else this.emit(from, promise);
+  }
+
+  private onRestartPromise(from: NodeId, ballot: Ballot, accepted: { ballot: Ballot; plan: RestartDecision } | null, report: RestartReport): void {
+    const rs = this.restart;
+    if (this.mode !== 'restarting' || !rs || !rs.proposing || compareBallots(ballot, rs.proposing.ballot) !== 0) return;
+    rs.proposing.promises.set(from, { accepted });
+    rs.reports.set(from, { report, tick: this.tickCount });
+  }
+
+  private onRestartAccept(from: NodeId, ballot: Ballot, plan: RestartDecision): void {
+    const rs = this.restart;
+    if (this.mode !== 'restarting' || !rs) return;
+    if (compareBallots(ballot, rs.promised) < 0) return;
+    rs.promised = ballot;
+    rs.accepted = { ballot, plan };
+    this.out.persist.push({ kind: 'restartAccept', ballot, plan });
+    this.out.persist.push({ kind: 'viewIdSeen', viewId: plan.view.viewId });
+    if (from === this.me) this.onRestartAccepted(this.me, ballot);
+    else this.emit(from, { kind: 'restartAccepted', from: this.me, ballot });
+  }
+
+  private onRestartAccepted(from: NodeId, ballot: Ballot): void {
+    const rs = this.restart;
+    if (this.mode !== 'restarting' || !rs || !rs.proposing || compareBallots(ballot, rs.proposing.ballot) !== 0) return;
+    rs.proposing.acceptedBy.add(from);
+  }
+
+  private onRestartCommit(plan: RestartDecision): void {
+    if (this.mode === 'active') return;
+    if (!plan.view.members.includes(this.me)) {
+      if (this.mode === 'restarting') this.becomeJoiner(plan.view.members[0]!);
+      return;
+    }
+    if (this.mode !== 'restarting' || !this.restart) return;
+    const saved = this.restart.saved;
+    if (plan.view.viewId <= saved.lastView.viewId) return;
+    for (const t of plan.trims) this.out.persist.push({ kind: 'trim', trim: t });
+    const transfers: StateTransferPlan[] = [];
+    const serve: TransferOrder[] = [];
+    for (const s of plan.shards) {
+      const layout = plan.view.layout.shards[s.shardId]!;
+      if (!layout.members.includes(this.me) || !layout.persistent || layout.deliveryMode !== 'ordered') continue;
+      const tail = saved.logTails.find((t) => t.shardId === s.shardId)?.version ?? VERSION_NONE;
+      const cut = truncationFor(plan, tail, s.shardId);
+      this.out.persist.push({ kind: 'truncate', shardId: s.shardId, after: cut.keepThrough });
+      if (s.source === this.me) {
+        for (const m of layout.members) {
+          if (m === this.me) continue;
+          const mTail = this.restartTailOf(m, s.shardId);
+          if (mTail === null || truncationFor(plan, mTail, s.shardId).needsSuffixFrom !== null) serve.push({ to: m, shardId: s.shardId, through: s.truncateTo });
+        }
+      } else if (cut.needsSuffixFrom !== null) {
+        transfers.push({ shardId: s.shardId, from: cut.needsSuffixFrom, to: [this.me] });
+      }
+    }
+    this.out.persist.push({ kind: 'view', view: plan.view });
+    this.mode = 'active';
+    this.restart = null;
+    this.installFresh(plan.view, transfers, false);
+    // Shards this node restarts from its own (truncated) log: mark their last version.
+    for (const s of plan.shards) {
+      const shard = this.shards.get(s.shardId);
+      if (shard && shard.stateReady) shard.lastDelivered = s.truncateTo;
+    }
+    this.restartCommitOfView = plan;
+    this.out.transfers.push(...serve);
+  }
+
+  /** A returning node's log tail for a shard as reported, or null if unknown / no log. */
+  private restartTailOf(node: NodeId, shardId: number): Version | null {
+    const r = this.restart?.reports.get(node)?.report;
+    if (!r) return null;
+    return r.logTails.find((t) => t.shardId === shardId)?.version ?? null;
+  }
+
+  // ======================================================================================
+  // Plumbing
+  // ======================================================================================
+
+  private emit(to: NodeId, message: Message): void {
+    if (to === this.me) return;
+    this.out.send.push({ to, message } as Envelope);
+  }
+
+  private exit(reason: string): void {
+    if (this.mode === 'exited') return;
+    this.mode = 'exited';
+    this.out.exit = { reason };
+    this.waiting = { kind: 'none', message: reason };
+  }
+}
+
+function emptyReady(): Ready {
+  return { persist: [] as PersistRecord[], deliver: [], transfers: [], send: [], installView: null, persistenceFrontiers: [], exit: null };
+}
+
+function uniq<T>(items: T[]): T[] {
+  return [...new Set(items)];
+}
+
+function validRowShape(row: Row, view: View): boolean {
+  if (!row || typeof row.pushCount !== 'number' || !Array.isArray(row.suspected) || row.suspected.length !== view.members.length) return false;
+  if (!Array.isArray(row.received) || row.received.length !== view.layout.shards.length) return false;
+  for (const shard of view.layout.shards) {
+    const rec = row.received[shard.shardId];
+    if (!Array.isArray(rec) || rec.length !== shard.senders.length) return false;
+  }
+  return Array.isArray(row.persisted) && row.persisted.length === view.layout.shards.length &&
+    Array.isArray(row.stateReady) && row.stateReady.length === view.layout.shards.length;
 }

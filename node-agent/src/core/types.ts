@@ -98,6 +98,18 @@ export interface ViewChangeValue {
   joined: NodeId[];
   /** Nodes removed (failed, left, or suspected). */
   removed: NodeId[];
+  /**
+   * State transfers the install triggers: per shard of the next view, the member that serves the shard's
+   * state as of the end of the ending view, and the members that need it (joiners, moved nodes, members
+   * still waiting for an earlier transfer).
+   */
+  transfers: StateTransferPlan[];
+}
+
+export interface StateTransferPlan {
+  shardId: number;
+  from: NodeId;
+  to: NodeId[];
 }
 
 /** A persisted update as it sits in a shard's log. */
@@ -163,9 +175,13 @@ export interface JoinRedirectMessage {
 export interface WelcomeMessage {
   kind: 'welcome';
   from: NodeId;
+  /** The admitted joiner. */
+  to: NodeId;
   view: View;
   /** Incarnation of the join request that was admitted. */
   incarnation: number;
+  /** Shards whose state the joiner must wait for, and who sends it. */
+  transfers: StateTransferPlan[];
 }
 
 /** Tells a lagging node the decided transition out of a view it is still in. */
@@ -186,6 +202,8 @@ export interface RestartReport {
   trims: SavedTrim[];
   /** Per shard it holds a log for: the newest version in its log. */
   logTails: { shardId: number; version: Version }[];
+  /** Highest restart ballot this node promised (a new restart leader must go above it). */
+  promised: Ballot | null;
 }
 
 export interface SavedTrim {
@@ -293,8 +311,8 @@ export interface Row {
   accepted: ViewChangeValue | null;
   /** This member knows `accepted` is decided (chosen by a majority). false -> true only. */
   committed: boolean;
-  /** Joining nodes this member (as leader) has queued; informational, bounded. */
-  pendingJoins: NodeId[];
+  /** Join requests this member (as leader) has queued, so every member can welcome them. Bounded. */
+  pendingJoins: { nodeId: NodeId; incarnation: number }[];
 }
 
 /** Configuration of the core; all durations are in ticks. */

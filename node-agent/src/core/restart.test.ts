@@ -1,0 +1,522 @@
+import test from 'ava';
+import fc from 'fast-check';
+import { isDeepStrictEqual } from 'node:util';
+import { allocate } from './allocation.ts';
+import { planRestart, truncationFor } from './restart.ts';
+import type { RestartPlan } from './restart.ts';
+import { compareVersions, VERSION_NONE } from './types.ts';
+import type { GroupPolicy, Layout, NodeId, RestartReport, SavedTrim, Version, View } from './types.ts';
+
+// ---------------------------------------------------------------------------------------------------
+// Fixtures
+
+const kvPolicy: GroupPolicy = {
+  subgroups: [
+    { name: 'kv', shards: 2, minNodesPerShard: 1, maxNodesPerShard: 3, deliveryMode: 'ordered', persistent: true },
+  ],
+};
+
+const mixedPolicy: GroupPolicy = {
+  subgroups: [
+    { name: 'kv', shards: 2, minNodesPerShard: 1, maxNodesPerShard: 2, deliveryMode: 'ordered', persistent: true },
+    { name: 'cache', shards: 1, minNodesPerShard: 1, maxNodesPerShard: 2, deliveryMode: 'ordered', persistent: false },
+    { name: 'events', shards: 1, minNodesPerShard: 1, maxNodesPerShard: 2, deliveryMode: 'raw', persistent: true },
+  ],
+};
+
+/** A layout for `policy` with the given members per flat shard id. */
+function layoutFor(policy: GroupPolicy, assignment: NodeId[][]): Layout {
+  const shards: Layout['shards'] = [];
+  for (const sg of policy.subgroups) {
+    for (let i = 0; i < sg.shards; i++) {
+      const members = assignment[shards.length] ?? [];
+      shards.push({
+        shardId: shards.length,
+        subgroup: sg.name,
+        shardIndex: i,
+        members: [...members],
+        senders: [...members],
+        deliveryMode: sg.deliveryMode,
+        persistent: sg.persistent,
+      });
+    }
+  }
+  return { shards };
+}
+
+function v(viewId: number, seq: number): Version {
+  return { viewId, seq };
+}
+
+function report(
+  nodeId: NodeId,
+  lastView: View,
+  logTails: { shardId: number; version: Version }[] = [],
+  extra: Partial<Pick<RestartReport, 'highestViewIdSeen' | 'trims'>> = {},
+): RestartReport {
+  return {
+    nodeId,
+    lastView,
+    highestViewIdSeen: extra.highestViewIdSeen ?? lastView.viewId,
+    trims: extra.trims ?? [],
+    logTails,
+    promised: null,
+  };
+}
+
+function trim(viewId: number, lastVersions: Version[]): SavedTrim {
+  return { viewId, trims: lastVersions.map(() => [0]), lastVersions };
+}
+
+function ready(plan: RestartPlan): Extract<RestartPlan, { ready: true }> {
+  if (!plan.ready) throw new Error(`expected a ready plan, got: ${plan.message}`);
+  return plan;
+}
+
+function notReady(plan: RestartPlan): Extract<RestartPlan, { ready: false }> {
+  if (plan.ready) throw new Error('expected a plan that is not ready');
+  return plan;
+}
+
+function shardOf(plan: RestartPlan, shardId: number) {
+  const s = ready(plan).decision.shards.find((x) => x.shardId === shardId);
+  if (s === undefined) throw new Error(`no shard ${shardId} in the decision`);
+  return s;
+}
+
+// View 7 of four nodes: kv/0 = [1, 2], kv/1 = [3, 4].
+const view7: View = { viewId: 7, members: [1, 2, 3, 4], layout: layoutFor(kvPolicy, [[1, 2], [3, 4]]) };
+
+// ---------------------------------------------------------------------------------------------------
+// Examples
+
+test('a majority of the last view with every shard covered restarts', (t) => {
+  const plan = ready(
+    planRestart(kvPolicy, [
+      report(3, view7, [{ shardId: 1, version: v(7, 4) }]),
+      report(1, view7, [{ shardId: 0, version: v(7, 9) }]),
+      report(2, view7, [{ shardId: 0, version: v(7, 9) }]),
+    ]),
+  );
+  t.deepEqual(plan.lastView, view7);
+  t.deepEqual(plan.returned, [1, 2, 3]);
+  t.is(plan.decision.view.viewId, 8);
+  t.deepEqual(plan.decision.view.members, [1, 2, 3]);
+  const expected = allocate(kvPolicy, view7.layout, [1, 2, 3]);
+  t.true(expected.adequate);
+  if (expected.adequate) t.deepEqual(plan.decision.view.layout, expected.layout);
+  t.deepEqual(plan.decision.shards.map((s) => s.shardId), plan.decision.view.layout.shards.map((s) => s.shardId).sort((a, b) => a - b));
+  t.deepEqual(shardOf(plan, 0), { shardId: 0, source: 1, truncateTo: v(7, 9) });
+  t.deepEqual(shardOf(plan, 1), { shardId: 1, source: 3, truncateTo: v(7, 4) });
+  t.deepEqual(plan.decision.trims, []);
+});
+
+test('one member of three is not enough and the message names who is missing', (t) => {
+  const view: View = { viewId: 7, members: [1, 2, 3], layout: layoutFor(kvPolicy, [[1, 2], [3]]) };
+  const plan = notReady(planRestart(kvPolicy, [report(1, view, [{ shardId: 0, version: v(7, 2) }])]));
+  t.deepEqual(plan.lastView, view);
+  t.deepEqual(plan.missing.majority, { have: 1, need: 2, absent: [2, 3] });
+  t.deepEqual(plan.missing.shards, [{ shardId: 1, subgroup: 'kv', shardIndex: 1, formerMembers: [3] }]);
+  t.is(plan.missing.conflict, null);
+  const allocation = allocate(kvPolicy, view.layout, [1]);
+  t.is(plan.missing.inadequate, allocation.adequate ? null : allocation.reason);
+  const expected =
+    'restart quorum not met for view 7: 1 of 3 members returned (need 2; waiting for nodes 2, 3); ' +
+    'shard kv/1 has no returning member (former members 3)' +
+    (allocation.adequate ? '' : `; the restart view would be inadequate: ${allocation.reason}`);
+  t.is(plan.message, expected);
+});
+
+test('a shard with no returning member blocks the restart', (t) => {
+  // Five members; kv/1 lived only on node 3, which did not come back.
+  const view: View = { viewId: 7, members: [1, 2, 3, 4, 5], layout: layoutFor(kvPolicy, [[1, 2, 4], [3]]) };
+  const plan = notReady(
+    planRestart(kvPolicy, [report(1, view), report(2, view), report(4, view), report(5, view)]),
+  );
+  t.is(plan.missing.majority, null);
+  t.deepEqual(plan.missing.shards, [{ shardId: 1, subgroup: 'kv', shardIndex: 1, formerMembers: [3] }]);
+  t.is(plan.missing.inadequate, null);
+  t.is(plan.missing.conflict, null);
+  t.is(plan.message, 'restart quorum not met for view 7: shard kv/1 has no returning member (former members 3)');
+
+  // Node 3 comes back: now the restart goes ahead.
+  t.true(planRestart(kvPolicy, [report(1, view), report(2, view), report(3, view), report(4, view)]).ready);
+});
+
+test('an inadequate restart view blocks the restart and gives the allocator\'s reason', (t) => {
+  const strict: GroupPolicy = {
+    subgroups: [{ ...kvPolicy.subgroups[0]!, minNodesPerShard: 2 }],
+  };
+  const view: View = { viewId: 3, members: [1, 2, 3, 4], layout: layoutFor(strict, [[1, 2], [3, 4]]) };
+  const members = [1, 2, 3];
+  const allocation = allocate(strict, view.layout, members);
+  t.false(allocation.adequate, 'two shards of at least two nodes each cannot be built from three nodes');
+  const plan = notReady(planRestart(strict, members.map((m) => report(m, view))));
+  t.is(plan.missing.majority, null);
+  t.deepEqual(plan.missing.shards, []);
+  t.is(plan.missing.inadequate, allocation.adequate ? null : allocation.reason);
+  t.is(plan.message, `restart quorum not met for view 3: the restart view would be inadequate: ${plan.missing.inadequate}`);
+});
+
+test('the longest valid log is the restart source', (t) => {
+  const plan = planRestart(kvPolicy, [
+    report(1, view7, [{ shardId: 0, version: v(7, 3) }]),
+    report(2, view7, [{ shardId: 0, version: v(7, 11) }]),
+    report(3, view7, [{ shardId: 1, version: v(6, 40) }]),
+    report(4, view7, [{ shardId: 1, version: v(7, 0) }, { shardId: 0, version: v(6, 99) }]),
+  ]);
+  t.deepEqual(shardOf(plan, 0), { shardId: 0, source: 2, truncateTo: v(7, 11) });
+  t.deepEqual(shardOf(plan, 1), { shardId: 1, source: 4, truncateTo: v(7, 0) });
+
+  const decision = ready(plan).decision;
+  t.deepEqual(truncationFor(decision, v(7, 3), 0), { keepThrough: v(7, 3), needsSuffixFrom: 2 });
+  t.deepEqual(truncationFor(decision, v(7, 11), 0), { keepThrough: v(7, 11), needsSuffixFrom: null });
+  t.deepEqual(truncationFor(decision, VERSION_NONE, 1), { keepThrough: VERSION_NONE, needsSuffixFrom: 4 });
+});
+
+test('equal logs prefer a former member of the shard, then the lowest rank', (t) => {
+  // Node 5 joined later (not in view 7) but holds an equally long log of shard 1 from an older membership.
+  const plan = ready(
+    planRestart(kvPolicy, [
+      report(5, { viewId: 5, members: [5], layout: layoutFor(kvPolicy, [[5], [5]]) }, [{ shardId: 1, version: v(7, 2) }]),
+      report(4, view7, [{ shardId: 1, version: v(7, 2) }, { shardId: 0, version: v(7, 6) }]),
+      report(3, view7, [{ shardId: 1, version: v(7, 2) }]),
+      report(2, view7, [{ shardId: 0, version: v(7, 6) }]),
+      report(1, view7, [{ shardId: 0, version: v(7, 6) }]),
+    ]),
+  );
+  t.deepEqual(plan.decision.view.members, [1, 2, 3, 4, 5]);
+  t.is(shardOf(plan, 0).source, 1, 'all three are equal: node 1 was in kv/0 and has the lowest rank');
+  t.is(shardOf(plan, 1).source, 3, 'nodes 3 and 4 were in kv/1; node 3 ranks lower');
+});
+
+test('a log beyond its view\'s ragged trim is truncated to it', (t) => {
+  // View 6 ended with a ragged trim: shard 0 delivered through (6, 7). Node 1 logged past it, to (6, 10),
+  // before crashing; node 2 stopped at (6, 5); node 3 never logged in view 6.
+  const view6: View = { viewId: 6, members: [1, 2, 3, 4], layout: view7.layout };
+  const trim6 = trim(6, [v(6, 7), v(6, -1)]);
+  const plan = ready(
+    planRestart(kvPolicy, [
+      report(1, view6, [{ shardId: 0, version: v(6, 10) }, { shardId: 1, version: v(6, 3) }]),
+      report(2, view7, [{ shardId: 0, version: v(6, 5) }], { trims: [trim6] }),
+      report(3, view7, [{ shardId: 0, version: v(5, 20) }, { shardId: 1, version: v(5, 1) }], { trims: [trim6] }),
+    ]),
+  );
+  t.deepEqual(plan.lastView, view7);
+  t.deepEqual(plan.decision.trims, [trim6]);
+  t.deepEqual(shardOf(plan, 0), { shardId: 0, source: 1, truncateTo: v(6, 7) });
+  // Shard 1: nothing of view 6 survived the trim, so node 1's (6, 3) is cut to (6, -1), which still beats (5, 1).
+  t.deepEqual(shardOf(plan, 1), { shardId: 1, source: 1, truncateTo: v(6, -1) });
+
+  const decision = plan.decision;
+  t.deepEqual(truncationFor(decision, v(6, 10), 0), { keepThrough: v(6, 7), needsSuffixFrom: null });
+  t.deepEqual(truncationFor(decision, v(6, 5), 0), { keepThrough: v(6, 5), needsSuffixFrom: 1 });
+  t.deepEqual(truncationFor(decision, v(5, 20), 0), { keepThrough: v(5, 20), needsSuffixFrom: 1 });
+  t.deepEqual(truncationFor(decision, v(6, 3), 1), { keepThrough: v(6, -1), needsSuffixFrom: null });
+  // A shard the decision does not know keeps nothing.
+  t.deepEqual(truncationFor(decision, v(6, 3), 42), { keepThrough: VERSION_NONE, needsSuffixFrom: null });
+});
+
+test('the restart view id is higher than any id ever seen', (t) => {
+  const view3: View = { viewId: 3, members: [1, 2, 3], layout: layoutFor(kvPolicy, [[1, 2], [3]]) };
+  t.is(ready(planRestart(kvPolicy, [report(1, view3), report(3, view3)])).decision.view.viewId, 4);
+  // A view 9 was proposed (never installed) and the restart before this one got as far as a trim of view 10.
+  const plan = ready(
+    planRestart(kvPolicy, [
+      report(1, view3, [], { highestViewIdSeen: 9 }),
+      report(2, view3, [], { trims: [trim(10, [v(10, 0), v(10, 0)])] }),
+      report(3, view3),
+    ]),
+  );
+  t.is(plan.decision.view.viewId, 11);
+});
+
+test('conflicting views with the same id are reported', (t) => {
+  const other: View = { viewId: 7, members: [1, 2, 4, 3], layout: view7.layout };
+  const plan = notReady(planRestart(kvPolicy, [report(1, view7), report(4, other), report(2, view7), report(3, view7)]));
+  t.is(plan.missing.conflict, 'conflicting restart reports: view 7 differs between reports: nodes 1, 2, 3 vs node 4');
+  t.is(plan.message, 'restart blocked for view 7: conflicting restart reports: view 7 differs between reports: nodes 1, 2, 3 vs node 4');
+  t.deepEqual(plan.lastView, view7);
+
+  // Different layouts count too, and so do two different ragged trims of one view.
+  const relaid: View = { ...view7, layout: layoutFor(kvPolicy, [[1, 3], [2, 4]]) };
+  const plan2 = notReady(
+    planRestart(kvPolicy, [
+      report(1, view7, [], { trims: [trim(6, [v(6, 1), v(6, 1)])] }),
+      report(2, relaid),
+      report(3, view7, [], { trims: [trim(6, [v(6, 2), v(6, 1)])] }),
+    ]),
+  );
+  t.is(
+    plan2.missing.conflict,
+    'conflicting restart reports: view 7 differs between reports: nodes 1, 3 vs node 2; ' +
+      'ragged trim of view 6 differs between reports: node 1 vs node 3',
+  );
+});
+
+test('volatile shards restart empty', (t) => {
+  const view: View = {
+    viewId: 4,
+    members: [1, 2, 3, 4, 5, 6],
+    layout: layoutFor(mixedPolicy, [[1, 2], [3, 4], [5, 6], [1, 5]]),
+  };
+  const tails = [
+    { shardId: 0, version: v(4, 3) },
+    { shardId: 2, version: v(4, 8) },
+    { shardId: 3, version: v(4, 8) },
+  ];
+  const plan = ready(planRestart(mixedPolicy, [1, 2, 3, 5, 6].map((n) => report(n, view, tails))));
+  const persistentIds = new Set(plan.decision.view.layout.shards.filter((s) => s.persistent && s.deliveryMode === 'ordered').map((s) => s.shardId));
+  t.true(persistentIds.has(0));
+  t.false(persistentIds.has(2));
+  t.false(persistentIds.has(3));
+  t.deepEqual(shardOf(plan, 2), { shardId: 2, source: null, truncateTo: VERSION_NONE });
+  t.deepEqual(shardOf(plan, 3), { shardId: 3, source: null, truncateTo: VERSION_NONE });
+  t.deepEqual(shardOf(plan, 0), { shardId: 0, source: 1, truncateTo: v(4, 3) });
+  t.deepEqual(truncationFor(plan.decision, v(4, 8), 2), { keepThrough: VERSION_NONE, needsSuffixFrom: null });
+});
+
+test('a persistent shard nobody holds a log for restarts empty', (t) => {
+  const plan = ready(planRestart(kvPolicy, [report(1, view7), report(2, view7), report(3, view7)]));
+  t.deepEqual(plan.decision.shards.map((s) => ({ ...s })), [
+    { shardId: 0, source: null, truncateTo: VERSION_NONE },
+    { shardId: 1, source: null, truncateTo: VERSION_NONE },
+  ]);
+});
+
+test('nodes outside the last view join the restart view after its members, by ascending id', (t) => {
+  const plan = ready(
+    planRestart(kvPolicy, [
+      report(9, { viewId: 2, members: [9, 8], layout: layoutFor(kvPolicy, [[9], [8]]) }),
+      report(4, view7),
+      report(8, { viewId: 2, members: [9, 8], layout: layoutFor(kvPolicy, [[9], [8]]) }),
+      report(2, view7),
+      report(3, view7),
+    ]),
+  );
+  t.deepEqual(plan.decision.view.members, [2, 3, 4, 8, 9]);
+  t.deepEqual(plan.returned, [2, 3, 4, 8, 9]);
+});
+
+test('a node\'s later duplicate reports are ignored, and no report means no plan', (t) => {
+  const plan = notReady(planRestart(kvPolicy, [report(1, view7), report(1, view7), report(1, view7)]));
+  t.deepEqual(plan.missing.majority, { have: 1, need: 3, absent: [2, 3, 4] });
+  // The duplicate's different view does not count as a conflict: only the first report of node 2 counts.
+  const plan2 = planRestart(kvPolicy, [report(1, view7), report(2, view7), report(2, { ...view7, members: [2] }), report(3, view7)]);
+  t.true(plan2.ready);
+
+  const empty = notReady(planRestart(kvPolicy, []));
+  t.is(empty.lastView, null);
+  t.deepEqual(empty.missing, { majority: null, shards: [], inadequate: null, conflict: null });
+  t.is(empty.message, 'restart quorum not met: no restart reports received yet');
+});
+
+// ---------------------------------------------------------------------------------------------------
+// Properties against a naive reference
+
+const propPolicy: GroupPolicy = {
+  subgroups: [
+    { name: 'kv', shards: 2, minNodesPerShard: 1, maxNodesPerShard: 2, deliveryMode: 'ordered', persistent: true },
+    { name: 'log', shards: 1, minNodesPerShard: 1, maxNodesPerShard: 3, deliveryMode: 'ordered', persistent: true },
+    { name: 'cache', shards: 1, minNodesPerShard: 1, maxNodesPerShard: 2, deliveryMode: 'ordered', persistent: false },
+  ],
+};
+const PROP_SHARDS = 4;
+const NODE_IDS = [1, 2, 3, 4, 5, 6, 7, 8, 9];
+
+interface Scenario {
+  reports: RestartReport[];
+  /** Every trim any report could carry, by view id (consistent across reports). */
+  trims: Map<number, SavedTrim>;
+}
+
+/** Views, one per id, consistent across reports: members and a layout (hand-made, one member per shard at least). */
+const viewArb = (viewId: number): fc.Arbitrary<View> =>
+  fc
+    .shuffledSubarray(NODE_IDS.slice(0, 7), { minLength: 1, maxLength: 7 })
+    .chain((members) =>
+      fc
+        .array(fc.array(fc.constantFrom(...members), { minLength: 0, maxLength: 2 }), {
+          minLength: PROP_SHARDS,
+          maxLength: PROP_SHARDS,
+        })
+        .map((assignment) => ({
+          viewId,
+          members,
+          layout: layoutFor(propPolicy, assignment.map((ms) => [...new Set(ms)])),
+        })),
+    );
+
+const versionArb = (maxView: number): fc.Arbitrary<Version> =>
+  fc.record({ viewId: fc.integer({ min: 0, max: maxView }), seq: fc.integer({ min: -1, max: 12 }) });
+
+const trimArb = (viewId: number): fc.Arbitrary<SavedTrim> =>
+  fc
+    .array(fc.integer({ min: -1, max: 12 }), { minLength: PROP_SHARDS, maxLength: PROP_SHARDS })
+    .map((seqs) => trim(viewId, seqs.map((seq) => v(viewId, seq))));
+
+const scenarioArb: fc.Arbitrary<Scenario> = fc
+  .record({
+    top: fc.integer({ min: 1, max: 6 }),
+    older: fc.integer({ min: 0, max: 5 }),
+  })
+  .chain(({ top, older }) => {
+    const olderId = Math.min(older, top - 1);
+    return fc.record({
+      topView: viewArb(top),
+      olderView: viewArb(olderId),
+      trimList: fc.array(fc.integer({ min: 0, max: top + 1 }).chain(trimArb), { maxLength: 4 }),
+      reporters: fc.shuffledSubarray(NODE_IDS, { minLength: 1, maxLength: NODE_IDS.length }),
+      top: fc.constant(top),
+    });
+  })
+  .chain(({ topView, olderView, trimList, reporters, top }) => {
+    const trims = new Map<number, SavedTrim>();
+    for (const t of trimList) if (!trims.has(t.viewId)) trims.set(t.viewId, t);
+    const trimValues = [...trims.values()];
+    const one = (nodeId: NodeId): fc.Arbitrary<RestartReport> =>
+      fc.record({
+        nodeId: fc.constant(nodeId),
+        lastView: fc.constantFrom(topView, olderView),
+        highestViewIdSeen: fc.integer({ min: 0, max: top + 3 }),
+        trims: trimValues.length === 0 ? fc.constant([]) : fc.subarray(trimValues),
+        logTails: fc.uniqueArray(
+          fc.record({ shardId: fc.integer({ min: 0, max: PROP_SHARDS - 1 }), version: versionArb(top + 1) }),
+          { selector: (x) => x.shardId, maxLength: PROP_SHARDS },
+        ),
+        promised: fc.option(fc.record({ round: fc.nat({ max: 3 }), nodeId: fc.constantFrom(...NODE_IDS) })),
+      });
+    return fc.tuple(...reporters.map(one)).map((reports) => ({ reports, trims }));
+  });
+
+/** The reference: conditions (a)-(c) evaluated by brute force from the raw reports. */
+function referenceQuorum(policy: GroupPolicy, reports: RestartReport[]) {
+  let lastView = reports[0]!.lastView;
+  for (const r of reports) if (r.lastView.viewId > lastView.viewId) lastView = r.lastView;
+  const ids = reports.map((r) => r.nodeId);
+  const returnedMembers = lastView.members.filter((m) => ids.includes(m));
+  const a = 2 * returnedMembers.length > lastView.members.length;
+  const uncovered = lastView.layout.shards.filter((s) => s.members.length > 0 && s.members.every((m) => !ids.includes(m)));
+  const b = uncovered.length === 0;
+  const members = [...returnedMembers, ...ids.filter((n) => !lastView.members.includes(n)).sort((x, y) => x - y)];
+  const allocation = allocate(policy, lastView.layout, members);
+  return { a, b, c: allocation.adequate, lastView, members, uncovered: uncovered.map((s) => s.shardId), allocation };
+}
+
+/** Naive valid tail: the tail capped by the (well-formed) trim of its own view, if any. */
+function referenceValid(tail: Version, shardId: number, trims: SavedTrim[]): Version {
+  const t = trims.find((x) => x.viewId === tail.viewId);
+  const cap = t?.lastVersions[shardId];
+  return cap !== undefined && compareVersions(cap, tail) < 0 ? cap : tail;
+}
+
+const RUNS = { numRuns: 300 };
+
+test('property: the quorum verdict is conditions (a)-(c) evaluated from the raw reports', (t) => {
+  fc.assert(
+    fc.property(scenarioArb, ({ reports }) => {
+      const ref = referenceQuorum(propPolicy, reports);
+      const plan = planRestart(propPolicy, reports);
+      if (plan.ready !== (ref.a && ref.b && ref.c)) return false;
+      if (!isDeepStrictEqual(plan.lastView, ref.lastView)) return false;
+      if (plan.ready) {
+        return isDeepStrictEqual(plan.decision.view.members, ref.members) && ref.allocation.adequate &&
+          isDeepStrictEqual(plan.decision.view.layout, ref.allocation.layout);
+      }
+      return (
+        (plan.missing.majority === null) === ref.a &&
+        isDeepStrictEqual(plan.missing.shards.map((s) => s.shardId), ref.uncovered) &&
+        (plan.missing.inadequate === null) === ref.c &&
+        plan.missing.conflict === null &&
+        plan.message.startsWith(`restart quorum not met for view ${ref.lastView.viewId}: `)
+      );
+    }),
+    RUNS,
+  );
+  t.pass();
+});
+
+test('property: the source holds the greatest valid tail and truncateTo respects every known trim', (t) => {
+  fc.assert(
+    fc.property(scenarioArb, ({ reports }) => {
+      const plan = planRestart(propPolicy, reports);
+      if (!plan.ready) return true;
+      const { decision } = plan;
+      const seen = Math.max(...reports.flatMap((r) => [r.lastView.viewId, r.highestViewIdSeen, ...r.trims.map((x) => x.viewId)]));
+      if (decision.view.viewId !== seen + 1) return false;
+      const allTrims = reports.flatMap((r) => r.trims);
+      for (const shard of decision.view.layout.shards) {
+        const entry = decision.shards.find((s) => s.shardId === shard.shardId);
+        if (entry === undefined) return false;
+        const holders = reports.flatMap((r) =>
+          r.logTails.filter((x) => x.shardId === shard.shardId).map((x) => ({ nodeId: r.nodeId, valid: referenceValid(x.version, shard.shardId, allTrims) })),
+        );
+        if (!shard.persistent || shard.deliveryMode !== 'ordered' || holders.length === 0) {
+          if (entry.source !== null || !isDeepStrictEqual(entry.truncateTo, VERSION_NONE)) return false;
+          continue;
+        }
+        const source = holders.find((h) => h.nodeId === entry.source);
+        if (source === undefined || !isDeepStrictEqual(source.valid, entry.truncateTo)) return false;
+        if (holders.some((h) => compareVersions(h.valid, source.valid) > 0)) return false;
+        const trimOfView = allTrims.find((x) => x.viewId === entry.truncateTo.viewId);
+        const cap = trimOfView?.lastVersions[shard.shardId];
+        if (cap !== undefined && compareVersions(entry.truncateTo, cap) > 0) return false;
+        // Every holder's cut: never beyond its tail or truncateTo; fetch exactly when behind.
+        for (const r of reports) {
+          const tail = r.logTails.find((x) => x.shardId === shard.shardId);
+          if (tail === undefined) continue;
+          const cut = truncationFor(decision, tail.version, shard.shardId);
+          if (compareVersions(cut.keepThrough, tail.version) > 0) return false;
+          if (compareVersions(cut.keepThrough, entry.truncateTo) > 0) return false;
+          const behind = compareVersions(cut.keepThrough, entry.truncateTo) < 0;
+          if (cut.needsSuffixFrom !== (behind ? entry.source : null)) return false;
+          if (r.nodeId === entry.source && behind) return false;
+        }
+      }
+      const ids = decision.trims.map((x) => x.viewId);
+      return ids.every((id, i) => i === 0 || ids[i - 1]! < id);
+    }),
+    RUNS,
+  );
+  t.pass();
+});
+
+test('property: the order of the reports does not change the plan', (t) => {
+  // Sometimes one report's view is altered, so that conflicts (and their messages) are covered too.
+  const withConflicts = fc
+    .tuple(scenarioArb, fc.option(fc.tuple(fc.nat(), fc.shuffledSubarray(NODE_IDS.slice(0, 7), { minLength: 1 }))))
+    .map(([s, alter]) => {
+      if (alter === null) return s.reports;
+      const victim = s.reports[alter[0] % s.reports.length]!;
+      return s.reports.map((r) => (r === victim ? { ...r, lastView: { ...r.lastView, members: alter[1] } } : r));
+    });
+  fc.assert(
+    fc.property(
+      withConflicts.chain((reports) => fc.tuple(fc.constant(reports), fc.shuffledSubarray(reports, { minLength: reports.length, maxLength: reports.length }))),
+      ([reports, shuffled]) => isDeepStrictEqual(planRestart(propPolicy, reports), planRestart(propPolicy, shuffled)),
+    ),
+    RUNS,
+  );
+  t.pass();
+});
+
+test('property: any two reports of one view id that differ block the restart as a conflict', (t) => {
+  fc.assert(
+    fc.property(
+      scenarioArb,
+      fc.nat(),
+      fc.shuffledSubarray(NODE_IDS.slice(0, 7), { minLength: 1, maxLength: 7 }),
+      ({ reports }, pick, members) => {
+        const victim = reports[pick % reports.length]!;
+        const altered: RestartReport = { ...victim, lastView: { ...victim.lastView, members } };
+        const mutated = reports.map((r) => (r === victim ? altered : r));
+        const differs = mutated.some((x) => mutated.some((y) => x.lastView.viewId === y.lastView.viewId && !isDeepStrictEqual(x.lastView, y.lastView)));
+        const plan = planRestart(propPolicy, mutated);
+        if (!differs) return plan.ready ? true : plan.missing.conflict === null;
+        return !plan.ready && plan.missing.conflict !== null && plan.message.includes(`view ${victim.lastView.viewId} differs`);
+      },
+    ),
+    RUNS,
+  );
+  t.pass();
+});

@@ -1,0 +1,273 @@
+// Restart after total failure: the planner that turns the reports of returning nodes into the
+// restart decision (Derecho's restart quorum, as this project implements it). Pure and I/O-free.
+//
+// Rules:
+//  1. The last view is the reported `lastView` with the highest id. Two reports naming the same view id
+//     with different members or layout contradict each other (so do two different ragged trims for one
+//     view id): the plan is not ready and says which nodes disagree. One report per node id counts (the
+//     first; later duplicates are ignored).
+//  2. Quorum: (a) a majority of the last view's members returned; (b) every (non-empty) shard of the last
+//     view has at least one returning former member; (c) the restart view is adequate. Its members are
+//     every returning node: the last view's members in rank order, then the others by ascending id; its
+//     layout is `allocate(policy, lastView.layout, members)`.
+//  3. The restart view id is one above every view id ever seen (last view, highestViewIdSeen, trims).
+//  4. A log tail is valid up to the ragged trim of the view it lies in (if that trim is known). Per
+//     persistent shard of the new layout, the source is the returning node with the greatest valid tail
+//     (ties: a former member of the shard in the last view, then the lowest rank in the restart view),
+//     and every log is cut to that tail. Volatile and raw shards restart empty.
+import { allocate } from './allocation.ts';
+import { compareVersions, VERSION_NONE } from './types.ts';
+import type { GroupPolicy, NodeId, RestartDecision, RestartReport, SavedTrim, ShardLayout, Version, View } from './types.ts';
+
+export type RestartPlan =
+  | { ready: true; decision: RestartDecision; lastView: View; returned: NodeId[] }
+  | { ready: false; lastView: View | null; missing: RestartMissing; message: string };
+
+export interface RestartMissing {
+  /** Members of the last view still needed for a majority (how many more, and who could supply them). */
+  majority: { have: number; need: number; absent: NodeId[] } | null;
+  /** Shards of the last view none of whose former members returned. */
+  shards: { shardId: number; subgroup: string; shardIndex: number; formerMembers: NodeId[] }[];
+  /** The restart view would be inadequate (allocator's reason), or null. */
+  inadequate: string | null;
+  /** Reports that contradict each other (two different views with the same id), or null. */
+  conflict: string | null;
+}
+
+/**
+ * Plans the restart from the reports received so far. `ready: false` explains what is missing;
+ * `returned` (ready plans) lists the reporting node ids in ascending order.
+ * The plan does not depend on the order of the reports (except which of two reports of one node counts).
+ */
+export function planRestart(policy: GroupPolicy, reports: RestartReport[]): RestartPlan {
+  const unique = uniqueReports(reports);
+  if (unique.length === 0) {
+    return {
+      ready: false,
+      lastView: null,
+      missing: { majority: null, shards: [], inadequate: null, conflict: null },
+      message: 'restart quorum not met: no restart reports received yet',
+    };
+  }
+
+  // Rule 1: the last view, and contradictions between reports.
+  const conflicts: string[] = [];
+  const views = groupVariants(
+    unique.map((r) => ({ key: r.lastView.viewId, value: r.lastView, nodeId: r.nodeId })),
+    sameView,
+  );
+  const trimVariants = groupVariants(
+    unique.flatMap((r) => r.trims.map((t) => ({ key: t.viewId, value: t, nodeId: r.nodeId }))),
+    sameTrim,
+  );
+  for (const [viewId, variants] of views) {
+    if (variants.length > 1) conflicts.push(`view ${viewId} differs between reports: ${variantNodes(variants)}`);
+  }
+  for (const [viewId, variants] of trimVariants) {
+    if (variants.length > 1) conflicts.push(`ragged trim of view ${viewId} differs between reports: ${variantNodes(variants)}`);
+  }
+  const lastViewId = Math.max(...views.keys());
+  const lastView = views.get(lastViewId)![0]!.value;
+
+  if (conflicts.length > 0) {
+    const conflict = `conflicting restart reports: ${conflicts.join('; ')}`;
+    return {
+      ready: false,
+      lastView,
+      missing: { majority: null, shards: [], inadequate: null, conflict },
+      message: `restart blocked for view ${lastView.viewId}: ${conflict}`,
+    };
+  }
+
+  // Rule 2: the quorum.
+  const returned = new Set(unique.map((r) => r.nodeId));
+  const lastMembers = dedupe(lastView.members);
+  const have = lastMembers.filter((m) => returned.has(m)).length;
+  const need = Math.floor(lastMembers.length / 2) + 1;
+  const majority = have >= need ? null : { have, need, absent: lastMembers.filter((m) => !returned.has(m)) };
+
+  const shards = sortedShards(lastView.layout.shards)
+    .filter((s) => s.members.length > 0 && !s.members.some((m) => returned.has(m)))
+    .map((s) => ({ shardId: s.shardId, subgroup: s.subgroup, shardIndex: s.shardIndex, formerMembers: [...s.members] }));
+
+  const members = [
+    ...lastMembers.filter((m) => returned.has(m)),
+    ...[...returned].filter((n) => !lastMembers.includes(n)).sort((a, b) => a - b),
+  ];
+  const allocation = allocate(policy, lastView.layout, members);
+  const inadequate = allocation.adequate ? null : allocation.reason;
+
+  if (!allocation.adequate || majority !== null || shards.length > 0) {
+    const parts: string[] = [];
+    if (majority !== null) {
+      parts.push(
+        `${have} of ${lastMembers.length} members returned (need ${need}; waiting for ${nodesPhrase(majority.absent)})`,
+      );
+    }
+    for (const s of shards) {
+      parts.push(`shard ${s.subgroup}/${s.shardIndex} has no returning member (former members ${s.formerMembers.join(', ')})`);
+    }
+    if (inadequate !== null) parts.push(`the restart view would be inadequate: ${inadequate}`);
+    return {
+      ready: false,
+      lastView,
+      missing: { majority, shards, inadequate, conflict: null },
+      message: `restart quorum not met for view ${lastView.viewId}: ${parts.join('; ')}`,
+    };
+  }
+
+  // Rule 3: a view id never used before.
+  let highest = lastView.viewId;
+  for (const r of unique) {
+    highest = Math.max(highest, r.highestViewIdSeen);
+    for (const t of r.trims) highest = Math.max(highest, t.viewId);
+  }
+  const view: View = { viewId: highest + 1, members, layout: allocation.layout };
+
+  // Rule 4: sources and truncation points.
+  const trims = new Map<number, SavedTrim>();
+  for (const [viewId, variants] of trimVariants) trims.set(viewId, variants[0]!.value);
+  const lastShards = new Map(lastView.layout.shards.map((s) => [s.shardId, s] as const));
+  const rank = new Map(members.map((m, i) => [m, i] as const));
+  const decisionShards = sortedShards(allocation.layout.shards).map((s) => {
+    if (!s.persistent || s.deliveryMode !== 'ordered') {
+      return { shardId: s.shardId, source: null, truncateTo: VERSION_NONE };
+    }
+    const former = lastShards.get(s.shardId)?.members ?? [];
+    let best: { nodeId: NodeId; tail: Version; former: boolean; rank: number } | null = null;
+    for (const r of unique) {
+      const entry = r.logTails.find((t) => t.shardId === s.shardId);
+      if (entry === undefined) continue;
+      const candidate = {
+        nodeId: r.nodeId,
+        tail: validTail(entry.version, s.shardId, trims),
+        former: former.includes(r.nodeId),
+        rank: rank.get(r.nodeId)!,
+      };
+      if (best === null || betterSource(candidate, best)) best = candidate;
+    }
+    return best === null
+      ? { shardId: s.shardId, source: null, truncateTo: VERSION_NONE }
+      : { shardId: s.shardId, source: best.nodeId, truncateTo: best.tail };
+  });
+
+  const decision: RestartDecision = {
+    view,
+    shards: decisionShards,
+    trims: [...trims.values()].sort((a, b) => a.viewId - b.viewId),
+  };
+  return { ready: true, decision, lastView, returned: [...returned].sort((a, b) => a - b) };
+}
+
+/**
+ * Where a node cuts its own log of `shardId` under `decision`, given its log's newest version: the minimum
+ * of its tail, the ragged trim of its tail's view (if the decision knows it) and the shard's truncateTo.
+ * `needsSuffixFrom` is the source to fetch the rest from when the kept tail is older than truncateTo.
+ * A shard absent from the decision (or volatile) keeps nothing and fetches nothing.
+ */
+export function truncationFor(
+  decision: RestartDecision,
+  nodeTail: Version,
+  shardId: number,
+): { keepThrough: Version; needsSuffixFrom: NodeId | null } {
+  const trims = new Map<number, SavedTrim>();
+  for (const t of decision.trims) if (!trims.has(t.viewId)) trims.set(t.viewId, t);
+  const entry = decision.shards.find((s) => s.shardId === shardId);
+  const truncateTo = entry?.truncateTo ?? VERSION_NONE;
+  const valid = validTail(nodeTail, shardId, trims);
+  const keepThrough = compareVersions(valid, truncateTo) <= 0 ? valid : truncateTo;
+  const source = entry?.source ?? null;
+  const needsSuffixFrom = source !== null && compareVersions(keepThrough, truncateTo) < 0 ? source : null;
+  return { keepThrough, needsSuffixFrom };
+}
+
+/**
+ * The part of a log ending at `tail` that is valid: a log tail lying in view v is valid up to the ragged
+ * trim of v, when known. Repeated while the cut lands in another view with a known trim (only malformed
+ * trims, whose last version lies outside their own view, do that); each step strictly decreases.
+ */
+function validTail(tail: Version, shardId: number, trims: ReadonlyMap<number, SavedTrim>): Version {
+  let v = tail;
+  for (;;) {
+    const cap = trims.get(v.viewId)?.lastVersions[shardId];
+    if (cap === undefined || compareVersions(cap, v) >= 0) return v;
+    v = cap;
+  }
+}
+
+function betterSource(
+  a: { nodeId: NodeId; tail: Version; former: boolean; rank: number },
+  b: { nodeId: NodeId; tail: Version; former: boolean; rank: number },
+): boolean {
+  const c = compareVersions(a.tail, b.tail);
+  if (c !== 0) return c > 0;
+  if (a.former !== b.former) return a.former;
+  return a.rank < b.rank;
+}
+
+/** First report of each node id, ordered by node id. */
+function uniqueReports(reports: RestartReport[]): RestartReport[] {
+  const seen = new Map<NodeId, RestartReport>();
+  for (const r of reports) if (!seen.has(r.nodeId)) seen.set(r.nodeId, r);
+  return [...seen.values()].sort((a, b) => a.nodeId - b.nodeId);
+}
+
+interface Variant<T> {
+  value: T;
+  nodes: NodeId[];
+}
+
+/** Groups values by key, then into distinct variants (each with the nodes that hold it, ascending). */
+function groupVariants<T>(
+  items: { key: number; value: T; nodeId: NodeId }[],
+  same: (a: T, b: T) => boolean,
+): Map<number, Variant<T>[]> {
+  const byKey = new Map<number, Variant<T>[]>();
+  for (const item of items) {
+    const variants = byKey.get(item.key) ?? [];
+    byKey.set(item.key, variants);
+    const match = variants.find((v) => same(v.value, item.value));
+    if (match === undefined) variants.push({ value: item.value, nodes: [item.nodeId] });
+    else if (!match.nodes.includes(item.nodeId)) match.nodes.push(item.nodeId);
+  }
+  return new Map([...byKey.entries()].sort((a, b) => a[0] - b[0]));
+}
+
+function variantNodes<T>(variants: Variant<T>[]): string {
+  return variants.map((v) => nodesPhrase(v.nodes)).join(' vs ');
+}
+
+function nodesPhrase(nodes: NodeId[]): string {
+  return nodes.length === 1 ? `node ${nodes[0]}` : `nodes ${nodes.join(', ')}`;
+}
+
+function sortedShards(shards: ShardLayout[]): ShardLayout[] {
+  return [...shards].sort((a, b) => a.shardId - b.shardId);
+}
+
+function dedupe(ids: NodeId[]): NodeId[] {
+  return ids.filter((id, i) => ids.indexOf(id) === i);
+}
+
+function sameView(a: View, b: View): boolean {
+  return a.viewId === b.viewId && deepEqual(a.members, b.members) && deepEqual(a.layout, b.layout);
+}
+
+function sameTrim(a: SavedTrim, b: SavedTrim): boolean {
+  return deepEqual(a, b);
+}
+
+/** Structural equality of plain data (arrays, objects, primitives); undefined-valued keys are ignored. */
+function deepEqual(a: unknown, b: unknown): boolean {
+  if (a === b) return true;
+  if (typeof a !== 'object' || typeof b !== 'object' || a === null || b === null) return false;
+  if (Array.isArray(a) !== Array.isArray(b)) return false;
+  if (Array.isArray(a) && Array.isArray(b)) {
+    return a.length === b.length && a.every((x, i) => deepEqual(x, b[i]));
+  }
+  const ra = a as Record<string, unknown>;
+  const rb = b as Record<string, unknown>;
+  const ka = Object.keys(ra).filter((k) => ra[k] !== undefined).sort();
+  const kb = Object.keys(rb).filter((k) => rb[k] !== undefined).sort();
+  return deepEqual(ka, kb) && ka.every((k) => deepEqual(ra[k], rb[k]));
+}

@@ -1,0 +1,84 @@
+import test from 'ava';
+import fc from 'fast-check';
+import { columnMin, contiguousSeqCount, globalSeq, messagesOfSenderBelow, persistenceFrontier, seqOwner, stableSeqCount } from './stability.ts';
+
+// Naive references: enumerate global sequence numbers one by one.
+function naiveContiguous(counts: number[]): number {
+  const n = counts.length;
+  if (n === 0) return 0;
+  let g = 0;
+  for (;;) {
+    const sender = g % n;
+    const index = Math.floor(g / n);
+    if (index >= counts[sender]!) return g;
+    g++;
+  }
+}
+
+function naiveStable(rows: number[][]): number {
+  if (rows.length === 0) return 0;
+  const n = rows[0]!.length;
+  let g = 0;
+  for (;;) {
+    const sender = g % n;
+    const index = Math.floor(g / n);
+    if (!rows.every((row) => index < row[sender]!)) return g;
+    g++;
+  }
+}
+
+test('round robin: sender r\'s k-th message has sequence k*n + r, and seqOwner inverts it', (t) => {
+  t.is(globalSeq(0, 0, 3), 0);
+  t.is(globalSeq(0, 2, 3), 2);
+  t.is(globalSeq(4, 1, 3), 13);
+  t.deepEqual(seqOwner(13, 3), { index: 4, senderRank: 1 });
+  fc.assert(fc.property(fc.integer({ min: 0, max: 1000 }), fc.integer({ min: 1, max: 9 }), (seq, n) => {
+    const { index, senderRank } = seqOwner(seq, n);
+    return globalSeq(index, senderRank, n) === seq && senderRank < n;
+  }));
+});
+
+test('contiguous prefix: a table of cases', (t) => {
+  const cases: [number[], number][] = [
+    [[0, 0, 0], 0], [[1, 0, 0], 1], [[1, 1, 0], 2], [[1, 1, 1], 3], [[2, 1, 1], 4], [[5, 0, 9], 1], [[3], 3], [[], 0],
+  ];
+  for (const [counts, expected] of cases) t.is(contiguousSeqCount(counts), expected, JSON.stringify(counts));
+});
+
+test('contiguous prefix equals the naive enumeration', (t) => {
+  fc.assert(fc.property(fc.array(fc.integer({ min: 0, max: 30 }), { minLength: 1, maxLength: 7 }), (counts) => contiguousSeqCount(counts) === naiveContiguous(counts)));
+  t.pass();
+});
+
+test('stability: a message is stable once every member received it (min of a column)', (t) => {
+  t.is(stableSeqCount([[2, 2], [2, 1]]), 3);
+  t.is(stableSeqCount([[2, 2], [0, 5]]), 0);
+  fc.assert(fc.property(
+    fc.integer({ min: 1, max: 6 }).chain((n) => fc.array(fc.array(fc.integer({ min: 0, max: 20 }), { minLength: n, maxLength: n }), { minLength: 1, maxLength: 6 })),
+    (rows) => stableSeqCount(rows) === naiveStable(rows),
+  ));
+});
+
+test('stability never exceeds any single member\'s contiguous prefix', (t) => {
+  fc.assert(fc.property(
+    fc.integer({ min: 1, max: 6 }).chain((n) => fc.array(fc.array(fc.integer({ min: 0, max: 20 }), { minLength: n, maxLength: n }), { minLength: 1, maxLength: 6 })),
+    (rows) => rows.every((row) => stableSeqCount(rows) <= contiguousSeqCount(row)),
+  ));
+  t.deepEqual(columnMin([[3, 1], [2, 4]]), [2, 1]);
+});
+
+test('messages of a sender below a prefix match the enumeration', (t) => {
+  fc.assert(fc.property(fc.integer({ min: 0, max: 200 }), fc.integer({ min: 1, max: 8 }), fc.nat(7), (count, n, r0) => {
+    const r = r0 % n;
+    let naive = 0;
+    for (let g = 0; g < count; g++) if (g % n === r) naive++;
+    return messagesOfSenderBelow(count, r, n) === naive;
+  }));
+  t.pass();
+});
+
+test('persistence frontier is the minimum persisted count', (t) => {
+  t.is(persistenceFrontier([5, 3, 9]), 3);
+  t.is(persistenceFrontier([]), 0);
+  fc.assert(fc.property(fc.array(fc.nat(100), { minLength: 1 }), (xs) => persistenceFrontier(xs) === Math.min(...xs)));
+});

@@ -1,0 +1,58 @@
+// Small pure functions over state-table columns: round-robin sequence numbers, stability (a message is
+// deliverable once every member received it), the ragged-trim prefix and the persistence frontier.
+// Each is tested against a naive enumeration in stability.test.ts.
+
+/** Global sequence number of a sender's index-th message: senders take turns round-robin. */
+export function globalSeq(index: number, senderRank: number, senderCount: number): number {
+  return index * senderCount + senderRank;
+}
+
+/** Inverse of globalSeq. */
+export function seqOwner(seq: number, senderCount: number): { index: number; senderRank: number } {
+  return { index: Math.floor(seq / senderCount), senderRank: seq % senderCount };
+}
+
+/**
+ * Length of the longest gap-free prefix of the round-robin order covered by per-sender counts:
+ * the number of global sequence numbers g such that every g' < g has index(g') < counts[owner(g')].
+ * Sender r's first missing message has sequence counts[r] * n + r; the prefix ends at the smallest.
+ */
+export function contiguousSeqCount(counts: readonly number[]): number {
+  const n = counts.length;
+  if (n === 0) return 0;
+  let first = Number.POSITIVE_INFINITY;
+  for (let r = 0; r < n; r++) first = Math.min(first, counts[r]! * n + r);
+  return first;
+}
+
+/**
+ * Stable prefix of a shard: the sequence numbers every member has received, given each member's
+ * received-per-sender row. Equal to contiguousSeqCount of the column-wise minimum.
+ */
+export function stableSeqCount(receivedByMember: readonly (readonly number[])[]): number {
+  if (receivedByMember.length === 0) return 0;
+  return contiguousSeqCount(columnMin(receivedByMember));
+}
+
+/** Column-wise minimum (the "min of a column" of the state table). */
+export function columnMin(rows: readonly (readonly number[])[]): number[] {
+  const width = rows[0]?.length ?? 0;
+  const out = new Array<number>(width).fill(Number.POSITIVE_INFINITY);
+  for (const row of rows) for (let c = 0; c < width; c++) out[c] = Math.min(out[c]!, row[c] ?? 0);
+  return rows.length === 0 ? [] : out;
+}
+
+/** How many messages of sender `senderRank` lie in the first `seqCount` global sequence numbers. */
+export function messagesOfSenderBelow(seqCount: number, senderRank: number, senderCount: number): number {
+  if (seqCount <= senderRank) return 0;
+  return Math.floor((seqCount - 1 - senderRank) / senderCount) + 1;
+}
+
+/** Persistence frontier: the prefix every member has durably logged (min of the persisted column). */
+export function persistenceFrontier(persistedByMember: readonly number[]): number {
+  if (persistedByMember.length === 0) return 0;
+  let m = Number.POSITIVE_INFINITY;
+  for (const p of persistedByMember) m = Math.min(m, p);
+  return m;
+}
+
