@@ -881,6 +881,7 @@ export class Replica {
     if (wasInOldView) for (const w of welcomes) this.welcomes.set(w.to, w);
     this.pendingJoins = this.pendingJoins.filter((p) => !value.next.members.includes(p.nodeId));
     if (this.view!.members[this.leaderRankAmongLive()] !== this.me) this.pendingJoins = [];
+    this.myRow().pendingJoins = this.pendingJoins.map((p) => ({ ...p }));
   }
 
   private welcomeFor(joiner: NodeId, value: ViewChangeValue): WelcomeMessage {
