@@ -82,6 +82,8 @@ interface ShardState {
   transferRequestedTick: number;
   /** Deliveries (and their log records) withheld while !stateReady. Bounded by heldDeliveriesMax. */
   held: Delivery[];
+  /** A transferred state covers every version up to this one: later deliveries at or below it are skipped. */
+  coveredThrough: Version;
 }
 
 interface RestartState {
@@ -153,6 +155,7 @@ export class Replica {
   private contactCursor = 0;
   private preferredContact: NodeId | null = null;
   private lastRetryTick = -1_000_000;
+  private joiningSinceTick = 0;
 
   // ---- restarting ----
   private restart: RestartState | null = null;
@@ -298,6 +301,7 @@ export class Replica {
     if (!shard || shard.stateReady) return;
     shard.stateReady = true;
     shard.transferFrom = null;
+    shard.coveredThrough = through;
     if (compareVersions(through, shard.lastDelivered) > 0) shard.lastDelivered = through;
     for (const d of shard.held) {
       if (compareVersions(d.version, through) <= 0) continue;
@@ -388,7 +392,7 @@ export class Replica {
           if (s.deliveredSeq > mine) throw new Error(`invariant: shard ${shardId}: delivered ${s.deliveredSeq} beyond what this member received (${mine})`);
         }
         if (s.outboxBase + s.outbox.length !== s.sent) throw new Error(`invariant: shard ${shardId}: outbox covers [${s.outboxBase}, ${s.sent})`);
-        if (s.pending.length > this.config.pendingSendsMax) throw new Error(`invariant: shard ${shardId}: pending sends over their bound`);
+        if (s.pending.length > this.config.pendingSendsMax + this.config.windowSize) throw new Error(`invariant: shard ${shardId}: pending sends over their bound`);
         if (s.held.length > this.config.heldDeliveriesMax) throw new Error(`invariant: shard ${shardId}: held deliveries over their bound`);
         if (s.mySenderRank >= 0 && s.sent - this.minReceivedOf(s, s.mySenderRank) > this.config.windowSize) {
           throw new Error(`invariant: shard ${shardId}: more than windowSize=${this.config.windowSize} messages in flight`);
@@ -535,6 +539,11 @@ export class Replica {
   }
 
   private deliverOne(shard: ShardState, version: Version, sender: NodeId, payload: Uint8Array, raw: boolean): void {
+    if (!raw && compareVersions(version, shard.coveredThrough) <= 0) {
+      // Already part of the state transferred to us (the source had delivered further than we had).
+      if (shard.layout.persistent && this.view && version.viewId === this.view.viewId) shard.loggedSeq = Math.max(shard.loggedSeq, version.seq + 1);
+      return;
+    }
     const d: Delivery = { shardId: shard.layout.shardId, version, sender, payload, mode: raw ? 'raw' : 'ordered' };
     if (!shard.stateReady && !raw) {
       if (shard.held.length >= this.config.heldDeliveriesMax) {
@@ -698,6 +707,14 @@ export class Replica {
     }
     const live = this.liveRanks();
     if (!this.hasMajority(live.length)) {
+      // A member we still consider live suspects us, and we cannot reach a majority: the rest of the
+      // group is removing us. Exit now, so the supervisor restarts us and we join again.
+      const removedBy = this.rows.findIndex((o, r) => r !== this.myRank && o.suspected[this.myRank] &&
+        this.tickCount - this.lastHeardTick[r]! <= this.config.suspectTicks);
+      if (removedBy >= 0) {
+        this.exit(`in a minority of view ${view.viewId} and suspected by node ${view.members[removedBy]}: restarting to rejoin`);
+        return;
+      }
       this.waiting = {
         kind: 'minority',
         message: `wedged in view ${view.viewId}: only ${live.length} of ${view.members.length} members reachable (a majority is needed); suspected: ${this.suspectedNodes().join(', ')}`,
@@ -861,6 +878,14 @@ export class Replica {
       this.exit(this.leaving ? `left the group (view ${value.next.viewId} installed without this node)` : `removed from the group in view ${value.next.viewId}`);
       return;
     }
+    // My own messages beyond the trim were not delivered in the ending view: send them again in the next
+    // one (ahead of newer sends), so an accepted send is only lost if its sender fails.
+    for (const [shardId, shard] of this.shards) {
+      if (shard.mySenderRank < 0 || shard.layout.deliveryMode !== 'ordered') continue;
+      const trimmed = value.trims[shardId]![shard.mySenderRank]!;
+      const undelivered = shard.outbox.slice(Math.max(0, trimmed - shard.outboxBase)).filter((p): p is Uint8Array => p !== null);
+      shard.pending.unshift(...undelivered);
+    }
     const oldLayout = view.layout;
     const oldShards = this.shards;
     const wasInOldView = view.members.includes(this.me);
@@ -928,10 +953,13 @@ export class Replica {
         transferFrom: plan ? plan.from : (old && wasMember && !old.stateReady ? old.transferFrom : null),
         transferRequestedTick: this.tickCount,
         held: old && wasMember && !stateReady ? old.held : [],
+        coveredThrough: old && wasMember ? old.coveredThrough : VERSION_NONE,
       };
       this.shards.set(layout.shardId, shard);
       this.myRow().stateReady[layout.shardId] = stateReady;
     }
+    // A leave not yet carried out by the change that just ended carries over to the new view.
+    this.myRow().leaving = this.leaving;
     this.rowMonitor.reset();
     this.rowDirty = true;
     this.waiting = this.shardWaiting();
@@ -1003,6 +1031,12 @@ export class Replica {
   }
 
   private tickJoining(): void {
+    if (this.tickCount - this.joiningSinceTick > this.config.wedgedExitTicks) {
+      // Nobody admitted us: perhaps every member is itself restarting. Start over (restart if we have
+      // saved state, so we can count toward a restart quorum).
+      this.exit(`not admitted to the group within ${this.config.wedgedExitTicks} ticks (${this.waiting.message})`);
+      return;
+    }
     if (this.tickCount - this.lastRetryTick < this.config.retryTicks) return;
     this.lastRetryTick = this.tickCount;
     let to = this.preferredContact;
@@ -1026,6 +1060,7 @@ export class Replica {
 
   private becomeJoiner(leader: NodeId): void {
     this.mode = 'joining';
+    this.joiningSinceTick = this.tickCount;
     this.restart = null;
     this.preferredContact = leader;
     this.waiting = { kind: 'joining', message: `joining the running group through node ${leader}` };
