@@ -302,6 +302,7 @@ export class Replica {
     shard.stateReady = true;
     shard.transferFrom = null;
     shard.coveredThrough = through;
+    if (shard.layout.persistent && shard.layout.deliveryMode === 'ordered') this.out.persist.push({ kind: 'shardState', shardId, complete: true });
     if (compareVersions(through, shard.lastDelivered) > 0) shard.lastDelivered = through;
     for (const d of shard.held) {
       if (compareVersions(d.version, through) <= 0) continue;
@@ -957,6 +958,9 @@ export class Replica {
       };
       this.shards.set(layout.shardId, shard);
       this.myRow().stateReady[layout.shardId] = stateReady;
+      if (!stateReady && layout.persistent && layout.deliveryMode === 'ordered') {
+        this.out.persist.push({ kind: 'shardState', shardId: layout.shardId, complete: false });
+      }
     }
     // A leave not yet carried out by the change that just ended carries over to the new view.
     this.myRow().leaving = this.leaving;
@@ -1087,7 +1091,7 @@ export class Replica {
     const s = this.restart!.saved;
     return {
       nodeId: this.me, lastView: s.lastView, highestViewIdSeen: s.highestViewIdSeen, trims: s.trims,
-      logTails: s.logTails, promised: this.restart!.promised,
+      logTails: s.logTails, promised: this.restart!.promised, incompleteShards: s.incompleteShards ?? [],
     };
   }
 

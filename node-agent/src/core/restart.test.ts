@@ -122,7 +122,7 @@ test('one member of three is not enough and the message names who is missing', (
   t.is(plan.missing.inadequate, allocation.adequate ? null : allocation.reason);
   const expected =
     'restart quorum not met for view 7: 1 of 3 members returned (need 2; waiting for nodes 2, 3); ' +
-    'shard kv/1 has no returning member (former members 3)' +
+    'shard kv/1 has no returning member holding its state (former members 3)' +
     (allocation.adequate ? '' : `; the restart view would be inadequate: ${allocation.reason}`);
   t.is(plan.message, expected);
 });
@@ -137,10 +137,24 @@ test('a shard with no returning member blocks the restart', (t) => {
   t.deepEqual(plan.missing.shards, [{ shardId: 1, subgroup: 'kv', shardIndex: 1, formerMembers: [3] }]);
   t.is(plan.missing.inadequate, null);
   t.is(plan.missing.conflict, null);
-  t.is(plan.message, 'restart quorum not met for view 7: shard kv/1 has no returning member (former members 3)');
+  t.is(plan.message, 'restart quorum not met for view 7: shard kv/1 has no returning member holding its state (former members 3)');
 
   // Node 3 comes back: now the restart goes ahead.
   t.true(planRestart(kvPolicy, [report(1, view), report(2, view), report(3, view), report(4, view)]).ready);
+});
+
+test('a member still waiting for a state transfer does not count as holding its shard', (t) => {
+  // kv/1 = [3, 4]; node 4 had just joined the shard and was waiting for its state when the group failed.
+  const view: View = { viewId: 7, members: [1, 2, 3, 4], layout: layoutFor(kvPolicy, [[1, 2], [3, 4]]) };
+  const waiting = { ...report(4, view, [{ shardId: 1, version: v(3, 1) }]), incompleteShards: [1] };
+  const plan = notReady(planRestart(kvPolicy, [report(1, view, [{ shardId: 0, version: v(7, 5) }]), report(2, view), waiting]));
+  t.deepEqual(plan.missing.shards, [{ shardId: 1, subgroup: 'kv', shardIndex: 1, formerMembers: [3, 4] }]);
+  t.regex(plan.message, /shard kv\/1 has no returning member holding its state/);
+
+  // Node 3, which held the state, comes back: it is the source even though node 4's stale log exists.
+  const ok = ready(planRestart(kvPolicy, [report(1, view), report(2, view), waiting, report(3, view, [{ shardId: 1, version: v(7, 2) }])]));
+  t.is(shardOf(ok, 1).source, 3);
+  t.deepEqual(shardOf(ok, 1).truncateTo, v(7, 2));
 });
 
 test('an inadequate restart view blocks the restart and gives the allocator\'s reason', (t) => {

@@ -86,8 +86,13 @@ export function planRestart(policy: GroupPolicy, reports: RestartReport[]): Rest
   const need = Math.floor(lastMembers.length / 2) + 1;
   const majority = have >= need ? null : { have, need, absent: lastMembers.filter((m) => !returned.has(m)) };
 
+  // A returning member counts for a persistent shard only if it held the shard's whole state (a member
+  // still waiting for a state transfer when the group failed holds a stale log).
+  const incomplete = new Map(unique.map((r) => [r.nodeId, new Set(r.incompleteShards ?? [])] as const));
+  const holds = (node: NodeId, shard: ShardLayout): boolean =>
+    returned.has(node) && !(shard.persistent && shard.deliveryMode === 'ordered' && incomplete.get(node)!.has(shard.shardId));
   const shards = sortedShards(lastView.layout.shards)
-    .filter((s) => s.members.length > 0 && !s.members.some((m) => returned.has(m)))
+    .filter((s) => s.members.length > 0 && !s.members.some((m) => holds(m, s)))
     .map((s) => ({ shardId: s.shardId, subgroup: s.subgroup, shardIndex: s.shardIndex, formerMembers: [...s.members] }));
 
   const members = [
@@ -105,7 +110,7 @@ export function planRestart(policy: GroupPolicy, reports: RestartReport[]): Rest
       );
     }
     for (const s of shards) {
-      parts.push(`shard ${s.subgroup}/${s.shardIndex} has no returning member (former members ${s.formerMembers.join(', ')})`);
+      parts.push(`shard ${s.subgroup}/${s.shardIndex} has no returning member holding its state (former members ${s.formerMembers.join(', ')})`);
     }
     if (inadequate !== null) parts.push(`the restart view would be inadequate: ${inadequate}`);
     return {
@@ -137,7 +142,7 @@ export function planRestart(policy: GroupPolicy, reports: RestartReport[]): Rest
     let best: { nodeId: NodeId; tail: Version; former: boolean; rank: number } | null = null;
     for (const r of unique) {
       const entry = r.logTails.find((t) => t.shardId === s.shardId);
-      if (entry === undefined) continue;
+      if (entry === undefined || incomplete.get(r.nodeId)!.has(s.shardId)) continue;
       const candidate = {
         nodeId: r.nodeId,
         tail: validTail(entry.version, s.shardId, trims),

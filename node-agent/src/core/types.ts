@@ -204,6 +204,8 @@ export interface RestartReport {
   logTails: { shardId: number; version: Version }[];
   /** Highest restart ballot this node promised (a new restart leader must go above it). */
   promised: Ballot | null;
+  /** Shards whose state this node did not hold in full (a state transfer was pending) when it stopped. */
+  incompleteShards?: number[];
 }
 
 export interface SavedTrim {
@@ -383,6 +385,8 @@ export interface SavedState {
   /** Restart consensus state (Paxos acceptor), if any. */
   restartPromised: Ballot | null;
   restartAccepted: { ballot: Ballot; plan: RestartDecision } | null;
+  /** Shards whose last `shardState` record said incomplete (a state transfer was pending). */
+  incompleteShards?: number[];
 }
 
 /** Something the driver must make durable before sending the Ready's messages. */
@@ -392,6 +396,8 @@ export type PersistRecord =
   | { kind: 'trim'; trim: SavedTrim }
   | { kind: 'viewIdSeen'; viewId: number }
   | { kind: 'truncate'; shardId: number; after: Version }
+  /** Whether this node holds the shard's whole state (false from an install that awaits a transfer). */
+  | { kind: 'shardState'; shardId: number; complete: boolean }
   | { kind: 'restartPromise'; ballot: Ballot }
   | { kind: 'restartAccept'; ballot: Ballot; plan: RestartDecision };
 
