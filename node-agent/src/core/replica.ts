@@ -84,6 +84,8 @@ interface ShardState {
   held: Delivery[];
   /** A transferred state covers every version up to this one: later deliveries at or below it are skipped. */
   coveredThrough: Version;
+  /** While !stateReady: a transfer must cover at least this version to be usable (older ones are stale). */
+  minThrough: Version;
 }
 
 interface RestartState {
@@ -296,9 +298,18 @@ export class Replica {
     this.progress();
   }
 
+  /**
+   * Whether a state transfer for the shard, covering versions up to `through`, is one this node waits for.
+   * The driver asks before installing a transfer: a late or stale one must not replace newer state.
+   */
+  transferWanted(shardId: number, through: Version): boolean {
+    const shard = this.shards.get(shardId);
+    return shard !== undefined && !shard.stateReady && compareVersions(through, shard.minThrough) >= 0;
+  }
+
   stateTransferred(shardId: number, through: Version): void {
     const shard = this.shards.get(shardId);
-    if (!shard || shard.stateReady) return;
+    if (!shard || !this.transferWanted(shardId, through)) return;
     shard.stateReady = true;
     shard.transferFrom = null;
     shard.coveredThrough = through;
@@ -837,7 +848,8 @@ export class Replica {
         if (next.persistent) return `no reachable member holds the state of shard ${next.subgroup}/${next.shardIndex}; waiting`;
         continue; // a volatile shard whose state is lost: its members start empty
       }
-      transfers.push({ shardId: next.shardId, from: holders[0]!, to });
+      const through = { viewId: view.viewId, seq: contiguousSeqCount(trims[next.shardId]!) - 1 };
+      transfers.push({ shardId: next.shardId, from: holders[0]!, to, through });
     }
     const removed = view.members.filter((m) => !survivors.includes(m));
     return {
@@ -895,8 +907,7 @@ export class Replica {
     // Serve the state transfers this node is the source of: state as of the end of the old view.
     for (const plan of value.transfers) {
       if (plan.from !== this.me) continue;
-      const through = lastVersions[plan.shardId] && lastVersions[plan.shardId]!.seq >= 0 ? lastVersions[plan.shardId]! : this.shardLastVersion(oldShards.get(plan.shardId));
-      for (const to of plan.to) this.out.transfers.push({ to, shardId: plan.shardId, through });
+      for (const to of plan.to) this.out.transfers.push({ to, shardId: plan.shardId, through: plan.through });
     }
     // The lowest-ranked member that was already in the old view welcomes the joiners.
     const welcomer = value.next.members.find((m) => view.members.includes(m));
@@ -914,10 +925,6 @@ export class Replica {
     let incarnation = 0;
     for (const row of this.rows) for (const j of row.pendingJoins) if (j.nodeId === joiner) incarnation = j.incarnation;
     return { kind: 'welcome', from: this.me, to: joiner, view: value.next, incarnation, transfers: value.transfers.filter((t) => t.to.includes(joiner)) };
-  }
-
-  private shardLastVersion(shard: ShardState | undefined): Version {
-    return shard ? shard.lastDelivered : VERSION_NONE;
   }
 
   /** Set up the table and shard state for a newly installed view. */
@@ -955,6 +962,7 @@ export class Replica {
         transferRequestedTick: this.tickCount,
         held: old && wasMember && !stateReady ? old.held : [],
         coveredThrough: old && wasMember ? old.coveredThrough : VERSION_NONE,
+        minThrough: plan ? plan.through : (old && wasMember ? old.minThrough : VERSION_NONE),
       };
       this.shards.set(layout.shardId, shard);
       this.myRow().stateReady[layout.shardId] = stateReady;
@@ -1080,7 +1088,8 @@ export class Replica {
     if (this.mode !== 'active') return;
     const shard = this.shards.get(shardId);
     if (!shard || !shard.stateReady || viewId !== this.view!.viewId || !shard.layout.members.includes(from)) return;
-    this.out.transfers.push({ to: from, shardId, through: shard.lastDelivered });
+    // Our state covers every sequence number delivered so far in this view (and all earlier views).
+    this.out.transfers.push({ to: from, shardId, through: { viewId: this.view!.viewId, seq: shard.deliveredSeq - 1 } });
   }
 
   // ======================================================================================
@@ -1267,7 +1276,7 @@ export class Replica {
           if (mTail === null || truncationFor(plan, mTail, s.shardId).needsSuffixFrom !== null) serve.push({ to: m, shardId: s.shardId, through: s.truncateTo });
         }
       } else if (cut.needsSuffixFrom !== null) {
-        transfers.push({ shardId: s.shardId, from: cut.needsSuffixFrom, to: [this.me] });
+        transfers.push({ shardId: s.shardId, from: cut.needsSuffixFrom, to: [this.me], through: s.truncateTo });
       }
     }
     this.out.persist.push({ kind: 'view', view: plan.view });

@@ -110,6 +110,8 @@ export interface StateTransferPlan {
   shardId: number;
   from: NodeId;
   to: NodeId[];
+  /** The transferred state covers every version up to this one (the end of the ending view). */
+  through: Version;
 }
 
 /** A persisted update as it sits in a shard's log. */
