@@ -336,7 +336,7 @@ export class Replica {
   hasReady(): boolean {
     const o = this.out;
     return o.persist.length > 0 || o.deliver.length > 0 || o.transfers.length > 0 || o.send.length > 0 ||
-      o.installView !== null || o.persistenceFrontiers.length > 0 || o.exit !== null;
+      o.resetShards.length > 0 || o.installView !== null || o.persistenceFrontiers.length > 0 || o.exit !== null;
   }
 
   ready(): Ready {
@@ -835,6 +835,7 @@ export class Replica {
       trims.push(shard.senders.map((_, sr) => Math.min(...liveMembers.map((r) => this.rows[r]!.received[shard.shardId]![sr]!))));
     }
     const transfers: StateTransferPlan[] = [];
+    const lostShards: number[] = [];
     for (const next of alloc.layout.shards) {
       if (next.deliveryMode === 'raw') continue;
       const old = view.layout.shards[next.shardId]!;
@@ -846,7 +847,8 @@ export class Replica {
       if (to.length === 0) continue;
       if (holders.length === 0) {
         if (next.persistent) return `no reachable member holds the state of shard ${next.subgroup}/${next.shardIndex}; waiting`;
-        continue; // a volatile shard whose state is lost: its members start empty
+        lostShards.push(next.shardId); // a volatile shard whose state is lost: its members start empty
+        continue;
       }
       const through = { viewId: view.viewId, seq: contiguousSeqCount(trims[next.shardId]!) - 1 };
       transfers.push({ shardId: next.shardId, from: holders[0]!, to, through });
@@ -855,7 +857,7 @@ export class Replica {
     return {
       fromViewId: view.viewId,
       next: { viewId: view.viewId + 1, members, layout: alloc.layout },
-      trims, joined, removed, transfers,
+      trims, joined, removed, transfers, lostShards,
     };
   }
 
@@ -882,7 +884,7 @@ export class Replica {
     }
     const trim: SavedTrim = { viewId: view.viewId, trims: value.trims, lastVersions };
     this.out.persist.push({ kind: 'trim', trim });
-    this.out.persist.push({ kind: 'view', view: value.next });
+    if (value.next.members.includes(this.me)) this.out.persist.push({ kind: 'view', view: value.next });
     this.decided.push(value);
     if (this.decided.length > HISTORY_MAX) this.decided.shift();
     // A last push of the committed row so every member of the old view learns the decision quickly.
@@ -903,7 +905,7 @@ export class Replica {
     const oldShards = this.shards;
     const wasInOldView = view.members.includes(this.me);
     const welcomes = value.joined.map((j) => this.welcomeFor(j, value));
-    this.installFresh(value.next, value.transfers, false, oldShards, oldLayout);
+    this.installFresh(value.next, value.transfers, false, oldShards, oldLayout, value.lostShards);
     // Serve the state transfers this node is the source of: state as of the end of the old view.
     for (const plan of value.transfers) {
       if (plan.from !== this.me) continue;
@@ -928,7 +930,10 @@ export class Replica {
   }
 
   /** Set up the table and shard state for a newly installed view. */
-  private installFresh(view: View, transfers: StateTransferPlan[], founding: boolean, oldShards?: Map<number, ShardState>, oldLayout?: View['layout']): void {
+  private installFresh(
+    view: View, transfers: StateTransferPlan[], founding: boolean,
+    oldShards?: Map<number, ShardState>, oldLayout?: View['layout'], lostShards: number[] = [],
+  ): void {
     this.view = view;
     this.myRank = view.members.indexOf(this.me);
     this.restartCommitOfView = null;
@@ -945,10 +950,18 @@ export class Replica {
       const old = oldShards?.get(layout.shardId);
       const wasMember = oldLayout?.shards[layout.shardId]?.members.includes(this.me) ?? false;
       let stateReady: boolean;
+      let continues = old !== undefined && wasMember; // carries its state (or its wait) over
       if (layout.deliveryMode === 'raw' || founding) stateReady = true;
       else if (plan) stateReady = false;
-      else if (old && wasMember) stateReady = old.stateReady;
-      else stateReady = true; // new to a volatile shard whose state is lost: start empty
+      else if (continues && !lostShards.includes(layout.shardId)) stateReady = old!.stateReady;
+      else if (layout.persistent && !lostShards.includes(layout.shardId)) {
+        stateReady = true; // restart: the node's own (truncated) log is the shard's state
+      } else {
+        // A volatile shard whose state is lost (or that we join with no source): start it empty.
+        stateReady = true;
+        continues = false;
+        this.out.resetShards.push(layout.shardId);
+      }
       const shard: ShardState = {
         layout,
         mySenderRank: layout.senders.indexOf(this.me),
@@ -958,11 +971,11 @@ export class Replica {
         deliveredSeq: 0, loggedSeq: 0, persistedSeq: 0, loggedSeqAtReady: 0, frontierReported: 0,
         lastDelivered: old ? old.lastDelivered : VERSION_NONE,
         stateReady,
-        transferFrom: plan ? plan.from : (old && wasMember && !old.stateReady ? old.transferFrom : null),
+        transferFrom: plan ? plan.from : (continues && !stateReady ? old!.transferFrom : null),
         transferRequestedTick: this.tickCount,
-        held: old && wasMember && !stateReady ? old.held : [],
-        coveredThrough: old && wasMember ? old.coveredThrough : VERSION_NONE,
-        minThrough: plan ? plan.through : (old && wasMember ? old.minThrough : VERSION_NONE),
+        held: continues && !stateReady ? old!.held : [],
+        coveredThrough: continues ? old!.coveredThrough : VERSION_NONE,
+        minThrough: plan ? plan.through : (continues ? old!.minThrough : VERSION_NONE),
       };
       this.shards.set(layout.shardId, shard);
       this.myRow().stateReady[layout.shardId] = stateReady;
@@ -1317,7 +1330,7 @@ export class Replica {
 }
 
 function emptyReady(): Ready {
-  return { persist: [] as PersistRecord[], deliver: [], transfers: [], send: [], installView: null, persistenceFrontiers: [], exit: null };
+  return { persist: [] as PersistRecord[], deliver: [], transfers: [], send: [], installView: null, persistenceFrontiers: [], exit: null, resetShards: [] };
 }
 
 function uniq<T>(items: T[]): T[] {

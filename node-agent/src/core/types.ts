@@ -104,6 +104,8 @@ export interface ViewChangeValue {
    * still waiting for an earlier transfer).
    */
   transfers: StateTransferPlan[];
+  /** Volatile shards no reachable member held the state of: every member starts them empty. */
+  lostShards: number[];
 }
 
 export interface StateTransferPlan {
@@ -432,6 +434,7 @@ export interface Waiting {
 /**
  * Output of the core, to be processed by the driver in this order:
  *  1. `persist`: make every record durable (logs, views, trims, consensus state).
+ *     `resetShards`: clear the application state of these shards.
  *  2. `deliver`: hand deliveries to the application, in order (ordered ones are stable).
  *  3. `transfers`: serve state transfers (from state as of the deliveries just applied).
  *  4. `send`: put messages on the wire (only now: persisted state may be acknowledged).
@@ -449,6 +452,11 @@ export interface Ready {
   persistenceFrontiers: { shardId: number; version: Version }[];
   /** The node must stop: removed from the group, or wedged too long. The driver exits / restarts it. */
   exit: { reason: string } | null;
+  /**
+   * Shards whose application state the driver must clear before applying this Ready's deliveries:
+   * the node starts them empty (a volatile shard whose state was lost, or that it joins with no source).
+   */
+  resetShards: number[];
 }
 
 /** A snapshot of what the node is doing, for /status, the simulator's trace and tests. */
