@@ -1099,6 +1099,12 @@ export class Replica {
 
   private onStateRequest(from: NodeId, shardId: number, viewId: number): void {
     if (this.mode !== 'active') return;
+    const restartSource = this.restartCommitOfView?.shards.find((x) => x.shardId === shardId && x.source === this.me);
+    if (restartSource && viewId === this.view!.viewId && !this.shards.has(shardId)) {
+      // We were chosen as the restart source of a shard we do not serve in this view: our log still has it.
+      this.out.transfers.push({ to: from, shardId, through: restartSource.truncateTo });
+      return;
+    }
     const shard = this.shards.get(shardId);
     if (!shard || !shard.stateReady || viewId !== this.view!.viewId || !shard.layout.members.includes(from)) return;
     // Our state covers every sequence number delivered so far in this view (and all earlier views).
@@ -1278,19 +1284,25 @@ export class Replica {
     const serve: TransferOrder[] = [];
     for (const s of plan.shards) {
       const layout = plan.view.layout.shards[s.shardId]!;
-      if (!layout.members.includes(this.me) || !layout.persistent || layout.deliveryMode !== 'ordered') continue;
-      const tail = saved.logTails.find((t) => t.shardId === s.shardId)?.version ?? VERSION_NONE;
-      const cut = truncationFor(plan, tail, s.shardId);
-      this.out.persist.push({ kind: 'truncate', shardId: s.shardId, after: cut.keepThrough });
+      if (!layout.persistent || layout.deliveryMode !== 'ordered') continue;
       if (s.source === this.me) {
+        // The source serves the shard's members that lack part of it, even if it no longer is one.
         for (const m of layout.members) {
           if (m === this.me) continue;
           const mTail = this.restartTailOf(m, s.shardId);
           if (mTail === null || truncationFor(plan, mTail, s.shardId).needsSuffixFrom !== null) serve.push({ to: m, shardId: s.shardId, through: s.truncateTo });
         }
-      } else if (cut.needsSuffixFrom !== null) {
-        transfers.push({ shardId: s.shardId, from: cut.needsSuffixFrom, to: [this.me], through: s.truncateTo });
       }
+      if (!layout.members.includes(this.me)) continue;
+      const tail = saved.logTails.find((t) => t.shardId === s.shardId)?.version ?? VERSION_NONE;
+      const cut = truncationFor(plan, tail, s.shardId);
+      this.out.persist.push({ kind: 'truncate', shardId: s.shardId, after: cut.keepThrough });
+      if (s.source !== this.me && cut.needsSuffixFrom !== null) {
+        transfers.push({ shardId: s.shardId, from: cut.needsSuffixFrom, to: [this.me], through: s.truncateTo });
+        continue;
+      }
+      // Our own (cut) log is the shard's whole state: clear a stale "incomplete" mark.
+      this.out.persist.push({ kind: 'shardState', shardId: s.shardId, complete: true });
     }
     this.out.persist.push({ kind: 'view', view: plan.view });
     this.mode = 'active';
