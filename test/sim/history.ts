@@ -31,13 +31,19 @@ export interface DeliveryEvent {
   sender: NodeId;
   payload: string;
   mode: DeliveryMode;
+  /** Held while the shard's state transfer was pending, released when it was installed. */
+  released?: boolean;
 }
 
 export interface InstallEvent {
   tick: number;
+  /** Position among all recorded installs and transfers (orders events within one tick). */
+  order: number;
   node: NodeId;
   incarnation: number;
   view: View;
+  /** Shards of the view whose state the node still waited for right after installing it. */
+  pendingState: number[];
 }
 
 /** A persistence frontier reported to the node's application: acknowledged as durable on every member. */
@@ -47,6 +53,19 @@ export interface AckEvent {
   incarnation: number;
   shardId: number;
   version: Version;
+}
+
+/** An update acknowledged as durable: at or below a persistence frontier in the acknowledging node's state. */
+export interface DurableEvent {
+  tick: number;
+  /** The node whose frontier covered it. */
+  node: NodeId;
+  incarnation: number;
+  shardId: number;
+  frontier: Version;
+  version: Version;
+  sender: NodeId;
+  payload: string;
 }
 
 export interface SendEvent {
@@ -60,6 +79,8 @@ export interface SendEvent {
 
 export interface TransferEvent {
   tick: number;
+  /** Position among all recorded installs and transfers (orders events within one tick). */
+  order: number;
   /** 'served': the node sent its state; 'installed': the node imported it and told its replica. */
   what: 'served' | 'installed';
   node: NodeId;
@@ -68,6 +89,28 @@ export interface TransferEvent {
   shardId: number;
   through: Version;
   records: number;
+  /** What was installed ('installed' events only). */
+  entries?: AppEntry[];
+}
+
+/** A ragged trim the node persisted (Ready.persist 'trim'): what it delivered in the view that ended. */
+export interface TrimEvent {
+  tick: number;
+  node: NodeId;
+  incarnation: number;
+  viewId: number;
+  /** trims[shardId][senderRank] = messages of that sender delivered in the view. */
+  trims: number[][];
+}
+
+/** A non-null multicast seen on the wire (first copy of each distinct message). */
+export interface WireData {
+  viewId: number;
+  shardId: number;
+  senderRank: number;
+  index: number;
+  sender: NodeId;
+  payload: string;
 }
 
 export interface ProbeEvent {
@@ -107,13 +150,22 @@ export interface History {
   deliveries: DeliveryEvent[];
   installs: InstallEvent[];
   acks: AckEvent[];
+  /** Updates acknowledged durable (one entry per distinct update). */
+  durable: DurableEvent[];
   sends: SendEvent[];
   transfers: TransferEvent[];
+  trims: TrimEvent[];
+  /** Application multicasts seen on the wire, with their position in the sender's stream. */
+  wire: WireData[];
   probes: ProbeEvent[];
+  /** When the quiet phase found the group settled (then probes were sent), or null. */
+  settled: { tick: number; viewId: number } | null;
   /** Snapshot at the end of the run (null until taken). */
   final: FinalNode[] | null;
   /** True when the run reached its quiet phase and liveness is to be judged. */
   judgeLiveness: boolean;
+  /** Next `order` for installs and transfers. */
+  nextOrder: number;
 }
 
 export function emptyHistory(policy: GroupPolicy): History {
@@ -123,11 +175,16 @@ export function emptyHistory(policy: GroupPolicy): History {
     deliveries: [],
     installs: [],
     acks: [],
+    durable: [],
     sends: [],
     transfers: [],
+    trims: [],
+    wire: [],
     probes: [],
+    settled: null,
     final: null,
     judgeLiveness: false,
+    nextOrder: 0,
   };
 }
 

@@ -38,6 +38,7 @@ export interface ReplicaLike {
   tick(): void;
   send(shardId: number, payload: Uint8Array): SendResult;
   leave(): void;
+  transferWanted(shardId: number, through: Version): boolean;
   stateTransferred(shardId: number, through: Version): void;
   hasReady(): boolean;
   ready(): Ready;
@@ -93,7 +94,11 @@ export class SimNode {
   /** Set when the node hit a violation; the cluster stops driving the run. */
   broken = false;
   private app = new Map<number, Entry[]>();
+  /** Per shard: how many application entries are already recorded as durable (reset when the state is replaced). */
+  private ackCursor = new Map<number, number>();
   private lastWaiting = '';
+  /** True while draining the Ready that follows stateTransferred (deliveries released from hold). */
+  private releasing = false;
 
   constructor(
     readonly id: NodeId,
@@ -116,6 +121,7 @@ export class SimNode {
     this.downReason = null;
     this.lastWaiting = '';
     this.app = new Map();
+    this.ackCursor = new Map();
     for (const info of this.ctx.shards) {
       if (info.persistent && this.disk.hasLog(info.shardId)) {
         this.app.set(info.shardId, this.disk.log(info.shardId).map((r) => toEntry(r)));
@@ -227,10 +233,19 @@ export class SimNode {
         throw new Error(`state transfer of shard ${m.shardId} from ${m.from} has version ${fmtV(r.version)} beyond 'through' ${fmtV(m.through)}`);
       }
     }
+    // Only a transfer the replica waits for is installed (stateTransferred ignores the others): a late
+    // or duplicate one must not overwrite state the node already holds.
+    if (!replica.transferWanted(m.shardId, m.through)) {
+      this.ctx.trace(this.id, `ignores a state transfer of shard ${m.shardId} from n${m.from} through ${fmtV(m.through)} (not waiting for one, or stale)`);
+      return;
+    }
     if (info.persistent) this.disk.importShard(m.shardId, m.records);
-    this.app.set(m.shardId, m.records.map((r) => toEntry(r)));
+    const entries = m.records.map((r) => toEntry(r));
+    this.app.set(m.shardId, entries);
+    this.ackCursor.delete(m.shardId);
     this.ctx.history.transfers.push({
       tick: this.ctx.now(),
+      order: this.ctx.history.nextOrder++,
       what: 'installed',
       node: this.id,
       incarnation: this.incarnation,
@@ -238,10 +253,16 @@ export class SimNode {
       shardId: m.shardId,
       through: { ...m.through },
       records: m.records.length,
+      entries: entries.map((e) => ({ version: e.version, sender: e.sender, payload: e.text })),
     });
     this.ctx.trace(this.id, `installed state of shard ${m.shardId} from n${m.from} through ${fmtV(m.through)} (${m.records.length} records)`);
     replica.stateTransferred(m.shardId, m.through);
-    this.drain();
+    this.releasing = true;
+    try {
+      this.drain();
+    } finally {
+      this.releasing = false;
+    }
   }
 
   /** Processes every pending Ready, in the documented order. */
@@ -263,13 +284,25 @@ export class SimNode {
 
   private process(ready: Ready): void {
     const now = this.ctx.now();
+    // 1b. (with persist) shards the node starts empty: clear their application state.
+    for (const shardId of ready.resetShards) this.app.set(shardId, []);
     // 1. persist
     for (const record of ready.persist) {
       this.disk.apply(record);
+      if (record.kind === 'trim') {
+        this.ctx.history.trims.push({
+          tick: now,
+          node: this.id,
+          incarnation: this.incarnation,
+          viewId: record.trim.viewId,
+          trims: record.trim.trims.map((t) => [...t]),
+        });
+      }
       if (record.kind === 'truncate') {
         const entries = this.app.get(record.shardId);
         if (entries && this.ctx.shards[record.shardId]?.persistent) {
           this.app.set(record.shardId, entries.filter((e) => compareVersions(e.version, record.after) <= 0));
+          this.ackCursor.delete(record.shardId);
         }
       }
     }
@@ -289,6 +322,7 @@ export class SimNode {
         sender: d.sender,
         payload: text,
         mode: d.mode,
+        ...(this.releasing ? { released: true } : {}),
       };
       this.ctx.history.deliveries.push(event);
       let entries = this.app.get(d.shardId);
@@ -299,7 +333,9 @@ export class SimNode {
       entries.push({ version: event.version, sender: d.sender, payload: d.payload.slice(), text });
       this.ctx.delivered?.(event);
     }
-    // 3. transfers
+    // 3. send (before transfers: a joiner's welcome then precedes its state on a FIFO link)
+    for (const env of ready.send) this.ctx.wire(this.id, env.to, env.message);
+    // 4. transfers
     for (const order of ready.transfers) {
       const info = this.ctx.shards[order.shardId];
       if (!info) throw new Error(`transfer order for unknown shard ${order.shardId}`);
@@ -323,6 +359,7 @@ export class SimNode {
       }
       this.ctx.history.transfers.push({
         tick: now,
+        order: this.ctx.history.nextOrder++,
         what: 'served',
         node: this.id,
         incarnation: this.incarnation,
@@ -334,21 +371,40 @@ export class SimNode {
       this.ctx.trace(this.id, `serves state of shard ${order.shardId} to n${order.to} through ${fmtV(order.through)} (${records.length} records)`);
       this.ctx.wire(this.id, order.to, { kind: 'stateTransfer', from: this.id, shardId: order.shardId, through: { ...order.through }, records });
     }
-    // 4. send
-    for (const env of ready.send) this.ctx.wire(this.id, env.to, env.message);
     // 5. installView
     if (ready.installView) {
       const view = structuredClone(ready.installView);
       this.view = view;
-      this.ctx.history.installs.push({ tick: now, node: this.id, incarnation: this.incarnation, view });
+      const pendingState = (this.replica?.status().shards ?? []).filter((s) => !s.stateReady).map((s) => s.shardId);
+      this.ctx.history.installs.push({ tick: now, order: this.ctx.history.nextOrder++, node: this.id, incarnation: this.incarnation, view, pendingState });
       this.ctx.trace(this.id, `installed ${fmtView(view)}`);
       this.ctx.installed?.(this, view);
     }
     // 6. persistenceFrontiers
     for (const f of ready.persistenceFrontiers) {
       this.ctx.history.acks.push({ tick: now, node: this.id, incarnation: this.incarnation, shardId: f.shardId, version: { ...f.version } });
+      this.recordDurable(f.shardId, f.version, now);
     }
     // 7. exit: handled by drain() after advance().
+  }
+
+  /**
+   * A persistence frontier F was reported: every update of this node's state of the shard up to F is now
+   * durable on every member (the state is the agreed history prefix, each member logged it before its
+   * rows said so). Recorded once per version, for the persistence checker.
+   */
+  private recordDurable(shardId: number, frontier: Version, tick: number): void {
+    const entries = this.app.get(shardId) ?? [];
+    let i = this.ackCursor.get(shardId) ?? 0;
+    const seen = durableSeen(this.ctx.history);
+    for (; i < entries.length && compareVersions(entries[i]!.version, frontier) <= 0; i++) {
+      const e = entries[i]!;
+      const key = `${shardId}|${fmtV(e.version)}|${e.sender}|${e.text}`;
+      if (seen.has(key)) continue;
+      seen.add(key);
+      this.ctx.history.durable.push({ tick, node: this.id, incarnation: this.incarnation, shardId, frontier: { ...frontier }, version: { ...e.version }, sender: e.sender, payload: e.text });
+    }
+    this.ackCursor.set(shardId, i);
   }
 
   private traceWaitingChange(): void {
@@ -390,6 +446,14 @@ export class SimNode {
     this.ctx.trace(this.id, `VIOLATION ${text}`);
     this.ctx.violation(line);
   }
+}
+
+const durableKeys = new WeakMap<History, Set<string>>();
+
+function durableSeen(h: History): Set<string> {
+  let set = durableKeys.get(h);
+  if (!set) durableKeys.set(h, (set = new Set()));
+  return set;
 }
 
 function toEntry(r: LogRecord): Entry {

@@ -28,6 +28,8 @@ export class Disk {
   private highestViewIdSeen = -1;
   private restartPromised: Ballot | null = null;
   private restartAccepted: { ballot: Ballot; plan: RestartDecision } | null = null;
+  /** Shards whose state this node does not hold in full (a transfer was pending). */
+  private readonly incompleteShards = new Set<number>();
   /** Number of records applied (for stats). */
   writes = 0;
 
@@ -62,6 +64,10 @@ export class Disk {
         log.length = keep;
         return;
       }
+      case 'shardState':
+        if (record.complete) this.incompleteShards.delete(record.shardId);
+        else this.incompleteShards.add(record.shardId);
+        return;
       case 'restartPromise':
         this.restartPromised = { ...record.ballot };
         return;
@@ -104,6 +110,7 @@ export class Disk {
       logTails: this.logTails(),
       restartPromised: this.restartPromised ? { ...this.restartPromised } : null,
       restartAccepted: this.restartAccepted ? clone(this.restartAccepted) : null,
+      incompleteShards: [...this.incompleteShards].sort((a, b) => a - b),
     };
   }
 

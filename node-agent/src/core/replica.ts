@@ -445,7 +445,7 @@ export class Replica {
       }
     }
     for (const shard of this.shards.values()) {
-      if (!shard.stateReady && shard.transferFrom !== null && this.tickCount - shard.transferRequestedTick > this.config.retryTicks * 3) {
+      if (!shard.stateReady && shard.transferFrom !== null && this.tickCount - shard.transferRequestedTick > this.config.retryTicks * 2) {
         shard.transferRequestedTick = this.tickCount;
         this.emit(shard.transferFrom, { kind: 'stateRequest', from: this.me, shardId: shard.layout.shardId, viewId: view.viewId });
       }

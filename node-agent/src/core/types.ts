@@ -436,8 +436,9 @@ export interface Waiting {
  *  1. `persist`: make every record durable (logs, views, trims, consensus state).
  *     `resetShards`: clear the application state of these shards.
  *  2. `deliver`: hand deliveries to the application, in order (ordered ones are stable).
- *  3. `transfers`: serve state transfers (from state as of the deliveries just applied).
- *  4. `send`: put messages on the wire (only now: persisted state may be acknowledged).
+ *  3. `send`: put messages on the wire (only now: persisted state may be acknowledged).
+ *  4. `transfers`: serve state transfers, from the state as of the deliveries just applied (after the
+ *     sends, so a joiner's welcome precedes its state on the same connection).
  *  5. call `advance()`.
  * A Ready never mixes deliveries from before and after `installView`.
  */

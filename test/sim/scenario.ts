@@ -1,0 +1,202 @@
+// A scenario from a seed: the founders, the policy, the network's character and a fault schedule.
+// Targets are picked when a fault fires (they depend on the group's state then); everything else is
+// fixed here, so a scenario can be printed before the run.
+
+import { allocate } from '../../node-agent/src/core/allocation.ts';
+import { Prng } from '../../node-agent/src/core/prng.ts';
+import type { GroupPolicy, NodeId, SubgroupPolicy } from '../../node-agent/src/core/types.ts';
+import type { NetworkOptions } from './network.ts';
+
+export type FaultEvent =
+  /** Crash one node (picked then: never more than a minority of the view down, never a shard's last holder). */
+  | { at: number; kind: 'crash'; downFor: number }
+  /** Every node crashes; each restarts within `staggerMax` ticks. */
+  | { at: number; kind: 'totalFailure'; staggerMax: number }
+  /** Random split into `groups` sides, healed after `lasts` ticks. */
+  | { at: number; kind: 'partition'; groups: number; lasts: number }
+  /** Slower links (every link, or one node's) for `lasts` ticks. */
+  | { at: number; kind: 'spike'; extraDelay: number; lasts: number; wholeNetwork: boolean }
+  /** A brand-new node id joins. */
+  | { at: number; kind: 'join' }
+  /** A member leaves gracefully (if the group stays adequate without it). */
+  | { at: number; kind: 'leave' }
+  /** A burst of application sends in one tick (backpressure). */
+  | { at: number; kind: 'burst'; count: number };
+
+export interface Scenario {
+  seed: number;
+  founders: NodeId[];
+  policy: GroupPolicy;
+  network: Partial<NetworkOptions>;
+  /** Faults happen in [0, faultTicks); then every fault is healed and the quiet phase starts. */
+  faultTicks: number;
+  /** Budget of the quiet phase (settle, then probes). */
+  livenessTicks: number;
+  /** Probability of one application send per tick during the fault phase. */
+  sendChance: number;
+  events: FaultEvent[];
+  /** Joins stop when this many node ids exist. */
+  maxNodes: number;
+}
+
+export interface ScenarioOverrides {
+  faultTicks?: number;
+  livenessTicks?: number;
+}
+
+/** Default length of the fault phase (drawn per seed) and of the quiet phase's budget. */
+export const FAULT_TICKS_MIN = 1400;
+export const FAULT_TICKS_MAX = 2600;
+export const LIVENESS_TICKS = 1500;
+
+export function generateScenario(seed: number, overrides: ScenarioOverrides = {}): Scenario {
+  const prng = new Prng(seed);
+  const policyPrng = prng.fork();
+  const eventPrng = prng.fork();
+  const founderCount = prng.int(3, 7);
+  const founders = Array.from({ length: founderCount }, (_, i) => i + 1);
+  const policy = generatePolicy(policyPrng, founders);
+  const faultTicks = overrides.faultTicks ?? prng.int(FAULT_TICKS_MIN, FAULT_TICKS_MAX);
+  const network: Partial<NetworkOptions> = {
+    maxDelayTicks: prng.int(1, 4),
+    longDelayChance: prng.pick([0, 0.002, 0.01, 0.03]),
+    longDelayMaxTicks: prng.int(6, 16),
+  };
+  const sendChance = prng.pick([0.1, 0.25, 0.5, 0.8]);
+  return {
+    seed,
+    founders,
+    policy,
+    network,
+    faultTicks,
+    livenessTicks: overrides.livenessTicks ?? LIVENESS_TICKS,
+    sendChance,
+    events: generateEvents(eventPrng, faultTicks),
+    maxNodes: founderCount + prng.int(1, 3),
+  };
+}
+
+const WEIGHTS: [FaultEvent['kind'], number][] = [
+  ['crash', 30],
+  ['partition', 18],
+  ['spike', 10],
+  ['join', 12],
+  ['leave', 6],
+  ['burst', 10],
+  ['totalFailure', 5],
+];
+
+function pickKind(prng: Prng, allowTotal: boolean): FaultEvent['kind'] {
+  const weights = WEIGHTS.filter(([k]) => allowTotal || k !== 'totalFailure');
+  const total = weights.reduce((s, [, w]) => s + w, 0);
+  let x = prng.next() * total;
+  for (const [k, w] of weights) {
+    if (x < w) return k;
+    x -= w;
+  }
+  return weights[0]![0];
+}
+
+function generateEvents(prng: Prng, faultTicks: number): FaultEvent[] {
+  const events: FaultEvent[] = [];
+  const last = faultTicks - 20;
+  let t = prng.int(30, 120);
+  let totalFailures = 0;
+  while (t < last) {
+    const kind = pickKind(prng, totalFailures === 0);
+    const room = Math.max(1, last - t);
+    switch (kind) {
+      case 'crash':
+        events.push({ at: t, kind, downFor: Math.min(room, prng.int(10, 300)) });
+        break;
+      case 'totalFailure': {
+        totalFailures++;
+        events.push({ at: t, kind, staggerMax: prng.int(5, 40) });
+        t += 150; // room for the restart before the next fault
+        break;
+      }
+      case 'partition':
+        events.push({ at: t, kind, groups: prng.chance(0.2) ? 3 : 2, lasts: Math.min(room, prng.int(10, 200)) });
+        break;
+      case 'spike':
+        events.push({ at: t, kind, extraDelay: prng.int(5, 40), lasts: Math.min(room, prng.int(10, 150)), wholeNetwork: prng.chance(0.4) });
+        break;
+      case 'join':
+      case 'leave':
+        events.push({ at: t, kind });
+        break;
+      case 'burst':
+        events.push({ at: t, kind, count: prng.int(20, 120) });
+        break;
+    }
+    t += prng.int(15, 150);
+  }
+  return events;
+}
+
+/** Whether `members` can host the policy. */
+export function adequate(policy: GroupPolicy, members: readonly NodeId[]): boolean {
+  return members.length > 0 && allocate(policy, null, [...members]).adequate;
+}
+
+/**
+ * 1..3 subgroups mixing ordered persistent, ordered volatile and raw; 1..2 shards; min 1..2, max 2..4;
+ * sometimes reserved ids or a sender set. Redrawn until the founders can host it.
+ */
+export function generatePolicy(prng: Prng, founders: readonly NodeId[]): GroupPolicy {
+  for (let attempt = 0; attempt < 100; attempt++) {
+    const count = prng.int(1, 3);
+    const subgroups: SubgroupPolicy[] = [];
+    for (let i = 0; i < count; i++) {
+      const kind = prng.pick(['persistent', 'volatile', 'raw'] as const);
+      const shards = prng.int(1, 2);
+      const minNodesPerShard = prng.int(1, 2);
+      const maxNodesPerShard = prng.int(Math.max(2, minNodesPerShard), 4);
+      const sg: SubgroupPolicy = {
+        name: `${kind === 'persistent' ? 'log' : kind === 'volatile' ? 'cache' : 'feed'}${i}`,
+        shards,
+        minNodesPerShard,
+        maxNodesPerShard,
+        deliveryMode: kind === 'raw' ? 'raw' : 'ordered',
+        persistent: kind === 'persistent',
+      };
+      if (prng.chance(0.15)) {
+        // Reserve one founder for one shard (an overlap with another subgroup).
+        const reserved: NodeId[][] = Array.from({ length: shards }, () => []);
+        reserved[prng.int(0, shards - 1)]!.push(prng.pick(founders));
+        sg.reservedNodeIds = reserved;
+      }
+      if (prng.chance(0.2)) {
+        const senders = founders.filter(() => prng.chance(0.5));
+        sg.senderNodeIds = senders.length > 0 ? senders : [prng.pick(founders)];
+      }
+      subgroups.push(sg);
+    }
+    const policy = { subgroups };
+    if (adequate(policy, founders)) return policy;
+  }
+  return {
+    subgroups: [{ name: 'log0', shards: 1, minNodesPerShard: 1, maxNodesPerShard: 3, deliveryMode: 'ordered', persistent: true }],
+  };
+}
+
+export function describeScenario(s: Scenario): string[] {
+  const lines: string[] = [];
+  lines.push(`seed ${s.seed}: founders [${s.founders.join(',')}], at most ${s.maxNodes} node ids`);
+  for (const sg of s.policy.subgroups) {
+    const kind = sg.deliveryMode === 'raw' ? 'raw' : sg.persistent ? 'ordered persistent' : 'ordered volatile';
+    lines.push(
+      `  subgroup ${sg.name}: ${kind}, ${sg.shards} shard(s), ${sg.minNodesPerShard}..${sg.maxNodesPerShard} nodes per shard` +
+        (sg.reservedNodeIds ? `, reserved ${JSON.stringify(sg.reservedNodeIds)}` : '') +
+        (sg.senderNodeIds ? `, senders [${sg.senderNodeIds.join(',')}]` : ''),
+    );
+  }
+  lines.push(
+    `  network: delay 1..${s.network.maxDelayTicks}, long delays ${((s.network.longDelayChance ?? 0) * 100).toFixed(1)}% up to ${s.network.longDelayMaxTicks}; ` +
+      `send chance ${s.sendChance}/tick; faults until t=${s.faultTicks}, then up to ${s.livenessTicks} quiet ticks`,
+  );
+  const counts = new Map<string, number>();
+  for (const e of s.events) counts.set(e.kind, (counts.get(e.kind) ?? 0) + 1);
+  lines.push(`  schedule: ${[...counts].map(([k, n]) => `${n} ${k}`).join(', ') || 'no faults'}`);
+  return lines;
+}

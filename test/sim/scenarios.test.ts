@@ -1,0 +1,175 @@
+// Scenario tests: one precise situation each, on the real Replica, through the simulator's machinery
+// (ScriptedSim). Every test ends with the global checkers.
+
+import test from 'ava';
+import type { ExecutionContext } from 'ava';
+import type { GroupPolicy, NodeId } from '../../node-agent/src/core/types.ts';
+import { ScriptedSim, singleShardPolicy } from './scripted.ts';
+
+/** Sends `count` messages from each of `senders` in `shardId`, prefix-numbered. Returns the payloads accepted. */
+function sendMany(sim: ScriptedSim, senders: NodeId[], shardId: number, count: number, prefix: string): string[] {
+  const sent: string[] = [];
+  for (let i = 0; i < count; i++) {
+    for (const n of senders) {
+      const p = `${prefix}-n${n}-${i}`;
+      if (sim.send(n, shardId, p).ok) sent.push(p);
+    }
+  }
+  return sent;
+}
+
+function allApplied(sim: ScriptedSim, nodes: NodeId[], shardId: number, payloads: string[]): boolean {
+  return nodes.every((n) => payloads.every((p) => sim.applied(n, shardId, p)));
+}
+
+/** Quiet phase, then every checker including liveness. */
+function finish(t: ExecutionContext, sim: ScriptedSim): void {
+  const q = sim.quiesce(1500);
+  t.true(q.settled, `the group settles after the faults (${sim.unsettledReason()})`);
+  t.deepEqual(sim.check({ liveness: true }), []);
+}
+
+const twoShards: GroupPolicy = {
+  subgroups: [{ name: 'kv', shards: 2, minNodesPerShard: 1, maxNodesPerShard: 3, deliveryMode: 'ordered', persistent: true }],
+};
+
+test('a member crash installs a new view without it', (t) => {
+  const sim = new ScriptedSim({ founders: 4, policy: singleShardPolicy('persistent') });
+  t.true(sim.settle(100));
+  const before = sendMany(sim, [1, 2, 3, 4], 0, 5, 'before');
+  t.true(sim.runUntil(() => allApplied(sim, [1, 2, 3, 4], 0, before), 200));
+  sim.crash(4);
+  t.true(sim.runUntil(() => [1, 2, 3].every((n) => sim.status(n)?.viewId === 1 && !sim.status(n)?.wedged), 300));
+  t.deepEqual(sim.view()!.members, [1, 2, 3]);
+  const after = sendMany(sim, [1, 2, 3], 0, 5, 'after');
+  t.true(sim.runUntil(() => allApplied(sim, [1, 2, 3], 0, after), 200));
+  t.deepEqual(sim.check(), []);
+  finish(t, sim);
+});
+
+test('the shard leader crashes during ragged-edge cleanup', (t) => {
+  // Two shards of three. Traffic in flight in shard 1, then one of its members crashes; once the
+  // survivors wedge (the ragged trim is being decided), shard 1's leader (its lowest-ranked member,
+  // not the group leader) crashes too.
+  const sim = new ScriptedSim({ founders: 6, policy: twoShards, seed: 3 });
+  t.true(sim.settle(100));
+  const shard1 = sim.view()!.layout.shards[1]!.members;
+  t.is(shard1.length, 3);
+  const [shardLeader, middle, last] = shard1 as [NodeId, NodeId, NodeId];
+  t.not(shardLeader, sim.view()!.members[0], 'the shard leader is not the group leader');
+  sendMany(sim, shard1, 1, 10, 'burst');
+  sim.tick(2);
+  sim.crash(last);
+  t.true(sim.runUntil(() => sim.status(middle)?.wedged === true, 100), 'the survivors wedge');
+  sim.crash(shardLeader);
+  const survivors = [1, 2, 3, 4, 5, 6].filter((n) => n !== last && n !== shardLeader);
+  t.true(sim.runUntil(() => survivors.every((n) => (sim.status(n)?.viewId ?? 0) >= 1 && !sim.status(n)?.wedged), 400), sim.unsettledReason());
+  t.deepEqual([...sim.view()!.members].sort(), survivors);
+  t.deepEqual(sim.check(), []);
+  finish(t, sim);
+});
+
+test('the group leader crashes in the middle of a view change', (t) => {
+  const sim = new ScriptedSim({ founders: 5, policy: singleShardPolicy('persistent'), seed: 4 });
+  t.true(sim.settle(100));
+  sendMany(sim, [1, 2, 3, 4, 5], 0, 4, 'load');
+  sim.crash(5);
+  // Wait until the view change is under way (every survivor wedged), then crash its leader.
+  t.true(sim.runUntil(() => [1, 2, 3, 4].every((n) => sim.status(n)?.wedged), 100));
+  t.is(sim.status(2)?.leader, 1);
+  sim.crash(1);
+  t.true(sim.runUntil(() => [2, 3, 4].every((n) => (sim.status(n)?.viewId ?? 0) >= 1 && !sim.status(n)?.wedged), 400), sim.unsettledReason());
+  t.deepEqual([...sim.view()!.members].sort(), [2, 3, 4]);
+  t.deepEqual(sim.check(), []);
+  finish(t, sim);
+});
+
+test('a minority partition wedges and says so, then rejoins after healing', (t) => {
+  const sim = new ScriptedSim({ founders: 5, policy: singleShardPolicy('persistent'), seed: 5, timing: { wedgedExitTicks: 150 } });
+  t.true(sim.settle(100));
+  sim.partition([[1, 2, 3], [4, 5]]);
+  t.true(sim.runUntil(() => sim.status(4)?.waiting.kind === 'minority', 100), 'the minority says why it waits');
+  t.regex(sim.status(4)!.waiting.message, /majority/);
+  t.true(sim.status(4)!.wedged);
+  t.true(sim.runUntil(() => [1, 2, 3].every((n) => sim.status(n)?.viewId === 1 && !sim.status(n)?.wedged), 300));
+  t.deepEqual(sim.view()!.members, [1, 2, 3]);
+  const during = sendMany(sim, [1, 2, 3], 0, 3, 'majority');
+  t.true(sim.runUntil(() => allApplied(sim, [1, 2, 3], 0, during), 200), 'the majority keeps going');
+  t.is(sim.status(4)?.viewId, 0, 'the minority installs nothing');
+  sim.heal();
+  t.true(sim.settle(1500), sim.unsettledReason());
+  t.deepEqual([...sim.view()!.members].sort(), [1, 2, 3, 4, 5]);
+  t.true(allApplied(sim, [4, 5], 0, during), 'the rejoined nodes hold what the majority did meanwhile');
+  finish(t, sim);
+});
+
+test('a joiner receives the shard state before it delivers', (t) => {
+  const sim = new ScriptedSim({ founders: 3, policy: singleShardPolicy('persistent'), seed: 6 });
+  t.true(sim.settle(100));
+  const early = sendMany(sim, [1, 2, 3], 0, 6, 'early');
+  t.true(sim.runUntil(() => allApplied(sim, [1, 2, 3], 0, early), 200));
+  const joiner = sim.join();
+  t.true(sim.settle(500), sim.unsettledReason());
+  const late = sendMany(sim, [1, joiner], 0, 4, 'late');
+  t.true(sim.runUntil(() => allApplied(sim, [1, 2, 3, joiner], 0, late), 300));
+  const installed = sim.history.transfers.filter((x) => x.what === 'installed' && x.node === joiner && x.shardId === 0);
+  t.true(installed.length >= 1, 'the joiner installed a state transfer');
+  const firstTransfer = sim.history.transfers.indexOf(installed[0]!);
+  const firstDelivery = sim.deliveries({ node: joiner, shardId: 0 })[0]!;
+  t.true(firstDelivery.tick >= sim.history.transfers[firstTransfer]!.tick, 'no delivery before the state arrived');
+  t.true(early.every((p) => sim.applied(joiner, 0, p)), 'the early messages came with the state');
+  t.false(sim.deliveries({ node: joiner }).some((d) => early.includes(d.payload)), 'and were not delivered again');
+  t.deepEqual(sim.state(joiner, 0), sim.state(1, 0), 'the joiner holds the same state as an old member');
+  finish(t, sim);
+});
+
+test('total failure and restart keeps every persisted write', (t) => {
+  const sim = new ScriptedSim({ founders: 3, policy: singleShardPolicy('persistent'), seed: 7 });
+  t.true(sim.settle(100));
+  const writes = sendMany(sim, [1, 2, 3], 0, 8, 'w');
+  t.true(sim.runUntil(() => allApplied(sim, [1, 2, 3], 0, writes), 300));
+  // Wait until every write is acknowledged as persisted on every member.
+  const lastSeq = Math.max(...sim.deliveries({ node: 1, shardId: 0 }).map((d) => d.version.seq));
+  t.true(sim.runUntil(() => sim.history.acks.some((a) => a.shardId === 0 && a.version.viewId === 0 && a.version.seq >= lastSeq), 100));
+  sim.crashAll();
+  sim.tick(5);
+  sim.restart(2);
+  sim.tick(7);
+  sim.restart(3);
+  sim.tick(11);
+  sim.restart(1);
+  t.true(sim.settle(800), sim.unsettledReason());
+  t.true(sim.view()!.viewId > 0);
+  for (const n of [1, 2, 3]) {
+    const log = sim.cluster.node(n).disk.log(0).map((r) => new TextDecoder().decode(r.payload));
+    t.true(writes.every((w) => log.includes(w)), `n${n}'s log holds every acknowledged write`);
+    t.true(writes.every((w) => sim.applied(n, 0, w)), `n${n}'s state holds every acknowledged write`);
+  }
+  const more = sendMany(sim, [1, 2, 3], 0, 2, 'after');
+  t.true(sim.runUntil(() => allApplied(sim, [1, 2, 3], 0, more), 300), 'the restarted group takes new writes');
+  finish(t, sim);
+});
+
+test('restart waits while too few members are back', (t) => {
+  const sim = new ScriptedSim({ founders: 5, policy: singleShardPolicy('persistent'), seed: 8 });
+  t.true(sim.settle(100));
+  const writes = sendMany(sim, [1, 2, 3, 4, 5], 0, 2, 'w');
+  t.true(sim.runUntil(() => allApplied(sim, [1, 2, 3, 4, 5], 0, writes), 300));
+  sim.crashAll();
+  sim.tick(3);
+  sim.restart(1);
+  sim.restart(2);
+  sim.tick(200);
+  for (const n of [1, 2]) {
+    const s = sim.status(n)!;
+    t.is(s.mode, 'restarting', `n${n} waits`);
+    t.is(s.waiting.kind, 'restartQuorum');
+    t.regex(s.waiting.message, /2 of 5 members returned/);
+  }
+  t.false(sim.history.installs.some((i) => i.tick > 3), 'no view is installed without a restart quorum');
+  sim.restart(3);
+  t.true(sim.runUntil(() => [1, 2, 3].every((n) => sim.status(n)?.mode === 'active'), 300), 'a majority is back: the group restarts');
+  t.deepEqual([...sim.view()!.members].sort(), [1, 2, 3]);
+  t.true(writes.every((w) => [1, 2, 3].every((n) => sim.applied(n, 0, w))));
+  finish(t, sim);
+});
