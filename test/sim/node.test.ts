@@ -127,8 +127,8 @@ test('a Ready is processed in order: persist, deliver, transfers, send, installV
   s.node.tick();
   t.deepEqual(r.calls, ['tick', 'ready', 'advance']);
   t.is(s.wire.length, 3);
-  const [persistentTransfer, volatileTransfer, message] = s.wire as [typeof s.wire[0], typeof s.wire[0], typeof s.wire[0]];
-  // Transfers come after persist and deliver, before send; the install is recorded after the sends.
+  const [message, persistentTransfer, volatileTransfer] = s.wire as [typeof s.wire[0], typeof s.wire[0], typeof s.wire[0]];
+  // Sends come after persist and deliver, then transfers; the install is recorded after both.
   t.is(persistentTransfer.diskRecords, 1);
   t.is(persistentTransfer.deliveries, 2);
   t.is(persistentTransfer.installs, 0);
