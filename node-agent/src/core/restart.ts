@@ -110,7 +110,9 @@ export function planRestart(policy: GroupPolicy, reports: RestartReport[]): Rest
       );
     }
     for (const s of shards) {
-      parts.push(`shard ${s.subgroup}/${s.shardIndex} has no returning member holding its state (former members ${s.formerMembers.join(', ')})`);
+      const layout = lastView.layout.shards.find((x) => x.shardId === s.shardId)!;
+      const what = layout.persistent && layout.deliveryMode === 'ordered' ? 'no returning member holding its state' : 'no returning member';
+      parts.push(`shard ${s.subgroup}/${s.shardIndex} has ${what} (former members ${s.formerMembers.join(', ')})`);
     }
     if (inadequate !== null) parts.push(`the restart view would be inadequate: ${inadequate}`);
     return {
