@@ -1,0 +1,127 @@
+// Unit tests of the Replica's API edges. Whole-group behaviour is tested by the simulator (test/sim/).
+import test from 'ava';
+import { Prng } from './prng.ts';
+import { Replica } from './replica.ts';
+import { DEFAULT_TIMING, type GroupPolicy, type Message, type ReplicaConfig } from './types.ts';
+
+const policy: GroupPolicy = {
+  subgroups: [
+    { name: 'kv', shards: 1, minNodesPerShard: 2, maxNodesPerShard: 3, deliveryMode: 'ordered', persistent: true, senderNodeIds: [1, 2] },
+  ],
+};
+
+function config(nodeId: number, over: Partial<ReplicaConfig> = {}): ReplicaConfig {
+  return { ...DEFAULT_TIMING, nodeId, policy, ...over };
+}
+
+function founders(over: Partial<ReplicaConfig> = {}): Replica[] {
+  return [1, 2, 3].map((id) => new Replica(config(id, over), { kind: 'bootstrap', members: [1, 2, 3] }, new Prng(id)));
+}
+
+/** Runs the replicas on a perfect network (every message delivered at the next tick). */
+function run(replicas: Replica[], ticks: number, onDeliver?: (node: number, text: string) => void): void {
+  const byId = new Map(replicas.map((r) => [r.status().nodeId, r]));
+  let inflight: { to: number; message: Message }[] = [];
+  const drain = (r: Replica): void => {
+    if (!r.hasReady()) return;
+    const rd = r.ready();
+    for (const d of rd.deliver) onDeliver?.(r.status().nodeId, new TextDecoder().decode(d.payload));
+    inflight.push(...rd.send);
+    r.advance();
+  };
+  for (let t = 0; t < ticks; t++) {
+    for (const r of replicas) {
+      r.tick();
+      r.assertInvariants();
+      drain(r);
+    }
+    const now = inflight;
+    inflight = [];
+    for (const { to, message } of now) {
+      const r = byId.get(to);
+      if (!r) continue;
+      r.step(message);
+      r.assertInvariants();
+      drain(r);
+    }
+  }
+}
+
+test('founders install view 0 with the allocated layout', (t) => {
+  const [a] = founders();
+  const status = a!.status();
+  t.is(status.mode, 'active');
+  t.is(status.viewId, 0);
+  t.deepEqual(status.members, [1, 2, 3]);
+  t.deepEqual(status.shards.map((s) => s.members), [[1, 2, 3]]);
+});
+
+test('a founder list that cannot host the policy is refused with the allocator\'s reason', (t) => {
+  t.throws(() => new Replica(config(1), { kind: 'bootstrap', members: [1] }, new Prng(1)), { message: /cannot host the policy: .*needs 2 nodes/ });
+  t.throws(() => new Replica(config(4), { kind: 'bootstrap', members: [1, 2] }, new Prng(1)), { message: /not in the founding members/ });
+});
+
+test('send refuses with a reason: not a sender, too large, unknown shard, backpressure', (t) => {
+  const [a, , c] = founders({ pendingSendsMax: 2, windowSize: 1, payloadBytesMax: 8 });
+  t.deepEqual(c!.send(0, new Uint8Array(1)), { ok: false, reason: 'notSender' });
+  t.deepEqual(a!.send(5, new Uint8Array(1)), { ok: false, reason: 'notMember' });
+  t.deepEqual(a!.send(0, new Uint8Array(9)), { ok: false, reason: 'tooLarge' });
+  // Window 1: the first message is in flight, the next two wait, the fourth is refused.
+  t.deepEqual(a!.send(0, new Uint8Array(1)), { ok: true });
+  t.deepEqual(a!.send(0, new Uint8Array(1)), { ok: true });
+  t.deepEqual(a!.send(0, new Uint8Array(1)), { ok: true });
+  t.deepEqual(a!.send(0, new Uint8Array(1)), { ok: false, reason: 'backpressure' });
+  a!.assertInvariants();
+});
+
+test('ordered messages from two senders are delivered in the same round-robin order everywhere', (t) => {
+  const replicas = founders();
+  const seen = new Map<number, string[]>();
+  replicas[0]!.send(0, new TextEncoder().encode('a1'));
+  replicas[0]!.send(0, new TextEncoder().encode('a2'));
+  replicas[1]!.send(0, new TextEncoder().encode('b1'));
+  run(replicas, 30, (node, text) => seen.set(node, [...(seen.get(node) ?? []), text]));
+  t.deepEqual(seen.get(1), ['a1', 'b1', 'a2']);
+  t.deepEqual(seen.get(2), seen.get(1));
+  t.deepEqual(seen.get(3), seen.get(1));
+});
+
+test('a message is not delivered until every member has received it', (t) => {
+  const replicas = founders();
+  const [a, b] = replicas;
+  a!.send(0, new TextEncoder().encode('x'));
+  const out = a!.ready();
+  a!.advance();
+  t.deepEqual(out.deliver, [], 'the sender alone has it: not stable');
+  // Only node 2 receives it: still not stable anywhere (node 3 has not).
+  for (const e of out.send) if (e.to === 2 && e.message.kind === 'data') b!.step(e.message);
+  t.deepEqual(b!.hasReady() ? b!.ready().deliver : [], []);
+});
+
+test('a malformed row from a peer is ignored, not fatal', (t) => {
+  const [a] = founders();
+  const bad = { kind: 'row', from: 2, viewId: 0, row: { pushCount: 99, suspected: 'nope' } } as unknown as Message;
+  t.notThrows(() => a!.step(bad));
+  a!.assertInvariants();
+  t.is(a!.status().mode, 'active');
+});
+
+test('a silent member is suspected, the others wedge and install a view without it', (t) => {
+  const replicas = founders();
+  run(replicas.slice(0, 2), DEFAULT_TIMING.suspectTicks * 3);
+  for (const r of replicas.slice(0, 2)) {
+    t.is(r.status().viewId, 1);
+    t.deepEqual(r.status().members, [1, 2]);
+    t.false(r.status().wedged);
+  }
+});
+
+test('a lone member of three is a minority: it wedges and says so', (t) => {
+  const replicas = founders();
+  run(replicas.slice(0, 1), DEFAULT_TIMING.suspectTicks * 3);
+  const status = replicas[0]!.status();
+  t.is(status.viewId, 0);
+  t.true(status.wedged);
+  t.is(status.waiting.kind, 'minority');
+  t.regex(status.waiting.message, /only 1 of 3 members reachable/);
+});
