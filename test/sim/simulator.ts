@@ -4,6 +4,7 @@
 import { Prng } from '../../node-agent/src/core/prng.ts';
 import type { BrokenRule, NodeId } from '../../node-agent/src/core/types.ts';
 import { Cluster } from './cluster.ts';
+import type { ClusterStats } from './cluster.ts';
 import type { ReplicaFactory } from './node.ts';
 import { checkAll } from './checkers.ts';
 import { adequate, describeScenario, generateScenario } from './scenario.ts';
@@ -22,7 +23,8 @@ export interface RunOptions {
   createReplica?: ReplicaFactory;
 }
 
-export interface RunStats {
+/** Everything the cluster counts (crashes, restarts, joins, ...) plus the run's own figures. */
+export interface RunStats extends ClusterStats {
   /** Ticks simulated in all. */
   ticks: number;
   faultTicks: number;
@@ -36,18 +38,8 @@ export interface RunStats {
   highestViewId: number;
   installs: number;
   deliveries: number;
-  sends: number;
-  sendsRefused: number;
   persistenceAcks: number;
   transfers: number;
-  crashes: number;
-  restarts: number;
-  exits: number;
-  joins: number;
-  leaves: number;
-  partitions: number;
-  spikes: number;
-  totalFailures: number;
   faultsSkipped: number;
   messagesSent: number;
   messagesDelivered: number;

@@ -42,12 +42,6 @@ export function columnMin(rows: readonly (readonly number[])[]): number[] {
   return rows.length === 0 ? [] : out;
 }
 
-/** How many messages of sender `senderRank` lie in the first `seqCount` global sequence numbers. */
-export function messagesOfSenderBelow(seqCount: number, senderRank: number, senderCount: number): number {
-  if (seqCount <= senderRank) return 0;
-  return Math.floor((seqCount - 1 - senderRank) / senderCount) + 1;
-}
-
 /** Persistence frontier: the prefix every member has durably logged (min of the persisted column). */
 export function persistenceFrontier(persistedByMember: readonly number[]): number {
   if (persistedByMember.length === 0) return 0;
