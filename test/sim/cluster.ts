@@ -238,7 +238,8 @@ export class Cluster {
     node.stop(why);
     const dropped = this.network.crash(id);
     this.stats.crashes++;
-    if (node.leaving) node.left = true;
+    // A leave not carried out yet dies with the process: it restarts like any other crash.
+    node.leaving = false;
     this.restartAt.delete(id);
     if (restartAfter !== null && !node.left) this.restartAt.set(id, this.nowTick + restartAfter);
     this.trace(id, `CRASH (${why}; ${dropped} queued messages lost)${restartAfter !== null && !node.left ? `, restarts at t=${this.nowTick + restartAfter}` : ''}`);
@@ -471,6 +472,12 @@ export class Cluster {
   private onExit(node: SimNode, reason: string): void {
     this.network.exit(node.id);
     this.stats.exits++;
+    if (node.leaving && !reason.startsWith('left the group')) {
+      // It exited for another reason before its leave was carried out: the request died with the
+      // process. The supervisor restarts it like any other exit (it may be asked to leave again).
+      node.leaving = false;
+      this.trace(node.id, `leave request lost: it exited first (${reason})`);
+    }
     if (node.leaving) {
       node.left = true;
       this.stats.leaves++;

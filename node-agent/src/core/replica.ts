@@ -700,7 +700,7 @@ export class Replica {
       for (let j = 0; j < other.suspected.length; j++) if (other.suspected[j] && j !== this.myRank) this.suspect(j);
     }
     const changeWanted = row.suspected.some((s) => s) || this.pendingJoins.length > 0 ||
-      this.rows.some((o) => o.leaving || o.wedged || o.promisedBallot >= 0 || o.committed);
+      this.rows.some((o, r) => (o.leaving && this.canLeave(r)) || o.wedged || o.promisedBallot >= 0 || o.committed);
     if (changeWanted) this.wedge();
     for (const shard of this.shards.values()) this.deliverStable(shard);
     this.reportFrontiers();
@@ -708,6 +708,9 @@ export class Replica {
     if (!row.wedged) {
       for (const shard of this.shards.values()) this.trySend(shard);
       this.waiting = this.shardWaiting();
+      if (this.leaving && this.waiting.kind === 'none') {
+        this.waiting = { kind: 'none', message: 'leaving: waiting until another member holds the state of every persistent shard this node holds' };
+      }
       return;
     }
     // A decided value anywhere in the table is final: install it.
@@ -740,6 +743,23 @@ export class Replica {
     }
     if (leaderRank === this.myRank) this.leadViewChange(live);
     else this.followViewChange(leaderRank);
+  }
+
+  /** Whether the member at `rank` may leave now: every persistent shard it holds has another live holder. */
+  private canLeave(rank: number): boolean {
+    const view = this.view!;
+    const node = view.members[rank]!;
+    const mine = this.myRow();
+    for (const shard of view.layout.shards) {
+      if (!shard.persistent || shard.deliveryMode !== 'ordered' || !shard.members.includes(node)) continue;
+      if (!this.rows[rank]!.stateReady[shard.shardId]) continue; // it holds nothing of this shard yet
+      const otherHolder = shard.members.some((m) => {
+        const r = view.members.indexOf(m);
+        return r !== rank && !mine.suspected[r] && !this.rows[r]!.leaving && this.rows[r]!.stateReady[shard.shardId] === true;
+      });
+      if (!otherHolder) return false;
+    }
+    return true;
   }
 
   private suspectedNodes(): NodeId[] {
@@ -812,7 +832,8 @@ export class Replica {
   private proposeValue(live: number[]): ViewChangeValue | string {
     const view = this.view!;
     const liveSet = new Set(live);
-    const survivors = live.filter((r) => !this.rows[r]!.leaving).map((r) => view.members[r]!);
+    // A leaving member that is the last holder of a persistent shard stays until the state has a new home.
+    const survivors = live.filter((r) => !this.rows[r]!.leaving || !this.canLeave(r)).map((r) => view.members[r]!);
     const joined: NodeId[] = [];
     for (const j of this.pendingJoins) {
       if (joined.length >= this.config.joinsPerViewMax) break;
