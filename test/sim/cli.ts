@@ -199,13 +199,18 @@ function runInWorkers(seeds: number[], jobs: number, rule: BrokenRule | null, on
 }
 
 function workerMain(args: Args): void {
+  // The parent went away (interrupted): stop quietly instead of failing on a closed channel.
+  process.on('disconnect', () => process.exit(0));
   process.on('message', (m: ToWorker) => {
     if (m.kind === 'exit') {
       process.disconnect();
       return;
     }
-    for (const seed of m.seeds) process.send!({ kind: 'result', result: safeRun(seed, args.brokenRule) } satisfies FromWorker);
-    process.send!({ kind: 'idle' } satisfies FromWorker);
+    for (const seed of m.seeds) {
+      if (!process.connected) return;
+      process.send!({ kind: 'result', result: safeRun(seed, args.brokenRule) } satisfies FromWorker);
+    }
+    if (process.connected) process.send!({ kind: 'idle' } satisfies FromWorker);
   });
 }
 
