@@ -157,6 +157,16 @@ test('a member still waiting for a state transfer does not count as holding its 
   t.deepEqual(shardOf(ok, 1).truncateTo, v(7, 2));
 });
 
+test('a member that never installed the last view does not count as holding its shard', (t) => {
+  // View 7 added node 4 to kv/1 = [3, 4], but node 4 crashed before installing it: it saved view 6.
+  const view6: View = { viewId: 6, members: [1, 2, 3], layout: layoutFor(kvPolicy, [[1, 2], [3]]) };
+  const view7: View = { viewId: 7, members: [1, 2, 3, 4], layout: layoutFor(kvPolicy, [[1, 2], [3, 4]]) };
+  const stale = report(4, view6, [{ shardId: 1, version: v(6, 0) }]);
+  const plan = notReady(planRestart(kvPolicy, [report(1, view7), report(2, view7), stale]));
+  t.deepEqual(plan.missing.shards.map((s) => s.shardId), [1]);
+  t.true(planRestart(kvPolicy, [report(1, view7), report(2, view7), stale, report(3, view7, [{ shardId: 1, version: v(7, 3) }])]).ready);
+});
+
 test('an inadequate restart view blocks the restart and gives the allocator\'s reason', (t) => {
   const strict: GroupPolicy = {
     subgroups: [{ ...kvPolicy.subgroups[0]!, minNodesPerShard: 2 }],
@@ -410,7 +420,12 @@ function referenceQuorum(policy: GroupPolicy, reports: RestartReport[]) {
   const ids = reports.map((r) => r.nodeId);
   const returnedMembers = lastView.members.filter((m) => ids.includes(m));
   const a = 2 * returnedMembers.length > lastView.members.length;
-  const uncovered = lastView.layout.shards.filter((s) => s.members.length > 0 && s.members.every((m) => !ids.includes(m)));
+  // A persistent shard is covered only by a returning member that installed the last view itself.
+  const holder = (m: NodeId, shardId: number, persistent: boolean): boolean =>
+    reports.some((r) => r.nodeId === m &&
+      (!persistent || (r.lastView.viewId === lastView.viewId && !(r.incompleteShards ?? []).includes(shardId))));
+  const uncovered = lastView.layout.shards.filter((s) =>
+    s.members.length > 0 && s.members.every((m) => !holder(m, s.shardId, s.persistent && s.deliveryMode === 'ordered')));
   const b = uncovered.length === 0;
   const members = [...returnedMembers, ...ids.filter((n) => !lastView.members.includes(n)).sort((x, y) => x - y)];
   const allocation = allocate(policy, lastView.layout, members);

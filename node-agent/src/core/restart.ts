@@ -86,11 +86,16 @@ export function planRestart(policy: GroupPolicy, reports: RestartReport[]): Rest
   const need = Math.floor(lastMembers.length / 2) + 1;
   const majority = have >= need ? null : { have, need, absent: lastMembers.filter((m) => !returned.has(m)) };
 
-  // A returning member counts for a persistent shard only if it held the shard's whole state (a member
-  // still waiting for a state transfer when the group failed holds a stale log).
+  // A returning member counts for a persistent shard only if it held the shard's whole state in the last
+  // view: it installed that view itself (a member that never did holds an older log), and it was not
+  // still waiting for a state transfer when the group failed.
   const incomplete = new Map(unique.map((r) => [r.nodeId, new Set(r.incompleteShards ?? [])] as const));
-  const holds = (node: NodeId, shard: ShardLayout): boolean =>
-    returned.has(node) && !(shard.persistent && shard.deliveryMode === 'ordered' && incomplete.get(node)!.has(shard.shardId));
+  const savedViewId = new Map(unique.map((r) => [r.nodeId, r.lastView.viewId] as const));
+  const holds = (node: NodeId, shard: ShardLayout): boolean => {
+    if (!returned.has(node)) return false;
+    if (!shard.persistent || shard.deliveryMode !== 'ordered') return true;
+    return savedViewId.get(node) === lastView.viewId && !incomplete.get(node)!.has(shard.shardId);
+  };
   const shards = sortedShards(lastView.layout.shards)
     .filter((s) => s.members.length > 0 && !s.members.some((m) => holds(m, s)))
     .map((s) => ({ shardId: s.shardId, subgroup: s.subgroup, shardIndex: s.shardIndex, formerMembers: [...s.members] }));
