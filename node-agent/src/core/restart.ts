@@ -86,15 +86,25 @@ export function planRestart(policy: GroupPolicy, reports: RestartReport[]): Rest
   const need = Math.floor(lastMembers.length / 2) + 1;
   const majority = have >= need ? null : { have, need, absent: lastMembers.filter((m) => !returned.has(m)) };
 
-  // A returning member counts for a persistent shard only if it held the shard's whole state in the last
-  // view: it installed that view itself (a member that never did holds an older log), and it was not
-  // still waiting for a state transfer when the group failed.
-  const incomplete = new Map(unique.map((r) => [r.nodeId, new Set(r.incompleteShards ?? [])] as const));
-  const savedViewId = new Map(unique.map((r) => [r.nodeId, r.lastView.viewId] as const));
+  // A returning member counts for a persistent shard only if it holds the shard's whole state as of the
+  // last view W, and was not still waiting for a state transfer when the group failed. That is the case
+  // if it installed W itself; or if it saved W-1, served the shard in both W-1 and W (so nothing was
+  // delivered in W without it) and its log reaches the known ragged trim of W-1. Any older log may miss
+  // updates made while it was away.
+  const mergedTrims = new Map<number, SavedTrim>();
+  for (const [viewId, variants] of trimVariants) mergedTrims.set(viewId, variants[0]!.value);
+  const byNode = new Map(unique.map((r) => [r.nodeId, r] as const));
   const holds = (node: NodeId, shard: ShardLayout): boolean => {
-    if (!returned.has(node)) return false;
+    const r = byNode.get(node);
+    if (!r) return false;
     if (!shard.persistent || shard.deliveryMode !== 'ordered') return true;
-    return savedViewId.get(node) === lastView.viewId && !incomplete.get(node)!.has(shard.shardId);
+    if ((r.incompleteShards ?? []).includes(shard.shardId)) return false;
+    if (r.lastView.viewId === lastView.viewId) return true;
+    if (r.lastView.viewId !== lastView.viewId - 1) return false;
+    if (!r.lastView.layout.shards[shard.shardId]?.members.includes(node)) return false;
+    const end = mergedTrims.get(r.lastView.viewId)?.lastVersions[shard.shardId];
+    const tail = r.logTails.find((t) => t.shardId === shard.shardId)?.version ?? VERSION_NONE;
+    return end !== undefined && compareVersions(validTail(tail, shard.shardId, mergedTrims), end) >= 0;
   };
   const shards = sortedShards(lastView.layout.shards)
     .filter((s) => s.members.length > 0 && !s.members.some((m) => holds(m, s)))
@@ -137,8 +147,7 @@ export function planRestart(policy: GroupPolicy, reports: RestartReport[]): Rest
   const view: View = { viewId: highest + 1, members, layout: allocation.layout };
 
   // Rule 4: sources and truncation points.
-  const trims = new Map<number, SavedTrim>();
-  for (const [viewId, variants] of trimVariants) trims.set(viewId, variants[0]!.value);
+  const trims = mergedTrims;
   const lastShards = new Map(lastView.layout.shards.map((s) => [s.shardId, s] as const));
   const rank = new Map(members.map((m, i) => [m, i] as const));
   const decisionShards = sortedShards(allocation.layout.shards).map((s) => {
@@ -149,7 +158,7 @@ export function planRestart(policy: GroupPolicy, reports: RestartReport[]): Rest
     let best: { nodeId: NodeId; tail: Version; former: boolean; rank: number } | null = null;
     for (const r of unique) {
       const entry = r.logTails.find((t) => t.shardId === s.shardId);
-      if (entry === undefined || incomplete.get(r.nodeId)!.has(s.shardId)) continue;
+      if (entry === undefined || (r.incompleteShards ?? []).includes(s.shardId)) continue;
       const candidate = {
         nodeId: r.nodeId,
         tail: validTail(entry.version, s.shardId, trims),

@@ -1,0 +1,544 @@
+import { spawnSync } from 'node:child_process';
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import net from 'node:net';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import test from 'ava';
+import type { ExecutionContext } from 'ava';
+import { FrameType, rawFrame } from './codec.ts';
+import type { WireMessage } from './codec.ts';
+import { TcpTransport, certificateNodeId, parseAddress } from './tcp-transport.ts';
+import type { TcpTransportOptions, TransportError } from './tcp-transport.ts';
+import { sampleMessages } from './test-support.ts';
+
+const secret = 'test group secret, 32 bytes long';
+const host = '127.0.0.1';
+
+interface Node {
+  id: number;
+  t: TcpTransport;
+  port: number;
+  addr: string;
+  got: { from: number; m: WireMessage }[];
+  errors: TransportError[];
+  logs: string[];
+}
+
+/** Transports started by a test; closed by `cleanup` whatever happens. */
+function harness(t: ExecutionContext) {
+  const nodes: TcpTransport[] = [];
+  const sockets: net.Socket[] = [];
+  const all: Node[] = [];
+  t.teardown(async () => {
+    if (process.env['TRANSPORT_DEBUG']) for (const n of all) console.log(t.title, n.id, n.logs, n.errors, n.got.length);
+    for (const s of sockets) s.destroy();
+    await Promise.all(nodes.map((n) => n.close()));
+  });
+  const start = async (id: number, options: Partial<TcpTransportOptions> = {}, port = 0): Promise<Node> => {
+    const logs: string[] = [];
+    const tr = new TcpTransport({
+      nodeId: id, secret, reconnectDelayMinMs: 10, reconnectDelayMaxMs: 200, higherIdDialDelayMs: 30,
+      log: (l) => logs.push(`${Date.now() % 100000} ${l}`), ...options,
+    });
+    nodes.push(tr);
+    const node: Node = { id, t: tr, port: 0, addr: '', got: [], errors: [], logs };
+    all.push(node);
+    logs.push(`${Date.now() % 100000}`);
+    tr.onMessage((from, m) => node.got.push({ from, m }));
+    tr.onError((e) => node.errors.push(e));
+    const a = await tr.listen(host, port);
+    node.port = a.port;
+    node.addr = `${host}:${a.port}`;
+    return node;
+  };
+  const mesh = (...ns: Node[]) => {
+    const map = Object.fromEntries(ns.map((n) => [n.id, n.addr]));
+    for (const n of ns) n.t.setPeers(map);
+  };
+  const raw = (port: number): Promise<net.Socket> => new Promise((resolve, reject) => {
+    const s = net.connect({ host, port }, () => resolve(s));
+    s.on('error', reject);
+    sockets.push(s);
+  });
+  return { start, mesh, raw, nodes };
+}
+
+async function waitFor(what: string, cond: () => boolean, ms = 5000): Promise<void> {
+  const deadline = Date.now() + ms;
+  while (!cond()) {
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 5));
+  }
+}
+
+const closed = (s: net.Socket) => new Promise<void>((r) => (s.closed ? r() : s.once('close', () => r())));
+const nextTurn = () => new Promise((r) => setImmediate(r));
+
+/** Structural copy for comparing (decoded payloads are views into frames). */
+function plain(m: unknown): unknown {
+  return JSON.parse(JSON.stringify(m, (_k, v: unknown) => (v instanceof Uint8Array ? { bytes: Array.from(v) } : v)));
+}
+
+function data(from: number, index: number, size = 16): WireMessage {
+  const payload = new Uint8Array(size);
+  for (let i = 0; i < size; i++) payload[i] = (index + i) & 0xff;
+  return { kind: 'data', from, viewId: 1, shardId: 0, senderRank: 0, index, payload };
+}
+
+test('two transports exchange every message kind', async (t) => {
+  t.timeout(10_000);
+  const h = harness(t);
+  const a = await h.start(1);
+  const b = await h.start(2);
+  h.mesh(a, b);
+  const fromA = sampleMessages(1);
+  const fromB = sampleMessages(2);
+  for (const m of fromA) t.true(a.t.send(2, m));
+  for (const m of fromB) t.true(b.t.send(1, m));
+  await waitFor('all messages', () => a.got.length === fromB.length && b.got.length === fromA.length);
+  t.deepEqual(plain(b.got.map((g) => g.m)), plain(fromA));
+  t.deepEqual(plain(a.got.map((g) => g.m)), plain(fromB));
+  t.true(b.got.every((g) => g.from === 1) && a.got.every((g) => g.from === 2));
+  t.deepEqual(a.errors, []);
+  t.deepEqual(b.errors, []);
+  t.is(a.t.metrics.framesSent, fromA.length);
+  t.is(b.t.metrics.framesReceived, fromA.length);
+});
+
+test('three transports exchange every message kind over one connection per pair', async (t) => {
+  t.timeout(10_000);
+  const h = harness(t);
+  const ns = [await h.start(1), await h.start(2), await h.start(3)];
+  h.mesh(...ns);
+  for (const n of ns) for (const o of ns) if (o !== n) for (const m of sampleMessages(n.id)) t.true(n.t.send(o.id, m));
+  const per = sampleMessages(1).length;
+  await waitFor('all messages', () => ns.every((n) => n.got.length === 2 * per));
+  for (const n of ns) {
+    for (const o of ns) {
+      if (o === n) continue;
+      t.deepEqual(plain(n.got.filter((g) => g.from === o.id).map((g) => g.m)), plain(sampleMessages(o.id)));
+    }
+  }
+  await waitFor('duplicates settled', () => ns.every((n) => n.t.connections().length === 2));
+  for (const n of ns) {
+    t.deepEqual(n.t.connectedPeers().sort(), ns.filter((o) => o !== n).map((o) => o.id));
+    t.deepEqual(n.errors, []);
+  }
+});
+
+test('10,000 small data messages arrive in order on one link', async (t) => {
+  t.timeout(20_000);
+  const h = harness(t);
+  const a = await h.start(1);
+  const b = await h.start(2);
+  h.mesh(a, b);
+  const total = 10_000;
+  let drained: (() => void) | null = null;
+  a.t.onDrain(() => drained?.());
+  for (let i = 0; i < total; i++) {
+    if (!a.t.writable(2)) await new Promise<void>((r) => { drained = r; });
+    t.true(a.t.send(2, data(1, i, 24)));
+    if (i % 500 === 499) await nextTurn(); // several batches
+  }
+  await waitFor('10,000 messages', () => b.got.length === total, 15_000);
+  let ordered = true;
+  b.got.forEach((g, i) => {
+    const m = g.m;
+    if (m.kind !== 'data' || m.index !== i || m.payload![0] !== (i & 0xff) || m.payload!.byteLength !== 24) ordered = false;
+  });
+  t.true(ordered);
+  t.is(a.t.metrics.dropsQueueFull, 0);
+});
+
+test.serial('batching: every frame queued in one turn goes out in one socket write', async (t) => {
+  t.timeout(10_000);
+  const h = harness(t);
+  const a = await h.start(1);
+  const b = await h.start(2);
+  h.mesh(a, b);
+  t.true(a.t.send(2, data(1, 0)));
+  await waitFor('connection', () => b.got.length === 1);
+  // Count real socket writes, process-wide, while the batch goes out (this test runs serially).
+  const original = net.Socket.prototype.write;
+  let socketWrites = 0;
+  net.Socket.prototype.write = function (this: net.Socket, ...args: Parameters<typeof original>) {
+    socketWrites++;
+    return original.apply(this, args);
+  } as typeof original;
+  const before = { ...a.t.metrics };
+  try {
+    for (let i = 1; i <= 200; i++) a.t.send(2, i % 10 === 0 ? sampleMessages(1)[2]! : data(1, i));
+    t.is(socketWrites, 0, 'nothing is written during the turn');
+    await nextTurn();
+    await nextTurn();
+  } finally {
+    net.Socket.prototype.write = original;
+  }
+  t.is(socketWrites, 1);
+  t.is(a.t.metrics.socketWrites - before.socketWrites, 1);
+  t.is(a.t.metrics.framesSent - before.framesSent, 200);
+  await waitFor('batch received', () => b.got.length === 201);
+  t.deepEqual(b.got.slice(1).map((g) => (g.m.kind === 'data' ? g.m.index : -1)), Array.from({ length: 200 }, (_, i) => ((i + 1) % 10 === 0 ? -1 : i + 1)));
+});
+
+test('garbage from a raw socket closes that socket only; the transport still serves a legitimate peer', async (t) => {
+  t.timeout(10_000);
+  const h = harness(t);
+  const a = await h.start(1);
+  // 1. An HTTP request: "GET " read as a length is ~1.2 GB, over the pre-authentication bound.
+  const s1 = await h.raw(a.port);
+  s1.write('GET / HTTP/1.1\r\nHost: x\r\n\r\n');
+  await closed(s1);
+  // 2. A well-formed frame of the wrong type.
+  const s2 = await h.raw(a.port);
+  s2.write(rawFrame(FrameType.data, new Uint8Array(40)));
+  await closed(s2);
+  // 3. Random bytes.
+  const s3 = await h.raw(a.port);
+  s3.write(Buffer.from([0, 0, 0, 3, 0x70, 1, 2, 0xde, 0xad, 0xbe, 0xef]));
+  await closed(s3);
+  await waitFor('three reports', () => a.errors.length === 3);
+  t.regex(a.errors[0]!.message, /frame of 1195725856 bytes announced, over frameBytesMax 256/);
+  t.regex(a.errors[1]!.message, /expected hello, got frame type 0x1/);
+  t.regex(a.errors[2]!.message, /hello of 2 bytes, expected 58/);
+  t.true(a.errors.every((e) => e.kind === 'handshake'));
+  const b = await h.start(2);
+  h.mesh(a, b);
+  b.t.send(1, data(2, 0));
+  a.t.send(2, data(1, 0));
+  await waitFor('exchange', () => a.got.length === 1 && b.got.length === 1);
+  t.is(a.t.metrics.handshakeFailures, 3);
+});
+
+test('a peer with the wrong secret is refused', async (t) => {
+  t.timeout(10_000);
+  const h = harness(t);
+  const a = await h.start(1);
+  const c = await h.start(3, { secret: 'another secret, also long enough' });
+  c.t.setPeers({ 1: a.addr });
+  c.t.send(1, data(3, 0));
+  await waitFor('refusals', () => a.errors.length >= 1 && c.errors.length >= 1);
+  t.regex(c.errors[0]!.message, /n1 failed to prove knowledge of the group secret/);
+  t.is(a.errors[0]!.kind, 'handshake');
+  t.false(c.t.connected(1));
+  t.false(a.t.connected(3));
+  t.deepEqual(a.got, []);
+  // The same secret from the other side also fails (the dialer is checked too): a raw replay of a hello
+  // followed by a made-up proof.
+  const s = await h.raw(a.port);
+  const hello = Buffer.alloc(58);
+  hello[0] = 1;
+  hello[1] = 1;
+  hello.writeUInt32BE(9, 2);
+  hello.writeUInt32BE(1, 6);
+  s.write(rawFrame(FrameType.authHello, hello));
+  s.once('data', () => s.write(rawFrame(FrameType.authProof, Buffer.alloc(32, 7))));
+  await closed(s);
+  await waitFor('proof refused', () => a.errors.some((e) => /n9 failed to prove knowledge/.test(e.message)));
+  t.false(a.t.connected(9));
+});
+
+test('frames over the bound are refused', async (t) => {
+  t.timeout(10_000);
+  const h = harness(t);
+  const a = await h.start(1);
+  // A raw peer announcing a 2 GB frame is refused at once, before authentication.
+  const s = await h.raw(a.port);
+  s.write(Buffer.from([0x80, 0, 0, 0]));
+  await closed(s);
+  await waitFor('report', () => a.errors.length === 1);
+  t.regex(a.errors[0]!.message, /frame of 2147483648 bytes announced, over frameBytesMax 256/);
+  // An authenticated peer with larger limits sends a frame over the receiver's bound: that connection
+  // closes, the peers reconnect, and frames within the bound flow again.
+  const b = await h.start(2, { limits: { frameBytesMax: 8192, payloadBytesMax: 4096 } });
+  h.mesh(a, b);
+  t.true(a.t.send(2, data(1, 0, 100)));
+  await waitFor('first message', () => b.got.length === 1);
+  t.true(a.t.send(2, data(1, 1, 100_000)));
+  await waitFor('refusal', () => b.errors.length === 1);
+  t.is(b.errors[0]!.kind, 'protocol');
+  t.regex(b.errors[0]!.message, /frame of 100026 bytes announced, over frameBytesMax 8192/);
+  await waitFor('reconnected', () => a.t.metrics.reconnects === 1 && a.t.connected(2) && b.t.connected(1));
+  a.t.send(2, data(1, 3, 100));
+  await waitFor('later message', () => b.got.some((g) => g.m.kind === 'data' && g.m.index === 3));
+  t.true(b.got.every((g) => g.m.kind === 'data' && g.m.index !== 1));
+  // The sender refuses what its own codec bounds exclude.
+  t.false(b.t.send(1, data(2, 0, 5000)));
+  t.is(b.t.metrics.dropsEncode, 1);
+  t.regex(b.errors.at(-1)!.message, /payload of 5000 bytes is over payloadBytesMax 4096/);
+});
+
+test('a peer whose frames fail to decode, or that forges `from`, loses that connection only', async (t) => {
+  t.timeout(10_000);
+  const h = harness(t);
+  const a = await h.start(1);
+  const b = await h.start(2, { limits: { membersMax: 2 } });
+  const c = await h.start(3);
+  h.mesh(a, b, c);
+  a.t.send(2, data(1, 0));
+  c.t.send(2, data(3, 0));
+  await waitFor('connected', () => b.got.length === 2);
+  // A forged sender id.
+  a.t.send(2, { kind: 'joinRequest', from: 7, incarnation: 1 });
+  await waitFor('forgery refused', () => b.errors.length === 1);
+  t.regex(b.errors[0]!.message, /joinRequest message claims to be from n7 on the authenticated connection of n1/);
+  // A message that A's codec accepts but B's stricter limits refuse (senderRank over membersMax 2).
+  await waitFor('reconnected', () => a.t.metrics.reconnects === 1 && a.t.connected(2) && b.t.connected(1));
+  a.t.send(2, { ...data(1, 1), senderRank: 5 } as WireMessage);
+  await waitFor('decode failure', () => b.errors.length === 2);
+  t.regex(b.errors[1]!.message, /bad frame: data: senderRank 5 is over membersMax 2/);
+  t.is(b.t.metrics.protocolErrors, 2);
+  // C's connection was never touched.
+  c.t.send(2, data(3, 1));
+  await waitFor('c still served', () => b.got.filter((g) => g.from === 3).length === 2);
+  t.true(c.errors.length === 0);
+});
+
+test('reconnect after the remote side closes (and restarts on the same port)', async (t) => {
+  t.timeout(10_000);
+  const h = harness(t);
+  const a = await h.start(1);
+  const b = await h.start(2);
+  h.mesh(a, b);
+  a.t.send(2, data(1, 0));
+  await waitFor('first', () => b.got.length === 1);
+  await b.t.close();
+  await waitFor('disconnected', () => !a.t.connected(2));
+  // Sent while the peer is down: queued (bounded) and flushed once the connection is back.
+  t.true(a.t.send(2, data(1, 1)));
+  await new Promise((r) => setTimeout(r, 100)); // a few failed dials
+  const b2 = await h.start(2, {}, b.port);
+  b2.t.setPeers({ 1: a.addr });
+  await waitFor('delivered after reconnect', () => b2.got.length === 1);
+  t.is((b2.got[0]!.m as { index: number }).index, 1);
+  t.is(a.t.metrics.reconnects, 1);
+  t.true(a.errors.some((e) => e.kind === 'connect'), 'failed dials are reported');
+  // And the other direction works too.
+  b2.t.send(1, data(2, 0));
+  await waitFor('reply', () => a.got.length === 1);
+});
+
+test('simultaneous dials settle on one connection, the same one at both ends', async (t) => {
+  t.timeout(15_000);
+  const h = harness(t);
+  let duplicates = 0;
+  for (let round = 0; round < 4; round++) {
+    const a = await h.start(10 + 2 * round, { higherIdDialDelayMs: 0, retireGraceMs: 100 });
+    const b = await h.start(11 + 2 * round, { higherIdDialDelayMs: 0, retireGraceMs: 100 });
+    h.mesh(a, b);
+    a.t.send(b.id, data(a.id, 0));
+    b.t.send(a.id, data(b.id, 0));
+    await waitFor('settled', () => a.t.connections().length === 1 && b.t.connections().length === 1 &&
+      a.t.connected(b.id) && b.t.connected(a.id));
+    const ca = a.t.connections()[0]!;
+    const cb = b.t.connections()[0]!;
+    t.true(ca.outbound, 'the lower id dialed the surviving connection');
+    t.false(cb.outbound);
+    // Frames sent before the tie-break, whichever connection carried them, were delivered.
+    await waitFor('first frames', () => a.got.length >= 1 && b.got.length >= 1);
+    duplicates += a.t.metrics.duplicateConnections;
+    a.t.send(b.id, data(a.id, 1));
+    await waitFor('traffic on the kept connection', () => b.got.some((g) => (g.m as { index: number }).index === 1));
+  }
+  t.true(duplicates > 0, 'the rounds did produce duplicate connections');
+});
+
+test('backpressure: a full queue refuses sends, then reports drain', async (t) => {
+  t.timeout(10_000);
+  const h = harness(t);
+  const a = await h.start(1, { outgoingFramesMax: 10 });
+  const b = await h.start(2);
+  h.mesh(a, b);
+  a.t.send(2, data(1, 0));
+  await waitFor('connected', () => b.got.length === 1);
+  const drains: number[] = [];
+  a.t.onDrain((p) => drains.push(p));
+  const results = Array.from({ length: 15 }, (_, i) => a.t.send(2, data(1, i + 1)));
+  t.deepEqual(results, [...new Array<boolean>(10).fill(true), ...new Array<boolean>(5).fill(false)]);
+  t.false(a.t.writable(2));
+  t.is(a.t.metrics.dropsQueueFull, 5);
+  await waitFor('drain', () => drains.length === 1);
+  t.deepEqual(drains, [2]);
+  t.true(a.t.writable(2));
+  await waitFor('delivered', () => b.got.length === 11);
+  // Unknown peers are unreachable.
+  t.false(a.t.send(99, data(1, 0)));
+  t.false(a.t.writable(99));
+  t.is(a.t.metrics.dropsUnreachable, 1);
+});
+
+test('a connection that does not complete the handshake in time is closed', async (t) => {
+  t.timeout(10_000);
+  const h = harness(t);
+  const a = await h.start(1, { handshakeTimeoutMs: 150 });
+  const s = await h.raw(a.port);
+  const started = Date.now();
+  await closed(s);
+  t.true(Date.now() - started >= 100);
+  await waitFor('report', () => a.errors.length === 1);
+  t.regex(a.errors[0]!.message, /handshake timed out after 150 ms \(awaitHello\)/);
+});
+
+test('a peer dialed under the wrong id, or claiming our id, is refused', async (t) => {
+  t.timeout(10_000);
+  const h = harness(t);
+  const a = await h.start(1);
+  const b = await h.start(2);
+  b.t.setPeers({ 5: a.addr }); // a is not node 5
+  await waitFor('refusal', () => a.errors.length >= 1);
+  t.regex(a.errors[0]!.message, /peer n2 dialed node n5, this is n1/);
+  await b.t.close();
+  const twin = await h.start(1);
+  twin.t.setPeers({ 1: a.addr }); // dialing itself is ignored
+  t.deepEqual(twin.t.peerAddresses(), new Map());
+  const s = await h.raw(a.port);
+  const hello = Buffer.alloc(58);
+  hello[0] = 1;
+  hello[1] = 1;
+  hello.writeUInt32BE(1, 2);
+  hello.writeUInt32BE(1, 6);
+  s.write(rawFrame(FrameType.authHello, hello));
+  await closed(s);
+  await waitFor('refusal', () => a.errors.some((e) => /claims this node's own id/.test(e.message)));
+});
+
+test('removing a peer from the map closes its connection; a throwing handler does not', async (t) => {
+  t.timeout(10_000);
+  const h = harness(t);
+  const a = await h.start(1);
+  const b = await h.start(2);
+  h.mesh(a, b);
+  a.t.onMessage(() => { throw new Error('handler bug'); });
+  b.t.send(1, data(2, 0));
+  b.t.send(1, data(2, 1));
+  await waitFor('delivered', () => a.got.length === 2);
+  t.is(a.errors.filter((e) => e.kind === 'handler').length, 2);
+  t.true(a.t.connected(2));
+  b.t.setPeers({});
+  t.false(b.t.connected(1));
+  t.false(b.t.send(1, data(2, 2)), 'no address and no connection: unreachable');
+  t.true(b.logs.some((l) => /closing connection #\d+ to n1: removed from the peer map/.test(l)));
+  // A keeps dialing B (still in its map): B accepts the inbound connection of a peer it does not dial.
+  await waitFor('a reconnected', () => a.t.metrics.reconnects === 1 && a.t.connected(2) && b.t.connected(1));
+  t.deepEqual([...b.t.peerAddresses().keys()], []);
+});
+
+test('payloads are views into receive buffers, or copies with copyPayloads', async (t) => {
+  t.timeout(10_000);
+  const h = harness(t);
+  const a = await h.start(1);
+  const b = await h.start(2, { copyPayloads: true });
+  h.mesh(a, b);
+  for (let i = 0; i < 5; i++) a.t.send(2, data(1, i, 10));
+  for (let i = 0; i < 5; i++) b.t.send(1, data(2, i, 10));
+  await waitFor('delivered', () => a.got.length === 5 && b.got.length === 5);
+  const bufferSize = (n: Node) => (n.got[4]!.m as { payload: Uint8Array }).payload.buffer.byteLength;
+  t.true(bufferSize(a) > 10, 'zero-copy: a view into the chunk');
+  t.is(bufferSize(b), 10, 'copied');
+  t.deepEqual(plain(b.got.map((g) => g.m)), plain(Array.from({ length: 5 }, (_, i) => data(1, i, 10))));
+});
+
+test('a joiner (not in the map) can dial in and be answered over its connection', async (t) => {
+  t.timeout(10_000);
+  const h = harness(t);
+  const member = await h.start(1);
+  const joiner = await h.start(9);
+  joiner.t.setPeers({ 1: member.addr });
+  joiner.t.send(1, { kind: 'joinRequest', from: 9, incarnation: 5 });
+  await waitFor('join request', () => member.got.length === 1);
+  t.true(member.t.send(9, { kind: 'joinRedirect', from: 1, leader: 1 }));
+  await waitFor('reply', () => joiner.got.length === 1);
+  t.is(joiner.got[0]!.m.kind, 'joinRedirect');
+  t.deepEqual(member.errors, []);
+});
+
+test('addresses and certificate names parse', (t) => {
+  t.deepEqual(parseAddress('10.0.0.1:7000'), { host: '10.0.0.1', port: 7000 });
+  t.deepEqual(parseAddress('[::1]:80'), { host: '::1', port: 80 });
+  t.deepEqual(parseAddress('node-3.derecho.svc:7000'), { host: 'node-3.derecho.svc', port: 7000 });
+  t.throws(() => parseAddress('10.0.0.1'));
+  t.throws(() => parseAddress('a:70000'));
+  t.is(certificateNodeId({ subject: { CN: 'node-12' } } as never), 12);
+  t.is(certificateNodeId({ subject: { CN: '7' } } as never), 7);
+  t.is(certificateNodeId({ subject: { CN: 'node-x' } } as never), null);
+  t.throws(() => new TcpTransport({ nodeId: 1 }), { message: /needs a group secret, TLS options, or both/ });
+  t.throws(() => new TcpTransport({ nodeId: 1, secret: 'short' }), { message: /at least 16 bytes/ });
+});
+
+// ---- mutual TLS ----------------------------------------------------------------------------------
+
+const hasOpenssl = spawnSync('openssl', ['version'], { encoding: 'utf8' }).status === 0;
+
+function makePki(dir: string): { ca: string; other: string; certs: Record<string, { cert: string; key: string }> } {
+  const run = (...args: string[]) => {
+    const r = spawnSync('openssl', args, { cwd: dir, encoding: 'utf8' });
+    if (r.status !== 0) throw new Error(`openssl ${args.join(' ')}: ${r.stderr}`);
+  };
+  const ca = (name: string) => {
+    run('req', '-x509', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:prime256v1', '-nodes', '-keyout', `${name}.key`,
+      '-out', `${name}.pem`, '-days', '2', '-subj', `/CN=${name}`);
+  };
+  const leaf = (cn: string, caName: string) => {
+    run('req', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:prime256v1', '-nodes', '-keyout', `${cn}.key`, '-out', `${cn}.csr`, '-subj', `/CN=${cn}`);
+    run('x509', '-req', '-in', `${cn}.csr`, '-CA', `${caName}.pem`, '-CAkey', `${caName}.key`, '-CAcreateserial', '-out', `${cn}.pem`, '-days', '2');
+  };
+  ca('ca');
+  ca('rogue-ca');
+  for (const n of ['node-1', 'node-2', 'node-3']) leaf(n, 'ca');
+  leaf('node-4', 'rogue-ca');
+  const read = (f: string) => readFileSync(join(dir, f), 'utf8');
+  const certs = Object.fromEntries(['node-1', 'node-2', 'node-3', 'node-4'].map((n) => [n, { cert: read(`${n}.pem`), key: read(`${n}.key`) }]));
+  return { ca: read('ca.pem'), other: read('rogue-ca.pem'), certs };
+}
+
+(hasOpenssl ? test : test.skip)('mutual TLS: node ids from certificates; a foreign CA or a mismatched CN is refused' +
+  (hasOpenssl ? '' : ' (SKIPPED: no openssl CLI on this machine to generate test certificates)'), async (t) => {
+  t.timeout(20_000);
+  const dir = mkdtempSync(join(tmpdir(), 'derecho-tls-'));
+  t.teardown(() => rmSync(dir, { recursive: true, force: true }));
+  const pki = makePki(dir);
+  const h = harness(t);
+  const tlsFor = (n: string, ca = pki.ca) => ({ ca, cert: pki.certs[n]!.cert, key: pki.certs[n]!.key });
+  // TLS only.
+  // Both dial at once (higherIdDialDelayMs 0): frames sent around the duplicate tie-break still arrive.
+  const a = await h.start(1, { secret: undefined, tls: tlsFor('node-1'), higherIdDialDelayMs: 0 });
+  const b = await h.start(2, { secret: undefined, tls: tlsFor('node-2'), higherIdDialDelayMs: 0 });
+  h.mesh(a, b);
+  for (const m of sampleMessages(1)) a.t.send(2, m);
+  b.t.send(1, data(2, 0));
+  await waitFor('TLS exchange', () => b.got.length === sampleMessages(1).length && a.got.length === 1);
+  t.deepEqual(plain(b.got.map((g) => g.m)), plain(sampleMessages(1)));
+  t.deepEqual(a.errors, []);
+  // A certificate signed by another CA: the TLS handshake fails.
+  const rogue = await h.start(4, { secret: undefined, tls: { ...tlsFor('node-4'), ca: [pki.ca, pki.other] } });
+  rogue.t.setPeers({ 1: a.addr });
+  await waitFor('rogue refused', () => a.errors.length >= 1);
+  t.is(a.errors[0]!.kind, 'handshake');
+  t.false(a.t.connected(4));
+  // A valid certificate for node 3 used by a process claiming to be node 5.
+  const liar = await h.start(5, { secret: undefined, tls: tlsFor('node-3') });
+  liar.t.setPeers({ 1: a.addr });
+  await waitFor('liar refused', () => a.errors.some((e) => /claims n5 but its certificate is for n3/.test(e.message)));
+  t.false(a.t.connected(5));
+  // Dialing node 2's address expecting node 3: the server certificate does not match.
+  const c = await h.start(3, { secret: undefined, tls: tlsFor('node-3') });
+  c.t.setPeers({ 1: b.addr });
+  await waitFor('server identity refused', () => c.errors.some((e) => /server certificate is for node 2, dialed node 1/.test(e.message)));
+  // TLS and HMAC together.
+  const x = await h.start(1, { tls: tlsFor('node-1') });
+  const y = await h.start(2, { tls: tlsFor('node-2') });
+  h.mesh(x, y);
+  y.t.send(1, data(2, 0));
+  await waitFor('TLS+HMAC exchange', () => x.got.length === 1);
+  // A TLS-only peer and a TLS+HMAC peer do not mix.
+  c.t.setPeers({ 1: x.addr });
+  await waitFor('mode mismatch', () => x.errors.some((e) => /authentication mode mismatch: peer uses TLS, this node HMAC\+TLS/.test(e.message)));
+});
+
+// No leaked handles: once every test closed its transports, no socket, server or timer is left.
+test.after.always('no sockets, servers or timers left behind', async () => {
+  const ours = () => process.getActiveResourcesInfo().filter((r) => /TCP|TLS|Timeout|Immediate/.test(r));
+  const deadline = Date.now() + 2000;
+  while (ours().length > 0 && Date.now() < deadline) await new Promise((r) => setImmediate(r));
+  if (ours().length > 0) throw new Error(`leaked handles: ${ours().join(', ')}`);
+});
