@@ -86,11 +86,12 @@ export function planRestart(policy: GroupPolicy, reports: RestartReport[]): Rest
   const need = Math.floor(lastMembers.length / 2) + 1;
   const majority = have >= need ? null : { have, need, absent: lastMembers.filter((m) => !returned.has(m)) };
 
-  // A returning member counts for a persistent shard only if it holds the shard's whole state as of the
-  // last view W, and was not still waiting for a state transfer when the group failed. That is the case
-  // if it installed W itself; or if it saved W-1, served the shard in both W-1 and W (so nothing was
-  // delivered in W without it) and its log reaches the known ragged trim of W-1. Any older log may miss
-  // updates made while it was away.
+  // A returning member counts for a persistent shard only if its log holds every acknowledged (persisted
+  // by all) update of the shard, and it was not still waiting for a state transfer when the group failed.
+  // That is the case if it installed the last view W itself; or if it saved W-1 and served the shard in
+  // both W-1 and W: nothing could be acknowledged in W without it, and what was acknowledged in W-1 it
+  // persisted itself. (It may lack unacknowledged ragged-edge deliveries; a longer log wins as source.)
+  // A log older than that may miss acknowledged updates made while it was away.
   const mergedTrims = new Map<number, SavedTrim>();
   for (const [viewId, variants] of trimVariants) mergedTrims.set(viewId, variants[0]!.value);
   const byNode = new Map(unique.map((r) => [r.nodeId, r] as const));
@@ -101,10 +102,7 @@ export function planRestart(policy: GroupPolicy, reports: RestartReport[]): Rest
     if ((r.incompleteShards ?? []).includes(shard.shardId)) return false;
     if (r.lastView.viewId === lastView.viewId) return true;
     if (r.lastView.viewId !== lastView.viewId - 1) return false;
-    if (!r.lastView.layout.shards[shard.shardId]?.members.includes(node)) return false;
-    const end = mergedTrims.get(r.lastView.viewId)?.lastVersions[shard.shardId];
-    const tail = r.logTails.find((t) => t.shardId === shard.shardId)?.version ?? VERSION_NONE;
-    return end !== undefined && compareVersions(validTail(tail, shard.shardId, mergedTrims), end) >= 0;
+    return r.lastView.layout.shards[shard.shardId]?.members.includes(node) === true;
   };
   const shards = sortedShards(lastView.layout.shards)
     .filter((s) => s.members.length > 0 && !s.members.some((m) => holds(m, s)))
