@@ -233,14 +233,8 @@ interface Entry {
 
 /** A decoded journal record. */
 type Op =
+  | Exclude<PersistRecord, { kind: 'log' }>
   | { kind: 'log'; shardId: number; viewId: number; seq: number; sender: number; offset: number; length: number }
-  | { kind: 'view'; view: View }
-  | { kind: 'trim'; trim: SavedTrim }
-  | { kind: 'viewIdSeen'; viewId: number }
-  | { kind: 'truncate'; shardId: number; after: Version }
-  | { kind: 'shardState'; shardId: number; complete: boolean }
-  | { kind: 'restartPromise'; ballot: Ballot }
-  | { kind: 'restartAccept'; ballot: Ballot; plan: RestartDecision }
   | { kind: 'shardReset'; shardId: number };
 
 type ControlOp = Exclude<Op, { kind: 'log' }>;
