@@ -68,7 +68,7 @@ test('saved state carries the last view, trims, the highest view id seen and the
   d.apply({ kind: 'trim', trim: { viewId: 2, trims: [[4, 6]], lastVersions: [{ viewId: 2, seq: 11 }] } });
   d.apply({ kind: 'viewIdSeen', viewId: 7 });
   d.apply({ kind: 'viewIdSeen', viewId: 5 });
-  const plan: RestartDecision = { view: view(8, [1, 2]), shards: [{ shardId: 0, source: 1, truncateTo: { viewId: 2, seq: 11 } }], trims: [] };
+  const plan: RestartDecision = { lastViewId: 7, view: view(8, [1, 2]), shards: [{ shardId: 0, source: 1, truncateTo: { viewId: 2, seq: 11 } }], trims: [] };
   d.apply({ kind: 'restartPromise', ballot: { round: 2, nodeId: 1 } });
   d.apply({ kind: 'restartAccept', ballot: { round: 2, nodeId: 1 }, plan });
   const s = d.savedState()!;

@@ -1000,7 +1000,7 @@ export class Replica {
       };
       this.shards.set(layout.shardId, shard);
       this.myRow().stateReady[layout.shardId] = stateReady;
-      if (!stateReady && layout.persistent && layout.deliveryMode === 'ordered') {
+      if (!stateReady && layout.persistent && layout.deliveryMode === 'ordered' && !plan?.suffixOnly) {
         this.out.persist.push({ kind: 'shardState', shardId: layout.shardId, complete: false });
       }
     }
@@ -1319,7 +1319,12 @@ export class Replica {
       const cut = truncationFor(plan, tail, s.shardId);
       this.out.persist.push({ kind: 'truncate', shardId: s.shardId, after: cut.keepThrough });
       if (s.source !== this.me && cut.needsSuffixFrom !== null) {
-        transfers.push({ shardId: s.shardId, from: cut.needsSuffixFrom, to: [this.me], through: s.truncateTo });
+        // If we served this shard in the view the group restarts from, with its whole state, our log has
+        // every acknowledged update: the suffix we fetch was never acknowledged.
+        const suffixOnly = saved.lastView.viewId === plan.lastViewId &&
+          saved.lastView.layout.shards[s.shardId]?.members.includes(this.me) === true &&
+          !(saved.incompleteShards ?? []).includes(s.shardId);
+        transfers.push({ shardId: s.shardId, from: cut.needsSuffixFrom, to: [this.me], through: s.truncateTo, suffixOnly });
         continue;
       }
       // Our own (cut) log is the shard's whole state: clear a stale "incomplete" mark.

@@ -171,6 +171,7 @@ export function planRestart(policy: GroupPolicy, reports: RestartReport[]): Rest
   });
 
   const decision: RestartDecision = {
+    lastViewId: lastView.viewId,
     view,
     shards: decisionShards,
     trims: [...trims.values()].sort((a, b) => a.viewId - b.viewId),

@@ -114,6 +114,11 @@ export interface StateTransferPlan {
   to: NodeId[];
   /** The transferred state covers every version up to this one (the end of the ending view). */
   through: Version;
+  /**
+   * Restart only: the targets already hold every acknowledged update of the shard; the transfer adds
+   * an unacknowledged suffix, so they do not count as incomplete while it is pending.
+   */
+  suffixOnly?: boolean;
 }
 
 /** A persisted update as it sits in a shard's log. */
@@ -282,6 +287,8 @@ export interface StateRequestMessage {
 
 /** The decided restart: the view to install and, per shard, where logs end and who serves them. */
 export interface RestartDecision {
+  /** The last view the group restarts from (the restart view follows it). */
+  lastViewId: number;
   view: View;
   /** Per shard: the node with the longest valid log, and the version every log is cut to. */
   shards: { shardId: number; source: NodeId | null; truncateTo: Version }[];

@@ -52,6 +52,7 @@ const view = (viewId: number, members: number[]): View => ({
   layout: { shards: [{ shardId: 0, subgroup: 'log', shardIndex: 0, members, senders: members, deliveryMode: 'ordered', persistent: true }] },
 });
 const plan = (viewId: number): RestartDecision => ({
+  lastViewId: viewId - 1,
   view: view(viewId, [1, 2, 3]),
   shards: [{ shardId: 0, source: 2, truncateTo: { viewId: 1, seq: 4 } }, { shardId: 1, source: null, truncateTo: VERSION_NONE }],
   trims: [{ viewId: viewId - 1, trims: [[2, 3]], lastVersions: [{ viewId: viewId - 1, seq: 5 }] }],
@@ -228,6 +229,7 @@ test('property: any valid record sequence gives the same state as the simulator 
   });
   const ballot: fc.Arbitrary<Ballot> = fc.record({ round: fc.nat(20), nodeId: fc.integer({ min: 1, max: 9 }) });
   const planArb: fc.Arbitrary<RestartDecision> = fc.record({
+    lastViewId: fc.nat(20),
     view: viewArb,
     shards: fc.array(fc.record({ shardId: fc.nat(4), source: fc.option(fc.nat(9), { nil: null }), truncateTo: version }), { maxLength: 3 }),
     trims: fc.array(trimArb, { maxLength: 2 }),

@@ -148,7 +148,7 @@ export function controlSchemas(l: CodecLimits) {
   const layout = z.object({ shards: z.array(shardLayout).max(l.shardsMax) });
   const view = z.object({ viewId, members: nodeList, layout });
   const trims = z.array(z.array(count).max(l.membersMax)).max(l.shardsMax);
-  const stateTransferPlan = z.object({ shardId, from: nodeId, to: nodeList, through: version });
+  const stateTransferPlan = z.object({ shardId, from: nodeId, to: nodeList, through: version, suffixOnly: z.boolean().optional() });
   const viewChangeValue = z.object({
     fromViewId: viewId,
     next: view,
@@ -170,6 +170,7 @@ export function controlSchemas(l: CodecLimits) {
     incompleteShards: z.array(shardId).max(l.shardsMax).optional(),
   });
   const restartDecision = z.object({
+    lastViewId: viewId,
     view,
     shards: z.array(z.object({ shardId, source: nodeId.nullable(), truncateTo: version })).max(l.shardsMax),
     trims: z.array(savedTrim).max(l.savedTrimsMax),

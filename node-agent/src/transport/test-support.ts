@@ -47,6 +47,7 @@ export function arbitraries(l: CodecLimits) {
     incompleteShards: perShard(shardId),
   }, { requiredKeys: ['nodeId', 'lastView', 'highestViewIdSeen', 'trims', 'logTails', 'promised'] });
   const decision: fc.Arbitrary<RestartDecision> = fc.record({
+    lastViewId: versionPart,
     view,
     shards: perShard(fc.record({ shardId, source: fc.option(nodeId, { nil: null }), truncateTo: version })),
     trims: savedTrims,
@@ -125,6 +126,7 @@ export function sampleMessages(from: number): WireMessage[] {
     logTails: [{ shardId: 0, version: { viewId: 3, seq: 11 } }], promised: { round: 2, nodeId: 1 }, incompleteShards: [1],
   };
   const plan: RestartDecision = {
+    lastViewId: 4,
     view: { ...view, viewId: 5 }, shards: [{ shardId: 0, source: 2, truncateTo: { viewId: 3, seq: 11 } }, { shardId: 1, source: null, truncateTo: { viewId: -1, seq: -1 } }],
     trims: [trim],
   };
