@@ -877,7 +877,7 @@ export class Replica {
     const removed = view.members.filter((m) => !survivors.includes(m));
     return {
       fromViewId: view.viewId,
-      next: { viewId: view.viewId + 1, members, layout: alloc.layout },
+      next: { viewId: view.viewId + 1, members, layout: alloc.layout, previousViewId: view.viewId },
       trims, joined, removed, transfers, lostShards,
     };
   }

@@ -442,7 +442,7 @@ function referenceQuorum(policy: GroupPolicy, reports: RestartReport[]) {
       if (!persistent) return true;
       if ((r.incompleteShards ?? []).includes(shardId)) return false;
       if (r.lastView.viewId === lastView.viewId) return true;
-      return r.lastView.viewId === lastView.viewId - 1 && r.lastView.layout.shards[shardId]!.members.includes(m);
+      return r.lastView.viewId === (lastView.previousViewId ?? lastView.viewId - 1) && r.lastView.layout.shards[shardId]!.members.includes(m);
     });
   const uncovered = lastView.layout.shards.filter((s) =>
     s.members.length > 0 && s.members.every((m) => !holder(m, s.shardId, s.persistent && s.deliveryMode === 'ordered')));

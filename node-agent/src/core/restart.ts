@@ -101,7 +101,8 @@ export function planRestart(policy: GroupPolicy, reports: RestartReport[]): Rest
     if (!shard.persistent || shard.deliveryMode !== 'ordered') return true;
     if ((r.incompleteShards ?? []).includes(shard.shardId)) return false;
     if (r.lastView.viewId === lastView.viewId) return true;
-    if (r.lastView.viewId !== lastView.viewId - 1) return false;
+    // The view the last view followed (restart views skip ids, so it is not always viewId - 1).
+    if (r.lastView.viewId !== (lastView.previousViewId ?? lastView.viewId - 1)) return false;
     return r.lastView.layout.shards[shard.shardId]?.members.includes(node) === true;
   };
   const shards = sortedShards(lastView.layout.shards)
@@ -142,7 +143,7 @@ export function planRestart(policy: GroupPolicy, reports: RestartReport[]): Rest
     highest = Math.max(highest, r.highestViewIdSeen);
     for (const t of r.trims) highest = Math.max(highest, t.viewId);
   }
-  const view: View = { viewId: highest + 1, members, layout: allocation.layout };
+  const view: View = { viewId: highest + 1, members, layout: allocation.layout, previousViewId: lastView.viewId };
 
   // Rule 4: sources and truncation points.
   const trims = mergedTrims;

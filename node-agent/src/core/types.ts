@@ -82,6 +82,8 @@ export interface View {
   viewId: number;
   members: NodeId[];
   layout: Layout;
+  /** The view this one followed: viewId - 1 after a view change, the restarted view after a restart. */
+  previousViewId?: number;
 }
 
 /**

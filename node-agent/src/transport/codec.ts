@@ -146,7 +146,7 @@ export function controlSchemas(l: CodecLimits) {
     persistent: z.boolean(),
   });
   const layout = z.object({ shards: z.array(shardLayout).max(l.shardsMax) });
-  const view = z.object({ viewId, members: nodeList, layout });
+  const view = z.object({ viewId, members: nodeList, layout, previousViewId: viewId.optional() });
   const trims = z.array(z.array(count).max(l.membersMax)).max(l.shardsMax);
   const stateTransferPlan = z.object({ shardId, from: nodeId, to: nodeList, through: version, suffixOnly: z.boolean().optional() });
   const viewChangeValue = z.object({
