@@ -257,7 +257,7 @@ export class Cluster {
     this.stats.restarts++;
     this.trace(
       id,
-      `RESTART as incarnation ${node.incarnation + 1} (${saved ? `restart from saved view ${saved.lastView.viewId}, log tails ${saved.logTails.map((t) => `s${t.shardId}@${t.version.viewId}:${t.version.seq}`).join(' ') || 'none'}` : 'join: nothing saved'})`,
+      `RESTART as incarnation ${node.incarnation + 1} (${saved ? `${saved.blank ? "restart with nothing saved but restart promises" : `restart from saved view ${saved.lastView.viewId}`}, log tails ${saved.logTails.map((t) => `s${t.shardId}@${t.version.viewId}:${t.version.seq}`).join(' ') || 'none'}` : 'join: nothing saved'})`,
     );
     node.start(start, this.nodePrng.fork());
   }

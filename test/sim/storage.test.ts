@@ -23,6 +23,15 @@ test('a disk that never saw a view has no saved state', (t) => {
   t.is(d.savedState(), null);
 });
 
+test('a disk that never saw a view but promised in a restart consensus has a blank saved state', (t) => {
+  const d = new Disk();
+  d.apply({ kind: 'restartPromise', ballot: { round: 3, nodeId: 2 } });
+  const s = d.savedState()!;
+  t.true(s.blank);
+  t.deepEqual(s.restartPromised, { round: 3, nodeId: 2 });
+  t.deepEqual(s.lastView.members, []);
+});
+
 test('logs append in version order and report their tails', (t) => {
   const d = new Disk();
   d.apply({ kind: 'view', view: view(0, [1, 2]) });

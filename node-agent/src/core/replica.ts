@@ -44,7 +44,7 @@ import type {
   Waiting,
   WelcomeMessage,
 } from './types.ts';
-import { VERSION_NONE, compareVersions } from './types.ts';
+import { VERSION_NONE, blankSavedState, compareVersions } from './types.ts';
 
 /** Per-shard state of a shard this node is a member of, for the current view. */
 interface ShardState {
@@ -158,6 +158,8 @@ export class Replica {
   private preferredContact: NodeId | null = null;
   private lastRetryTick = -1_000_000;
   private joiningSinceTick = 0;
+  /** Started with nothing saved: if the group turns out to be restarting, take part as a blank member. */
+  private startedBlank = false;
 
   // ---- restarting ----
   private restart: RestartState | null = null;
@@ -185,6 +187,7 @@ export class Replica {
       }
       case 'join':
         this.mode = 'joining';
+        this.startedBlank = true;
         this.contacts = start.contacts.filter((c) => c !== this.me);
         this.waiting = { kind: 'joining', message: 'joining: waiting for the leader to admit this node' };
         break;
@@ -234,6 +237,7 @@ export class Replica {
         this.onViewDecided(message.value);
         break;
       case 'restartReport':
+        if (this.mode === 'joining' && this.startedBlank) this.becomeBlankRestarter();
         this.onRestartReport(message.from, message.report);
         break;
       case 'restartActive':
@@ -1052,6 +1056,12 @@ export class Replica {
   // ======================================================================================
 
   private onJoinRequest(from: NodeId, incarnation: number): void {
+    if (this.mode === 'restarting') {
+      // The group is restarting after a total failure: a joiner with nothing saved may be the only
+      // former member of a volatile shard. Tell it, so that it reports (blank) instead of waiting.
+      this.emit(from, { kind: 'restartReport', from: this.me, report: this.myRestartReport() });
+      return;
+    }
     if (this.mode !== 'active') return;
     const view = this.view!;
     const rank = view.members.indexOf(from);
@@ -1104,6 +1114,23 @@ export class Replica {
     this.installFresh(w.view, w.transfers, false);
   }
 
+  /** A joiner with nothing saved learned that the group is restarting: report as a blank member. */
+  private becomeBlankRestarter(): void {
+    this.mode = 'restarting';
+    this.restart = {
+      saved: blankSavedState(),
+      reports: new Map(),
+      quorumSinceTick: null,
+      promised: null,
+      accepted: null,
+      proposing: null,
+      highestRoundSeen: 0,
+      waiting: { kind: 'restartQuorum', message: 'restarting (nothing saved): collecting restart reports' },
+    };
+    this.lastRetryTick = -1_000_000;
+    this.tickRestarting();
+  }
+
   private becomeJoiner(leader: NodeId): void {
     this.mode = 'joining';
     this.joiningSinceTick = this.tickCount;
@@ -1141,6 +1168,7 @@ export class Replica {
     return {
       nodeId: this.me, lastView: s.lastView, highestViewIdSeen: s.highestViewIdSeen, trims: s.trims,
       logTails: s.logTails, promised: this.restart!.promised, incompleteShards: s.incompleteShards ?? [],
+      ...(s.blank === true ? { blank: true } : {}),
     };
   }
 

@@ -4,7 +4,7 @@ import { isDeepStrictEqual } from 'node:util';
 import { allocate } from './allocation.ts';
 import { planRestart, truncationFor } from './restart.ts';
 import type { RestartPlan } from './restart.ts';
-import { compareVersions, VERSION_NONE } from './types.ts';
+import { blankSavedState, compareVersions, VERSION_NONE } from './types.ts';
 import type { GroupPolicy, Layout, NodeId, RestartReport, SavedTrim, Version, View } from './types.ts';
 
 // ---------------------------------------------------------------------------------------------------
@@ -312,6 +312,37 @@ test('volatile shards restart empty', (t) => {
   t.deepEqual(shardOf(plan, 3), { shardId: 3, source: null, truncateTo: VERSION_NONE });
   t.deepEqual(shardOf(plan, 0), { shardId: 0, source: 1, truncateTo: v(4, 3) });
   t.deepEqual(truncationFor(plan.decision, v(4, 8), 2), { keepThrough: VERSION_NONE, needsSuffixFrom: null });
+});
+
+/** The report of a node that never installed a view (it crashed before its first view reached it). */
+function blankReport(nodeId: NodeId): RestartReport {
+  const s = blankSavedState();
+  return { nodeId, lastView: s.lastView, highestViewIdSeen: 0, trims: [], logTails: [], promised: null, blank: true };
+}
+
+test('a former member with nothing saved covers its volatile shard and counts toward the majority', (t) => {
+  // View 5: kv/0 = [1], kv/1 = [2], cache = [3] (volatile), events = [4]. Node 3 never received view 5.
+  const view: View = { viewId: 5, members: [1, 2, 3, 4], layout: layoutFor(mixedPolicy, [[1], [2], [3], [4]]) };
+  const plan = ready(planRestart(mixedPolicy, [report(1, view), report(2, view), blankReport(3), report(4, view)]));
+  t.deepEqual(plan.decision.view.members, [1, 2, 3, 4]);
+  t.is(plan.decision.view.viewId, 6);
+  t.is(plan.lastView.viewId, 5);
+  t.deepEqual(shardOf(plan, 2), { shardId: 2, source: null, truncateTo: VERSION_NONE });
+  // Without node 3 the volatile shard has no returning member.
+  const blocked = notReady(planRestart(mixedPolicy, [report(1, view), report(2, view), report(4, view)]));
+  t.deepEqual(blocked.missing.shards.map((s) => s.shardId), [2]);
+});
+
+test('a former member with nothing saved does not hold its persistent shard', (t) => {
+  const blocked = notReady(planRestart(kvPolicy, [report(1, view7), report(2, view7), blankReport(3), blankReport(4)]));
+  t.deepEqual(blocked.missing.shards.map((s) => s.shardId), [1]);
+  t.regex(blocked.message, /shard kv\/1 has no returning member holding its state/);
+});
+
+test('blank reports alone never make a plan', (t) => {
+  const plan = notReady(planRestart(kvPolicy, [blankReport(1), blankReport(2), blankReport(3)]));
+  t.is(plan.lastView, null);
+  t.regex(plan.message, /no returning node has saved a view yet \(nodes 1, 2, 3 have nothing saved\)/);
 });
 
 test('a persistent shard nobody holds a log for restarts empty', (t) => {

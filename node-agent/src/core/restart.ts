@@ -2,7 +2,8 @@
 // restart decision (Derecho's restart quorum, as this project implements it). Pure and I/O-free.
 //
 // Rules:
-//  1. The last view is the reported `lastView` with the highest id. Two reports naming the same view id
+//  1. The last view is the reported `lastView` with the highest id (blank reports, from nodes that never
+//     installed a view, do not count here). Two reports naming the same view id
 //     with different members or layout contradict each other (so do two different ragged trims for one
 //     view id): the plan is not ready and says which nodes disagree. One report per node id counts (the
 //     first; later duplicates are ignored).
@@ -50,14 +51,24 @@ export function planRestart(policy: GroupPolicy, reports: RestartReport[]): Rest
     };
   }
 
-  // Rule 1: the last view, and contradictions between reports.
+  // Rule 1: the last view, and contradictions between reports. Blank reports (nodes that never installed
+  // a view) say nothing about it.
+  const saving = unique.filter((r) => r.blank !== true);
+  if (saving.length === 0) {
+    return {
+      ready: false,
+      lastView: null,
+      missing: { majority: null, shards: [], inadequate: null, conflict: null },
+      message: `restart quorum not met: no returning node has saved a view yet (nodes ${unique.map((r) => r.nodeId).join(', ')} have nothing saved)`,
+    };
+  }
   const conflicts: string[] = [];
   const views = groupVariants(
-    unique.map((r) => ({ key: r.lastView.viewId, value: r.lastView, nodeId: r.nodeId })),
+    saving.map((r) => ({ key: r.lastView.viewId, value: r.lastView, nodeId: r.nodeId })),
     sameView,
   );
   const trimVariants = groupVariants(
-    unique.flatMap((r) => r.trims.map((t) => ({ key: t.viewId, value: t, nodeId: r.nodeId }))),
+    saving.flatMap((r) => r.trims.map((t) => ({ key: t.viewId, value: t, nodeId: r.nodeId }))),
     sameTrim,
   );
   for (const [viewId, variants] of views) {
@@ -98,7 +109,9 @@ export function planRestart(policy: GroupPolicy, reports: RestartReport[]): Rest
   const holds = (node: NodeId, shard: ShardLayout): boolean => {
     const r = byNode.get(node);
     if (!r) return false;
+    // A volatile shard restarts empty: any returning former member will do, even one with nothing saved.
     if (!shard.persistent || shard.deliveryMode !== 'ordered') return true;
+    if (r.blank === true) return false;
     if ((r.incompleteShards ?? []).includes(shard.shardId)) return false;
     if (r.lastView.viewId === lastView.viewId) return true;
     // The view the last view followed (restart views skip ids, so it is not always viewId - 1).

@@ -217,6 +217,29 @@ export interface RestartReport {
   promised: Ballot | null;
   /** Shards whose state this node did not hold in full (a state transfer was pending) when it stopped. */
   incompleteShards?: number[];
+  /**
+   * True for a node that never installed a view (nothing saved but, possibly, its restart-consensus
+   * promises): its `lastView` is the empty `BLANK_VIEW`. It counts as a returned member of the last view
+   * (it is one, if the view names it) but holds no state and says nothing about which view was last.
+   */
+  blank?: boolean;
+}
+
+/** The `lastView` of a blank restart report / saved state: no members, no shards. */
+export const BLANK_VIEW: View = { viewId: 0, members: [], layout: { shards: [] } };
+
+/** Saved state of a node that never installed a view, with its restart-consensus promises (if any). */
+export function blankSavedState(acceptor?: Pick<SavedState, 'restartPromised' | 'restartAccepted' | 'highestViewIdSeen'>): SavedState {
+  return {
+    lastView: { ...BLANK_VIEW, members: [], layout: { shards: [] } },
+    trims: [],
+    highestViewIdSeen: acceptor?.highestViewIdSeen ?? 0,
+    logTails: [],
+    restartPromised: acceptor?.restartPromised ?? null,
+    restartAccepted: acceptor?.restartAccepted ?? null,
+    incompleteShards: [],
+    blank: true,
+  };
 }
 
 export interface SavedTrim {
@@ -400,6 +423,8 @@ export interface SavedState {
   restartAccepted: { ballot: Ballot; plan: RestartDecision } | null;
   /** Shards whose last `shardState` record said incomplete (a state transfer was pending). */
   incompleteShards?: number[];
+  /** Never installed a view: `lastView` is `BLANK_VIEW` (see `RestartReport.blank`). */
+  blank?: boolean;
 }
 
 /** Something the driver must make durable before sending the Ready's messages. */

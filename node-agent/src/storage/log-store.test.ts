@@ -186,6 +186,20 @@ test('an out-of-order append refuses the whole batch and names shard and version
   store.close();
 });
 
+test('a store that never saved a view but promised in a restart consensus remembers it (blank saved state)', (t) => {
+  const dir = tempDir(t);
+  const store = LogStore.open(dir, { fsync: 'fsync' });
+  store.apply([{ kind: 'restartPromise', ballot: { round: 2, nodeId: 1 } }, { kind: 'viewIdSeen', viewId: 9 }]);
+  store.close();
+  const again = LogStore.open(dir, { fsync: 'fsync' });
+  const saved = again.savedState()!;
+  t.true(saved.blank);
+  t.deepEqual(saved.lastView.members, []);
+  t.deepEqual(saved.restartPromised, { round: 2, nodeId: 1 });
+  t.is(saved.highestViewIdSeen, 9);
+  again.close();
+});
+
 test('records over the bounds are refused with a clear error, and nothing is written', (t) => {
   const dir = tempDir(t);
   const store = LogStore.open(dir, { fsync: 'os', maxRecordBytes: 4096 });

@@ -66,7 +66,7 @@
 import * as nodeFs from 'node:fs';
 import * as path from 'node:path';
 import * as zlib from 'node:zlib';
-import { compareVersions, VERSION_NONE } from '../core/types.ts';
+import { blankSavedState, compareVersions, VERSION_NONE } from '../core/types.ts';
 import type { Ballot, LogRecord, PersistRecord, RestartDecision, SavedState, SavedTrim, Version, View } from '../core/types.ts';
 
 // ---------------------------------------------------------------------------------------------------------
@@ -1077,7 +1077,15 @@ export class LogStore {
   savedState(): SavedState | null {
     this.usable();
     const s = this.state;
-    if (s.lastView === null) return null;
+    if (s.lastView === null) {
+      // Never saved a view, but promised or accepted in a restart consensus: it must remember that.
+      if (s.restartPromised === null && s.restartAccepted === null) return null;
+      return blankSavedState({
+        highestViewIdSeen: s.highestViewIdSeen,
+        restartPromised: s.restartPromised ? { ...s.restartPromised } : null,
+        restartAccepted: s.restartAccepted ? structuredClone(s.restartAccepted) : null,
+      });
+    }
     return {
       lastView: structuredClone(s.lastView),
       trims: structuredClone(s.trims),

@@ -168,6 +168,7 @@ export function controlSchemas(l: CodecLimits) {
     logTails: z.array(z.object({ shardId, version })).max(l.shardsMax),
     promised: ballot.nullable(),
     incompleteShards: z.array(shardId).max(l.shardsMax).optional(),
+    blank: z.boolean().optional(),
   });
   const restartDecision = z.object({
     lastViewId: viewId,
