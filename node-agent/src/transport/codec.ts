@@ -6,6 +6,9 @@
 //   0x01  data            binary, fixed 25-byte header then the raw payload (the hot path)
 //   0x02  row             binary, LEB128 varints and bitmaps; the accepted ViewChangeValue as JSON
 //   0x03  stateTransfer   binary, varints; each record's payload raw
+//   0x04  app             varint from, then an opaque body (the agent's replies, queries, forwards)
+//   0x05  block           varints (from, origin, messageId, blockIndex, blockCount, totalBytes, members), then the
+//                         block's bytes: one block of a large frame relayed along the binomial pipeline
 //   0x10+ control kinds   UTF-8 JSON of the whole message, validated on decode by the zod schemas below
 //   0x70+ auth*           reserved for the transport's connection handshake (not messages)
 //
@@ -31,15 +34,41 @@ export interface StateTransferFrame {
   records: LogRecord[];
 }
 
-/** Everything that travels in frames between agents. */
-export type WireMessage = Message | StateTransferFrame;
+/** Driver-level frame: opaque application traffic between agents (replies, p2p queries, forwards). */
+export interface AppFrame {
+  kind: 'app';
+  from: NodeId;
+  body: Uint8Array;
+}
 
-export type ControlKind = Exclude<WireMessage['kind'], 'data' | 'row' | 'stateTransfer'>;
+/**
+ * Driver-level frame: block `blockIndex` of `blockCount` of a large frame (`totalBytes` long) that node
+ * `origin` multicasts as message `messageId`; receivers relay blocks along the binomial pipeline.
+ */
+export interface BlockFrame {
+  kind: 'block';
+  from: NodeId;
+  origin: NodeId;
+  messageId: number;
+  blockIndex: number;
+  blockCount: number;
+  totalBytes: number;
+  /** The pipeline's nodes in schedule order (origin first): every receiver derives its relays from it. */
+  members: NodeId[];
+  bytes: Uint8Array;
+}
+
+/** Everything that travels in frames between agents. */
+export type WireMessage = Message | StateTransferFrame | AppFrame | BlockFrame;
+
+export type ControlKind = Exclude<WireMessage['kind'], 'data' | 'row' | 'stateTransfer' | 'app' | 'block'>;
 
 export const FrameType = Object.freeze({
   data: 0x01,
   row: 0x02,
   stateTransfer: 0x03,
+  app: 0x04,
+  block: 0x05,
   joinRequest: 0x10,
   joinRedirect: 0x11,
   welcome: 0x12,
@@ -481,6 +510,8 @@ export class Codec {
       case 'data': out = this.encodeData(m); break;
       case 'row': out = this.encodeRow(m); break;
       case 'stateTransfer': out = this.encodeStateTransfer(m); break;
+      case 'app': out = this.encodeApp(m); break;
+      case 'block': out = this.encodeBlock(m); break;
       default: out = this.encodeControl(m); break;
     }
     if (out.bytes - 4 > this.limits.frameBytesMax) {
@@ -510,6 +541,8 @@ export class Codec {
         case FrameType.data: return { ok: true, message: this.decodeData(body) };
         case FrameType.row: return { ok: true, message: this.decodeRow(body) };
         case FrameType.stateTransfer: return { ok: true, message: this.decodeStateTransfer(body) };
+        case FrameType.app: return { ok: true, message: this.decodeApp(body) };
+        case FrameType.block: return { ok: true, message: this.decodeBlock(body) };
         default: {
           const kind = controlKindOfType.get(type);
           if (kind === undefined) {
@@ -736,6 +769,68 @@ export class Codec {
     }
     rd.end();
     return { kind: 'stateTransfer', from, shardId, through, records };
+  }
+
+  // ---- app ---------------------------------------------------------------------------------
+
+  private encodeApp(m: AppFrame): { parts: Uint8Array[]; bytes: number } {
+    if (!(m.body instanceof Uint8Array)) throw new CodecError('app: body is not a Uint8Array');
+    const w = new Writer(16);
+    w.pos = frameHeaderBytes;
+    w.buf[4] = FrameType.app;
+    w.varint(m.from, 'app: from', u32Max);
+    w.raw(m.body);
+    w.cut();
+    return { parts: w.parts, bytes: w.total };
+  }
+
+  private decodeApp(body: Uint8Array): AppFrame {
+    const rd = new Reader(body, 'app');
+    const from = rd.varint('from', u32Max);
+    return { kind: 'app', from, body: rd.view(body.byteLength - rd.pos, 'body') };
+  }
+
+  // ---- block -------------------------------------------------------------------------------
+
+  private encodeBlock(m: BlockFrame): { parts: Uint8Array[]; bytes: number } {
+    const l = this.limits;
+    if (!(m.bytes instanceof Uint8Array)) throw new CodecError('block: bytes is not a Uint8Array');
+    if (!isInt(m.blockCount, 1, u32Max)) throw new CodecError(`block: blockCount ${String(m.blockCount)} is not in [1, 2^32)`);
+    if (!isInt(m.blockIndex, 0, m.blockCount - 1)) throw new CodecError(`block: blockIndex ${String(m.blockIndex)} is not in [0, blockCount ${m.blockCount})`);
+    const w = new Writer(48);
+    w.pos = frameHeaderBytes;
+    w.buf[4] = FrameType.block;
+    w.varint(m.from, 'block: from', u32Max);
+    w.varint(m.origin, 'block: origin', u32Max);
+    w.varint(m.messageId, 'block: messageId');
+    w.varint(m.blockIndex, 'block: blockIndex', u32Max);
+    w.varint(m.blockCount, 'block: blockCount', u32Max);
+    w.varint(m.totalBytes, 'block: totalBytes (frameBytesMax)', l.frameBytesMax + 4);
+    if (!Array.isArray(m.members) || m.members.length > l.membersMax) throw new CodecError(`block: members is not a list of at most membersMax ${l.membersMax}`);
+    w.varint(m.members.length, 'block: members length');
+    m.members.forEach((id, i) => w.varint(id, `block: members[${i}]`, u32Max));
+    w.raw(m.bytes);
+    w.cut();
+    return { parts: w.parts, bytes: w.total };
+  }
+
+  private decodeBlock(body: Uint8Array): BlockFrame {
+    const l = this.limits;
+    const rd = new Reader(body, 'block');
+    const from = rd.varint('from', u32Max);
+    const origin = rd.varint('origin', u32Max);
+    const messageId = rd.varint('messageId');
+    const blockIndex = rd.varint('blockIndex', u32Max);
+    const blockCount = rd.varint('blockCount', u32Max);
+    const totalBytes = rd.varint('totalBytes', l.frameBytesMax + 4);
+    const n = rd.len('members length', l.membersMax, 'membersMax');
+    const members: NodeId[] = [];
+    for (let i = 0; i < n; i++) members.push(rd.varint(`members[${i}]`, u32Max));
+    if (blockCount < 1) rd.fail('blockCount = 0 (a message has at least one block)');
+    if (blockIndex >= blockCount) rd.fail(`blockIndex ${blockIndex} is not below blockCount ${blockCount}`);
+    const bytes = rd.view(body.byteLength - rd.pos, 'bytes');
+    if (bytes.byteLength > totalBytes) rd.fail(`block of ${bytes.byteLength} bytes is larger than totalBytes ${totalBytes}`);
+    return { kind: 'block', from, origin, messageId, blockIndex, blockCount, totalBytes, members, bytes };
   }
 
   // ---- control (JSON) ----------------------------------------------------------------------

@@ -98,6 +98,13 @@ export function arbitraries(l: CodecLimits) {
     restartAccepted: fc.record({ kind: k('restartAccepted'), from: nodeId, ballot }),
     restartCommit: fc.record({ kind: k('restartCommit'), from: nodeId, plan: decision }),
     stateRequest: fc.record({ kind: k('stateRequest'), from: nodeId, shardId, viewId }),
+    app: fc.record({ kind: k('app'), from: nodeId, body: fc.uint8Array({ maxLength: 64 }) }),
+    block: fc
+      .record({ from: nodeId, origin: nodeId, messageId: fc.nat(), blockCount: fc.integer({ min: 1, max: 1000 }), members, bytes: fc.uint8Array({ maxLength: 64 }) })
+      .chain((b) => fc.record({ blockIndex: fc.integer({ min: 0, max: b.blockCount - 1 }), extra: fc.nat({ max: 1000 }) }).map(({ blockIndex, extra }) => ({
+        kind: 'block' as const, from: b.from, origin: b.origin, messageId: b.messageId, blockIndex, blockCount: b.blockCount,
+        totalBytes: b.bytes.byteLength + extra, members: b.members, bytes: b.bytes,
+      }))),
   } satisfies { [K in WireMessage['kind']]: fc.Arbitrary<Extract<WireMessage, { kind: K }>> };
 
   const message: fc.Arbitrary<WireMessage> = fc.oneof(...Object.values(byKind) as fc.Arbitrary<WireMessage>[]);
@@ -156,6 +163,8 @@ export function sampleMessages(from: number): WireMessage[] {
     { kind: 'restartAccepted', from, ballot: { round: 3, nodeId: 1 } },
     { kind: 'restartCommit', from, plan },
     { kind: 'stateRequest', from, shardId: 1, viewId: 3 },
+    { kind: 'app', from, body: new Uint8Array([123, 125]) },
+    { kind: 'block', from, origin: 2, messageId: 9, blockIndex: 1, blockCount: 3, totalBytes: 10, members: [2, 1, 3], bytes: new Uint8Array([1, 2, 3, 4]) },
   ];
 }
 
