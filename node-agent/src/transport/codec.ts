@@ -32,6 +32,8 @@ export interface StateTransferFrame {
   shardId: number;
   through: Version;
   records: LogRecord[];
+  /** More frames of this transfer follow (a large state is cut into frames under frameBytesMax). */
+  more?: boolean;
 }
 
 /** Driver-level frame: opaque application traffic between agents (replies, p2p queries, forwards). */
@@ -734,6 +736,7 @@ export class Codec {
     w.varint(m.shardId, 'stateTransfer: shardId', l.shardsMax - 1);
     w.plus1(m.through?.viewId, 'stateTransfer: through.viewId');
     w.plus1(m.through?.seq, 'stateTransfer: through.seq');
+    w.u8(m.more === true ? 1 : 0);
     w.varint(m.records.length, 'stateTransfer: records');
     m.records.forEach((r, i) => {
       const f = `stateTransfer: records[${i}]`;
@@ -755,6 +758,8 @@ export class Codec {
     const from = rd.varint('from', u32Max);
     const shardId = rd.varint('shardId', l.shardsMax - 1);
     const through = { viewId: rd.plus1('through.viewId'), seq: rd.plus1('through.seq') };
+    const flags = rd.u8('flags');
+    if (flags > 1) rd.fail(`flags = ${flags}: only bit 0 (more) is defined`);
     const n = rd.len('records length', l.recordsMax, 'recordsMax');
     // Each record takes at least 5 bytes: refuse impossible counts before allocating.
     if (n * 5 > body.byteLength - rd.pos) rd.fail(`truncated body: ${n} records cannot fit in ${body.byteLength - rd.pos} bytes`);
@@ -768,7 +773,7 @@ export class Codec {
       records[i] = { shardId: rShard, version, sender, payload: rd.view(len, `${f}.payload`) };
     }
     rd.end();
-    return { kind: 'stateTransfer', from, shardId, through, records };
+    return { kind: 'stateTransfer', from, shardId, through, records, ...(flags === 1 ? { more: true } : {}) };
   }
 
   // ---- app ---------------------------------------------------------------------------------

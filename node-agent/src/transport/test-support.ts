@@ -82,7 +82,8 @@ export function arbitraries(l: CodecLimits) {
     stateTransfer: fc.record({
       kind: k('stateTransfer'), from: nodeId, shardId, through: version,
       records: fc.array(record, { maxLength: cap(l.recordsMax, 5) }),
-    }) as fc.Arbitrary<StateTransferFrame>,
+      more: fc.constant(true),
+    }, { requiredKeys: ['kind', 'from', 'shardId', 'through', 'records'] }) as fc.Arbitrary<StateTransferFrame>,
     joinRequest: fc.record({ kind: k('joinRequest'), from: nodeId, incarnation: count }),
     joinRedirect: fc.record({ kind: k('joinRedirect'), from: nodeId, leader: nodeId }),
     welcome: fc.record({ kind: k('welcome'), from: nodeId, to: nodeId, view, incarnation: count, transfers: perShard(plan) }),

@@ -1,0 +1,274 @@
+// One node agent: storage, transport, driver, HTTP API and metrics, assembled from a resolved config.
+
+import fs from 'node:fs';
+import type http from 'node:http';
+import path from 'node:path';
+import { toReplicaConfig } from '../config/schema.ts';
+import type { ResolvedAgentConfig } from '../config/load.ts';
+import { ConfigError } from '../config/errors.ts';
+import type { NodeId, StartState } from '../core/types.ts';
+import { BUILTIN_TYPES } from '../objects/kv.ts';
+import type { ReplicatedType } from '../objects/replicated.ts';
+import { LogStore } from '../storage/log-store.ts';
+import { TcpTransport } from '../transport/tcp-transport.ts';
+import type { TcpTransportOptions } from '../transport/tcp-transport.ts';
+import { Driver } from './driver.ts';
+import { createHttpServer, listenHttp } from './http.ts';
+import { createLogger } from './logger.ts';
+import type { Logger } from './logger.ts';
+import { createMetrics } from './metrics.ts';
+import type { AgentMetrics } from './metrics.ts';
+
+export interface AgentOptions {
+  /** Replicated types for `custom:<name>` subgroups, by type name (`custom:counter`). */
+  types?: Record<string, ReplicatedType>;
+  log?: Logger;
+  /** Called when the replica exits or the agent fails; the process should exit non-zero (its supervisor restarts it). */
+  onExit?(reason: string): void;
+}
+
+/** Replicated type of every subgroup of the spec; a clear error for a type nobody registered. */
+export function resolveTypes(config: ResolvedAgentConfig, custom: Record<string, ReplicatedType> = {}): Map<string, ReplicatedType> {
+  const types = new Map<string, ReplicatedType>();
+  const problems: string[] = [];
+  config.group.spec.subgroups.forEach((sg, i) => {
+    const type = BUILTIN_TYPES[sg.type] ?? custom[sg.type];
+    if (!type) {
+      problems.push(`spec.subgroups[${i}].type: ${JSON.stringify(sg.type)} has no implementation in this agent (built in: ${Object.keys(BUILTIN_TYPES).join(', ')}${Object.keys(custom).length ? `; registered: ${Object.keys(custom).join(', ')}` : ''})`);
+      return;
+    }
+    types.set(sg.name, type);
+  });
+  if (problems.length > 0) throw new ConfigError(problems);
+  return types;
+}
+
+function readFile(file: string, what: string): Buffer {
+  try {
+    return fs.readFileSync(file);
+  } catch (e) {
+    throw new ConfigError([`${what} ${JSON.stringify(file)} cannot be read: ${e instanceof Error ? e.message : String(e)}`]);
+  }
+}
+
+export class Agent {
+  readonly log: Logger;
+  readonly metrics: AgentMetrics;
+  driver!: Driver;
+  private transport!: TcpTransport;
+  private store!: LogStore;
+  private server: http.Server | null = null;
+  private startedAt = Date.now();
+  private lastTickAt = Date.now();
+  private closed = false;
+  private exitReasonText: string | null = null;
+  readonly startKind: StartState['kind'];
+  private readonly start: StartState;
+  readonly peerAddress: { host: string; port: number } = { host: '', port: 0 };
+  httpAddress: { host: string; port: number } = { host: '', port: 0 };
+
+  private constructor(readonly config: ResolvedAgentConfig, private readonly options: AgentOptions, private readonly types: Map<string, ReplicatedType>) {
+    this.log = options.log ?? createLogger(config.logLevel, { node: config.nodeId, group: config.groupName });
+    this.metrics = createMetrics({ group: config.groupName, node: String(config.nodeId) });
+    fs.mkdirSync(config.dataDir, { recursive: true });
+    this.store = LogStore.open(path.resolve(config.dataDir), { fsync: config.group.spec.fsync });
+    const saved = this.store.savedState();
+    const spec = config.group.spec;
+    const contacts = Object.keys(config.peers).map(Number).filter((n) => n !== config.nodeId);
+    if (saved) this.start = { kind: 'restart', saved, contacts };
+    else if (config.nodeId <= spec.members) this.start = { kind: 'bootstrap', members: Array.from({ length: spec.members }, (_, i) => i + 1) };
+    else this.start = { kind: 'join', contacts };
+    this.startKind = this.start.kind;
+  }
+
+  /** Opens storage, listens on the peer and HTTP ports, and starts the loop. */
+  static async create(config: ResolvedAgentConfig, options: AgentOptions = {}): Promise<Agent> {
+    const types = resolveTypes(config, options.types);
+    const agent = new Agent(config, options, types);
+    try {
+      await agent.open();
+    } catch (e) {
+      await agent.close();
+      throw e;
+    }
+    return agent;
+  }
+
+  private async open(): Promise<void> {
+    const { config } = this;
+    const spec = config.group.spec;
+    const tOpts: TcpTransportOptions = {
+      nodeId: config.nodeId,
+      limits: { payloadBytesMax: spec.wireLimits.payloadBytesMax, frameBytesMax: spec.wireLimits.frameBytesMax, membersMax: spec.wireLimits.membersMax, shardsMax: spec.wireLimits.shardsMax },
+      log: (line) => this.log.warn(line),
+    };
+    if (spec.tls.mode === 'hmac') tOpts.secret = readFile(config.auth.hmacSecretFile!, 'auth.hmacSecretFile');
+    else {
+      tOpts.tls = {
+        ca: readFile(config.auth.tlsCaFile!, 'auth.tlsCaFile'),
+        cert: readFile(config.auth.tlsCertFile!, 'auth.tlsCertFile'),
+        key: readFile(config.auth.tlsKeyFile!, 'auth.tlsKeyFile'),
+      };
+    }
+    this.transport = new TcpTransport(tOpts);
+    this.transport.onError((e) => this.log.warn('peer connection dropped', { kind: e.kind, peer: e.peer, remote: e.remote, error: e.message }));
+    const bound = await this.transport.listen(config.listen.host, config.listen.peerPort);
+    Object.assign(this.peerAddress, bound);
+    const peers = new Map<NodeId, string>();
+    for (const [id, addr] of Object.entries(config.peers)) if (Number(id) !== config.nodeId) peers.set(Number(id), addr);
+    this.transport.setPeers(peers);
+
+    const replicaConfig = toReplicaConfig(config, config.group);
+    this.driver = new Driver({
+      config: replicaConfig,
+      start: this.start,
+      store: this.store,
+      transport: this.transport,
+      types: this.types,
+      tickMs: spec.timing.tickMs,
+      log: this.log,
+      seed: (config.nodeId * 2654435761 + process.pid) >>> 0,
+      transferFrameBytesMax: Math.max(1024, spec.wireLimits.frameBytesMax - 64 * 1024),
+      observe: this.metrics.observer,
+      onExit: (reason) => this.onDriverExit(reason),
+    });
+    const tick = setInterval(() => (this.lastTickAt = Date.now()), spec.timing.tickMs);
+    tick.unref();
+    this.metrics.setCollector(() => this.collect());
+
+    this.server = createHttpServer(this);
+    const httpBound = await listenHttp(this.server, config.listen.host, config.listen.httpPort);
+    this.httpAddress = { host: httpBound.address, port: httpBound.port };
+    this.driver.start();
+    this.log.info('agent started', {
+      start: this.start.kind, peerPort: bound.port, httpPort: httpBound.port, dataDir: config.dataDir,
+      ...(this.start.kind === 'restart' ? { savedView: this.start.saved.lastView.viewId } : {}),
+    });
+  }
+
+  private onDriverExit(reason: string): void {
+    this.exitReasonText = reason;
+    this.log.warn('replica exited; the agent stops so that its supervisor restarts it', { reason });
+    void this.close().finally(() => this.options.onExit?.(reason));
+  }
+
+  async close(): Promise<void> {
+    if (this.closed) return;
+    this.closed = true;
+    this.driver?.stop();
+    await new Promise<void>((resolve) => (this.server ? this.server.close(() => resolve()) : resolve()));
+    this.server?.closeAllConnections();
+    await this.transport?.close();
+    try {
+      this.store.close();
+    } catch {
+      // already closed
+    }
+  }
+
+  /** Graceful leave, then close. */
+  async leave(timeoutMs = 5_000): Promise<void> {
+    this.driver.leave();
+    const t0 = Date.now();
+    while (!this.driver.exited() && Date.now() - t0 < timeoutMs) await new Promise((r) => setTimeout(r, 50));
+    await this.close();
+  }
+
+  exitReason(): string | null {
+    return this.exitReasonText;
+  }
+
+  healthy(): boolean {
+    return !this.closed && this.exitReasonText === null && Date.now() - this.lastTickAt < 5_000;
+  }
+
+  notReadyReason(): string | null {
+    if (!this.healthy()) return this.exitReasonText ?? 'agent stopped';
+    const s = this.driver.status();
+    if (s.mode !== 'active') return `${s.mode}: ${s.waiting.message}`;
+    if (s.wedged) return `wedged in view ${s.viewId}: ${s.waiting.message || 'view change in progress'}`;
+    const pending = s.shards.filter((x) => !x.stateReady);
+    if (pending.length > 0) return `waiting for the state of shard(s) ${pending.map((x) => `${x.subgroup}/${x.shardIndex}`).join(', ')}`;
+    return null;
+  }
+
+  payloadBytesMax(): number {
+    return this.config.group.spec.wireLimits.payloadBytesMax;
+  }
+
+  shardCount(subgroup: string, type?: string): number {
+    const sg = this.config.group.spec.subgroups.find((s) => s.name === subgroup);
+    if (!sg) throw Object.assign(new Error(`no subgroup ${JSON.stringify(subgroup)} (subgroups: ${this.config.group.spec.subgroups.map((s) => s.name).join(', ')})`), { status: 404 });
+    if (type !== undefined && sg.type !== type) throw Object.assign(new Error(`subgroup ${subgroup} has type ${sg.type}, not ${type}`), { status: 400 });
+    return sg.shards;
+  }
+
+  subgroupsJson(): unknown {
+    const view = this.driver.currentView();
+    return {
+      viewId: view?.viewId ?? -1,
+      subgroups: this.config.group.spec.subgroups.map((sg) => ({
+        name: sg.name, type: sg.type, deliveryMode: sg.deliveryMode, persistent: sg.persistent,
+        shards: Array.from({ length: sg.shards }, (_, i) => view?.layout.shards.find((s) => s.subgroup === sg.name && s.shardIndex === i)?.members ?? []),
+      })),
+    };
+  }
+
+  statusJson(): unknown {
+    const s = this.driver.status();
+    const view = this.driver.currentView();
+    const t = this.transport.metrics;
+    const st = this.store.stats();
+    return {
+      nodeId: this.config.nodeId,
+      group: this.config.groupName,
+      pid: process.pid,
+      startedAt: new Date(this.startedAt).toISOString(),
+      start: this.startKind,
+      mode: s.mode,
+      viewId: s.viewId,
+      members: s.members,
+      leader: s.leader,
+      wedged: s.wedged,
+      ready: this.notReadyReason() === null,
+      waiting: s.waiting.kind === 'none' ? null : s.waiting,
+      restart: s.mode === 'restarting' ? { waitingFor: s.waiting.message } : null,
+      exited: this.exitReasonText,
+      layout: view?.layout.shards.map((x) => ({ shardId: x.shardId, subgroup: x.subgroup, shardIndex: x.shardIndex, members: x.members, deliveryMode: x.deliveryMode, persistent: x.persistent })) ?? [],
+      shards: s.shards.map((x) => ({
+        ...x,
+        applied: this.driver.hostOf(x.shardId)?.applied ?? null,
+      })),
+      counters: { ...this.driver.counters },
+      transport: {
+        peerPort: this.peerAddress.port, connectedPeers: this.transport.connectedPeers(),
+        framesSent: t.framesSent, framesReceived: t.framesReceived, bytesSent: t.bytesSent, bytesReceived: t.bytesReceived,
+        protocolErrors: t.protocolErrors, handshakeFailures: t.handshakeFailures,
+      },
+      storage: { dataDir: this.config.dataDir, fsync: this.config.group.spec.fsync, journalBytes: st.journalBytes, liveLogRecords: st.liveLogRecords },
+    };
+  }
+
+  private collect(): void {
+    const s = this.driver.status();
+    const g = this.metrics.gauges;
+    g.viewId.set(s.viewId);
+    g.members.set(s.members.length);
+    g.restarting.set(s.mode === 'restarting' ? 1 : 0);
+    for (const x of s.shards) {
+      g.deliveredSeq.set({ shard: String(x.shardId) }, x.delivered.seq);
+      g.persistedSeq.set({ shard: String(x.shardId) }, x.persistenceFrontier.seq);
+    }
+    const t = this.transport.metrics;
+    g.connections.set(t.connectionsOpen);
+    g.transportBytes.set({ direction: 'sent' }, t.bytesSent);
+    g.transportBytes.set({ direction: 'received' }, t.bytesReceived);
+    g.transportFrames.set({ direction: 'sent' }, t.framesSent);
+    g.transportFrames.set({ direction: 'received' }, t.framesReceived);
+    g.journalBytes.set(this.store.stats().journalBytes);
+  }
+
+  metricsText(): Promise<string> {
+    return this.metrics.registry.metrics();
+  }
+}

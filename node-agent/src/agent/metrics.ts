@@ -1,0 +1,78 @@
+// Prometheus metrics of one agent (prom-client, its own registry).
+
+import client from 'prom-client';
+import type { DriverObserver } from './driver.ts';
+import type { View } from '../core/types.ts';
+
+export interface AgentMetrics {
+  registry: client.Registry;
+  observer: DriverObserver;
+  /** Refreshes the gauges that are read from the driver, transport and store (called before a scrape). */
+  setCollector(collect: () => void): void;
+  gauges: {
+    viewId: client.Gauge;
+    members: client.Gauge;
+    deliveredSeq: client.Gauge<'shard'>;
+    persistedSeq: client.Gauge<'shard'>;
+    connections: client.Gauge;
+    transportBytes: client.Gauge<'direction'>;
+    transportFrames: client.Gauge<'direction'>;
+    journalBytes: client.Gauge;
+    restarting: client.Gauge;
+  };
+}
+
+export function createMetrics(labels: { group: string; node: string }): AgentMetrics {
+  const registry = new client.Registry();
+  registry.setDefaultLabels(labels);
+  client.collectDefaultMetrics({ register: registry, prefix: 'derecho_process_' });
+  const delivered = new client.Counter({ name: 'derecho_messages_delivered_total', help: 'Messages delivered to replicated objects', labelNames: ['shard', 'mode'], registers: [registry] });
+  const deliveredBytes = new client.Counter({ name: 'derecho_delivered_bytes_total', help: 'Payload bytes delivered', labelNames: ['shard'], registers: [registry] });
+  const viewChanges = new client.Counter({ name: 'derecho_view_changes_total', help: 'Views installed by this agent', registers: [registry] });
+  const persistSeconds = new client.Histogram({
+    name: 'derecho_persist_seconds', help: 'Time to make one Ready batch durable (write + fsync policy)',
+    buckets: [0.0001, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1], registers: [registry],
+  });
+  const persistedRecords = new client.Counter({ name: 'derecho_persisted_records_total', help: 'Records made durable', registers: [registry] });
+  const requestSeconds = new client.Histogram({
+    name: 'derecho_request_seconds', help: 'Latency of client requests (ordered updates until replied and persisted; queries)',
+    labelNames: ['kind', 'outcome'], buckets: [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10], registers: [registry],
+  });
+  const gauges = {
+    viewId: new client.Gauge({ name: 'derecho_view_id', help: 'Id of the installed view (-1 before the first)', registers: [registry] }),
+    members: new client.Gauge({ name: 'derecho_view_members', help: 'Members of the installed view', registers: [registry] }),
+    deliveredSeq: new client.Gauge({ name: 'derecho_delivered_frontier_seq', help: 'Sequence number of the last delivered version in the current view, per shard served', labelNames: ['shard'], registers: [registry] }),
+    persistedSeq: new client.Gauge({ name: 'derecho_persisted_frontier_seq', help: 'Sequence number of the shard persistence frontier (persisted on every member)', labelNames: ['shard'], registers: [registry] }),
+    connections: new client.Gauge({ name: 'derecho_peer_connections', help: 'Authenticated peer connections open', registers: [registry] }),
+    transportBytes: new client.Gauge({ name: 'derecho_transport_bytes', help: 'Bytes sent/received on peer connections since start', labelNames: ['direction'], registers: [registry] }),
+    transportFrames: new client.Gauge({ name: 'derecho_transport_frames', help: 'Frames sent/received on peer connections since start', labelNames: ['direction'], registers: [registry] }),
+    journalBytes: new client.Gauge({ name: 'derecho_journal_bytes', help: 'Size of the log journal on disk', registers: [registry] }),
+    restarting: new client.Gauge({ name: 'derecho_restarting', help: '1 while the agent waits for a restart quorum', registers: [registry] }),
+  };
+  let collect: () => void = () => {};
+  // A collect hook on one gauge refreshes all of them at scrape time.
+  new client.Gauge({
+    name: 'derecho_scrape_refresh', help: 'Internal: refreshes the gauges read from the agent', registers: [registry],
+    collect() {
+      collect();
+      this.set(1);
+    },
+  });
+  const observer: DriverObserver = {
+    delivered(shardId, bytes, mode) {
+      delivered.inc({ shard: String(shardId), mode });
+      deliveredBytes.inc({ shard: String(shardId) }, bytes);
+    },
+    viewInstalled(_view: View) {
+      viewChanges.inc();
+    },
+    persisted(records, ms) {
+      persistedRecords.inc(records);
+      persistSeconds.observe(ms / 1000);
+    },
+    requestDone(kind, ms, ok) {
+      requestSeconds.observe({ kind, outcome: ok ? 'ok' : 'error' }, ms / 1000);
+    },
+  };
+  return { registry, observer, gauges, setCollector: (c) => (collect = c) };
+}
