@@ -31,15 +31,16 @@ spec:
   subgroups:
     - { name: counters, type: "custom:counter", minNodesPerShard: 3, maxNodesPerShard: 3, reservedNodeIds: [[1, 2, 3]] }
     - { name: kv, type: kv, shards: 2, minNodesPerShard: 1, maxNodesPerShard: 2, reservedNodeIds: [[1, 2], [3]] }
+    - { name: feed, type: log, deliveryMode: raw, persistent: false, minNodesPerShard: 3, maxNodesPerShard: 3, reservedNodeIds: [[1, 2, 3]] }
   tls: { mode: hmac }
   timing: { tickMs: 20, heartbeatMs: 40, suspectMs: 400 }
   restart: { graceSeconds: 0.5 }
 `;
 
-async function until<T>(what: string, f: () => T | null | undefined | false, timeoutMs = 15_000): Promise<T> {
+async function until<T>(what: string, f: () => T | null | undefined | false | Promise<T | null | undefined | false>, timeoutMs = 15_000): Promise<T> {
   const t0 = Date.now();
   for (;;) {
-    const v = f();
+    const v = await f();
     if (v) return v;
     if (Date.now() - t0 > timeoutMs) throw new Error(`timed out waiting for ${what}`);
     await new Promise((r) => setTimeout(r, 20));
@@ -112,6 +113,15 @@ test('a custom type: ordered calls return every member\'s reply, queries and ver
   t.false(await kv.del('k1'));
   t.is(await kv.get('k1'), null);
   t.deepEqual((await kv.list('k')).map((x) => x.key), keys.filter((k) => k !== 'k1'));
+  // Raw sends: unordered, best effort, applied on receipt by every member.
+  const sent = await Promise.all(agents.map((a, i) => a.driver.invoke('feed', 0, 'append', [`raw-${i}`])));
+  t.true(sent.every((r) => r.replies.length === 1 && !r.persisted));
+  for (const a of agents) {
+    await until('raw messages applied everywhere', async () => {
+      const out = await a.driver.query('feed', 0, 'length', []);
+      return out.ok && out.value === 3;
+    });
+  }
   const custom = await client.invoke('counters', 0, 'add', ['http', 2]);
   t.is(custom.replies.length, 3);
   t.is(await client.query('counters', 0, 'get', ['http']), 2);

@@ -550,6 +550,13 @@ export class Driver {
     if (p.version === null) return;
     const layout = this.view?.layout.shards[p.shardId];
     if (!layout) return;
+    if (layout.deliveryMode === 'raw') {
+      // Raw sends are best effort and unordered: the others apply them on receipt and do not reply.
+      this.pending.delete(p.id);
+      this.opt.observe?.requestDone?.('ordered', Date.now() - p.startedMs, true);
+      p.resolve({ version: p.version, replies: [{ node: this.me, outcome: p.replies.get(this.me)! }], persisted: false });
+      return;
+    }
     for (const m of layout.members) if (!p.replies.has(m)) return;
     const durable = layout.persistent && layout.deliveryMode === 'ordered';
     const persisted = durable && compareVersions(this.persistenceFrontier(p.shardId), p.version) >= 0;
