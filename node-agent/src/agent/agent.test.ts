@@ -83,7 +83,7 @@ test('a custom type: ordered calls return every member\'s reply, queries and ver
   for (const a of agents) t.deepEqual(await a.driver.query('counters', 0, 'get', ['hits']), { ok: true, value: finalTotal });
   // The total as of each update's version is that update's reply.
   for (const r of results.slice(0, 4)) {
-    const total = (r.replies[0]!.outcome as { value: { total: number } }).value.total;
+    const total = (r.replies[0]!.outcome as unknown as { value: { total: number } }).value.total;
     t.deepEqual(await agents[2]!.driver.query('counters', 0, 'getAt', ['hits', r.version.viewId, r.version.seq]), { ok: true, value: total });
   }
   // The persistence frontier callback saw the last update.
