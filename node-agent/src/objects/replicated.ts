@@ -185,6 +185,8 @@ export function encodeInvocation(inv: Invocation): Uint8Array {
 
 /** Decodes a payload; null if it is not an invocation (it is then delivered to nobody's method). */
 export function decodeInvocation(payload: Uint8Array): Invocation | null {
+  // Invocations are JSON objects; anything else (e.g. opaque benchmark payloads) is skipped cheaply.
+  if (payload.byteLength < 2 || payload[0] !== 0x7b) return null;
   try {
     const v = JSON.parse(decoder.decode(payload)) as Partial<Invocation>;
     if (typeof v !== 'object' || v === null || typeof v.m !== 'string' || !Array.isArray(v.a) || typeof v.o !== 'number' || typeof v.r !== 'number') return null;

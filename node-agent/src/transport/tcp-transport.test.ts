@@ -5,9 +5,10 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import test from 'ava';
 import type { ExecutionContext } from 'ava';
-import { FrameType, rawFrame } from './codec.ts';
-import type { WireMessage } from './codec.ts';
-import { TcpTransport, certificateNodeId, parseAddress } from './tcp-transport.ts';
+import { blocksFor } from '../core/pipeline.ts';
+import { Codec, FrameType, rawFrame } from './codec.ts';
+import type { BlockFrame, WireMessage } from './codec.ts';
+import { DEFAULT_PIPELINE_BLOCK_BYTES, TcpTransport, certificateNodeId, parseAddress, pipelineBlockBytesMax } from './tcp-transport.ts';
 import type { TcpTransportOptions, TransportError } from './tcp-transport.ts';
 import { sampleMessages } from './test-support.ts';
 
@@ -79,6 +80,11 @@ function plain(m: unknown): unknown {
   return JSON.parse(JSON.stringify(m, (_k, v: unknown) => (v instanceof Uint8Array ? { bytes: Array.from(v) } : v)));
 }
 
+/** One message of each kind the transport delivers (block frames are its own traffic: relayed and reassembled). */
+function messageSamples(from: number): WireMessage[] {
+  return sampleMessages(from).filter((m) => m.kind !== 'block');
+}
+
 function data(from: number, index: number, size = 16): WireMessage {
   const payload = new Uint8Array(size);
   for (let i = 0; i < size; i++) payload[i] = (index + i) & 0xff;
@@ -91,8 +97,8 @@ test('two transports exchange every message kind', async (t) => {
   const a = await h.start(1);
   const b = await h.start(2);
   h.mesh(a, b);
-  const fromA = sampleMessages(1);
-  const fromB = sampleMessages(2);
+  const fromA = messageSamples(1);
+  const fromB = messageSamples(2);
   for (const m of fromA) t.true(a.t.send(2, m));
   for (const m of fromB) t.true(b.t.send(1, m));
   await waitFor('all messages', () => a.got.length === fromB.length && b.got.length === fromA.length);
@@ -110,13 +116,13 @@ test('three transports exchange every message kind over one connection per pair'
   const h = harness(t);
   const ns = [await h.start(1), await h.start(2), await h.start(3)];
   h.mesh(...ns);
-  for (const n of ns) for (const o of ns) if (o !== n) for (const m of sampleMessages(n.id)) t.true(n.t.send(o.id, m));
-  const per = sampleMessages(1).length;
+  for (const n of ns) for (const o of ns) if (o !== n) for (const m of messageSamples(n.id)) t.true(n.t.send(o.id, m));
+  const per = messageSamples(1).length;
   await waitFor('all messages', () => ns.every((n) => n.got.length === 2 * per));
   for (const n of ns) {
     for (const o of ns) {
       if (o === n) continue;
-      t.deepEqual(plain(n.got.filter((g) => g.from === o.id).map((g) => g.m)), plain(sampleMessages(o.id)));
+      t.deepEqual(plain(n.got.filter((g) => g.from === o.id).map((g) => g.m)), plain(messageSamples(o.id)));
     }
   }
   await waitFor('duplicates settled', () => ns.every((n) => n.t.connections().length === 2));
@@ -167,7 +173,7 @@ test.serial('batching: every frame queued in one turn goes out in one socket wri
   } as typeof original;
   const before = { ...a.t.metrics };
   try {
-    for (let i = 1; i <= 200; i++) a.t.send(2, i % 10 === 0 ? sampleMessages(1)[2]! : data(1, i));
+    for (let i = 1; i <= 200; i++) a.t.send(2, i % 10 === 0 ? messageSamples(1)[2]! : data(1, i));
     t.is(socketWrites, 0, 'nothing is written during the turn');
     await nextTurn();
     await nextTurn();
@@ -504,10 +510,10 @@ function makePki(dir: string): { ca: string; other: string; certs: Record<string
   const a = await h.start(1, { secret: undefined, tls: tlsFor('node-1'), higherIdDialDelayMs: 0 });
   const b = await h.start(2, { secret: undefined, tls: tlsFor('node-2'), higherIdDialDelayMs: 0 });
   h.mesh(a, b);
-  for (const m of sampleMessages(1)) a.t.send(2, m);
+  for (const m of messageSamples(1)) a.t.send(2, m);
   b.t.send(1, data(2, 0));
-  await waitFor('TLS exchange', () => b.got.length === sampleMessages(1).length && a.got.length === 1);
-  t.deepEqual(plain(b.got.map((g) => g.m)), plain(sampleMessages(1)));
+  await waitFor('TLS exchange', () => b.got.length === messageSamples(1).length && a.got.length === 1);
+  t.deepEqual(plain(b.got.map((g) => g.m)), plain(messageSamples(1)));
   t.deepEqual(a.errors, []);
   // A certificate signed by another CA: the TLS handshake fails.
   const rogue = await h.start(4, { secret: undefined, tls: { ...tlsFor('node-4'), ca: [pki.ca, pki.other] } });
@@ -533,6 +539,160 @@ function makePki(dir: string): { ca: string; other: string; certs: Record<string
   // A TLS-only peer and a TLS+HMAC peer do not mix.
   c.t.setPeers({ 1: x.addr });
   await waitFor('mode mismatch', () => x.errors.some((e) => /authentication mode mismatch: peer uses TLS, this node HMAC\+TLS/.test(e.message)));
+});
+
+// ---- multicast over the binomial pipeline ------------------------------------------------------
+
+const mib = 1 << 20;
+/** Limits that let a 5 MiB payload through (in one frame). */
+const bigLimits = { payloadBytesMax: 6 * mib, frameBytesMax: 8 * mib };
+
+function sameBytes(a: Uint8Array | null | undefined, b: Uint8Array | null | undefined): boolean {
+  return a instanceof Uint8Array && b instanceof Uint8Array && Buffer.compare(a, b) === 0;
+}
+
+test('multicast of a large message goes over the binomial pipeline: every receiver gets it once, receivers relay', async (t) => {
+  t.timeout(30_000);
+  const h = harness(t);
+  const ns = [await h.start(1, { limits: bigLimits }), await h.start(2, { limits: bigLimits }), await h.start(3, { limits: bigLimits }), await h.start(4, { limits: bigLimits })];
+  h.mesh(...ns);
+  const [a, , c] = ns as [Node, Node, Node, Node];
+  // Connections first, so the bytes are not waiting for a dial.
+  await waitFor('mesh', () => ns.every((n) => n.t.connectedPeers().length === 3));
+  const big = data(1, 7, 5 * mib);
+  const other = data(3, 8, 3 * mib + 12_345);
+  t.is(a.t.pipelineBlockBytes, DEFAULT_PIPELINE_BLOCK_BYTES);
+  t.is(a.t.pipelineThresholdBytes, 2 * DEFAULT_PIPELINE_BLOCK_BYTES);
+  // Two origins at once, with different member orders.
+  t.true(a.t.multicast([2, 3, 4], big));
+  t.true(c.t.multicast([4, 1, 2, 4], other));
+  await waitFor('every receiver has its messages', () => ns.every((n) => n.got.length === (n.id === 1 || n.id === 3 ? 1 : 2)), 20_000);
+  await new Promise((r) => setTimeout(r, 100)); // nothing more arrives
+  const codec = new Codec(bigLimits);
+  for (const [origin, message, receivers] of [[1, big, [2, 3, 4]], [3, other, [1, 2, 4]]] as const) {
+    const blockCount = blocksFor(codec.encode(message).byteLength, DEFAULT_PIPELINE_BLOCK_BYTES);
+    for (const id of receivers) {
+      const got = ns[id - 1]!.got.filter((g) => g.from === origin);
+      t.is(got.length, 1, `n${id} gets n${origin}'s message once`);
+      const m = got[0]?.m;
+      t.true(m?.kind === 'data' && m.from === origin && m.index === (message.kind === 'data' ? message.index : -1), `n${id}: the message of n${origin}`);
+      t.true(m?.kind === 'data' && message.kind === 'data' && sameBytes(m.payload, message.payload), `n${id}: identical bytes from n${origin}`);
+    }
+    const originNode = ns[origin - 1]!;
+    t.is(originNode.t.metrics.pipelineMessagesSent, 1);
+    t.true(originNode.t.metrics.pipelineBlocksSent < receivers.length * blockCount, 'the origin sends fewer blocks than sending directly');
+  }
+  const k1 = blocksFor(codec.encode(big).byteLength, DEFAULT_PIPELINE_BLOCK_BYTES);
+  const k3 = blocksFor(codec.encode(other).byteLength, DEFAULT_PIPELINE_BLOCK_BYTES);
+  const sum = (f: (n: Node) => number) => ns.reduce((acc, n) => acc + f(n), 0);
+  // Every receiver receives every block once: (n - 1) * blockCount transfers per message, sent or relayed.
+  t.is(sum((n) => n.t.metrics.pipelineBlocksSent + n.t.metrics.pipelineBlocksRelayed), 3 * k1 + 3 * k3);
+  t.is(sum((n) => n.t.metrics.pipelineBlocksReceived), 3 * k1 + 3 * k3);
+  for (const n of ns) {
+    t.true(n.t.metrics.pipelineBlocksRelayed > 0 || n.id === 1 || n.id === 3, `n${n.id} relayed blocks`);
+    t.is(n.t.metrics.pipelineMessagesCompleted, n.id === 1 || n.id === 3 ? 1 : 2);
+    t.like(n.t.metrics, { pipelineErrors: 0, pipelineBlockDrops: 0, pipelineAssembliesOpen: 0, pipelineBytesInFlight: 0 });
+    t.deepEqual(n.errors, []);
+  }
+  t.true(ns.filter((n) => n.id !== 1).every((n) => n.t.metrics.pipelineBlocksRelayed > 0), 'receivers of n1 relayed its blocks');
+});
+
+test('small multicasts go directly, encoded once; duplicates and this node in `to` are handled like send()', async (t) => {
+  t.timeout(10_000);
+  const h = harness(t);
+  const ns = [await h.start(1), await h.start(2), await h.start(3), await h.start(4, { pipelineBlockBytes: 0 })];
+  h.mesh(...ns);
+  const [a, , , d] = ns as [Node, Node, Node, Node];
+  const before = { ...a.t.metrics };
+  t.true(a.t.multicast([2, 3, 4, 3], data(1, 1, 1000)));
+  t.false(a.t.multicast([2, 1], data(1, 2, 10)), 'this node in `to` counts as a refused send');
+  t.is(a.t.metrics.dropsUnreachable - before.dropsUnreachable, 1);
+  t.false(a.t.multicast([2, 99], data(1, 3, 10)), 'an unknown peer');
+  t.true(a.t.multicast([], data(1, 4, 10)));
+  // The pipeline off: a large frame still goes directly.
+  t.true(d.t.multicast([1, 2, 3], data(4, 5, 3 * mib / 4)));
+  await waitFor('delivered', () => ns[1]!.got.length === 4 && ns[2]!.got.length === 2 && ns[3]!.got.length === 1 && a.got.length === 1);
+  t.deepEqual(ns[1]!.got.map((g) => [g.from, g.m.kind === 'data' ? g.m.index : -1]).sort(), [[1, 1], [1, 2], [1, 3], [4, 5]]);
+  t.deepEqual(ns[2]!.got.map((g) => [g.from, g.m.kind === 'data' ? g.m.index : -1]).sort(), [[1, 1], [4, 5]]);
+  t.true(sameBytes((ns[2]!.got.find((g) => g.from === 4)!.m as { payload: Uint8Array }).payload, (data(4, 5, 3 * mib / 4) as { payload: Uint8Array }).payload));
+  t.is(a.t.metrics.framesSent - before.framesSent, 3 + 1 + 1);
+  for (const n of ns) {
+    t.is(n.t.metrics.pipelineMessagesSent, 0);
+    t.is(n.t.metrics.pipelineBlocksReceived, 0);
+  }
+});
+
+test('bad pipeline blocks and bad reassembled frames are reported; the connection stays open', async (t) => {
+  t.timeout(10_000);
+  const h = harness(t);
+  const a = await h.start(1);
+  const b = await h.start(2);
+  h.mesh(a, b);
+  const codec = new Codec();
+  const single = (frame: Uint8Array, extra: Partial<BlockFrame> = {}): BlockFrame => ({
+    kind: 'block', from: 1, origin: 1, messageId: 1, blockIndex: 0, blockCount: 1, totalBytes: frame.byteLength,
+    members: [1, 2], bytes: frame, ...extra,
+  });
+  t.true(a.t.send(2, single(new Uint8Array(10), { members: [1, 3] })));
+  t.true(a.t.send(2, single(new Uint8Array([0, 0, 0, 1, 0x99]), { messageId: 2 })));
+  t.true(a.t.send(2, single(codec.encode(data(7, 0)), { messageId: 3 })));
+  t.true(a.t.send(2, single(codec.encode(data(1, 5)), { messageId: 4 })));
+  t.true(a.t.send(2, data(1, 6)));
+  await waitFor('delivered', () => b.got.length === 2);
+  t.deepEqual(b.got.map((g) => [g.from, g.m.kind, g.m.kind === 'data' ? g.m.index : -1]), [[1, 'data', 5], [1, 'data', 6]]);
+  const messages = b.errors.map((e) => `${e.kind}: ${e.message}`);
+  t.is(messages.length, 3);
+  t.regex(messages[0]!, /^protocol: pipeline: block 0\/1 of n1 message 1 from n1: this node n2 is not a member/);
+  t.regex(messages[1]!, /^protocol: pipeline: message 2 of n1, reassembled from 1 blocks, is refused: unknown frame type 0x99/);
+  t.regex(messages[2]!, /^protocol: pipeline: message 3 of n1, .* data message claims to be from n7/);
+  t.is(b.t.metrics.pipelineErrors, 3);
+  t.is(b.t.metrics.pipelineMessagesCompleted, 1);
+  t.true(b.t.connected(1));
+  t.is(b.t.metrics.protocolErrors, 0);
+});
+
+test('partly received pipelined messages are dropped when they stall, or when the origin\'s connection is lost', async (t) => {
+  t.timeout(10_000);
+  const h = harness(t);
+  const a = await h.start(1);
+  const b = await h.start(2, { pipelineStallMs: 50 });
+  const c = await h.start(3);
+  h.mesh(a, b, c);
+  const half = (from: number, messageId: number): BlockFrame => ({
+    kind: 'block', from, origin: from, messageId, blockIndex: 0, blockCount: 2, totalBytes: 20,
+    members: [from, 2], bytes: new Uint8Array(10),
+  });
+  t.true(a.t.send(2, half(1, 1)));
+  await waitFor('held', () => b.t.metrics.pipelineAssembliesOpen === 1);
+  t.is(b.t.metrics.pipelineBytesInFlight, 20);
+  await waitFor('stalled and dropped', () => b.t.metrics.pipelineAssembliesDropped === 1 && b.t.metrics.pipelineAssembliesOpen === 0);
+  t.true(b.logs.some((l) => /pipeline: dropped 1 stalled message\(s\) .*n1#1/.test(l)));
+  // Its last block arrives late: relayed only (here to nobody), no error, nothing delivered.
+  t.true(a.t.send(2, { ...half(1, 1), blockIndex: 1 }));
+  t.true(c.t.send(2, half(3, 1)));
+  await waitFor('held', () => b.t.metrics.pipelineAssembliesOpen === 1);
+  t.is(b.t.metrics.pipelineBlocksReceived, 3);
+  await c.t.close();
+  await waitFor('dropped with the connection', () => b.t.metrics.pipelineAssembliesDropped === 2 && b.t.metrics.pipelineAssembliesOpen === 0);
+  t.true(b.logs.some((l) => /pipeline: dropped 1 partly received message\(s\) of n3: connection #\d+ closed/.test(l)));
+  t.deepEqual(b.got, []);
+  t.deepEqual(b.errors.filter((e) => e.kind !== 'connect'), []);
+});
+
+test('pipeline options: the block fits in a frame; bad values are refused', (t) => {
+  const small = { frameBytesMax: mib / 2, payloadBytesMax: mib / 4, membersMax: 16 };
+  const capped = new TcpTransport({ nodeId: 1, secret, limits: small, log: () => {} });
+  t.is(capped.pipelineBlockBytes, pipelineBlockBytesMax(small));
+  t.true(capped.pipelineBlockBytes < mib / 2 && capped.pipelineBlockBytes > mib / 2 - 200);
+  t.is(capped.pipelineThresholdBytes, 2 * capped.pipelineBlockBytes);
+  const custom = new TcpTransport({ nodeId: 1, secret, pipelineBlockBytes: 4096, pipelineThresholdBytes: 100, log: () => {} });
+  t.is(custom.pipelineBlockBytes, 4096);
+  t.is(custom.pipelineThresholdBytes, 100);
+  t.throws(() => new TcpTransport({ nodeId: 1, secret, limits: small, pipelineBlockBytes: mib / 2 }), { instanceOf: RangeError, message: /pipelineBlockBytes .* must fit in frameBytesMax/ });
+  t.throws(() => new TcpTransport({ nodeId: 1, secret, pipelineBlockBytes: -1 }), { instanceOf: RangeError, message: /pipelineBlockBytes/ });
+  t.throws(() => new TcpTransport({ nodeId: 1, secret, pipelineThresholdBytes: 1.5 }), { instanceOf: RangeError, message: /pipelineThresholdBytes/ });
+  t.throws(() => new TcpTransport({ nodeId: 1, secret, pipelineAssembliesMax: 0 }), { instanceOf: RangeError, message: /pipelineAssembliesMax/ });
+  t.throws(() => new TcpTransport({ nodeId: 1, secret, pipelineAssemblyBytesMax: 0 }), { instanceOf: RangeError, message: /pipelineAssemblyBytesMax/ });
 });
 
 // No leaked handles: once every test closed its transports, no socket, server or timer is left.

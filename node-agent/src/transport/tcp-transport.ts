@@ -20,6 +20,11 @@
 //  - Reconnect with capped exponential backoff and jitter while the peer stays in the map.
 //  - A malformed frame, a failed decode, or a message whose `from` is not the authenticated peer closes
 //    that connection only (reported through onError and the log).
+//  - multicast(to, message) sends one message to several peers. A frame of at least
+//    pipelineThresholdBytes to two or more peers goes over the binomial pipeline (block-relay.ts, as
+//    Derecho's RDMC): encoded once, cut into blocks of at most pipelineBlockBytes, and the receivers
+//    relay blocks to each other, so this node sends each block about once. A receiver hands the
+//    reassembled message to onMessage as if it came from the origin. Smaller messages go directly.
 //  - Every queue and buffer is bounded; `metrics` holds plain counters.
 
 import { createHmac, randomBytes, timingSafeEqual } from 'node:crypto';
@@ -27,8 +32,10 @@ import net from 'node:net';
 import { clearImmediate, setImmediate } from 'node:timers';
 import tls from 'node:tls';
 import type { NodeId } from '../core/types.ts';
-import { Codec, CodecError, FrameType, rawFrame, u32Max } from './codec.ts';
-import type { CodecLimits, WireMessage } from './codec.ts';
+import { BlockRelay } from './block-relay.ts';
+import type { BlockSend } from './block-relay.ts';
+import { Codec, CodecError, FrameType, frameHeaderBytes, rawFrame, u32Max } from './codec.ts';
+import type { BlockFrame, CodecLimits, WireMessage } from './codec.ts';
 import { FrameReader } from './frame-reader.ts';
 import type { RawFrame } from './frame-reader.ts';
 
@@ -80,6 +87,20 @@ export interface TcpTransportOptions {
    * only if the application retains many small payloads for long.
    */
   copyPayloads?: boolean;
+  /**
+   * multicast(): block size of the binomial pipeline, bytes. 0 disables the pipeline for this node's
+   * multicasts (it still relays and reassembles blocks other nodes send). Default 1 MiB, or less when a
+   * block frame of that size would not fit in frameBytesMax (see pipelineBlockBytesMax).
+   */
+  pipelineBlockBytes?: number;
+  /** multicast(): frames of at least this many bytes to 2 or more peers use the pipeline. Default 2 * pipelineBlockBytes. */
+  pipelineThresholdBytes?: number;
+  /** Bound of the pipelined messages partly received at once (each holds its whole frame). Default 16. */
+  pipelineAssembliesMax?: number;
+  /** Bound of the bytes of the pipelined messages partly received at once. Default 4 * (frameBytesMax + 4). */
+  pipelineAssemblyBytesMax?: number;
+  /** A partly received pipelined message that gets no block for between this and twice this long is dropped. */
+  pipelineStallMs?: number;
   log?: (line: string) => void;
   /** Randomness for backoff jitter (default Math.random). */
   random?: () => number;
@@ -99,7 +120,22 @@ const DEFAULTS = {
   closeTimeoutMs: 1000,
   retireGraceMs: 1000,
   keepAliveMs: 10_000,
+  pipelineAssembliesMax: 16,
+  pipelineStallMs: 10_000,
 };
+
+/** Default block size of the binomial pipeline (multicast()), bytes. */
+export const DEFAULT_PIPELINE_BLOCK_BYTES = 1 << 20;
+
+/**
+ * The largest block whose block frame fits in frameBytesMax whoever relays it: the frame header, the
+ * varints (from, origin, messageId, blockIndex, blockCount, totalBytes, member count) at their widest
+ * and membersMax member ids of 5 bytes.
+ */
+export function pipelineBlockBytesMax(limits: Pick<CodecLimits, 'frameBytesMax' | 'membersMax'>): number {
+  const blockHeaderBytesMax = frameHeaderBytes + 5 + 5 + 8 + 5 + 5 + 5 + 5 + 5 * limits.membersMax;
+  return limits.frameBytesMax + 4 - blockHeaderBytesMax;
+}
 
 export type TransportErrorKind =
   | 'handshake' // authentication failed or timed out
@@ -144,6 +180,26 @@ export interface TransportMetrics {
   duplicateConnections: number;
   /** Gauge: authenticated connections open now. */
   connectionsOpen: number;
+  /** multicast() calls sent over the binomial pipeline (this node the origin). */
+  pipelineMessagesSent: number;
+  /** Blocks this node queued as the origin of pipelined messages. */
+  pipelineBlocksSent: number;
+  /** Blocks this node queued as a relay (a receiver forwarding blocks of other nodes' messages). */
+  pipelineBlocksRelayed: number;
+  /** Pipeline blocks refused by the peer's queue or unreachable peers (origin's or relays). */
+  pipelineBlockDrops: number;
+  /** Pipeline blocks received and accepted. */
+  pipelineBlocksReceived: number;
+  /** Pipelined messages reassembled, decoded and handed to onMessage. */
+  pipelineMessagesCompleted: number;
+  /** Pipeline blocks refused (invalid, or over the assembly bounds) and reassembled frames that failed to decode. */
+  pipelineErrors: number;
+  /** Partly received pipelined messages dropped (their origin's connection lost, or stalled). */
+  pipelineAssembliesDropped: number;
+  /** Gauge: pipelined messages partly received now. */
+  pipelineAssembliesOpen: number;
+  /** Gauge: bytes held for pipelined messages partly received now. */
+  pipelineBytesInFlight: number;
 }
 
 export type MessageHandler = (from: NodeId, message: WireMessage) => void;
@@ -241,7 +297,14 @@ export class TcpTransport {
     dropsQueueFull: 0, dropsUnreachable: 0, dropsEncode: 0, dropsDiscarded: 0,
     dials: 0, reconnects: 0, accepted: 0, handshakeFailures: 0, protocolErrors: 0, duplicateConnections: 0,
     connectionsOpen: 0,
+    pipelineMessagesSent: 0, pipelineBlocksSent: 0, pipelineBlocksRelayed: 0, pipelineBlockDrops: 0,
+    pipelineBlocksReceived: 0, pipelineMessagesCompleted: 0, pipelineErrors: 0, pipelineAssembliesDropped: 0,
+    pipelineAssembliesOpen: 0, pipelineBytesInFlight: 0,
   };
+  /** Block size of this node's pipelined multicasts, bytes (0: the pipeline is off for them). */
+  readonly pipelineBlockBytes: number;
+  /** Frames of at least this many bytes to 2 or more peers use the pipeline. */
+  readonly pipelineThresholdBytes: number;
 
   private readonly opt: typeof DEFAULTS;
   private readonly secret: Buffer | null;
@@ -262,6 +325,10 @@ export class TcpTransport {
   private connSerial = 0;
   private openCounter = 0;
   private closing: Promise<void> | null = null;
+  private readonly relay: BlockRelay;
+  /** Message ids of this node's pipelined multicasts: from a random 48-bit start, so a restart does not reuse them. */
+  private nextPipelineMessageId = randomBytes(6).readUIntBE(0, 6);
+  private stallTimer: ReturnType<typeof setTimeout> | null = null;
 
   constructor(options: TcpTransportOptions) {
     if (!Number.isInteger(options.nodeId) || options.nodeId < 0 || options.nodeId > u32Max) {
@@ -289,6 +356,28 @@ export class TcpTransport {
     this.log = (line) => log(prefix + line);
     this.random = options.random ?? Math.random;
     this.copyPayloads = options.copyPayloads ?? false;
+
+    const count = (name: string, value: number | undefined, fallback: number, min: number): number => {
+      if (value === undefined) return fallback;
+      if (!Number.isSafeInteger(value) || value < min) throw new RangeError(`option ${name} must be an integer >= ${min}, got ${value}`);
+      return value;
+    };
+    const blockBytesMax = pipelineBlockBytesMax(this.codec.limits);
+    this.pipelineBlockBytes = count('pipelineBlockBytes', options.pipelineBlockBytes, Math.max(0, Math.min(DEFAULT_PIPELINE_BLOCK_BYTES, blockBytesMax)), 0);
+    if (this.pipelineBlockBytes > blockBytesMax) {
+      throw new RangeError(`option pipelineBlockBytes ${this.pipelineBlockBytes} is over ${blockBytesMax}: a block frame must fit in frameBytesMax ${this.codec.limits.frameBytesMax} with a header for membersMax ${this.codec.limits.membersMax} members`);
+    }
+    this.pipelineThresholdBytes = count('pipelineThresholdBytes', options.pipelineThresholdBytes, 2 * this.pipelineBlockBytes, 0);
+    if (!Number.isSafeInteger(opt.pipelineAssembliesMax) || opt.pipelineAssembliesMax < 1) {
+      throw new RangeError(`option pipelineAssembliesMax must be an integer >= 1, got ${opt.pipelineAssembliesMax}`);
+    }
+    this.relay = new BlockRelay({
+      me: this.nodeId,
+      // Only this node's own multicasts use blockBytes; receiving works with the pipeline off too.
+      blockBytes: Math.max(1, this.pipelineBlockBytes || blockBytesMax),
+      assembliesMax: opt.pipelineAssembliesMax,
+      assemblyBytesMax: count('pipelineAssemblyBytesMax', options.pipelineAssemblyBytesMax, 4 * (this.codec.limits.frameBytesMax + 4), 1),
+    });
   }
 
   // ==========================================================================================
@@ -377,35 +466,54 @@ export class TcpTransport {
    */
   send(to: NodeId, message: WireMessage): boolean {
     if (this.closing) return false;
-    const peer = this.peers.get(to);
-    if (!peer || (!peer.address && !peer.conn)) {
-      this.metrics.dropsUnreachable++;
-      return false;
+    const peer = this.reachablePeer(to);
+    if (!peer || !this.hasRoom(peer)) return false;
+    const encoded = this.encode(message, to);
+    return encoded !== null && this.enqueue(peer, encoded);
+  }
+
+  /**
+   * Sends `message` to every peer in `to` (listed twice: once). A frame of at least
+   * pipelineThresholdBytes to 2 or more peers (all of them known) is encoded once and multicast over
+   * the binomial pipeline: this node sends each block about once and the receivers relay blocks to each
+   * other; each receiver's onMessage gets the message from this node. Otherwise it is encoded once and
+   * queued for each peer, as send() would. Returns false when a frame was refused for some peer (as
+   * send(); with the pipeline, a block refused here; blocks lost further down are not seen here: the
+   * receivers drop the incomplete message after pipelineStallMs). `to` holding this node counts as a
+   * refused send, like send() to itself. The payload is referenced until written: do not mutate it.
+   */
+  multicast(to: NodeId[], message: WireMessage): boolean {
+    if (this.closing) return false;
+    let ok = true;
+    const receivers: NodeId[] = [];
+    const seen = new Set<NodeId>();
+    for (const id of to) {
+      if (seen.has(id)) continue;
+      seen.add(id);
+      if (id === this.nodeId) {
+        this.metrics.dropsUnreachable++;
+        ok = false;
+      } else receivers.push(id);
     }
-    if (peer.queuedFrames >= this.opt.outgoingFramesMax || peer.queuedBytes >= this.opt.outgoingBytesMax) {
-      this.metrics.dropsQueueFull++;
-      peer.blocked = true;
-      return false;
+    if (receivers.length === 0) return ok;
+    const encoded = this.encode(message, receivers.length === 1 ? receivers[0]! : null);
+    if (encoded === null) return false;
+    const pipelined = this.pipelineBlockBytes > 0 && receivers.length >= 2 && encoded.bytes >= this.pipelineThresholdBytes &&
+      receivers.every((id) => this.reachablePeer(id, false) !== null);
+    const sends = pipelined ? this.startPipeline(receivers, encoded) : null;
+    if (sends !== null) {
+      this.metrics.pipelineMessagesSent++;
+      for (const { to: peer, block } of sends) {
+        if (this.sendBlock(peer, block)) this.metrics.pipelineBlocksSent++;
+        else ok = false;
+      }
+      return ok;
     }
-    let encoded: { parts: Uint8Array[]; bytes: number };
-    try {
-      encoded = this.codec.encodeParts(message);
-    } catch (e) {
-      this.metrics.dropsEncode++;
-      const msg = e instanceof CodecError ? e.message : `unexpected encode failure: ${e instanceof Error ? e.message : String(e)}`;
-      this.report({ kind: 'encode', peer: to, remote: '', message: msg });
-      return false;
+    for (const id of receivers) {
+      const peer = this.reachablePeer(id);
+      if (!peer || !this.enqueue(peer, encoded)) ok = false;
     }
-    if (peer.queuedFrames > 0 && peer.queuedBytes + encoded.bytes > this.opt.outgoingBytesMax) {
-      this.metrics.dropsQueueFull++;
-      peer.blocked = true;
-      return false;
-    }
-    for (const p of encoded.parts) peer.parts.push(p);
-    peer.queuedFrames++;
-    peer.queuedBytes += encoded.bytes;
-    if (peer.conn) this.scheduleFlush(peer);
-    return true;
+    return ok;
   }
 
   /**
@@ -459,6 +567,10 @@ export class TcpTransport {
    */
   close(): Promise<void> {
     if (this.closing) return this.closing;
+    if (this.stallTimer) {
+      clearTimeout(this.stallTimer);
+      this.stallTimer = null;
+    }
     if (this.flushScheduled) {
       clearImmediate(this.flushScheduled);
       this.flushScheduled = null;
@@ -512,6 +624,7 @@ export class TcpTransport {
     if (peer.timer) clearTimeout(peer.timer);
     peer.timer = null;
     peer.address = null;
+    this.forgetPipelined(peer.id, why);
     this.discardQueue(peer);
     this.dirty.delete(peer);
     this.peers.delete(peer.id);
@@ -654,18 +767,114 @@ export class TcpTransport {
       return this.failConn(conn, 'protocol', `${r.message.kind} message claims to be from n${r.message.from} on the authenticated connection of n${peerId}`);
     }
     this.metrics.framesReceived++;
+    if (r.message.kind === 'block') {
+      this.onBlock(conn, r.message);
+      return !conn.socket.destroyed;
+    }
     if (this.copyPayloads) {
       if (r.message.kind === 'data' && r.message.payload) r.message.payload = r.message.payload.slice();
       else if (r.message.kind === 'stateTransfer') for (const rec of r.message.records) rec.payload = rec.payload.slice();
     }
+    this.deliver(peerId, r.message, conn.remote);
+    return !conn.socket.destroyed;
+  }
+
+  /** The origin's block sends of a pipelined multicast, or null when its schedule is over the relay's bounds. */
+  private startPipeline(receivers: NodeId[], encoded: { parts: Uint8Array[]; bytes: number }): BlockSend[] | null {
+    const frame = new Uint8Array(encoded.bytes);
+    let pos = 0;
+    for (const p of encoded.parts) {
+      frame.set(p, pos);
+      pos += p.byteLength;
+    }
+    try {
+      return this.relay.start(receivers, frame, this.nextPipelineMessageId++);
+    } catch (e) {
+      this.log(`pipeline: sending directly: ${e instanceof Error ? e.message : String(e)}`);
+      return null;
+    }
+  }
+
+  private deliver(from: NodeId, message: WireMessage, remote: string): void {
     for (const h of this.messageHandlers) {
       try {
-        h(peerId, r.message);
+        h(from, message);
       } catch (e) {
-        this.report({ kind: 'handler', peer: peerId, remote: conn.remote, message: `onMessage handler threw: ${e instanceof Error ? e.stack ?? e.message : String(e)}` });
+        this.report({ kind: 'handler', peer: from, remote, message: `onMessage handler threw: ${e instanceof Error ? e.stack ?? e.message : String(e)}` });
       }
     }
-    return !conn.socket.destroyed;
+  }
+
+  /**
+   * A block of a pipelined message: relayed as the schedule says; once complete, the reassembled frame
+   * is decoded and delivered as a message from its origin. A bad block or frame is reported, and the
+   * connection stays open: the framing is intact, and the fault may lie with another node (the origin).
+   */
+  private onBlock(conn: Conn, block: BlockFrame): void {
+    const r = this.relay.receive(block);
+    if (r.error !== null) {
+      this.metrics.pipelineErrors++;
+      this.report({ kind: r.errorKind === 'limit' ? 'limit' : 'protocol', peer: conn.peerId, remote: conn.remote, message: `pipeline: ${r.error}` });
+    } else this.metrics.pipelineBlocksReceived++;
+    for (const { to, block: relayed } of r.relays) {
+      if (this.sendBlock(to, relayed)) this.metrics.pipelineBlocksRelayed++;
+    }
+    this.syncPipelineGauges();
+    this.armStallTimer();
+    if (r.complete === null) return;
+    const origin = block.origin;
+    const d = this.codec.decode(r.complete);
+    let error: string | null = null;
+    if (!d.ok) error = d.error;
+    else if (d.message.kind === 'block') error = 'a pipelined message cannot be a block';
+    else if (d.message.from !== origin) error = `${d.message.kind} message claims to be from n${d.message.from}`;
+    if (error !== null || !d.ok) {
+      this.metrics.pipelineErrors++;
+      this.report({ kind: 'protocol', peer: origin, remote: conn.remote, message: `pipeline: message ${block.messageId} of n${origin}, reassembled from ${block.blockCount} blocks, is refused: ${error}` });
+      return;
+    }
+    this.metrics.pipelineMessagesCompleted++;
+    this.deliver(origin, d.message, conn.remote);
+  }
+
+  /** Queues one pipeline block (origin's or relayed); false when refused (counted in pipelineBlockDrops). */
+  private sendBlock(to: NodeId, block: BlockFrame): boolean {
+    if (this.closing) return false;
+    const peer = this.reachablePeer(to);
+    const encoded = peer && this.hasRoom(peer) ? this.encode(block, to) : null;
+    if (peer && encoded && this.enqueue(peer, encoded)) return true;
+    this.metrics.pipelineBlockDrops++;
+    return false;
+  }
+
+  private syncPipelineGauges(): void {
+    const s = this.relay.stats();
+    this.metrics.pipelineAssembliesOpen = s.assembliesOpen;
+    this.metrics.pipelineBytesInFlight = s.bytesInFlight;
+  }
+
+  /** Drops the partly received pipelined messages of `origin` (its connection is gone). */
+  private forgetPipelined(origin: NodeId, why: string): void {
+    const dropped = this.relay.forget(origin);
+    if (dropped === 0) return;
+    this.metrics.pipelineAssembliesDropped += dropped;
+    this.syncPipelineGauges();
+    this.log(`pipeline: dropped ${dropped} partly received message(s) of n${origin}: ${why}`);
+  }
+
+  /** While partly received pipelined messages are held, checks every pipelineStallMs for stalled ones. */
+  private armStallTimer(): void {
+    if (this.stallTimer !== null || this.closing || this.metrics.pipelineAssembliesOpen === 0) return;
+    this.stallTimer = setTimeout(() => {
+      this.stallTimer = null;
+      const stalled = this.relay.dropStalled();
+      if (stalled.length > 0) {
+        this.metrics.pipelineAssembliesDropped += stalled.length;
+        this.syncPipelineGauges();
+        this.log(`pipeline: dropped ${stalled.length} stalled message(s) (no block for ${this.opt.pipelineStallMs} ms): ${stalled.map((m) => `n${m.origin}#${m.messageId}`).join(', ')}`);
+      }
+      this.armStallTimer();
+    }, this.opt.pipelineStallMs);
   }
 
   private mac(label: Buffer, dialerId: NodeId, acceptorId: NodeId, dialerInstance: Buffer, acceptorInstance: Buffer, dialerNonce: Buffer, acceptorNonce: Buffer): Buffer {
@@ -772,6 +981,7 @@ export class TcpTransport {
       this.adopt(peer, conn);
       return;
     }
+    if (!current.peerInstance!.equals(conn.peerInstance!)) this.forgetPipelined(peer.id, 'the peer restarted');
     const keep = this.preferred(current, conn);
     const drop = keep === current ? conn : current;
     this.metrics.duplicateConnections++;
@@ -833,6 +1043,7 @@ export class TcpTransport {
     const peer = this.peers.get(conn.peerId!);
     if (!peer || peer.conn !== conn) return;
     peer.conn = null;
+    this.forgetPipelined(peer.id, `connection #${conn.serial} closed`);
     if (conn.lastError && !conn.failed && !conn.quiet && !this.closing) {
       this.report({ kind: 'socket', peer: peer.id, remote: conn.remote, message: `connection #${conn.serial} lost: ${conn.lastError}` });
     } else if (!this.closing) this.log(`connection #${conn.serial} to n${peer.id} closed`);
@@ -910,6 +1121,49 @@ export class TcpTransport {
   // ==========================================================================================
   // Sending
   // ==========================================================================================
+
+  /** The peer `to` if it is known (has an address or a connection), else null (counted as dropsUnreachable). */
+  private reachablePeer(to: NodeId, count = true): Peer | null {
+    const peer = this.peers.get(to);
+    if (peer && (peer.address || peer.conn)) return peer;
+    if (count) this.metrics.dropsUnreachable++;
+    return null;
+  }
+
+  /** False (counted, the peer marked blocked) when the peer's queue is full. */
+  private hasRoom(peer: Peer): boolean {
+    if (peer.queuedFrames < this.opt.outgoingFramesMax && peer.queuedBytes < this.opt.outgoingBytesMax) return true;
+    this.metrics.dropsQueueFull++;
+    peer.blocked = true;
+    return false;
+  }
+
+  /** The encoded frame, or null when the codec refuses the message (counted and reported). */
+  private encode(message: WireMessage, to: NodeId | null): { parts: Uint8Array[]; bytes: number } | null {
+    try {
+      return this.codec.encodeParts(message);
+    } catch (e) {
+      this.metrics.dropsEncode++;
+      const msg = e instanceof CodecError ? e.message : `unexpected encode failure: ${e instanceof Error ? e.message : String(e)}`;
+      this.report({ kind: 'encode', peer: to, remote: '', message: msg });
+      return null;
+    }
+  }
+
+  /** Queues an encoded frame (its parts may be shared with other peers' queues); false when the queue is full. */
+  private enqueue(peer: Peer, encoded: { parts: Uint8Array[]; bytes: number }): boolean {
+    if (!this.hasRoom(peer)) return false;
+    if (peer.queuedFrames > 0 && peer.queuedBytes + encoded.bytes > this.opt.outgoingBytesMax) {
+      this.metrics.dropsQueueFull++;
+      peer.blocked = true;
+      return false;
+    }
+    for (const p of encoded.parts) peer.parts.push(p);
+    peer.queuedFrames++;
+    peer.queuedBytes += encoded.bytes;
+    if (peer.conn) this.scheduleFlush(peer);
+    return true;
+  }
 
   private writeRaw(conn: Conn, frame: Uint8Array): void {
     this.metrics.bytesSent += frame.byteLength;
