@@ -12,6 +12,7 @@ import type { ReplicatedType } from '../objects/replicated.ts';
 import { LogStore } from '../storage/log-store.ts';
 import { TcpTransport } from '../transport/tcp-transport.ts';
 import type { TcpTransportOptions } from '../transport/tcp-transport.ts';
+import { BenchProbe } from './bench.ts';
 import { Driver } from './driver.ts';
 import { createHttpServer, listenHttp } from './http.ts';
 import { createLogger } from './logger.ts';
@@ -55,6 +56,8 @@ export class Agent {
   readonly log: Logger;
   readonly metrics: AgentMetrics;
   driver!: Driver;
+  /** The benchmark probe (agent config benchApi), else null. */
+  bench: BenchProbe | null = null;
   private transport!: TcpTransport;
   private store!: LogStore;
   private server: http.Server | null = null;
@@ -62,6 +65,8 @@ export class Agent {
   private lastTickAt = Date.now();
   private closed = false;
   private exitReasonText: string | null = null;
+  /** Bootstrap: founders not connected yet (the driver starts when none is left). */
+  private foundersPending: NodeId[] = [];
   readonly startKind: StartState['kind'];
   private readonly start: StartState;
   readonly peerAddress: { host: string; port: number } = { host: '', port: 0 };
@@ -102,8 +107,10 @@ export class Agent {
       limits: { payloadBytesMax: spec.wireLimits.payloadBytesMax, frameBytesMax: spec.wireLimits.frameBytesMax, membersMax: spec.wireLimits.membersMax, shardsMax: spec.wireLimits.shardsMax },
       log: (line) => this.log.warn(line),
     };
-    if (spec.tls.mode === 'hmac') tOpts.secret = readFile(config.auth.hmacSecretFile!, 'auth.hmacSecretFile');
-    else {
+    if (spec.tls.mode === 'hmac') {
+      tOpts.secret = readFile(config.auth.hmacSecretFile!, 'auth.hmacSecretFile');
+      if (tOpts.secret.byteLength < 16) throw new ConfigError([`auth.hmacSecretFile ${JSON.stringify(config.auth.hmacSecretFile)} holds ${tOpts.secret.byteLength} bytes; the group secret needs at least 16 (32 random bytes recommended)`]);
+    } else {
       tOpts.tls = {
         ca: readFile(config.auth.tlsCaFile!, 'auth.tlsCaFile'),
         cert: readFile(config.auth.tlsCertFile!, 'auth.tlsCertFile'),
@@ -119,6 +126,7 @@ export class Agent {
     this.transport.setPeers(peers);
 
     const replicaConfig = toReplicaConfig(config, config.group);
+    if (config.benchApi) this.bench = new BenchProbe(config.nodeId);
     this.driver = new Driver({
       config: replicaConfig,
       start: this.start,
@@ -130,6 +138,7 @@ export class Agent {
       seed: (config.nodeId * 2654435761 + process.pid) >>> 0,
       transferFrameBytesMax: Math.max(1024, spec.wireLimits.frameBytesMax - 64 * 1024),
       observe: this.metrics.observer,
+      ...(this.bench ? { bench: this.bench } : {}),
       onExit: (reason) => this.onDriverExit(reason),
     });
     const tick = setInterval(() => (this.lastTickAt = Date.now()), spec.timing.tickMs);
@@ -139,11 +148,31 @@ export class Agent {
     this.server = createHttpServer(this);
     const httpBound = await listenHttp(this.server, config.listen.host, config.listen.httpPort);
     this.httpAddress = { host: httpBound.address, port: httpBound.port };
-    this.driver.start();
+    this.startDriverWithFounders();
     this.log.info('agent started', {
       start: this.start.kind, peerPort: bound.port, httpPort: httpBound.port, dataDir: config.dataDir,
       ...(this.start.kind === 'restart' ? { savedView: this.start.saved.lastView.viewId } : {}),
     });
+  }
+
+  /**
+   * Founding members bootstrap view 0 together. The failure detector runs from the driver's first tick,
+   * so a founder ticking before the others are up suspects them and wedges the new group (until every
+   * member exits on wedgedExitTicks): the driver starts once this node is connected to every other founder
+   * it has an address for, as Derecho forms its first view only when every founding member is there.
+   */
+  private startDriverWithFounders(): void {
+    const founders = this.start.kind === 'bootstrap' ? this.start.members.filter((n) => n !== this.config.nodeId && this.config.peers[String(n)] !== undefined) : [];
+    const missing = (): NodeId[] => founders.filter((n) => !this.transport.connected(n));
+    this.foundersPending = missing();
+    if (this.foundersPending.length === 0) return this.driver.start();
+    this.log.info('waiting for the other founding members to connect before bootstrapping view 0', { missing: this.foundersPending });
+    const timer = setInterval(() => {
+      this.foundersPending = this.closed ? [] : missing();
+      if (this.foundersPending.length > 0) return;
+      clearInterval(timer);
+      if (!this.closed) this.driver.start();
+    }, this.config.group.spec.timing.tickMs);
   }
 
   private onDriverExit(reason: string): void {
@@ -184,6 +213,7 @@ export class Agent {
 
   notReadyReason(): string | null {
     if (!this.healthy()) return this.exitReasonText ?? 'agent stopped';
+    if (this.foundersPending.length > 0) return `bootstrapping: waiting for founding member(s) ${this.foundersPending.join(', ')} to connect`;
     const s = this.driver.status();
     if (s.mode !== 'active') return `${s.mode}: ${s.waiting.message}`;
     if (s.wedged) return `wedged in view ${s.viewId}: ${s.waiting.message || 'view change in progress'}`;

@@ -19,6 +19,8 @@ import type { AppFrame, StateTransferFrame, WireMessage } from '../transport/cod
 import { decodeInvocation, encodeInvocation, ObjectHost } from '../objects/replicated.ts';
 import type { Json, MethodOutcome, ReplicatedType } from '../objects/replicated.ts';
 import type { Logger } from './logger.ts';
+import { BENCH_MARK } from './bench.ts';
+import type { BenchProbe, BenchSendSpec } from './bench.ts';
 
 /** What the driver needs from a transport (TCP today, RDMA behind the same surface). */
 export interface Transport {
@@ -49,6 +51,8 @@ export interface DriverOptions {
   onExit(reason: string): void;
   /** Observers (metrics). */
   observe?: DriverObserver;
+  /** Load generator and delivery probe of `npm run bench` (only with the agent's benchApi). */
+  bench?: BenchProbe;
 }
 
 export interface DriverObserver {
@@ -123,6 +127,7 @@ export class Driver {
   private readonly incomingTransfers = new Map<string, { records: LogRecord[]; bytes: number }>();
   private readonly frontiers = new Map<number, Version>();
   private unsubscribe: (() => void) | null = null;
+  private benchTimer: NodeJS.Timeout | null = null;
   readonly counters = { deliveredOrdered: 0, deliveredRaw: 0, deliveredBytes: 0, viewChanges: 0, transfersServed: 0, transfersInstalled: 0, malformedApp: 0 };
   private readonly sendQueueMax: number;
   private readonly requestTimeoutMs: number;
@@ -151,6 +156,7 @@ export class Driver {
     if (this.stopped) return;
     this.stopped = true;
     if (this.tickTimer) clearInterval(this.tickTimer);
+    if (this.benchTimer) clearTimeout(this.benchTimer);
     if (this.timeoutTimer) clearInterval(this.timeoutTimer);
     this.unsubscribe?.();
     const err = new RequestError(reason, 503);
@@ -306,6 +312,25 @@ export class Driver {
     }
   }
 
+  /** Starts the benchmark load generator (benchApi only). */
+  benchStart(spec: BenchSendSpec): void {
+    if (!this.opt.bench) throw new RequestError('the bench API is off (agent config benchApi)', 404);
+    this.opt.bench.start(spec);
+    this.scheduleDrain();
+  }
+
+  private pumpBench(): void {
+    const bench = this.opt.bench;
+    if (!bench || !bench.sending()) return;
+    const delay = bench.pump((shardId, payload) => this.replica.send(shardId, payload).ok);
+    if (delay > 0 && this.benchTimer === null) {
+      this.benchTimer = setTimeout(() => {
+        this.benchTimer = null;
+        this.drain();
+      }, delay);
+    }
+  }
+
   // ----------------------------------------------------------------------------------------------
   // Event loop
 
@@ -356,6 +381,7 @@ export class Driver {
     if (this.stopped) return;
     try {
       this.flushSendQueue();
+      this.pumpBench();
       this.replica.pushRowIfDirty();
       let rounds = 0;
       while (this.replica.hasReady()) {
@@ -370,6 +396,7 @@ export class Driver {
           return;
         }
         this.flushSendQueue();
+        this.pumpBench();
         this.replica.pushRowIfDirty();
       }
     } catch (e) {
@@ -403,6 +430,11 @@ export class Driver {
       if (d.mode === 'ordered') this.counters.deliveredOrdered++;
       else this.counters.deliveredRaw++;
       this.opt.observe?.delivered?.(d.shardId, d.payload.byteLength, d.mode);
+      if (d.payload[0] === BENCH_MARK && this.opt.bench) {
+        this.opt.bench.delivered(d);
+        if (d.mode === 'ordered' && host) host.applied = d.version;
+        continue;
+      }
       const inv = decodeInvocation(d.payload);
       if (!inv || !host) {
         if (d.mode === 'ordered' && host) host.applied = d.version;
@@ -421,6 +453,7 @@ export class Driver {
     // 6. persistence frontiers
     for (const f of ready.persistenceFrontiers) {
       this.frontiers.set(f.shardId, f.version);
+      this.opt.bench?.persisted(f.shardId, f.version);
       try {
         this.hosts.get(f.shardId)?.object.onPersisted?.(f.version);
       } catch {

@@ -11,6 +11,7 @@
 //   DELETE /v1/kv/{subgroup}/{key}
 //   POST   /v1/subgroups/{sg}/shards/{i}/ordered/{method}   body: JSON array of arguments
 //   POST   /v1/subgroups/{sg}/shards/{i}/query/{method}     body: JSON array of arguments
+//   POST   /v1/bench/reset, POST /v1/bench/send, GET /v1/bench/stats   load generator (config benchApi only)
 // Errors are JSON {error, status}; 503 means "not now" (no view, restarting, wedged) and is worth a retry.
 
 import http from 'node:http';
@@ -130,6 +131,30 @@ async function handle(agent: Agent, req: http.IncomingMessage, res: http.ServerR
   if (parts[0] !== 'v1') throw new HttpError(404, `no route ${route}`);
 
   if (parts[1] === 'subgroups' && parts.length === 2 && method === 'GET') return send(res, 200, agent.subgroupsJson());
+
+  if (parts[1] === 'bench' && parts.length === 3) {
+    const bench = agent.bench;
+    if (!bench) throw new HttpError(404, 'the bench API is off (set benchApi: true in the agent config)');
+    if (method === 'GET' && parts[2] === 'stats') return send(res, 200, bench.snapshot());
+    if (method === 'POST' && (parts[2] === 'reset' || parts[2] === 'send')) {
+      const body = JSON.parse((await readBody(req, 64 * 1024)).toString('utf8') || '{}') as Record<string, unknown>;
+      const subgroup = String(body.subgroup ?? '');
+      const layout = agent.driver.shardLayout(subgroup, Number(body.shard ?? 0));
+      if (!layout) throw new HttpError(503, `no shard ${subgroup}/${String(body.shard ?? 0)} in the current view`);
+      if (parts[2] === 'reset') {
+        bench.reset(layout.shardId);
+        return send(res, 200, { ok: true });
+      }
+      const int = (v: unknown, name: string, min: number): number => {
+        if (typeof v !== 'number' || !Number.isInteger(v) || v < min) throw new HttpError(400, `${name} ${JSON.stringify(v)} is not an integer >= ${min}`);
+        return v;
+      };
+      agent.driver.benchStart({
+        shardId: layout.shardId, payloadBytes: int(body.payloadBytes, 'payloadBytes', 13), count: int(body.count, 'count', 1), ratePerSec: int(body.ratePerSec ?? 0, 'ratePerSec', 0),
+      });
+      return send(res, 200, { ok: true });
+    }
+  }
 
   if (parts[1] === 'kv' && parts.length >= 3) {
     const subgroup = parts[2]!;

@@ -113,7 +113,7 @@ export function loadGroupManifest(file: string, source: string = file): DerechoG
 // ---------------------------------------------------------------------------------------------------
 // The agent's configuration.
 
-type EnvKind = 'int' | 'string' | 'peers';
+type EnvKind = 'int' | 'string' | 'peers' | 'bool';
 
 interface EnvSetting {
   name: string;
@@ -137,6 +137,7 @@ export const AGENT_ENV: readonly EnvSetting[] = [
   { name: 'DERECHO_TLS_KEY_FILE', path: ['auth', 'tlsKeyFile'], kind: 'string', schema: AgentAuth.shape.tlsKeyFile },
   { name: 'DERECHO_TLS_CA_FILE', path: ['auth', 'tlsCaFile'], kind: 'string', schema: AgentAuth.shape.tlsCaFile },
   { name: 'DERECHO_LOG_LEVEL', path: ['logLevel'], kind: 'string', schema: AgentConfig.shape.logLevel },
+  { name: 'DERECHO_BENCH_API', path: ['benchApi'], kind: 'bool', schema: AgentConfig.shape.benchApi },
 ];
 
 const PEERS_EXAMPLE = '1=127.0.0.1:7001,2=127.0.0.1:7002';
@@ -242,6 +243,7 @@ export function loadAgentConfig(options: LoadAgentConfigOptions): ResolvedAgentC
     let value: unknown;
     if (setting.kind === 'peers') value = parsePeersEnv(trimmed, problems);
     else if (setting.kind === 'int') value = /^[+-]?[0-9]+$/.test(trimmed) ? Number(trimmed) : trimmed;
+    else if (setting.kind === 'bool') value = trimmed === 'true' || trimmed === '1' ? true : trimmed === 'false' || trimmed === '0' ? false : trimmed;
     else value = trimmed;
     if (setting.kind !== 'peers') {
       const result = setting.schema.safeParse(value);

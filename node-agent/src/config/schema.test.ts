@@ -88,6 +88,7 @@ test('defaults are filled in', (t) => {
     timing: { tickMs: 50, heartbeatMs: 100, suspectMs: 1000 },
     fsync: 'fsync',
     wireLimits: { payloadBytesMax: 1 << 20, frameBytesMax: (1 << 20) + 65536, membersMax: 64, shardsMax: 256 },
+    sendWindow: 256,
   });
   // Partly given nested objects get their remaining defaults.
   const partial = DerechoGroupSpec.parse(manifest({ storage: { size: '5Gi' }, timing: { tickMs: 10 }, restart: { graceSeconds: 0 } }));
@@ -210,10 +211,11 @@ test('toGroupPolicy keeps subgroup order and optional fields', (t) => {
   ]);
 });
 
-test('toReplicaConfig: the default timing is exactly DEFAULT_TIMING', (t) => {
+test('toReplicaConfig: the default timing is DEFAULT_TIMING with the spec\'s send window', (t) => {
   const group = DerechoGroupSpec.parse(manifest({}));
   const config = toReplicaConfig({ nodeId: 2 }, group);
-  t.deepEqual(config, { ...DEFAULT_TIMING, nodeId: 2, policy: toGroupPolicy(group) });
+  t.deepEqual(config, { ...DEFAULT_TIMING, nodeId: 2, policy: toGroupPolicy(group), windowSize: 256, pendingSendsMax: 1024 });
+  t.like(toReplicaConfig({ nodeId: 2 }, DerechoGroupSpec.parse(manifest({ sendWindow: 4096 }))), { windowSize: 4096, pendingSendsMax: 4096 });
 });
 
 test('toReplicaConfig converts milliseconds to ticks', (t) => {
@@ -228,10 +230,10 @@ test('toReplicaConfig converts milliseconds to ticks', (t) => {
   t.like(convert({}, 0.7), { restartGraceTicks: 14 });
   // Never below one tick.
   t.like(convert({ tickMs: 1000, heartbeatMs: 1000, suspectMs: 2000 }, 0), { heartbeatTicks: 1, suspectTicks: 2, restartGraceTicks: 1, retransmitTicks: 1, retryTicks: 1, wedgedExitTicks: 20 });
-  // Payload bound from the wire limits; everything else stays at DEFAULT_TIMING.
+  // Payload bound from the wire limits; the window from sendWindow.
   const big = toReplicaConfig({ nodeId: 1 }, DerechoGroupSpec.parse(manifest({ wireLimits: { payloadBytesMax: 4 << 20, frameBytesMax: (4 << 20) + 4096 } })));
   t.is(big.payloadBytesMax, 4 << 20);
-  t.is(big.windowSize, DEFAULT_TIMING.windowSize);
+  t.is(big.windowSize, 256);
 });
 
 // ---------------------------------------------------------------------------------------------------

@@ -338,6 +338,9 @@ export const GroupSpec = object(
       .default('fsync')
       .describe('When a persisted update counts as durable: "fsync" after fsync(2) on the log, "os" once written to the operating system (faster; a machine crash may lose recent updates).'),
     wireLimits: WireLimits.default(defaultsOf(WireLimits)).describe('Frame and message bounds the transport enforces; the same on every member.'),
+    sendWindow: integer(1, 65_536, 'a message count from 1 to 65536')
+      .default(256)
+      .describe('Messages each sender may have in flight (multicast, not yet delivered) per shard. Larger windows raise throughput on high-latency links and use up to sendWindow × payloadBytesMax of memory per sender.'),
   },
   'an object with members and subgroups',
 )
@@ -534,6 +537,9 @@ export const AgentConfig = object(
       .describe('Addresses of the members, by node id: { "1": "10.0.0.1:7000", ... }. Empty: discovered by the operator.'),
     auth: AgentAuth.default({}).describe('Files with the credentials this member authenticates with; they must match the group\'s spec.tls.mode.'),
     logLevel: oneOf(['debug', 'info', 'warn', 'error']).default('info').describe('Least severe log level written.'),
+    benchApi: flag()
+      .default(false)
+      .describe('Serve the load-generator endpoints /v1/bench/* (used by npm run bench; they let a client flood the group, so keep them off in production).'),
   },
   'an agent configuration object',
 )
@@ -602,5 +608,7 @@ export function toReplicaConfig(agentConfig: Pick<AgentConfig, 'nodeId'>, spec: 
     retryTicks: rescaled(DEFAULT_TIMING.retryTicks),
     wedgedExitTicks: rescaled(DEFAULT_TIMING.wedgedExitTicks),
     payloadBytesMax: groupSpec.wireLimits.payloadBytesMax,
+    windowSize: groupSpec.sendWindow,
+    pendingSendsMax: Math.max(DEFAULT_TIMING.pendingSendsMax, groupSpec.sendWindow),
   };
 }
