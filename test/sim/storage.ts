@@ -3,6 +3,7 @@
 
 import { blankSavedState, compareVersions, VERSION_NONE } from '../../node-agent/src/core/types.ts';
 import type {
+  AcceptedChange,
   Ballot,
   LogRecord,
   PersistRecord,
@@ -27,6 +28,7 @@ export class Disk {
   private trims: SavedTrim[] = [];
   private highestViewIdSeen = -1;
   private restartPromised: Ballot | null = null;
+  private acceptedChange: AcceptedChange | null = null;
   private restartAccepted: { ballot: Ballot; plan: RestartDecision } | null = null;
   /** Shards whose state this node does not hold in full (a transfer was pending). */
   private readonly incompleteShards = new Set<number>();
@@ -70,6 +72,9 @@ export class Disk {
         return;
       case 'restartPromise':
         this.restartPromised = { ...record.ballot };
+        return;
+      case 'viewAccepted':
+        this.acceptedChange = clone(record.accepted);
         return;
       case 'restartAccept':
         this.restartAccepted = { ballot: { ...record.ballot }, plan: clone(record.plan) };
@@ -119,6 +124,7 @@ export class Disk {
       restartPromised: this.restartPromised ? { ...this.restartPromised } : null,
       restartAccepted: this.restartAccepted ? clone(this.restartAccepted) : null,
       incompleteShards: [...this.incompleteShards].sort((a, b) => a - b),
+      ...(this.acceptedChange && this.acceptedChange.value.next.viewId > this.lastView.viewId ? { acceptedChange: clone(this.acceptedChange) } : {}),
     };
   }
 

@@ -788,6 +788,7 @@ export class Replica {
       row.acceptedBallot = leaderRank;
       this.rowDirty = true;
       this.out.persist.push({ kind: 'viewIdSeen', viewId: leaderRow.accepted.next.viewId });
+      this.out.persist.push({ kind: 'viewAccepted', accepted: { value: leaderRow.accepted, ballot: leaderRank } });
     }
   }
 
@@ -821,6 +822,7 @@ export class Replica {
       row.acceptedBallot = this.myRank;
       this.rowDirty = true;
       this.out.persist.push({ kind: 'viewIdSeen', viewId: value.next.viewId });
+      this.out.persist.push({ kind: 'viewAccepted', accepted: { value, ballot: this.myRank } });
     }
     const acceptedAll = live.every((r) => this.rows[r]!.acceptedBallot === this.myRank);
     if (acceptedAll && this.hasMajority(live.length)) {
@@ -1169,6 +1171,7 @@ export class Replica {
       nodeId: this.me, lastView: s.lastView, highestViewIdSeen: s.highestViewIdSeen, trims: s.trims,
       logTails: s.logTails, promised: this.restart!.promised, incompleteShards: s.incompleteShards ?? [],
       ...(s.blank === true ? { blank: true } : {}),
+      ...(s.acceptedChange && s.acceptedChange.value.next.viewId > s.lastView.viewId ? { acceptedChange: s.acceptedChange } : {}),
     };
   }
 

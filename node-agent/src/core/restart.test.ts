@@ -345,6 +345,28 @@ test('blank reports alone never make a plan', (t) => {
   t.regex(plan.message, /no returning node has saved a view yet \(nodes 1, 2, 3 have nothing saved\)/);
 });
 
+test('a view change accepted but not installed by the returning members is adopted as the last view', (t) => {
+  // View 7 ended with a change to view 8 = [1, 2, 3] (kv/0 = [1, 2], kv/1 = [3]) that nodes 1 and 2
+  // accepted; only node 3 installed it (and may have acknowledged writes in kv/1 alone).
+  const view8: View = { viewId: 8, members: [1, 2, 3], layout: layoutFor(kvPolicy, [[1, 2], [3]]), previousViewId: 7 };
+  const value = { fromViewId: 7, next: view8, trims: [[4, 2], [5, 5]], joined: [], removed: [4], transfers: [], lostShards: [] };
+  const withAccepted = (n: NodeId): RestartReport => ({ ...report(n, view7, [{ shardId: 0, version: v(7, 9) }], { highestViewIdSeen: 8 }), acceptedChange: { value, ballot: 0 } });
+  const waiting = notReady(planRestart(kvPolicy, [withAccepted(1), withAccepted(2), report(4, view7, [{ shardId: 1, version: v(7, 20) }])]));
+  t.is(waiting.lastView?.viewId, 8);
+  t.deepEqual(waiting.missing.shards.map((s) => s.shardId), [1], 'kv/1 of view 8 is only with node 3');
+  const view8At3: View = { ...view8 };
+  const plan = ready(planRestart(kvPolicy, [withAccepted(1), withAccepted(2), report(3, view8At3, [{ shardId: 1, version: v(8, 0) }])]));
+  t.is(plan.lastView.viewId, 8);
+  t.is(plan.decision.view.viewId, 9);
+  t.deepEqual(shardOf(plan, 1), { shardId: 1, source: 3, truncateTo: v(8, 0) });
+  // The accepted trim of view 7 bounds the view-7 logs: kv/0's two senders got 4 and 2 messages in,
+  // round-robin seq 0..4 were delivered in view 7.
+  t.deepEqual(shardOf(plan, 0), { shardId: 0, source: 1, truncateTo: v(7, 4) });
+  // An accepted value for a view someone installed is not needed; a lower one is ignored.
+  const older = ready(planRestart(kvPolicy, [report(1, view7), report(2, view7), report(3, view7), { ...report(4, view7), acceptedChange: { value: { ...value, next: { ...view8, viewId: 5 } }, ballot: 1 } }]));
+  t.is(older.lastView.viewId, 7);
+});
+
 test('a persistent shard nobody holds a log for restarts empty', (t) => {
   const plan = ready(planRestart(kvPolicy, [report(1, view7), report(2, view7), report(3, view7)]));
   t.deepEqual(plan.decision.shards.map((s) => ({ ...s })), [

@@ -3,7 +3,10 @@
 //
 // Rules:
 //  1. The last view is the reported `lastView` with the highest id (blank reports, from nodes that never
-//     installed a view, do not count here). Two reports naming the same view id
+//     installed a view, do not count here) — unless a returning member accepted a view change to a later
+//     view it never installed: that view may have been committed, so the accepted value with the highest
+//     ballot is adopted as the last view (as a Paxos proposer adopts an accepted value), its ragged trim
+//     bounding the logs of the view it ended. Two reports naming the same view id
 //     with different members or layout contradict each other (so do two different ragged trims for one
 //     view id): the plan is not ready and says which nodes disagree. One report per node id counts (the
 //     first; later duplicates are ignored).
@@ -17,8 +20,9 @@
 //     (ties: a former member of the shard in the last view, then the lowest rank in the restart view),
 //     and every log is cut to that tail. Volatile and raw shards restart empty.
 import { allocate } from './allocation.ts';
+import { contiguousSeqCount } from './stability.ts';
 import { compareVersions, VERSION_NONE } from './types.ts';
-import type { GroupPolicy, NodeId, RestartDecision, RestartReport, SavedTrim, ShardLayout, Version, View } from './types.ts';
+import type { GroupPolicy, NodeId, RestartDecision, RestartReport, SavedTrim, ShardLayout, Version, View, ViewChangeValue } from './types.ts';
 
 export type RestartPlan =
   | { ready: true; decision: RestartDecision; lastView: View; returned: NodeId[] }
@@ -77,8 +81,27 @@ export function planRestart(policy: GroupPolicy, reports: RestartReport[]): Rest
   for (const [viewId, variants] of trimVariants) {
     if (variants.length > 1) conflicts.push(`ragged trim of view ${viewId} differs between reports: ${variantNodes(variants)}`);
   }
-  const lastViewId = Math.max(...views.keys());
-  const lastView = views.get(lastViewId)![0]!.value;
+  // A view change some returning member accepted but did not install may have been committed (and
+  // acknowledged writes made in its view by members that are not back yet): like a Paxos proposer, the
+  // restart adopts the accepted value with the highest ballot when it names a later view than any
+  // installed one. Its ragged trim then also bounds the logs of the view it ended.
+  const accepted = new Map<number, { value: ViewChangeValue; ballot: number; nodes: NodeId[] }>();
+  for (const r of saving) {
+    const a = r.acceptedChange;
+    if (!a || a.value.next.viewId <= r.lastView.viewId) continue;
+    const id = a.value.next.viewId;
+    const best = accepted.get(id);
+    if (!best || a.ballot > best.ballot) accepted.set(id, { value: a.value, ballot: a.ballot, nodes: [r.nodeId] });
+    else if (a.ballot === best.ballot) {
+      if (deepEqual(a.value, best.value)) best.nodes.push(r.nodeId);
+      else conflicts.push(`the view change to view ${id} accepted under ballot ${a.ballot} differs between reports: ${nodesPhrase(best.nodes)} vs node ${r.nodeId}`);
+    }
+  }
+  const installedMax = Math.max(...views.keys());
+  const acceptedMax = accepted.size > 0 ? Math.max(...accepted.keys()) : -1;
+  const adopted = acceptedMax > installedMax ? accepted.get(acceptedMax)! : null;
+  const lastViewId = adopted ? acceptedMax : installedMax;
+  const lastView = adopted ? adopted.value.next : views.get(lastViewId)![0]!.value;
 
   if (conflicts.length > 0) {
     const conflict = `conflicting restart reports: ${conflicts.join('; ')}`;
@@ -105,6 +128,15 @@ export function planRestart(policy: GroupPolicy, reports: RestartReport[]): Rest
   // A log older than that may miss acknowledged updates made while it was away.
   const mergedTrims = new Map<number, SavedTrim>();
   for (const [viewId, variants] of trimVariants) mergedTrims.set(viewId, variants[0]!.value);
+  const acceptedLast = accepted.get(lastView.viewId);
+  if (acceptedLast && deepEqualView(acceptedLast.value.next, lastView) && !mergedTrims.has(acceptedLast.value.fromViewId)) {
+    const v = acceptedLast.value;
+    mergedTrims.set(v.fromViewId, {
+      viewId: v.fromViewId,
+      trims: v.trims,
+      lastVersions: v.trims.map((t) => ({ viewId: v.fromViewId, seq: contiguousSeqCount(t) - 1 })),
+    });
+  }
   const byNode = new Map(unique.map((r) => [r.nodeId, r] as const));
   const holds = (node: NodeId, shard: ShardLayout): boolean => {
     const r = byNode.get(node);
@@ -281,6 +313,10 @@ function sortedShards(shards: ShardLayout[]): ShardLayout[] {
 
 function dedupe(ids: NodeId[]): NodeId[] {
   return ids.filter((id, i) => ids.indexOf(id) === i);
+}
+
+function deepEqualView(a: View, b: View): boolean {
+  return sameView(a, b);
 }
 
 function sameView(a: View, b: View): boolean {

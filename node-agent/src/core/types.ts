@@ -217,12 +217,20 @@ export interface RestartReport {
   promised: Ballot | null;
   /** Shards whose state this node did not hold in full (a state transfer was pending) when it stopped. */
   incompleteShards?: number[];
+  /** The newest view change this node accepted (it may have been committed without this node installing it). */
+  acceptedChange?: AcceptedChange | null;
   /**
    * True for a node that never installed a view (nothing saved but, possibly, its restart-consensus
    * promises): its `lastView` is the empty `BLANK_VIEW`. It counts as a returned member of the last view
    * (it is one, if the view names it) but holds no state and says nothing about which view was last.
    */
   blank?: boolean;
+}
+
+/** A view-change value a member accepted in the state-table Paxos, with its ballot (the leader's rank). */
+export interface AcceptedChange {
+  value: ViewChangeValue;
+  ballot: number;
 }
 
 /** The `lastView` of a blank restart report / saved state: no members, no shards. */
@@ -425,6 +433,8 @@ export interface SavedState {
   incompleteShards?: number[];
   /** Never installed a view: `lastView` is `BLANK_VIEW` (see `RestartReport.blank`). */
   blank?: boolean;
+  /** The newest view change this node accepted, if it did not install its view (see RestartReport). */
+  acceptedChange?: AcceptedChange | null;
 }
 
 /** Something the driver must make durable before sending the Ready's messages. */
@@ -433,6 +443,8 @@ export type PersistRecord =
   | { kind: 'view'; view: View }
   | { kind: 'trim'; trim: SavedTrim }
   | { kind: 'viewIdSeen'; viewId: number }
+  /** This node accepted a view change (persisted before its row says so: a restart must consider it). */
+  | { kind: 'viewAccepted'; accepted: AcceptedChange }
   | { kind: 'truncate'; shardId: number; after: Version }
   /** Whether this node holds the shard's whole state (false from an install that awaits a transfer). */
   | { kind: 'shardState'; shardId: number; complete: boolean }

@@ -200,6 +200,24 @@ test('a store that never saved a view but promised in a restart consensus rememb
   again.close();
 });
 
+test('an accepted view change survives reopen and compaction until a later view is installed', (t) => {
+  const dir = tempDir(t);
+  const store = LogStore.open(dir, { fsync: 'fsync' });
+  const next = view(3, [1, 2]);
+  const accepted = { value: { fromViewId: 2, next, trims: [[1]], joined: [], removed: [3], transfers: [], lostShards: [] }, ballot: 1 };
+  store.apply([{ kind: 'view', view: view(2, [1, 2, 3]) }, { kind: 'viewAccepted', accepted }]);
+  store.close();
+  const again = LogStore.open(dir, { fsync: 'fsync' });
+  t.deepEqual(again.savedState()!.acceptedChange, accepted);
+  again.compact();
+  again.close();
+  const third = LogStore.open(dir, { fsync: 'fsync' });
+  t.deepEqual(third.savedState()!.acceptedChange, accepted);
+  third.apply([{ kind: 'view', view: next }]);
+  t.is(third.savedState()!.acceptedChange, undefined, 'superseded by the installed view');
+  third.close();
+});
+
 test('records over the bounds are refused with a clear error, and nothing is written', (t) => {
   const dir = tempDir(t);
   const store = LogStore.open(dir, { fsync: 'os', maxRecordBytes: 4096 });

@@ -22,6 +22,7 @@
 //     6 shardState       UTF-8 JSON {shardId, complete}
 //     7 restartPromise   UTF-8 JSON {ballot}
 //     8 restartAccept    UTF-8 JSON {ballot, plan}
+//    10 viewAccepted     UTF-8 JSON {value, ballot}                  (a view change this node accepted)
 //     9 shardReset       UTF-8 JSON {shardId}                         (the shard has a log, empty from here on;
 //                                                                     written by rewrites, for empty logs only)
 //   crc32 is the IEEE CRC-32 of zlib (node:zlib `crc32` when present, else the table-driven copy below).
@@ -67,7 +68,7 @@ import * as nodeFs from 'node:fs';
 import * as path from 'node:path';
 import * as zlib from 'node:zlib';
 import { blankSavedState, compareVersions, VERSION_NONE } from '../core/types.ts';
-import type { Ballot, LogRecord, PersistRecord, RestartDecision, SavedState, SavedTrim, Version, View } from '../core/types.ts';
+import type { AcceptedChange, Ballot, LogRecord, PersistRecord, RestartDecision, SavedState, SavedTrim, Version, View } from '../core/types.ts';
 
 // ---------------------------------------------------------------------------------------------------------
 // Errors
@@ -157,6 +158,7 @@ const KIND = {
   restartPromise: 7,
   restartAccept: 8,
   shardReset: 9,
+  viewAccepted: 10,
 } as const;
 type KindName = keyof typeof KIND;
 const KIND_NAMES: (KindName | undefined)[] = [];
@@ -272,6 +274,7 @@ class State {
   highestViewIdSeen = -1;
   restartPromised: Ballot | null = null;
   restartAccepted: { ballot: Ballot; plan: RestartDecision } | null = null;
+  acceptedChange: AcceptedChange | null = null;
   readonly incompleteShards = new Set<number>();
   /** Records in the journal. */
   records = 0;
@@ -331,6 +334,9 @@ class State {
       case 'restartAccept':
         this.restartAccepted = { ballot: op.ballot, plan: op.plan };
         return null;
+      case 'viewAccepted':
+        this.acceptedChange = op.accepted;
+        return null;
       case 'shardReset': {
         const log = this.logs.get(op.shardId);
         if (log) this.dropEntries(log, 0);
@@ -361,7 +367,13 @@ class State {
     for (const shardId of [...this.incompleteShards].sort((a, b) => a - b)) ops.push({ kind: 'shardState', shardId, complete: false });
     if (this.restartPromised !== null) ops.push({ kind: 'restartPromise', ballot: this.restartPromised });
     if (this.restartAccepted !== null) ops.push({ kind: 'restartAccept', ...this.restartAccepted });
+    if (this.liveAcceptedChange()) ops.push({ kind: 'viewAccepted', accepted: this.acceptedChange! });
     return ops;
+  }
+
+  /** An accepted view change not superseded by an installed view (only those matter to a restart). */
+  liveAcceptedChange(): boolean {
+    return this.acceptedChange !== null && this.acceptedChange.value.next.viewId > (this.lastView?.viewId ?? -1);
   }
 
   /** Records a rewrite of this state writes. */
@@ -372,6 +384,7 @@ class State {
     if (this.highestViewIdSeen > (this.lastView?.viewId ?? -1)) n++;
     if (this.restartPromised !== null) n++;
     if (this.restartAccepted !== null) n++;
+    if (this.liveAcceptedChange()) n++;
     return n;
   }
 }
@@ -472,6 +485,9 @@ function controlBody(op: ControlOp): Buffer {
     case 'restartAccept':
       value = { ballot: op.ballot, plan: op.plan };
       break;
+    case 'viewAccepted':
+      value = op.accepted;
+      break;
     case 'shardReset':
       value = { shardId: op.shardId };
       break;
@@ -538,6 +554,9 @@ function decodeBody(body: Buffer, frameOffset: number): Op | string {
       return isBallot(v.ballot) && isObject(v.plan) ? { kind, ballot: v.ballot, plan: v.plan as unknown as RestartDecision } : bad;
     case 'shardReset':
       return isU32(v.shardId) ? { kind, shardId: v.shardId } : bad;
+    case 'viewAccepted':
+      return isSafeInt(v.ballot) && isObject(v.value) && isObject(v.value.next) && isSafeInt(v.value.next.viewId) && isSafeInt(v.value.fromViewId)
+        ? { kind, accepted: v as unknown as AcceptedChange } : bad;
     default: {
       const never: never = kind;
       return `unknown record kind ${String(never)}`;
@@ -896,6 +915,10 @@ export class LogStore {
           if (!isBallot(rec.ballot) || !isObject(rec.plan)) throw new StorageError('restartAccept record without an integer ballot and a plan');
           control({ kind: 'restartAccept', ballot: rec.ballot, plan: rec.plan });
           break;
+        case 'viewAccepted':
+          if (!isObject(rec.accepted) || !isSafeInt(rec.accepted.ballot) || !isObject(rec.accepted.value)) throw new StorageError('viewAccepted record without a value and an integer ballot');
+          control({ kind: 'viewAccepted', accepted: rec.accepted });
+          break;
         default: {
           const never: never = rec;
           throw new StorageError(`unknown persist record ${JSON.stringify(never)}`);
@@ -1094,6 +1117,7 @@ export class LogStore {
       restartPromised: s.restartPromised ? { ...s.restartPromised } : null,
       restartAccepted: s.restartAccepted ? structuredClone(s.restartAccepted) : null,
       incompleteShards: [...s.incompleteShards].sort((a, b) => a - b),
+      ...(s.liveAcceptedChange() ? { acceptedChange: structuredClone(s.acceptedChange!) } : {}),
     };
   }
 

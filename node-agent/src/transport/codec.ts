@@ -200,6 +200,7 @@ export function controlSchemas(l: CodecLimits) {
     promised: ballot.nullable(),
     incompleteShards: z.array(shardId).max(l.shardsMax).optional(),
     blank: z.boolean().optional(),
+    acceptedChange: z.object({ value: viewChangeValue, ballot: count }).nullable().optional(),
   });
   const restartDecision = z.object({
     lastViewId: viewId,
