@@ -21,6 +21,8 @@ export interface BenchSendSpec {
   count: number;
   /** Messages per second (0 = as fast as the group accepts them). */
   ratePerSec: number;
+  /** Stop sending after this long even if `count` is not reached (0 = no limit). */
+  durationMs: number;
 }
 
 export interface BenchStats {
@@ -80,6 +82,11 @@ export class BenchProbe {
     const s = this.source;
     if (!s) return 0;
     const now = nowMs();
+    if (s.durationMs > 0 && now - this.stats.sendStartMs! >= s.durationMs) {
+      this.stats.sendDoneMs = now;
+      this.source = null;
+      return 0;
+    }
     const allowed = s.ratePerSec > 0 ? Math.min(s.count, Math.floor(((now - this.stats.sendStartMs!) / 1000) * s.ratePerSec) + 1) : s.count;
     while (s.next < allowed) {
       // Each message is a fresh buffer: the transport may still reference the previous one.

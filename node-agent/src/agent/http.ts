@@ -151,6 +151,7 @@ async function handle(agent: Agent, req: http.IncomingMessage, res: http.ServerR
       };
       agent.driver.benchStart({
         shardId: layout.shardId, payloadBytes: int(body.payloadBytes, 'payloadBytes', 13), count: int(body.count, 'count', 1), ratePerSec: int(body.ratePerSec ?? 0, 'ratePerSec', 0),
+        durationMs: int(body.durationMs ?? 0, 'durationMs', 0),
       });
       return send(res, 200, { ok: true });
     }

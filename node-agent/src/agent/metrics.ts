@@ -25,6 +25,17 @@ export interface AgentMetrics {
 export function createMetrics(labels: { group: string; node: string }): AgentMetrics {
   const registry = new client.Registry();
   registry.setDefaultLabels(labels);
+  let collect: () => void = () => {};
+  // A collect hook on one gauge refreshes all of them at scrape time. The registry reads its metrics in
+  // registration order, so this gauge comes before the gauges it refreshes (else a scrape shows the
+  // values of the previous one).
+  new client.Gauge({
+    name: 'derecho_scrape_refresh', help: 'Internal: refreshes the gauges read from the agent', registers: [registry],
+    collect() {
+      collect();
+      this.set(1);
+    },
+  });
   client.collectDefaultMetrics({ register: registry, prefix: 'derecho_process_' });
   const delivered = new client.Counter({ name: 'derecho_messages_delivered_total', help: 'Messages delivered to replicated objects', labelNames: ['shard', 'mode'], registers: [registry] });
   const deliveredBytes = new client.Counter({ name: 'derecho_delivered_bytes_total', help: 'Payload bytes delivered', labelNames: ['shard'], registers: [registry] });
@@ -49,15 +60,6 @@ export function createMetrics(labels: { group: string; node: string }): AgentMet
     journalBytes: new client.Gauge({ name: 'derecho_journal_bytes', help: 'Size of the log journal on disk', registers: [registry] }),
     restarting: new client.Gauge({ name: 'derecho_restarting', help: '1 while the agent waits for a restart quorum', registers: [registry] }),
   };
-  let collect: () => void = () => {};
-  // A collect hook on one gauge refreshes all of them at scrape time.
-  new client.Gauge({
-    name: 'derecho_scrape_refresh', help: 'Internal: refreshes the gauges read from the agent', registers: [registry],
-    collect() {
-      collect();
-      this.set(1);
-    },
-  });
   const observer: DriverObserver = {
     delivered(shardId, bytes, mode) {
       delivered.inc({ shard: String(shardId), mode });
