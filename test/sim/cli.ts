@@ -6,7 +6,7 @@
 //   npm run sim -- --break RULE           run with a deliberately broken rule (violations expected)
 //   npm run sim -- --jobs 4               worker processes (default: available cores)
 //   npm run sim -- --quiet                only violations and the last line
-//   npm start   (= --demo [--seed S])     one narrated run and a final table
+//   npm run sim:demo   (= --demo [--seed S])     one narrated run and a final table
 //
 // Every violation prints `seed S: <violation>` and the command that reproduces it. The last line is
 // exactly `N seeds, V violations`; the exit code is non-zero when V > 0.
