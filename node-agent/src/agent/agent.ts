@@ -9,6 +9,7 @@ import { ConfigError } from '../config/errors.ts';
 import type { NodeId, StartState } from '../core/types.ts';
 import { BUILTIN_TYPES } from '../objects/kv.ts';
 import type { ReplicatedType } from '../objects/replicated.ts';
+import { DirLock, DirLockError } from '../storage/dir-lock.ts';
 import { LogStore } from '../storage/log-store.ts';
 import { TcpTransport } from '../transport/tcp-transport.ts';
 import type { TcpTransportOptions } from '../transport/tcp-transport.ts';
@@ -64,6 +65,7 @@ export class Agent {
   private startedAt = Date.now();
   private lastTickAt = Date.now();
   private closed = false;
+  private readonly dirLock: DirLock;
   private exitReasonText: string | null = null;
   /** Bootstrap: founders not connected yet (the driver starts when none is left). */
   private foundersPending: NodeId[] = [];
@@ -75,7 +77,11 @@ export class Agent {
   private constructor(readonly config: ResolvedAgentConfig, private readonly options: AgentOptions, private readonly types: Map<string, ReplicatedType>) {
     this.log = options.log ?? createLogger(config.logLevel, { node: config.nodeId, group: config.groupName });
     this.metrics = createMetrics({ group: config.groupName, node: String(config.nodeId) });
-    fs.mkdirSync(config.dataDir, { recursive: true });
+    try {
+      this.dirLock = DirLock.acquire(path.resolve(config.dataDir));
+    } catch (e) {
+      throw e instanceof DirLockError ? new ConfigError([`dataDir: ${e.message}`]) : e;
+    }
     this.store = LogStore.open(path.resolve(config.dataDir), { fsync: config.group.spec.fsync });
     const saved = this.store.savedState();
     const spec = config.group.spec;
@@ -193,6 +199,7 @@ export class Agent {
     } catch {
       // already closed
     }
+    this.dirLock.release();
   }
 
   /** Graceful leave, then close. */

@@ -179,7 +179,11 @@ export function boundsViolation(m: WireMessage, l: CodecLimits): string | null {
     if (v === null || typeof v === 'boolean') return null;
     if (typeof v === 'number') return Number.isSafeInteger(v) && v >= -1 ? null : `${path}: ${v} is not an integer >= -1`;
     if (typeof v === 'string') return path.endsWith('.kind') || v.length <= l.nameCharsMax ? null : `${path}: string over nameCharsMax`;
-    if (v instanceof Uint8Array) return v.byteLength <= l.payloadBytesMax ? null : `${path}: payload over payloadBytesMax`;
+    if (v instanceof Uint8Array) {
+      // App bodies and pipeline blocks are bounded by the frame, not by payloadBytesMax.
+      if (path === 'app.body' || path === 'block.bytes') return v.byteLength <= l.frameBytesMax ? null : `${path}: over frameBytesMax`;
+      return v.byteLength <= l.payloadBytesMax ? null : `${path}: payload over payloadBytesMax`;
+    }
     if (Array.isArray(v)) {
       const max = path.endsWith('records') ? l.recordsMax : listMax;
       if (v.length > max) return `${path}: ${v.length} entries`;
