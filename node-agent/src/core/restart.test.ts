@@ -367,6 +367,23 @@ test('a view change accepted but not installed by the returning members is adopt
   t.is(older.lastView.viewId, 7);
 });
 
+test('holders follow the chain of views back through an accepted view and a restart view', (t) => {
+  // View 8 (saved by 2, 3, 4) was followed by an accepted-only view 9 (adopted by a restart), and the
+  // restart view 10 (previousViewId 9) was installed by node 1 alone before everything failed again.
+  const view8: View = { viewId: 8, members: [1, 2, 3, 4], layout: layoutFor(kvPolicy, [[1, 2], [3, 4]]) };
+  const view9: View = { viewId: 9, members: [1, 2, 3, 4], layout: layoutFor(kvPolicy, [[1, 2], [3, 4]]), previousViewId: 8 };
+  const view10: View = { viewId: 10, members: [1, 2, 3, 4], layout: layoutFor(kvPolicy, [[1, 2], [3, 4]]), previousViewId: 9 };
+  const value = { fromViewId: 8, next: view9, trims: [[3], [3]], joined: [], removed: [], transfers: [], lostShards: [] };
+  const at8 = (n: NodeId): RestartReport => ({ ...report(n, view8, [{ shardId: n <= 2 ? 0 : 1, version: v(8, 2) }], { highestViewIdSeen: 10 }), acceptedChange: { value, ballot: 0 } });
+  const plan = ready(planRestart(kvPolicy, [report(1, view10, [{ shardId: 0, version: v(8, 2) }]), at8(2), at8(3), at8(4)]));
+  t.is(plan.lastView.viewId, 10);
+  t.is(plan.decision.view.viewId, 11);
+  t.deepEqual(shardOf(plan, 1).source, 3);
+  // Without the accepted value the chain breaks at view 9: kv/1's members do not count.
+  const broken = notReady(planRestart(kvPolicy, [report(1, view10), report(2, view8), report(3, view8), report(4, view8)]));
+  t.deepEqual(broken.missing.shards.map((s) => s.shardId), [1]);
+});
+
 test('a persistent shard nobody holds a log for restarts empty', (t) => {
   const plan = ready(planRestart(kvPolicy, [report(1, view7), report(2, view7), report(3, view7)]));
   t.deepEqual(plan.decision.shards.map((s) => ({ ...s })), [

@@ -120,6 +120,7 @@ export function planRestart(policy: GroupPolicy, reports: RestartReport[]): Rest
   const need = Math.floor(lastMembers.length / 2) + 1;
   const majority = have >= need ? null : { have, need, absent: lastMembers.filter((m) => !returned.has(m)) };
 
+  // (The rule below is applied along the chain of views: see `holds`.)
   // A returning member counts for a persistent shard only if its log holds every acknowledged (persisted
   // by all) update of the shard, and it was not still waiting for a state transfer when the group failed.
   // That is the case if it installed the last view W itself; or if it saved W-1 and served the shard in
@@ -138,6 +139,12 @@ export function planRestart(policy: GroupPolicy, reports: RestartReport[]): Rest
     });
   }
   const byNode = new Map(unique.map((r) => [r.nodeId, r] as const));
+  // Views the planner knows, to follow the chain of views back from the last one: installed views the
+  // reports carry, and accepted (possibly committed) view changes, the highest ballot per view id.
+  const knownViews = new Map<number, View>();
+  for (const r of saving) if (!knownViews.has(r.lastView.viewId)) knownViews.set(r.lastView.viewId, r.lastView);
+  for (const [id, a] of accepted) if (!knownViews.has(id)) knownViews.set(id, a.value.next);
+  knownViews.set(lastView.viewId, lastView);
   const holds = (node: NodeId, shard: ShardLayout): boolean => {
     const r = byNode.get(node);
     if (!r) return false;
@@ -145,10 +152,21 @@ export function planRestart(policy: GroupPolicy, reports: RestartReport[]): Rest
     if (!shard.persistent || shard.deliveryMode !== 'ordered') return true;
     if (r.blank === true) return false;
     if ((r.incompleteShards ?? []).includes(shard.shardId)) return false;
-    if (r.lastView.viewId === lastView.viewId) return true;
-    // The view the last view followed (restart views skip ids, so it is not always viewId - 1).
-    if (r.lastView.viewId !== (lastView.previousViewId ?? lastView.viewId - 1)) return false;
-    return r.lastView.layout.shards[shard.shardId]?.members.includes(node) === true;
+    // Follow the chain of views back from the last one (each view names the one it followed; restart
+    // views skip ids) to the view this node saved. In every view of the chain after it, the node served
+    // the shard without installing that view: nothing could be acknowledged there without it. What was
+    // acknowledged in its own last view, it persisted itself.
+    const saved = r.lastView.viewId;
+    let v = lastView;
+    for (let steps = 0; steps <= knownViews.size; steps++) {
+      if (v.viewId === saved) return steps === 0 || r.lastView.layout.shards[shard.shardId]?.members.includes(node) === true;
+      if (v.viewId < saved || v.layout.shards[shard.shardId]?.members.includes(node) !== true) return false;
+      const prevId = v.previousViewId ?? v.viewId - 1;
+      const prev = prevId === saved ? r.lastView : knownViews.get(prevId);
+      if (prev === undefined || prev.viewId >= v.viewId) return false;
+      v = prev;
+    }
+    return false;
   };
   const shards = sortedShards(lastView.layout.shards)
     .filter((s) => s.members.length > 0 && !s.members.some((m) => holds(m, s)))
