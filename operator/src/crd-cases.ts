@@ -1,0 +1,91 @@
+// Manifests the DerechoGroup CRD must accept or refuse, as patches of examples/kv-group.yaml's spec, with
+// the fragment of the CEL rule message the refusal carries. crd.test.ts checks them with the rules'
+// TypeScript twins; the API-server tests can run the same table against kube-apiserver (create each
+// CREATE_CASES manifest; apply `before` then `after` for UPDATE_CASES) and expect the same messages.
+
+import { readFileSync } from 'node:fs';
+import { fileURLToPath } from 'node:url';
+import YAML from 'yaml';
+
+export interface Manifest {
+  apiVersion: string;
+  kind: string;
+  metadata: { name: string; namespace?: string };
+  spec: Record<string, unknown>;
+}
+
+/** examples/kv-group.yaml. */
+export function exampleManifest(): Manifest {
+  return YAML.parse(readFileSync(fileURLToPath(new URL('../../examples/kv-group.yaml', import.meta.url)), 'utf8')) as Manifest;
+}
+
+/** The example with `patch` merged into its spec (top-level fields replaced). */
+export function withSpec(patch: Record<string, unknown>, name?: string): Manifest {
+  const manifest = exampleManifest();
+  return { ...manifest, metadata: { ...manifest.metadata, ...(name !== undefined ? { name } : {}) }, spec: { ...manifest.spec, ...patch } };
+}
+
+const example = exampleManifest();
+const [kv, events] = example.spec.subgroups as [Record<string, unknown>, Record<string, unknown>];
+const subgroup = (extra: Record<string, unknown>): Record<string, unknown> => ({ name: 'kv', type: 'kv', minNodesPerShard: 1, maxNodesPerShard: 2, ...extra });
+const cache = { name: 'cache', type: 'kv', minNodesPerShard: 1, maxNodesPerShard: 3 };
+
+export interface CreateCase {
+  what: string;
+  patch: Record<string, unknown>;
+  /** null: accepted; else a fragment of the refusal's message. */
+  refusal: string | null;
+  /** Accepted by the API server but refused by the operator's full (zod) check: condition SpecAccepted=False. */
+  operatorRefuses?: boolean;
+}
+
+export const CREATE_CASES: readonly CreateCase[] = [
+  { what: 'the example', patch: {}, refusal: null },
+  { what: 'min > max', patch: { subgroups: [subgroup({ minNodesPerShard: 3, maxNodesPerShard: 2 })] }, refusal: 'minNodesPerShard must be at most maxNodesPerShard' },
+  { what: 'raw and persistent (persistent defaults to true)', patch: { subgroups: [subgroup({ deliveryMode: 'raw' })] }, refusal: 'persistent must be false when deliveryMode is "raw"' },
+  { what: 'raw and not persistent', patch: { subgroups: [subgroup({ deliveryMode: 'raw', persistent: false })] }, refusal: null },
+  { what: 'more reserved lists than shards', patch: { subgroups: [subgroup({ shards: 1, reservedNodeIds: [[1], [2]] })] }, refusal: 'reservedNodeIds has more entries than shards' },
+  { what: 'a reserved list longer than max', patch: { subgroups: [subgroup({ reservedNodeIds: [[1, 2, 3]] })] }, refusal: 'lists more nodes than maxNodesPerShard' },
+  { what: 'members below a minimum', patch: { members: 2, subgroups: [subgroup({ minNodesPerShard: 3, maxNodesPerShard: 3 })] }, refusal: 'members must be at least every subgroup\'s minNodesPerShard' },
+  { what: 'unreserved shards need their own members', patch: { members: 3, subgroups: [subgroup({ shards: 2, minNodesPerShard: 2, maxNodesPerShard: 2 })] }, refusal: 'members is too few for the subgroups' },
+  { what: 'reserved shards do not count', patch: { members: 6, subgroups: [subgroup({ shards: 3, minNodesPerShard: 2, maxNodesPerShard: 2, reservedNodeIds: [[1, 2], [3, 4]] })] }, refusal: null },
+  { what: 'a node reserved in two shards of a subgroup', patch: { members: 3, subgroups: [subgroup({ shards: 2, reservedNodeIds: [[1, 2], [2, 3]] })] }, refusal: null, operatorRefuses: true },
+  { what: 'a reserved id beyond members', patch: { members: 3, subgroups: [subgroup({ reservedNodeIds: [[4]] })] }, refusal: 'may only name members' },
+  { what: 'a sender id beyond members', patch: { members: 3, subgroups: [subgroup({ senderNodeIds: [1, 5] })] }, refusal: 'may only name members' },
+  { what: 'members above membersMax', patch: { members: 5, wireLimits: { membersMax: 4 } }, refusal: 'members must be at most wireLimits.membersMax' },
+  { what: 'too many shards in all', patch: { members: 8, subgroups: [subgroup({ shards: 3 })], wireLimits: { shardsMax: 2 } }, refusal: 'shards add up to more than wireLimits.shardsMax' },
+  { what: 'a frame too small for the payload', patch: { wireLimits: { payloadBytesMax: 2 << 20 } }, refusal: 'frameBytesMax must be at least payloadBytesMax + 1024' },
+  { what: 'a frame just big enough', patch: { wireLimits: { payloadBytesMax: 1000, frameBytesMax: 2024 } }, refusal: null },
+  { what: 'suspect below two heartbeats', patch: { timing: { heartbeatMs: 600 } }, refusal: 'suspectMs must be at least 2 x heartbeatMs' },
+  { what: 'a heartbeat below a tick', patch: { timing: { tickMs: 200 } }, refusal: 'heartbeatMs must be at least tickMs' },
+];
+
+export interface UpdateCase {
+  what: string;
+  before: Record<string, unknown>;
+  after: Record<string, unknown>;
+  refusal: string | null;
+}
+
+const APPEND_ONLY = 'subgroups can only be appended';
+const SUBGROUP_FIXED = 'a subgroup\'s type, shards, deliveryMode and persistent are immutable';
+
+export const UPDATE_CASES: readonly UpdateCase[] = [
+  { what: 'no change', before: {}, after: {}, refusal: null },
+  { what: 'appending a subgroup', before: {}, after: { subgroups: [kv, events, cache] }, refusal: null },
+  { what: 'changing min/max of a subgroup', before: {}, after: { subgroups: [{ ...kv, minNodesPerShard: 2 }, events] }, refusal: null },
+  { what: 'scaling', before: {}, after: { members: 4 }, refusal: null },
+  { what: 'reordering subgroups', before: {}, after: { subgroups: [events, kv] }, refusal: APPEND_ONLY },
+  { what: 'removing a subgroup', before: {}, after: { subgroups: [kv] }, refusal: APPEND_ONLY },
+  { what: 'inserting a subgroup before another', before: {}, after: { subgroups: [kv, cache, events] }, refusal: APPEND_ONLY },
+  { what: 'renaming a subgroup', before: { subgroups: [{ ...kv, name: 'k' }, events] }, after: { subgroups: [kv, events] }, refusal: APPEND_ONLY },
+  { what: 'changing a subgroup\'s type', before: {}, after: { subgroups: [{ ...kv, type: 'log' }, events] }, refusal: SUBGROUP_FIXED },
+  { what: 'resharding', before: {}, after: { subgroups: [{ ...kv, shards: 3 }, events] }, refusal: SUBGROUP_FIXED },
+  { what: 'making a subgroup volatile', before: {}, after: { subgroups: [kv, { ...events, persistent: false }] }, refusal: SUBGROUP_FIXED },
+  { what: 'setting a storage class', before: {}, after: { storage: { storageClassName: 'fast' } }, refusal: 'storageClassName is immutable' },
+  { what: 'dropping a storage class', before: { storage: { storageClassName: 'fast' } }, after: {}, refusal: 'storageClassName is immutable' },
+  { what: 'growing the volumes', before: {}, after: { storage: { size: '10Gi' } }, refusal: null },
+  { what: 'switching hmac to mutual TLS', before: {}, after: { tls: { mode: 'mutual' } }, refusal: 'tls.mode is immutable' },
+  { what: 'changing the TLS secret', before: {}, after: { tls: { mode: 'hmac', secretName: 'other' } }, refusal: null },
+  { what: 'changing wire limits', before: {}, after: { wireLimits: { payloadBytesMax: 1000, frameBytesMax: 4096 } }, refusal: 'wireLimits is immutable' },
+];

@@ -1,0 +1,623 @@
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
+import test from 'ava';
+import fc from 'fast-check';
+import { loadAgentConfig, parseGroupManifest } from '../../node-agent/src/config/load.ts';
+import { GroupSpec, toGroupPolicy } from '../../node-agent/src/config/schema.ts';
+import { allocate } from '../../node-agent/src/core/allocation.ts';
+import { planRestart } from '../../node-agent/src/core/restart.ts';
+import type { NodeId, RestartReport, View } from '../../node-agent/src/core/types.ts';
+import { derechoGroupSchema } from './crd.ts';
+import { ANNOTATION, LABEL } from './kube.ts';
+import type { KubeObject } from './kube.ts';
+import { validateOpenApi } from './openapi.ts';
+import { agentStatusUrl, parseRestartMessage, reconcile } from './reconcile.ts';
+import type { ReconcileOutput } from './reconcile.ts';
+import type { Condition, DerechoGroupStatus } from './status.ts';
+import { Cluster, HMAC_KEY, NOW, kvDemo, report, restartingReport } from './test-support.ts';
+
+const statusSchema = derechoGroupSchema().properties!.status!;
+
+// ---------------------------------------------------------------------------------------------------
+// Helpers
+
+type Pod = KubeObject & { spec: { containers: { env: { name: string; value: string }[]; [key: string]: unknown }[]; volumes: Record<string, unknown>[]; [key: string]: unknown } };
+
+const kinds = (objects: KubeObject[]): Record<string, number> => {
+  const counts: Record<string, number> = {};
+  for (const object of objects) counts[object.kind] = (counts[object.kind] ?? 0) + 1;
+  return counts;
+};
+const find = (objects: KubeObject[], kind: string, name: string): KubeObject | undefined => objects.find((object) => object.kind === kind && object.metadata.name === name);
+const podOf = (objects: KubeObject[], nodeId: number): Pod => find(objects, 'Pod', `kv-demo-${nodeId}`) as Pod;
+const env = (pod: Pod): Record<string, string> => Object.fromEntries(pod.spec.containers[0]!.env.map((variable) => [variable.name, variable.value]));
+const conditionOf = (status: DerechoGroupStatus, type: string): Condition => status.conditions!.find((c) => c.type === type)!;
+const conditionSummary = (status: DerechoGroupStatus): Record<string, string> =>
+  Object.fromEntries(status.conditions!.map((c) => [c.type, `${c.status} ${c.reason}`]));
+
+/** A cluster that has run the example group until it settled. */
+function settled(specPatch: Record<string, unknown> = {}): Cluster {
+  const cluster = new Cluster(kvDemo(specPatch));
+  for (let i = 0; i < 4; i++) cluster.step();
+  return cluster;
+}
+
+/** Steps until the pod set stops changing (at most `limit` steps); returns the pod ids after each step. */
+function runUntilSettled(cluster: Cluster, limit = 20): NodeId[][] {
+  const history: NodeId[][] = [];
+  for (let i = 0; i < limit; i++) {
+    const output = cluster.step();
+    history.push(cluster.podIds());
+    if (output.status.phase === 'Running' && output.deletes.length === 0) break;
+  }
+  return history;
+}
+
+// ---------------------------------------------------------------------------------------------------
+// A new group
+
+test('a new group creates three pods, three PVCs, two services, a ConfigMap, a Secret, a PDB and a NetworkPolicy', (t) => {
+  const output = reconcile(new Cluster(kvDemo()).input());
+  t.deepEqual(kinds(output.objects), { ConfigMap: 1, Secret: 1, Service: 2, PodDisruptionBudget: 1, NetworkPolicy: 1, PersistentVolumeClaim: 3, Pod: 3 });
+  t.deepEqual(output.deletes, []);
+  t.deepEqual(output.objects.filter((o) => o.kind === 'Pod').map((o) => o.metadata.name), ['kv-demo-1', 'kv-demo-2', 'kv-demo-3']);
+  t.deepEqual(output.objects.filter((o) => o.kind === 'PersistentVolumeClaim').map((o) => o.metadata.name), ['kv-demo-1-data', 'kv-demo-2-data', 'kv-demo-3-data']);
+  t.deepEqual(output.objects.filter((o) => o.kind === 'Service').map((o) => o.metadata.name), ['kv-demo-peers', 'kv-demo']);
+  // PVCs come before the pods that mount them; the ConfigMap and Secret before everything.
+  t.deepEqual([...new Set(output.objects.map((o) => o.kind))], ['ConfigMap', 'Secret', 'Service', 'PodDisruptionBudget', 'NetworkPolicy', 'PersistentVolumeClaim', 'Pod']);
+  t.is(output.status.phase, 'Creating');
+  t.deepEqual(conditionSummary(output.status), {
+    Ready: 'False Creating', Progressing: 'True Creating', Degraded: 'False AsExpected', RestartQuorumPending: 'False NotRestarting', SpecAccepted: 'True Accepted',
+  });
+  t.deepEqual(output.events.map((e) => `${e.type} ${e.reason}: ${e.message}`), [
+    'Normal PodsCreated: creating 3 founding member pod(s) (nodes 1, 2, 3) together: they form view 0 once all are connected',
+  ]);
+  t.deepEqual(output.finalizer, { name: 'derecho.dev/cleanup', present: true });
+  t.is(output.requeueAfterSeconds, 2);
+  t.deepEqual(validateOpenApi(statusSchema, output.status, 'status'), []);
+});
+
+test('every object is plain JSON, labelled, and owned by the group (retained volumes excepted)', (t) => {
+  const output = reconcile(new Cluster(kvDemo()).input());
+  t.deepEqual(JSON.parse(JSON.stringify(output)), output);
+  for (const object of output.objects) {
+    t.like(object.metadata, { namespace: 'default', labels: { [LABEL.name]: 'derecho', [LABEL.instance]: 'kv-demo', [LABEL.managedBy]: 'derecho-operator' } }, object.metadata.name);
+    const owners = object.metadata.ownerReferences ?? [];
+    if (object.kind === 'PersistentVolumeClaim') t.deepEqual(owners, [], 'storage.retention "retain": no owner reference on volumes');
+    else t.deepEqual(owners, [{ apiVersion: 'derecho.dev/v1alpha1', kind: 'DerechoGroup', name: 'kv-demo', uid: 'uid-kv-demo', controller: true, blockOwnerDeletion: true }], object.metadata.name);
+    if (object.kind === 'Pod' || object.kind === 'PersistentVolumeClaim') t.regex(object.metadata.labels![LABEL.nodeId]!, /^[123]$/);
+  }
+  const volumes = reconcile(new Cluster(kvDemo({ storage: { size: '1Gi', retention: 'delete' } })).input()).objects.filter((o) => o.kind === 'PersistentVolumeClaim');
+  t.true(volumes.every((v) => v.metadata.ownerReferences?.[0]?.uid === 'uid-kv-demo'), 'storage.retention "delete": volumes are owned');
+});
+
+test('member pods run the agent: DERECHO_* environment, probes, non-root read-only, restartPolicy Always', (t) => {
+  const pod = podOf(reconcile(new Cluster(kvDemo()).input()).objects, 2);
+  t.deepEqual(env(pod), {
+    DERECHO_NODE_ID: '2',
+    DERECHO_GROUP_NAME: 'kv-demo',
+    DERECHO_GROUP_FILE: '/etc/derecho/group/group.yaml',
+    DERECHO_PEERS: '1=kv-demo-1.kv-demo-peers.default.svc:7000,3=kv-demo-3.kv-demo-peers.default.svc:7000',
+    DERECHO_DATA_DIR: '/var/lib/derecho',
+    DERECHO_PEER_PORT: '7000',
+    DERECHO_HTTP_PORT: '8080',
+    DERECHO_HMAC_SECRET_FILE: '/etc/derecho/auth/hmac.key',
+  });
+  const container = pod.spec.containers[0]!;
+  t.like(container, {
+    name: 'agent',
+    image: 'ghcr.io/derecho-ts/node-agent:0.1.0',
+    readinessProbe: { httpGet: { path: '/readyz', port: 'http' } },
+    livenessProbe: { httpGet: { path: '/healthz', port: 'http' } },
+    resources: { requests: { cpu: '100m', memory: '128Mi' }, limits: { memory: '512Mi' } },
+    securityContext: { runAsNonRoot: true, readOnlyRootFilesystem: true, allowPrivilegeEscalation: false, capabilities: { drop: ['ALL'] } },
+  });
+  t.like(pod.spec, { restartPolicy: 'Always', hostname: 'kv-demo-2', subdomain: 'kv-demo-peers', securityContext: { runAsNonRoot: true, runAsUser: 65532, fsGroup: 65532 } });
+  t.deepEqual(pod.spec.volumes.map((v) => v.name), ['data', 'group', 'auth', 'tmp']);
+  t.deepEqual(pod.spec.volumes[0], { name: 'data', persistentVolumeClaim: { claimName: 'kv-demo-2-data' } });
+  t.like(pod.spec.volumes[2], { secret: { secretName: 'kv-demo-auth', items: [{ key: 'hmac.key', path: 'hmac.key' }] } });
+  t.regex(pod.metadata.annotations![ANNOTATION.configHash]!, /^[0-9a-f]{16}$/);
+});
+
+test('transport rdma adds IPC_LOCK and one RDMA device (the resource name is an operator option)', (t) => {
+  const rdma = reconcile(new Cluster(kvDemo({ transport: 'rdma' })).input());
+  const container = podOf(rdma.objects, 1).spec.containers[0]!;
+  t.like(container, {
+    resources: { requests: { 'rdma/hca_shared_devices_a': '1', cpu: '100m' }, limits: { 'rdma/hca_shared_devices_a': '1', memory: '512Mi' } },
+    securityContext: { capabilities: { drop: ['ALL'], add: ['IPC_LOCK'] } },
+  });
+  const custom = reconcile({ ...new Cluster(kvDemo({ transport: 'rdma' })).input(), options: { rdmaResourceName: 'mellanox.com/cx5' } });
+  t.like(podOf(custom.objects, 1).spec.containers[0]!, { resources: { limits: { 'mellanox.com/cx5': '1' } } });
+  const tcp = podOf(reconcile(new Cluster(kvDemo({ transport: 'auto' })).input()).objects, 1).spec.containers[0]!;
+  t.false(JSON.stringify(tcp).includes('rdma/'), '"auto" requests no device (it falls back to TCP where there is none)');
+});
+
+test('the pod environment and the ConfigMap make a configuration the agent\'s own loader accepts', (t) => {
+  const output = reconcile(new Cluster(kvDemo()).input());
+  const configMap = find(output.objects, 'ConfigMap', 'kv-demo-config') as KubeObject & { data: Record<string, string> };
+  const manifest = parseGroupManifest(configMap.data['group.yaml']!, 'group.yaml');
+  t.deepEqual(manifest.spec, GroupSpec.parse(kvDemo().spec));
+  const secret = find(output.objects, 'Secret', 'kv-demo-auth') as KubeObject & { data: Record<string, string> };
+  const dir = mkdtempSync(path.join(tmpdir(), 'derecho-operator-'));
+  try {
+    writeFileSync(path.join(dir, 'group.yaml'), configMap.data['group.yaml']!);
+    writeFileSync(path.join(dir, 'hmac.key'), Buffer.from(secret.data['hmac.key']!, 'base64'));
+    const podEnv = env(podOf(output.objects, 3));
+    const config = loadAgentConfig({ env: { ...podEnv, DERECHO_GROUP_FILE: path.join(dir, 'group.yaml'), DERECHO_HMAC_SECRET_FILE: path.join(dir, 'hmac.key'), DERECHO_DATA_DIR: path.join(dir, 'data') }, cwd: dir });
+    t.is(config.nodeId, 3);
+    t.is(config.groupName, 'kv-demo');
+    t.deepEqual(config.peers, { 1: 'kv-demo-1.kv-demo-peers.default.svc:7000', 2: 'kv-demo-2.kv-demo-peers.default.svc:7000' });
+    t.deepEqual(config.listen, { host: '0.0.0.0', peerPort: 7000, httpPort: 8080 });
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+  t.like(configMap.metadata.annotations, { [ANNOTATION.foundingMembers]: '3', [ANNOTATION.members]: '3' });
+  t.regex(configMap.data['layout.yaml']!, /subgroup: kv\n\s+shard: 1\n\s+members:\n\s+- 3/);
+});
+
+test('the HMAC key is made once from the caller\'s randomness and kept afterwards', (t) => {
+  const cluster = new Cluster(kvDemo());
+  cluster.step();
+  const later = reconcile(cluster.input({ random: { hmacKey: Buffer.alloc(32, 9).toString('base64') } }));
+  t.is((find(later.objects, 'Secret', 'kv-demo-auth') as KubeObject & { data: Record<string, string> }).data['hmac.key'], HMAC_KEY);
+  t.throws(() => reconcile({ ...new Cluster(kvDemo()).input(), random: {} }), { message: /needs an HMAC key: pass random\.hmacKey/ });
+});
+
+test('mutual TLS: no Secret is made, each pod mounts its own certificate, and a missing Secret is reported', (t) => {
+  const cluster = new Cluster(kvDemo({ tls: { mode: 'mutual', secretName: 'kv-certs' } }));
+  const output = reconcile(cluster.input());
+  t.is(kinds(output.objects).Secret, undefined);
+  const pod = podOf(output.objects, 2);
+  t.like(env(pod), { DERECHO_TLS_CERT_FILE: '/etc/derecho/auth/tls.crt', DERECHO_TLS_KEY_FILE: '/etc/derecho/auth/tls.key', DERECHO_TLS_CA_FILE: '/etc/derecho/auth/ca.crt' });
+  t.like(pod.spec.volumes[2], { secret: { secretName: 'kv-certs', items: [{ key: 'ca.crt', path: 'ca.crt' }, { key: 'node-2.crt', path: 'tls.crt' }, { key: 'node-2.key', path: 'tls.key' }] } });
+  t.like(conditionOf(output.status, 'Degraded'), { status: 'True', reason: 'AuthSecretMissing' });
+  t.regex(conditionOf(output.status, 'Degraded').message, /Secret kv-certs with the members' TLS material does not exist/);
+  const partial = { apiVersion: 'v1', kind: 'Secret', metadata: { name: 'kv-certs', namespace: 'default' }, data: { 'ca.crt': 'x', 'node-1.crt': 'x', 'node-1.key': 'x' } };
+  const withSecret = reconcile(cluster.input({ observed: { ...cluster.observed(), secrets: [partial] } }));
+  t.is(conditionOf(withSecret.status, 'Degraded').message, 'Secret kv-certs lacks node-2.crt, node-2.key, node-3.crt, node-3.key');
+  t.is(find(output.objects, 'ConfigMap', 'kv-demo-config')!.metadata.annotations![ANNOTATION.tlsSecret], 'kv-certs');
+});
+
+// ---------------------------------------------------------------------------------------------------
+// Status from the agents' reports
+
+test('a group whose members are all active in one view is Running, with the view, the shard table and the frontiers', (t) => {
+  const cluster = new Cluster(kvDemo());
+  const outputs = [cluster.step(), cluster.step(), cluster.step()];
+  const status = outputs[2]!.status;
+  t.is(status.phase, 'Running');
+  t.is(status.readyMembers, '3/3');
+  t.deepEqual(status.view, { id: 0, members: [1, 2, 3] });
+  t.deepEqual(status.shards, [
+    { subgroup: 'kv', shard: 0, members: [1, 2] },
+    { subgroup: 'kv', shard: 1, members: [3] },
+    { subgroup: 'events', shard: 0, members: [1, 2, 3] },
+  ]);
+  t.deepEqual(status.members![2], { nodeId: 3, pod: 'kv-demo-3', ready: true, mode: 'active', viewId: 0, delivered: { 'kv/1': '0.7', 'events/0': '0.7' }, persisted: { 'kv/1': '0.6', 'events/0': '0.6' } });
+  t.deepEqual(conditionSummary(status), {
+    Ready: 'True AllMembersReady', Progressing: 'False Reconciled', Degraded: 'False AsExpected', RestartQuorumPending: 'False NotRestarting', SpecAccepted: 'True Accepted',
+  });
+  t.like(status, { observedGeneration: 1, desiredMembers: 3, currentMembers: 3, foundingMembers: 3, selector: 'app.kubernetes.io/name=derecho,app.kubernetes.io/instance=kv-demo,app.kubernetes.io/component=member' });
+  t.deepEqual(outputs.flatMap((o) => o.events.map((e) => e.reason)), ['PodsCreated', 'Ready']);
+  t.is(outputs[2]!.requeueAfterSeconds, 30);
+  t.deepEqual(validateOpenApi(statusSchema, status, 'status'), []);
+});
+
+test('idempotence: reconciling the applied output again yields the same objects', (t) => {
+  const cluster = new Cluster(kvDemo());
+  const first = reconcile(cluster.input());
+  cluster.apply(first);
+  const second = reconcile(cluster.input());
+  t.deepEqual(second.objects, first.objects);
+  t.deepEqual(second.deletes, []);
+  const stable = settled();
+  const a = reconcile(stable.input());
+  stable.apply(a);
+  const b = reconcile(stable.input());
+  t.deepEqual(b.objects, a.objects);
+  t.deepEqual(b.status, a.status);
+  t.deepEqual(b.events, []);
+});
+
+test('lastTransitionTime is kept when a condition does not change, and moves when it does', (t) => {
+  const cluster = settled();
+  const before = cluster.group.status!;
+  const again = cluster.step().status;
+  for (const type of ['Ready', 'Progressing', 'Degraded', 'RestartQuorumPending', 'SpecAccepted']) {
+    t.is(conditionOf(again, type).lastTransitionTime, conditionOf(before, type).lastTransitionTime, type);
+  }
+  // Node 2 stops answering: Ready and Degraded change now; the others keep their times.
+  const base = cluster.reports();
+  const later = '2026-01-01T01:00:00.000Z';
+  const degraded = reconcile(cluster.input({ reports: { ...base, 2: null }, now: later })).status;
+  t.like(conditionOf(degraded, 'Ready'), { status: 'False', reason: 'MembersNotReady', lastTransitionTime: later });
+  t.like(conditionOf(degraded, 'Degraded'), { status: 'True', reason: 'MembersUnavailable', lastTransitionTime: later, message: 'node 2: the agent does not answer /status' });
+  t.is(conditionOf(degraded, 'SpecAccepted').lastTransitionTime, conditionOf(before, 'SpecAccepted').lastTransitionTime);
+  t.is(degraded.phase, 'Degraded');
+  t.is(degraded.readyMembers, '2/3');
+  // observedGeneration follows the spec.
+  cluster.setSpec({ fsync: 'os' });
+  t.is(conditionOf(reconcile(cluster.input()).status, 'SpecAccepted').observedGeneration, 2);
+});
+
+test('a member that reports restarting with quorum pending sets RestartQuorumPending with the missing nodes and shards', (t) => {
+  // The agent's message, as the real restart planner words it: node 1 is back, 2 and 3 are not.
+  const spec = GroupSpec.parse(kvDemo().spec);
+  const policy = toGroupPolicy(spec);
+  const layout = allocate(policy, null, [1, 2, 3]);
+  if (!layout.adequate) throw new Error('layout');
+  const lastView: View = { viewId: 4, members: [1, 2, 3], layout: layout.layout };
+  const restartReport: RestartReport = { nodeId: 1, lastView, highestViewIdSeen: 4, trims: [], logTails: [], promised: null };
+  const plan = planRestart(policy, [restartReport]);
+  if (plan.ready) throw new Error('the quorum should not hold');
+  t.is(plan.message, 'restart quorum not met for view 4: 1 of 3 members returned (need 2; waiting for nodes 2, 3); shard kv/1 has no returning member holding its state (former members 3); the restart view would be inadequate: subgroup "kv" shard 1 needs 1 node but only 0 can be assigned (1 members, 1 already serving other shards)');
+
+  const cluster = settled();
+  cluster.deletePods([2, 3]);
+  const output = reconcile(cluster.input({ reports: { 1: restartingReport(1, plan.message) } }));
+  t.is(output.status.phase, 'Restarting');
+  t.deepEqual(output.status.restart, { waitingFor: plan.message, missingMembers: [2, 3], missingShards: [{ subgroup: 'kv', shard: 1, formerMembers: [3] }], reporting: [1] });
+  t.like(conditionOf(output.status, 'RestartQuorumPending'), { status: 'True', reason: 'QuorumNotMet' });
+  t.regex(conditionOf(output.status, 'RestartQuorumPending').message, /missing members: 2, 3; missing shards: kv\/1 \(former members 3\)$/);
+  t.like(conditionOf(output.status, 'Ready'), { status: 'False', reason: 'RestartQuorumPending' });
+  t.true(output.events.some((e) => e.type === 'Warning' && e.reason === 'RestartQuorumPending'));
+  // The missing pods are recreated on their volumes.
+  t.deepEqual(output.objects.filter((o) => o.kind === 'Pod').map((o) => o.metadata.name), ['kv-demo-1', 'kv-demo-2', 'kv-demo-3']);
+  t.deepEqual(output.deletes, []);
+  t.deepEqual(validateOpenApi(statusSchema, output.status, 'status'), []);
+});
+
+test('parseRestartMessage reads the planner\'s and the replica\'s messages', (t) => {
+  const cases: [string, ReturnType<typeof parseRestartMessage>][] = [
+    ['restart quorum not met for view 2: 1 of 3 members returned (need 2; waiting for node 3)', { members: [3], shards: [] }],
+    ['restart quorum holds for view 7; grace period for nodes 4, 5', { members: [4, 5], shards: [] }],
+    ['restart quorum holds for view 7; waiting for the restart leader', { members: null, shards: [] }],
+    ['restart quorum not met for view 1: shard events/0 has no returning member (former members 2, 3); shard kv/2 has no returning member holding its state (former members 9)',
+      { members: null, shards: [{ subgroup: 'events', shard: 0, formerMembers: [2, 3] }, { subgroup: 'kv', shard: 2, formerMembers: [9] }] }],
+    ['restarting: collecting restart reports', { members: null, shards: [] }],
+  ];
+  for (const [message, expected] of cases) t.deepEqual(parseRestartMessage(message), expected, message);
+});
+
+test('after a total failure the pods are recreated on their volumes and the restart quorum is surfaced until it holds', (t) => {
+  const cluster = settled();
+  cluster.deletePods([1, 2, 3]);
+  cluster.agents = 'down';
+  const recreate = cluster.step();
+  t.deepEqual(recreate.objects.filter((o) => o.kind === 'Pod').map((o) => o.metadata.name), ['kv-demo-1', 'kv-demo-2', 'kv-demo-3']);
+  t.is(recreate.events.find((e) => e.reason === 'PodsCreated')!.message, 'creating pod(s) for nodes 1, 2, 3 (on existing volume(s) of nodes 1, 2, 3)');
+  t.like(conditionOf(recreate.status, 'RestartQuorumPending'), { status: 'Unknown', reason: 'NoReports' });
+  t.deepEqual(recreate.status.view, { id: 0, members: [1, 2, 3] }, 'the last view is kept while no member is active');
+  t.is(recreate.status.phase, 'Unavailable');
+  // The agents come back restarting; node 3 is slow.
+  cluster.agents = (id) => (id === 3 ? null : restartingReport(id, 'restart quorum holds for view 0; grace period for nodes 3'));
+  const pending = cluster.step();
+  t.like(pending.status.restart, { missingMembers: [3], reporting: [1, 2] });
+  t.like(conditionOf(pending.status, 'RestartQuorumPending'), { status: 'True', reason: 'Restarting' });
+  // The restart completes: everyone active in a new view.
+  cluster.agents = 'active';
+  const done = cluster.step();
+  t.is(done.status.phase, 'Running');
+  t.like(conditionOf(done.status, 'RestartQuorumPending'), { status: 'False', reason: 'NotRestarting' });
+  t.is(done.status.restart, undefined);
+});
+
+// ---------------------------------------------------------------------------------------------------
+// Quorum-safe scaling
+
+test('scaling 3 -> 5 adds one member at a time, each once every member is active in one view', (t) => {
+  const cluster = settled();
+  cluster.setSpec({ members: 5 });
+  const history = runUntilSettled(cluster);
+  t.deepEqual(history, [[1, 2, 3, 4], [1, 2, 3, 4, 5], [1, 2, 3, 4, 5]]);
+  t.deepEqual(cluster.outputs.flatMap((o) => o.events.filter((e) => e.reason === 'MemberAdded').map((e) => e.message)), [
+    'adding node 4 (members 3 -> 4 of 5); it joins view 0 and receives its shards\' state by transfer',
+    'adding node 5 (members 4 -> 5 of 5); it joins view 1 and receives its shards\' state by transfer',
+  ]);
+  t.is(cluster.group.status!.phase, 'Running');
+  t.is(cluster.group.status!.currentMembers, 5);
+  t.deepEqual(cluster.group.status!.view!.members, [1, 2, 3, 4, 5]);
+  const configMap = cluster.objects.get('ConfigMap/kv-demo-config')!;
+  t.like(configMap.metadata.annotations, { [ANNOTATION.foundingMembers]: '3', [ANNOTATION.members]: '5' });
+  t.regex((configMap as KubeObject & { data: Record<string, string> }).data['group.yaml']!, /\n {2}members: 3\n/, 'the manifest keeps the founding count, so nodes 4 and 5 join');
+  t.is(env(cluster.objects.get('Pod/kv-demo-5') as Pod).DERECHO_PEERS!.split(',').length, 4);
+  t.is((cluster.objects.get('PodDisruptionBudget/kv-demo') as KubeObject & { spec: { minAvailable: number } }).spec.minAvailable, 3);
+});
+
+test('scaling up waits while a member is not active, and says why', (t) => {
+  const cluster = settled();
+  const inView0 = cluster.reports();
+  cluster.setSpec({ members: 5 });
+  cluster.step();
+  t.deepEqual(cluster.podIds(), [1, 2, 3, 4]);
+  // Nodes 1..3 are still in view 0; node 4 is joining.
+  const reports = { ...inView0, 4: report(4, { mode: 'joining', viewId: -1, members: [], ready: false, waiting: { kind: 'joining', message: 'joining: waiting for a welcome' } }) };
+  const waiting = reconcile(cluster.input({ reports }));
+  t.false(waiting.objects.some((o) => o.metadata.name === 'kv-demo-5'));
+  t.like(conditionOf(waiting.status, 'Progressing'), { status: 'True', reason: 'ScalingUp', message: 'waiting to add node 5: node 4 is not active and ready' });
+  t.like(waiting.status.members![3], { nodeId: 4, mode: 'joining', ready: false, waiting: 'joining: waiting for a welcome' });
+  t.is(waiting.status.phase, 'Scaling');
+  t.is(waiting.status.readyMembers, '3/5');
+  t.like(conditionOf(waiting.status, 'Degraded'), { status: 'False' }, 'a joiner that was never in a view does not make the group degraded');
+});
+
+test('scaling 5 -> 3 removes the highest id first, one at a time, and keeps the volumes', (t) => {
+  const cluster = settled();
+  cluster.setSpec({ members: 5 });
+  runUntilSettled(cluster);
+  cluster.setSpec({ members: 3 });
+  const removal = cluster.step();
+  t.deepEqual(removal.deletes.map((d) => `${d.kind}/${d.name}`), ['Pod/kv-demo-5']);
+  t.true(removal.events.some((e) => e.reason === 'MemberRemoved' && e.message === 'removing node 5 (members 5 -> 4 of 3); its volume kv-demo-5-data is kept'));
+  const history = runUntilSettled(cluster);
+  t.deepEqual(history, [[1, 2, 3], [1, 2, 3]]);
+  t.true(cluster.objects.has('PersistentVolumeClaim/kv-demo-4-data'));
+  t.true(cluster.objects.has('PersistentVolumeClaim/kv-demo-5-data'));
+  t.is(cluster.group.status!.currentMembers, 3);
+  t.is(cluster.group.status!.phase, 'Running');
+});
+
+test('scaling down below a shard\'s minimum is refused: a condition and an event, the objects unchanged', (t) => {
+  const cluster = settled();
+  const before = reconcile(cluster.input());
+  cluster.setSpec({ members: 2 });
+  const refused = reconcile(cluster.input());
+  t.deepEqual(refused.objects, before.objects);
+  t.deepEqual(refused.deletes, []);
+  t.like(conditionOf(refused.status, 'SpecAccepted'), { status: 'False', reason: 'ScalingRefused', observedGeneration: 2 });
+  t.regex(conditionOf(refused.status, 'SpecAccepted').message, /^spec\.members 2 is refused, the group stays at 3 members: spec\.subgroups\[0\]\.reservedNodeIds\[1\]\[0\]: 3 is not a member's node id/);
+  t.like(conditionOf(refused.status, 'Progressing'), { status: 'False', reason: 'ScalingRefused' });
+  t.deepEqual(refused.events.map((e) => `${e.type} ${e.reason}`), ['Warning ScalingRefused']);
+  t.is(refused.status.phase, 'Running');
+  t.is(refused.status.readyMembers, '3/3');
+  // Without reserved ids the allocator's minimum decides: events needs 2 nodes, 1 member is too few.
+  const plain = settled({ members: 2, subgroups: [{ name: 'events', type: 'log', minNodesPerShard: 2, maxNodesPerShard: 3 }] });
+  plain.setSpec({ members: 1 });
+  const tooFew = reconcile(plain.input());
+  t.regex(conditionOf(tooFew.status, 'SpecAccepted').message, /spec\.members: 1 is too few members for the subgroups: subgroup "events" shard 0 needs 2 nodes/);
+  t.deepEqual(tooFew.deletes, []);
+});
+
+test('scaling 2 -> 1 is refused: one of two members is not a majority of the view', (t) => {
+  const cluster = settled({ members: 2, subgroups: [{ name: 'kv', type: 'kv', minNodesPerShard: 1, maxNodesPerShard: 2 }] });
+  cluster.setSpec({ members: 1 });
+  const output = reconcile(cluster.input());
+  t.deepEqual(output.deletes, []);
+  t.regex(conditionOf(output.status, 'SpecAccepted').message, /removing node 2 leaves 1 of 2 members, not a majority of the view/);
+  t.like(conditionOf(output.status, 'Progressing'), { status: 'False', reason: 'ScalingRefused' });
+  t.is(output.status.phase, 'Running');
+  t.is(output.status.readyMembers, '2/2');
+});
+
+test('a spec the founding member count cannot carry is refused (the manifest keeps members: <founding>)', (t) => {
+  const cluster = settled();
+  const before = cluster.objects.get('ConfigMap/kv-demo-config');
+  cluster.setSpec({ members: 4, subgroups: [...(cluster.group.spec as { subgroups: unknown[] }).subgroups.slice(0, 1), { name: 'events', type: 'log', minNodesPerShard: 2, maxNodesPerShard: 4, reservedNodeIds: [[1, 2, 3, 4]] }] });
+  const output = reconcile(cluster.input());
+  t.deepEqual(output.objects, []);
+  t.like(conditionOf(output.status, 'SpecAccepted'), { status: 'False', reason: 'ManifestRejected' });
+  t.regex(conditionOf(output.status, 'SpecAccepted').message, /keeps members: 3 .*spec\.subgroups\[1\]\.reservedNodeIds\[0\]\[3\]: 4 is not a member's node id/);
+  t.is(output.status.phase, 'Invalid');
+  t.is(cluster.objects.get('ConfigMap/kv-demo-config'), before);
+});
+
+test('an invalid spec changes nothing and names the field and the value', (t) => {
+  const cluster = settled();
+  cluster.setSpec({ subgroups: [{ name: 'kv', type: 'kv', minNodesPerShard: 3, maxNodesPerShard: 2 }] });
+  const output = reconcile(cluster.input());
+  t.deepEqual(output.objects, []);
+  t.deepEqual(output.deletes, []);
+  t.like(conditionOf(output.status, 'SpecAccepted'), { status: 'False', reason: 'InvalidSpec', message: 'spec.subgroups[0].minNodesPerShard: 3 is greater than maxNodesPerShard 2' });
+  t.like(conditionOf(output.status, 'Ready'), { status: 'True' }, 'the running group is still ready');
+  t.deepEqual(output.events.map((e) => `${e.type} ${e.reason}`), ['Warning InvalidSpec']);
+  t.deepEqual(validateOpenApi(statusSchema, output.status, 'status'), []);
+  // A new group with an invalid spec creates nothing.
+  const fresh = reconcile(new Cluster(kvDemo({ members: 0 })).input());
+  t.deepEqual(fresh.objects, []);
+  t.like(conditionOf(fresh.status, 'Ready'), { status: 'False', reason: 'InvalidSpec', message: 'the group is not created: its spec is invalid' });
+});
+
+// ---------------------------------------------------------------------------------------------------
+// Pods: rolling restarts, failures, strays
+
+test('a spec change restarts the pods one at a time, followers first and the leader last', (t) => {
+  const cluster = settled();
+  cluster.setSpec({ image: 'ghcr.io/derecho-ts/node-agent:0.2.0' });
+  const rolled: string[] = [];
+  for (let i = 0; i < 12; i++) {
+    const output = cluster.step();
+    if (i > 0 && output.status.phase === 'Running') break;
+    t.true(output.deletes.length <= 1);
+    rolled.push(...output.deletes.map((d) => d.name));
+    t.true(cluster.podIds().length >= 2, 'never more than one member down');
+  }
+  t.deepEqual(rolled, ['kv-demo-3', 'kv-demo-2', 'kv-demo-1']);
+  for (const id of [1, 2, 3]) t.is((cluster.objects.get(`Pod/kv-demo-${id}`) as Pod).spec.containers[0]!.image, 'ghcr.io/derecho-ts/node-agent:0.2.0');
+});
+
+test('outdated pods wait while a member is not active', (t) => {
+  const cluster = settled();
+  cluster.setSpec({ resources: { limits: { memory: '1Gi' } } });
+  const output = reconcile(cluster.input({ reports: { ...cluster.reports(), 1: null } }));
+  t.deepEqual(output.deletes, []);
+  t.like(conditionOf(output.status, 'Progressing'), { status: 'True', reason: 'RollingUpdate' });
+  t.deepEqual(output.status.members!.map((m) => m.outdated ?? false), [true, true, true]);
+  t.false(output.objects.some((o) => o.kind === 'Pod'), 'outdated pods are not re-applied (pod specs are immutable)');
+  t.is(output.status.phase, 'Updating');
+});
+
+test('an outdated member outside the view (crash-looping, say) is restarted at once: the new spec may be its fix', (t) => {
+  const cluster = settled();
+  cluster.setSpec({ image: 'ghcr.io/derecho-ts/node-agent:0.1.1' });
+  // Nodes 1 and 2 moved on to view 1 without node 3, whose agent keeps failing.
+  const reports = {
+    1: report(1, { viewId: 1, members: [1, 2] }),
+    2: report(2, { viewId: 1, members: [1, 2] }),
+    3: report(3, { mode: 'exited', viewId: 0, ready: false, exited: 'removed from the group' }),
+  };
+  const output = reconcile(cluster.input({ reports }));
+  t.deepEqual(output.deletes.map((d) => d.name), ['kv-demo-3']);
+  t.like(conditionOf(output.status, 'Progressing'), { status: 'True', reason: 'RollingUpdate', message: 'restarting node 3 with the new spec; outdated: nodes 1, 2, 3' });
+  t.like(output.status.members![2], { mode: 'exited', waiting: 'removed from the group', outdated: true });
+});
+
+test('a member stuck joining is removed when the scale-up is reverted', (t) => {
+  const cluster = settled();
+  const inView0 = cluster.reports();
+  cluster.setSpec({ members: 4 });
+  cluster.step();
+  cluster.setSpec({ members: 3 });
+  const joining = report(4, { mode: 'joining', viewId: -1, members: [], ready: false, waiting: { kind: 'joining', message: 'joining: no answer from the leader' } });
+  const output = reconcile(cluster.input({ reports: { ...inView0, 4: joining } }));
+  t.deepEqual(output.deletes.map((d) => d.name), ['kv-demo-4']);
+  t.is(output.status.currentMembers, 3);
+});
+
+test('an evicted (Failed) pod is deleted and recreated; pods above the member count are deleted; volumes never are', (t) => {
+  const cluster = settled();
+  const pod2 = cluster.objects.get('Pod/kv-demo-2') as Pod;
+  pod2.status = { phase: 'Failed' };
+  cluster.objects.set('Pod/kv-demo-9', { ...structuredClone(pod2), metadata: { ...structuredClone(pod2.metadata), name: 'kv-demo-9', uid: 'uid-9', labels: { ...pod2.metadata.labels, [LABEL.nodeId]: '9' } } });
+  const output = reconcile(cluster.input());
+  t.deepEqual(output.deletes.map((d) => [d.name, d.uid]), [['kv-demo-2', pod2.metadata.uid], ['kv-demo-9', 'uid-9']]);
+  t.false(output.objects.some((o) => o.metadata.name === 'kv-demo-2'));
+  t.true(output.events.some((e) => e.reason === 'PodReplaced' && e.related?.name === 'kv-demo-2'));
+  cluster.apply(output);
+  t.true(cluster.step().objects.some((o) => o.metadata.name === 'kv-demo-2'));
+});
+
+test('volumes only grow', (t) => {
+  const cluster = settled({ storage: { size: '5Gi', retention: 'retain' } });
+  cluster.setSpec({ storage: { size: '2Gi', retention: 'retain' } });
+  const output = reconcile(cluster.input());
+  t.like(find(output.objects, 'PersistentVolumeClaim', 'kv-demo-1-data'), { spec: { resources: { requests: { storage: '5Gi' } } } });
+  cluster.setSpec({ storage: { size: '10Gi', retention: 'retain' } });
+  t.like(find(reconcile(cluster.input()).objects, 'PersistentVolumeClaim', 'kv-demo-1-data'), { spec: { resources: { requests: { storage: '10Gi' } } } });
+});
+
+test('a group with no persistent subgroup gets no volumes', (t) => {
+  const output = reconcile(new Cluster(kvDemo({ subgroups: [{ name: 'feed', type: 'log', minNodesPerShard: 1, maxNodesPerShard: 3, deliveryMode: 'raw', persistent: false }] })).input());
+  t.is(kinds(output.objects).PersistentVolumeClaim, undefined);
+  t.deepEqual(podOf(output.objects, 1).spec.volumes[0], { name: 'data', emptyDir: {} });
+});
+
+// ---------------------------------------------------------------------------------------------------
+// Deletion
+
+test('deleting the group stops the pods, keeps retained volumes, and drops the finalizer once the pods are gone', (t) => {
+  const cluster = settled();
+  cluster.group = { ...cluster.group, metadata: { ...cluster.group.metadata, deletionTimestamp: NOW } };
+  const first = cluster.step();
+  t.deepEqual(first.objects, []);
+  t.deepEqual(first.deletes.map((d) => d.name), ['kv-demo-1', 'kv-demo-2', 'kv-demo-3']);
+  t.deepEqual(first.finalizer, { name: 'derecho.dev/cleanup', present: true });
+  t.is(first.status.phase, 'Deleting');
+  const second = cluster.step();
+  t.deepEqual(second.deletes, []);
+  t.deepEqual(second.finalizer, { name: 'derecho.dev/cleanup', present: false });
+  t.true(cluster.objects.has('PersistentVolumeClaim/kv-demo-1-data'));
+});
+
+test('deleting a group with storage.retention "delete" deletes its volumes before the finalizer goes', (t) => {
+  const cluster = settled({ storage: { size: '1Gi', retention: 'delete' } });
+  cluster.group = { ...cluster.group, metadata: { ...cluster.group.metadata, deletionTimestamp: NOW } };
+  const first = cluster.step();
+  t.deepEqual(first.deletes.map((d) => d.name), ['kv-demo-1', 'kv-demo-2', 'kv-demo-3', 'kv-demo-1-data', 'kv-demo-2-data', 'kv-demo-3-data']);
+  t.true(first.finalizer.present);
+  t.false(cluster.step().finalizer.present);
+});
+
+test('agentStatusUrl names the member through the headless service', (t) => {
+  t.is(agentStatusUrl('kv-demo', 'prod', 2), 'http://kv-demo-2.kv-demo-peers.prod.svc:8080/status');
+});
+
+// ---------------------------------------------------------------------------------------------------
+// Properties
+
+type Op = { kind: 'scale'; members: number } | { kind: 'fail'; nodeId: number } | { kind: 'heal' } | { kind: 'image'; tag: number } | { kind: 'killPod'; nodeId: number };
+
+const opArb: fc.Arbitrary<Op> = fc.oneof(
+  fc.record({ kind: fc.constant('scale' as const), members: fc.integer({ min: 1, max: 7 }) }),
+  fc.record({ kind: fc.constant('fail' as const), nodeId: fc.integer({ min: 1, max: 7 }) }),
+  fc.record({ kind: fc.constant('heal' as const) }),
+  fc.record({ kind: fc.constant('image' as const), tag: fc.integer({ min: 1, max: 3 }) }),
+  fc.record({ kind: fc.constant('killPod' as const), nodeId: fc.integer({ min: 1, max: 7 }) }),
+);
+
+test('property: under scaling, failures and spec changes, each reconcile changes the member set by at most one and the members that stay are a majority of those before', (t) => {
+  const spec = { members: 3, subgroups: [{ name: 'kv', type: 'kv', minNodesPerShard: 1, maxNodesPerShard: 3 }] };
+  fc.assert(
+    fc.property(fc.array(fc.tuple(opArb, fc.integer({ min: 1, max: 3 })), { minLength: 1, maxLength: 12 }), (ops) => {
+      const cluster = new Cluster(kvDemo(spec));
+      for (let i = 0; i < 3; i++) cluster.step();
+      const failed = new Set<number>();
+      cluster.agents = 'active';
+      for (const [op, steps] of ops) {
+        if (op.kind === 'scale') cluster.setSpec({ members: op.members });
+        if (op.kind === 'image') cluster.setSpec({ image: `example/agent:${op.tag}` });
+        if (op.kind === 'fail') failed.add(op.nodeId);
+        if (op.kind === 'heal') failed.clear();
+        if (op.kind === 'killPod') cluster.deletePods([op.nodeId]);
+        for (let s = 0; s < steps; s++) {
+          const before = cluster.group.status?.currentMembers ?? 3;
+          const base = cluster.reports();
+          const reports = Object.fromEntries(Object.entries(base).map(([id, r]) => [id, failed.has(Number(id)) ? null : r]));
+          const healthyBefore = range(before).every((id) => reports[id]?.mode === 'active');
+          const active = Object.values(reports).filter((r) => r?.mode === 'active');
+          const viewBefore = active.length === 0 ? [] : active.reduce((a, b) => (b!.viewId > a!.viewId ? b : a))!.members;
+          const healthyWithout = (id: number): boolean => !viewBefore.includes(id) && range(id - 1).every((other) => reports[other]?.mode === 'active');
+          const runningBefore = new Set(cluster.podIds());
+          const output: ReconcileOutput = reconcile(cluster.input({ reports }));
+          const after = output.status.currentMembers ?? before;
+          // The member count moves by at most one, and only when every member was active (a member
+          // outside the view may be removed when the others are).
+          if (Math.abs(after - before) > 1) return false;
+          if (after > before && !healthyBefore) return false;
+          if (after < before && !healthyBefore && !healthyWithout(before)) return false;
+          // At most one running member pod is deleted per reconcile, only from a healthy group, unless it failed or is above the member count.
+          const idOf = (name: string): number => Number(name.split('-').at(-1));
+          const deletedRunning = output.deletes.filter((d) => d.kind === 'Pod' && runningBefore.has(idOf(d.name)) && idOf(d.name) <= after);
+          if (deletedRunning.length > 1) return false;
+          // ... and a member of the view only from a healthy group.
+          if (deletedRunning.some((d) => viewBefore.includes(idOf(d.name)) && reports[idOf(d.name)]?.mode === 'active') && !healthyBefore) return false;
+          // The members that keep their pods are a majority of the previous members (groups of 3 or more).
+          const kept = range(before).filter((id) => runningBefore.has(id) && !output.deletes.some((d) => d.name === `kv-demo-${id}`));
+          if (before >= 3 && range(before).every((id) => runningBefore.has(id)) && kept.length < Math.floor(before / 2) + 1) return false;
+          // The status always fits the CRD's status schema, and the output is plain JSON.
+          if (validateOpenApi(statusSchema, output.status, 'status').length > 0) return false;
+          if (JSON.stringify(JSON.parse(JSON.stringify(output))) !== JSON.stringify(output)) return false;
+          cluster.apply(output);
+        }
+      }
+      return true;
+    }),
+    { numRuns: 150 },
+  );
+  t.pass();
+});
+
+test('property: reconcile is deterministic', (t) => {
+  fc.assert(
+    fc.property(fc.integer({ min: 1, max: 6 }), fc.integer({ min: 0, max: 4 }), (members, steps) => {
+      const cluster = new Cluster(kvDemo({ members, subgroups: [{ name: 'kv', type: 'kv', minNodesPerShard: 1, maxNodesPerShard: 2, shards: 2 }] }));
+      for (let i = 0; i < steps; i++) cluster.step();
+      const input = cluster.input();
+      return JSON.stringify(reconcile(structuredClone(input))) === JSON.stringify(reconcile(structuredClone(input)));
+    }),
+    { numRuns: 50 },
+  );
+  t.pass();
+});
+
+function range(count: number): number[] {
+  return Array.from({ length: count }, (_, index) => index + 1);
+}
+
+test('conditions carry observedGeneration and come in a fixed order', (t) => {
+  const cluster = settled();
+  const status = reconcile(cluster.input()).status;
+  t.deepEqual(status.conditions!.map((c) => c.type), ['Ready', 'Progressing', 'Degraded', 'RestartQuorumPending', 'SpecAccepted']);
+  t.true(status.conditions!.every((c) => c.observedGeneration === 1));
+  t.true(status.conditions!.every((c) => c.lastTransitionTime.endsWith('Z')));
+});
