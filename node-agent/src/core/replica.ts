@@ -710,7 +710,12 @@ export class Replica {
     this.reportFrontiers();
     if (this.mode !== 'active') return;
     if (!row.wedged) {
-      for (const shard of this.shards.values()) this.trySend(shard);
+      for (const shard of this.shards.values()) {
+        this.trySend(shard);
+        // An idle sender answers others' messages with nulls at once, not at its next tick: ordered
+        // delivery waits for every sender's slot in the round-robin.
+        this.sendNullsIfBehind(shard);
+      }
       this.waiting = this.shardWaiting();
       if (this.leaving && this.waiting.kind === 'none') {
         this.waiting = { kind: 'none', message: 'leaving: waiting until another member holds the state of every persistent shard this node holds' };
