@@ -241,6 +241,19 @@ test('lastTransitionTime is kept when a condition does not change, and moves whe
   t.is(conditionOf(reconcile(cluster.input()).status, 'SpecAccepted').observedGeneration, 2);
 });
 
+test('a crashed member stays Degraded after the view without it is installed (its row no longer says it was in a view)', (t) => {
+  const cluster = settled();
+  const base = cluster.reports();
+  // Node 2 crashes: first the others still report view 0 with it, then they install view 1 without it.
+  cluster.group = { ...cluster.group, status: reconcile(cluster.input({ reports: { ...base, 2: null } })).status };
+  t.like(conditionOf(cluster.group.status!, 'Degraded'), { status: 'True', reason: 'MembersUnavailable' });
+  t.is(cluster.group.status!.members![1]!.viewId, -1);
+  const without2 = (id: number) => report(id, { viewId: 1, members: [1, 3], layout: base[id]!.layout });
+  const after = reconcile(cluster.input({ reports: { 1: without2(1), 2: null, 3: without2(3) } })).status;
+  t.like(conditionOf(after, 'Degraded'), { status: 'True', reason: 'MembersUnavailable', message: 'node 2: the agent does not answer /status' });
+  t.is(after.phase, 'Degraded');
+});
+
 test('a member that reports restarting with quorum pending sets RestartQuorumPending with the missing nodes and shards', (t) => {
   // The agent's message, as the real restart planner words it: node 1 is back, 2 and 3 are not.
   const spec = GroupSpec.parse(kvDemo().spec);

@@ -863,8 +863,12 @@ function buildStatus(ctx: Context, observed: Observed, reports: AgentReports, vi
   }
 
   // Degraded: a member that has been in a view (joiners excluded) is not ready, or the auth material is missing.
+  // Known to have been in a view, even once a crashed member's row says viewId -1 and the view no longer
+  // holds it: the founders (view 0 holds them all), and every member below the one added last (the scaling
+  // gate added it only once they were all active in one view).
   const wasInAView = (id: NodeId): boolean => (ctx.previous?.members ?? []).some((member) => member.nodeId === id && member.viewId >= 0);
-  const established = memberIds.filter((id) => (view?.members.includes(id) ?? false) || (reports[id]?.viewId ?? -1) >= 0 || wasInAView(id));
+  const settledIds = everFormed ? Math.max(plan.founding, plan.next > plan.current ? plan.current : plan.current - 1) : 0;
+  const established = memberIds.filter((id) => id <= settledIds || (view?.members.includes(id) ?? false) || (reports[id]?.viewId ?? -1) >= 0 || wasInAView(id));
   const unavailable = established.filter((id) => !row(id).ready);
   if (plan.auth.problem !== null) {
     conditions.push(condition(ctx, 'Degraded', 'True', 'AuthSecretMissing', plan.auth.problem));
