@@ -10,10 +10,10 @@
 import { execFileSync, spawn } from 'node:child_process';
 import type { ChildProcess } from 'node:child_process';
 import fs from 'node:fs';
-import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { freePort } from '../node-agent/src/util/ports.ts';
 
 const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
 export const CACHE_DIR = process.env.DERECHO_CACHE_DIR ?? path.join(os.homedir(), '.cache', 'derecho-ts');
@@ -84,17 +84,6 @@ export function ensureEtcdTools(log: (line: string) => void): EtcdTools {
   if (debianEtcd) notes.push(`Debian etcd-server ${version(debianEtcd)}`);
   notes.push(`Go-built etcd ${version(goEtcd)} (for --unsafe-no-fsync)`);
   return { debianEtcd, goEtcd, benchmark, notes };
-}
-
-async function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const s = net.createServer();
-    s.once('error', reject);
-    s.listen(0, '127.0.0.1', () => {
-      const port = (s.address() as net.AddressInfo).port;
-      s.close(() => resolve(port));
-    });
-  });
 }
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));

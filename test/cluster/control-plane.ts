@@ -24,7 +24,6 @@ import type { ChildProcess } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import fs from 'node:fs';
 import https from 'node:https';
-import net from 'node:net';
 import path from 'node:path';
 import { promisify } from 'node:util';
 import {
@@ -34,6 +33,8 @@ import type { KubernetesObject } from '@kubernetes/client-node';
 import YAML from 'yaml';
 import { ensureClusterTools } from './tools.ts';
 import type { ClusterTools } from './tools.ts';
+import { freePort } from '../../node-agent/src/util/ports.ts';
+import { errorText } from '../../operator/src/controller.ts';
 
 const execFileP = promisify(execFile);
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
@@ -77,20 +78,8 @@ export async function waitFor<T>(what: string, probe: () => Promise<T | undefine
   }
 }
 
-/** A readable one-liner for errors thrown by @kubernetes/client-node (ApiException carries code and body). */
-export function describeError(e: unknown): string {
-  if (e && typeof e === 'object' && 'code' in e && 'body' in e) {
-    const { code, body } = e as { code: unknown; body: unknown };
-    let message = typeof body === 'string' ? body : JSON.stringify(body);
-    try {
-      message = (JSON.parse(typeof body === 'string' ? body : '') as { message?: string }).message ?? message;
-    } catch {
-      // body is not JSON
-    }
-    return `HTTP ${String(code)}: ${message}`;
-  }
-  return e instanceof Error ? e.message : String(e);
-}
+/** A readable one-liner for errors thrown by @kubernetes/client-node (the operator's own formatter). */
+export const describeError = errorText;
 
 /** The HTTP status of an error thrown by @kubernetes/client-node, if it has one (e.g. 404, 409). */
 export function statusCode(e: unknown): number | undefined {
@@ -174,17 +163,6 @@ function kubeconfigYaml(server: string, caCert: string, cert: string, key: strin
 
 // ---------------------------------------------------------------------------------------------------
 // Processes.
-
-async function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const s = net.createServer();
-    s.once('error', reject);
-    s.listen(0, '127.0.0.1', () => {
-      const port = (s.address() as net.AddressInfo).port;
-      s.close(() => resolve(port));
-    });
-  });
-}
 
 const live = new Set<ChildProcess>();
 let exitHookInstalled = false;

@@ -1,7 +1,7 @@
 // The simulated disk of one node: what Ready.persist made durable. It survives crashes (the node object
 // is dropped, the disk is kept) and is what a restarted node reads back as its SavedState.
 
-import { blankSavedState, compareVersions, VERSION_NONE } from '../../node-agent/src/core/types.ts';
+import { compareVersions, savedStateFrom, VERSION_NONE } from '../../node-agent/src/core/types.ts';
 import type {
   AcceptedChange,
   Ballot,
@@ -107,25 +107,11 @@ export class Disk {
 
   /** What a restarted node passes as `{kind: 'restart', saved}`; null when it never installed a view. */
   savedState(): SavedState | null {
-    if (this.lastView === null) {
-      // Never installed a view, but promised or accepted in a restart consensus: it must remember that.
-      if (this.restartPromised === null && this.restartAccepted === null) return null;
-      return blankSavedState({
-        highestViewIdSeen: this.highestViewIdSeen,
-        restartPromised: this.restartPromised ? { ...this.restartPromised } : null,
-        restartAccepted: this.restartAccepted ? clone(this.restartAccepted) : null,
-      });
-    }
-    return {
-      lastView: clone(this.lastView),
-      trims: clone(this.trims),
-      highestViewIdSeen: this.highestViewIdSeen,
-      logTails: this.logTails(),
-      restartPromised: this.restartPromised ? { ...this.restartPromised } : null,
-      restartAccepted: this.restartAccepted ? clone(this.restartAccepted) : null,
-      incompleteShards: [...this.incompleteShards].sort((a, b) => a - b),
-      ...(this.acceptedChange && this.acceptedChange.value.next.viewId > this.lastView.viewId ? { acceptedChange: clone(this.acceptedChange) } : {}),
-    };
+    return savedStateFrom(clone({
+      lastView: this.lastView, trims: this.trims, highestViewIdSeen: this.highestViewIdSeen, logTails: this.logTails(),
+      restartPromised: this.restartPromised, restartAccepted: this.restartAccepted,
+      incompleteShards: [...this.incompleteShards], acceptedChange: this.acceptedChange,
+    }));
   }
 
   /** Per shard this disk holds a log for (possibly empty): the newest version in it. */

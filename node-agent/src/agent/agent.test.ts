@@ -2,7 +2,6 @@
 
 import test from 'ava';
 import fs from 'node:fs';
-import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 import { Counter } from '../../../examples/custom-type/counter.ts';
@@ -10,17 +9,7 @@ import { loadAgentConfig } from '../config/load.ts';
 import { DerechoClient } from '../client/client.ts';
 import { Agent } from './agent.ts';
 import { silentLogger } from './logger.ts';
-
-async function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const s = net.createServer();
-    s.once('error', reject);
-    s.listen(0, '127.0.0.1', () => {
-      const port = (s.address() as net.AddressInfo).port;
-      s.close(() => resolve(port));
-    });
-  });
-}
+import { freePort } from '../util/ports.ts';
 
 const manifest = `
 apiVersion: derecho.dev/v1alpha1

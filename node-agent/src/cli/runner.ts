@@ -12,7 +12,7 @@ import { spawn, spawnSync } from 'node:child_process';
 import type { ChildProcess } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import fs from 'node:fs';
-import net from 'node:net';
+import { portFree } from '../util/ports.ts';
 import path from 'node:path';
 import YAML from 'yaml';
 import { loadGroupManifest } from '../config/load.ts';
@@ -99,16 +99,6 @@ export function makeStateDir(dir: string): void {
 
 // ---------------------------------------------------------------------------------------------------
 // Ports.
-
-/** Whether `port` can be bound on `host` right now (bound and released at once). */
-export function portFree(port: number, host = HOST): Promise<boolean> {
-  return new Promise((resolve) => {
-    const server = net.createServer();
-    server.unref();
-    server.once('error', () => resolve(false));
-    server.listen({ host, port, exclusive: true }, () => server.close(() => resolve(true)));
-  });
-}
 
 /** `count` free ports from `from` upwards, skipping busy ones and those in `taken`. */
 export async function freePorts(count: number, from: number, taken: Set<number> = new Set(), host = HOST): Promise<number[]> {

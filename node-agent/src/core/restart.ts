@@ -130,7 +130,7 @@ export function planRestart(policy: GroupPolicy, reports: RestartReport[]): Rest
   const mergedTrims = new Map<number, SavedTrim>();
   for (const [viewId, variants] of trimVariants) mergedTrims.set(viewId, variants[0]!.value);
   const acceptedLast = accepted.get(lastView.viewId);
-  if (acceptedLast && deepEqualView(acceptedLast.value.next, lastView) && !mergedTrims.has(acceptedLast.value.fromViewId)) {
+  if (acceptedLast && sameView(acceptedLast.value.next, lastView) && !mergedTrims.has(acceptedLast.value.fromViewId)) {
     const v = acceptedLast.value;
     mergedTrims.set(v.fromViewId, {
       viewId: v.fromViewId,
@@ -331,10 +331,6 @@ function sortedShards(shards: ShardLayout[]): ShardLayout[] {
 
 function dedupe(ids: NodeId[]): NodeId[] {
   return ids.filter((id, i) => ids.indexOf(id) === i);
-}
-
-function deepEqualView(a: View, b: View): boolean {
-  return sameView(a, b);
 }
 
 function sameView(a: View, b: View): boolean {

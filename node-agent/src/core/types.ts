@@ -250,6 +250,40 @@ export function blankSavedState(acceptor?: Pick<SavedState, 'restartPromised' | 
   };
 }
 
+/** Everything a store of PersistRecords holds for a restart (its own copy; `savedStateFrom` keeps it). */
+export interface StoredState {
+  lastView: View | null;
+  trims: SavedTrim[];
+  highestViewIdSeen: number;
+  logTails: { shardId: number; version: Version }[];
+  restartPromised: Ballot | null;
+  restartAccepted: { ballot: Ballot; plan: RestartDecision } | null;
+  incompleteShards: number[];
+  acceptedChange: AcceptedChange | null;
+}
+
+/**
+ * What a restarted node passes as `{kind: 'restart', saved}`, the same rule for every store: null when it
+ * never installed a view and never promised in a restart consensus; a blank saved state when it promised
+ * but never installed a view; an accepted view change only while no later view is installed.
+ */
+export function savedStateFrom(s: StoredState): SavedState | null {
+  if (s.lastView === null) {
+    if (s.restartPromised === null && s.restartAccepted === null) return null;
+    return blankSavedState(s);
+  }
+  return {
+    lastView: s.lastView,
+    trims: s.trims,
+    highestViewIdSeen: s.highestViewIdSeen,
+    logTails: s.logTails,
+    restartPromised: s.restartPromised,
+    restartAccepted: s.restartAccepted,
+    incompleteShards: [...s.incompleteShards].sort((a, b) => a - b),
+    ...(s.acceptedChange && s.acceptedChange.value.next.viewId > s.lastView.viewId ? { acceptedChange: s.acceptedChange } : {}),
+  };
+}
+
 export interface SavedTrim {
   viewId: number;
   trims: number[][];

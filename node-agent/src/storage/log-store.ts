@@ -67,7 +67,7 @@
 import * as nodeFs from 'node:fs';
 import * as path from 'node:path';
 import * as zlib from 'node:zlib';
-import { blankSavedState, compareVersions, VERSION_NONE } from '../core/types.ts';
+import { compareVersions, savedStateFrom, VERSION_NONE } from '../core/types.ts';
 import type { AcceptedChange, Ballot, LogRecord, PersistRecord, RestartDecision, SavedState, SavedTrim, Version, View } from '../core/types.ts';
 
 // ---------------------------------------------------------------------------------------------------------
@@ -1100,25 +1100,11 @@ export class LogStore {
   savedState(): SavedState | null {
     this.usable();
     const s = this.state;
-    if (s.lastView === null) {
-      // Never saved a view, but promised or accepted in a restart consensus: it must remember that.
-      if (s.restartPromised === null && s.restartAccepted === null) return null;
-      return blankSavedState({
-        highestViewIdSeen: s.highestViewIdSeen,
-        restartPromised: s.restartPromised ? { ...s.restartPromised } : null,
-        restartAccepted: s.restartAccepted ? structuredClone(s.restartAccepted) : null,
-      });
-    }
-    return {
-      lastView: structuredClone(s.lastView),
-      trims: structuredClone(s.trims),
-      highestViewIdSeen: s.highestViewIdSeen,
-      logTails: this.logTails(),
-      restartPromised: s.restartPromised ? { ...s.restartPromised } : null,
-      restartAccepted: s.restartAccepted ? structuredClone(s.restartAccepted) : null,
-      incompleteShards: [...s.incompleteShards].sort((a, b) => a - b),
-      ...(s.liveAcceptedChange() ? { acceptedChange: structuredClone(s.acceptedChange!) } : {}),
-    };
+    return savedStateFrom(structuredClone({
+      lastView: s.lastView, trims: s.trims, highestViewIdSeen: s.highestViewIdSeen, logTails: this.logTails(),
+      restartPromised: s.restartPromised, restartAccepted: s.restartAccepted,
+      incompleteShards: [...s.incompleteShards], acceptedChange: s.acceptedChange,
+    }));
   }
 
   /** Per shard this store holds a log for (possibly empty): the newest version in it. */
