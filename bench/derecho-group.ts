@@ -18,6 +18,8 @@ export interface GroupConfig {
   persistence: null | 'fsync' | 'os';
   payloadBytesMax: number;
   sendWindow: number;
+  /** Agents write V8 CPU profiles here (null: no profiling). */
+  cpuProfDir?: string | null;
 }
 
 export interface RunSpec {
@@ -97,7 +99,8 @@ export class BenchGroup {
       const file = path.join(this.dir, `agent-${n}.json`);
       fs.writeFileSync(file, JSON.stringify(cfg));
       const log = fs.openSync(path.join(this.dir, `agent-${n}.log`), 'w');
-      const p = spawn(process.execPath, ['--import', 'tsx', path.join(ROOT, 'node-agent/src/agent/main.ts'), '--config', file], {
+      const prof = this.config.cpuProfDir ? ['--cpu-prof', '--cpu-prof-dir', this.config.cpuProfDir] : [];
+      const p = spawn(process.execPath, [...prof, '--import', 'tsx', path.join(ROOT, 'node-agent/src/agent/main.ts'), '--config', file], {
         cwd: ROOT, stdio: ['ignore', log, log],
       });
       fs.closeSync(log);
@@ -140,7 +143,9 @@ export class BenchGroup {
     const durable = this.config.persistence !== null && this.config.mode === 'ordered';
     let stats: BenchStats[] = [];
     for (;;) {
-      await sleep(50);
+      // A paced (latency) run is polled rarely: answering HTTP takes the agents' event loop away from
+      // the messages whose latency is measured.
+      await sleep(spec.ratePerSec > 0 ? 500 : 50);
       stats = await this.stats();
       const sendersDone = spec.senders.every((n) => stats[n - 1]!.sendDoneMs !== null);
       if (sendersDone) expected = spec.senders.reduce((sum, n) => sum + stats[n - 1]!.sent, 0);

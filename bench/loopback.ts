@@ -10,7 +10,13 @@ import { fileURLToPath } from 'node:url';
 
 export interface LoopbackResult {
   streamBytesPerSec: number;
+  /** Back to back: the next request leaves as soon as the reply is in (both processes stay awake). */
   roundTripUs: { p50: number; p99: number };
+  /**
+   * Paced like the latency run (one request per 1/ratePerSec, the processes idle in between): what a
+   * single hop costs when the receiver has to be woken up, the fair yardstick of light-load latency.
+   */
+  roundTripPacedUs: { p50: number; p99: number; ratePerSec: number };
 }
 
 function serve(): void {
@@ -77,12 +83,18 @@ async function stream(port: number, seconds: number): Promise<number> {
   return received / elapsed;
 }
 
-async function roundTrips(port: number, count: number): Promise<{ p50: number; p99: number }> {
+async function roundTrips(port: number, count: number, ratePerSec = 0): Promise<{ p50: number; p99: number }> {
   const s = await connect(port);
   s.write('E');
   const samples: number[] = [];
   const message = Buffer.alloc(64, 1);
+  const start = performance.now();
   for (let i = 0; i < count; i++) {
+    if (ratePerSec > 0) {
+      const due = start + (i * 1000) / ratePerSec;
+      const wait = due - performance.now();
+      if (wait > 0) await new Promise((r) => setTimeout(r, wait));
+    }
     const t0 = performance.now();
     await new Promise<void>((resolve) => {
       let got = 0;
@@ -112,7 +124,9 @@ export async function measureLoopback(seconds: number, roundTripCount: number): 
     });
     const streamBytesPerSec = await stream(port, seconds);
     const roundTripUs = await roundTrips(port, roundTripCount);
-    return { streamBytesPerSec, roundTripUs };
+    const pacedRate = 1000;
+    const roundTripPacedUs = { ...await roundTrips(port, Math.min(roundTripCount, 2 * pacedRate), pacedRate), ratePerSec: pacedRate };
+    return { streamBytesPerSec, roundTripUs, roundTripPacedUs };
   } finally {
     child.stdin.end();
     child.kill();

@@ -28,6 +28,8 @@ export interface Transport {
   /** Same message to several peers (large ones may travel along the binomial pipeline). */
   multicast?(to: NodeId[], message: WireMessage): boolean;
   onMessage(handler: (from: NodeId, message: WireMessage) => void): () => void;
+  /** Writes what the sends queued now (called at the end of each drain); without it, the transport flushes on its own schedule. */
+  flush?(): void;
 }
 
 export interface DriverOptions {
@@ -399,6 +401,7 @@ export class Driver {
         this.pumpBench();
         this.replica.pushRowIfDirty();
       }
+      this.opt.transport.flush?.();
     } catch (e) {
       this.fatal(e);
     }

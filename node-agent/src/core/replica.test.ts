@@ -125,3 +125,46 @@ test('a lone member of three is a minority: it wedges and says so', (t) => {
   t.is(status.waiting.kind, 'minority');
   t.regex(status.waiting.message, /only 1 of 3 members reachable/);
 });
+
+test('an idle sender fills its slot of a round as soon as another sender reaches it: a message is delivered two hops after it is sent', (t) => {
+  // Senders are nodes 1 and 2; node 2 stays idle. Hops: every message in flight is stepped, then every
+  // replica's Ready is drained (no ticks, so nothing moves but what the messages cause).
+  const replicas = founders();
+  const byId = new Map(replicas.map((r) => [r.status().nodeId, r]));
+  let inflight: { to: number; message: Message }[] = [];
+  const delivered = new Map<number, string[]>([[1, []], [2, []], [3, []]]);
+  const drainAll = (): void => {
+    for (const r of replicas) {
+      r.pushRowIfDirty();
+      while (r.hasReady()) {
+        const rd = r.ready();
+        for (const d of rd.deliver) delivered.get(r.status().nodeId)!.push(new TextDecoder().decode(d.payload));
+        inflight.push(...rd.send);
+        r.advance();
+      }
+    }
+  };
+  const hop = (): void => {
+    const now = inflight;
+    inflight = [];
+    for (const { to, message } of now) {
+      byId.get(to)!.step(message);
+      byId.get(to)!.assertInvariants();
+    }
+    drainAll();
+  };
+  const hopsUntilEveryoneDelivered = (text: string): number => {
+    t.true(byId.get(1)!.send(0, new TextEncoder().encode(text)).ok);
+    drainAll();
+    for (let hops = 1; hops <= 10; hops++) {
+      hop();
+      if ([...delivered.values()].every((d) => d.includes(text))) return hops;
+    }
+    return Infinity;
+  };
+  t.is(hopsUntilEveryoneDelivered('first'), 2);
+  while (inflight.length > 0) hop(); // quiesce
+  t.is(hopsUntilEveryoneDelivered('second'), 2, 'node 2 answered "first" with its null of round 0 at once');
+  t.is(hopsUntilEveryoneDelivered('third'), 2);
+  for (const d of delivered.values()) t.deepEqual(d, ['first', 'second', 'third']);
+});

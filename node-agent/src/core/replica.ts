@@ -610,14 +610,19 @@ export class Replica {
     this.acceptData(shard, shard.mySenderRank, payload);
   }
 
-  /** Ordered mode: an idle sender sends null messages so the round-robin never waits for it. */
+  /**
+   * Ordered mode: an idle sender sends null messages so the round-robin never waits for it. It fills its
+   * slot of every round up to the highest round any sender has reached (not only the rounds before the
+   * highest message seen): the next message of the active sender then finds this slot already stable,
+   * and its delivery costs two hops (data, then the rows that acknowledge it) instead of four.
+   */
   private sendNullsIfBehind(shard: ShardState): void {
     if (shard.layout.deliveryMode !== 'ordered' || shard.mySenderRank < 0 || shard.pending.length > 0) return;
     const n = shard.layout.senders.length;
     const received = this.myRow().received[shard.layout.shardId]!;
-    let highestSeen = -1;
-    for (let r = 0; r < n; r++) if (received[r]! > 0) highestSeen = Math.max(highestSeen, globalSeq(received[r]! - 1, r, n));
-    while (globalSeq(shard.sent, shard.mySenderRank, n) < highestSeen && this.windowOpen(shard)) this.sendData(shard, null);
+    let highestRound = -1;
+    for (let r = 0; r < n; r++) highestRound = Math.max(highestRound, received[r]! - 1);
+    while (shard.sent <= highestRound && this.windowOpen(shard)) this.sendData(shard, null);
   }
 
   /** Resend my messages a lagging member has not received (lost on a broken link). */

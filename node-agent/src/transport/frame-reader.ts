@@ -77,7 +77,8 @@ export class FrameReader {
           if (sink({ type, body, bytes: length + 4 }) === false) this.stop();
           continue;
         }
-        this.frame = new Uint8Array(length);
+        // Not zero-filled: every byte is written from the stream before the frame is handed out.
+        this.frame = new Uint8Array(Buffer.allocUnsafeSlow(length).buffer, 0, length);
         this.frameFill = 0;
       }
       const frame = this.frame;
