@@ -112,6 +112,11 @@ export class Agent {
       nodeId: config.nodeId,
       limits: { payloadBytesMax: spec.wireLimits.payloadBytesMax, frameBytesMax: spec.wireLimits.frameBytesMax, membersMax: spec.wireLimits.membersMax, shardsMax: spec.wireLimits.shardsMax },
       log: (line) => this.log.warn(line),
+      // A peer's queue holds views of messages the replica keeps anyway (its send window), so it is
+      // sized to take a whole window of every shard this node can send in (one per subgroup) at once: a full window never drops a message here
+      // (a drop costs a retransmission, retransmitTicks later).
+      outgoingBytesMax: Math.max(32 << 20, spec.sendWindow * (spec.wireLimits.frameBytesMax + 4) * Math.max(1, spec.subgroups.length)),
+      outgoingFramesMax: Math.max(8192, 4 * spec.sendWindow * Math.max(1, spec.subgroups.length)),
     };
     if (spec.tls.mode === 'hmac') {
       tOpts.secret = readFile(config.auth.hmacSecretFile!, 'auth.hmacSecretFile');
@@ -281,6 +286,7 @@ export class Agent {
         peerPort: this.peerAddress.port, connectedPeers: this.transport.connectedPeers(),
         framesSent: t.framesSent, framesReceived: t.framesReceived, bytesSent: t.bytesSent, bytesReceived: t.bytesReceived,
         protocolErrors: t.protocolErrors, handshakeFailures: t.handshakeFailures,
+        dropsQueueFull: t.dropsQueueFull, dropsUnreachable: t.dropsUnreachable,
       },
       storage: { dataDir: this.config.dataDir, fsync: this.config.group.spec.fsync, journalBytes: st.journalBytes, liveLogRecords: st.liveLogRecords },
     };

@@ -168,3 +168,38 @@ test('an idle sender fills its slot of a round as soon as another sender reaches
   t.is(hopsUntilEveryoneDelivered('third'), 2);
   for (const d of delivered.values()) t.deepEqual(d, ['first', 'second', 'third']);
 });
+
+test('a member that keeps receiving is not sent the window again: no retransmission while a stream flows', (t) => {
+  // A steady stream from node 1: its peers always lag by what is in flight, but they make progress, so
+  // nothing is resent (resending the window every retransmitTicks would double a busy sender's traffic).
+  const replicas = founders({ retransmitTicks: 3 });
+  const [a] = replicas;
+  let sent = 0;
+  let dataFrames = 0;
+  const byId = new Map(replicas.map((r) => [r.status().nodeId, r]));
+  let inflight: { to: number; message: Message }[] = [];
+  const drain = (r: Replica): void => {
+    while (r.hasReady()) {
+      const rd = r.ready();
+      for (const e of rd.send) if (e.message.kind === 'data' && e.message.from === 1 && e.message.payload !== null) dataFrames++;
+      inflight.push(...rd.send);
+      r.advance();
+    }
+  };
+  for (let tick = 0; tick < 60; tick++) {
+    for (let i = 0; i < 3 && tick < 50; i++) if (a!.send(0, new TextEncoder().encode(`m${sent}`)).ok) sent++;
+    for (const r of replicas) {
+      r.tick();
+      drain(r);
+    }
+    const now = inflight;
+    inflight = [];
+    for (const { to, message } of now) {
+      byId.get(to)!.step(message);
+      drain(byId.get(to)!);
+    }
+  }
+  t.true(sent >= 100);
+  t.is(dataFrames, 2 * sent, 'each message went to each of the 2 peers once');
+  for (const r of replicas) t.is(r.status().shards[0]!.delivered.seq + 1 >= sent, true);
+});

@@ -135,7 +135,8 @@ export class Replica {
   private rowDirty = false;
   private lastPushTick = 0;
   private wedgedSinceTick = 0;
-  private lastRetransmitTick = new Map<string, number>();
+  /** Per `shardId:rank`: what that member had received of my messages when it last made progress, and since when. */
+  private retransmitWatch = new Map<string, { received: number; sinceTick: number }>();
   private readonly rowMonitor = new RowMonitor();
   /** The Ready containing the last install has not been advanced yet: hold new-view deliveries. */
   private installPendingAdvance = false;
@@ -638,12 +639,21 @@ export class Replica {
     for (const r of shard.memberRanks) {
       if (r === this.myRank || this.myRow().suspected[r]) continue;
       const theirs = this.rows[r]!.received[shardId]![shard.mySenderRank]!;
-      if (theirs >= shard.sent) continue;
+      if (theirs >= shard.sent) {
+        this.retransmitWatch.delete(`${shardId}:${r}`);
+        continue;
+      }
+      // Only a member that has made no progress on my messages for retransmitTicks gets them again: one
+      // that keeps receiving merely lags by what is in flight (resending the window then would double
+      // the traffic of a busy sender every retransmitTicks).
       const key = `${shardId}:${r}`;
-      const last = this.lastRetransmitTick.get(key) ?? this.tickCount;
-      if (!this.lastRetransmitTick.has(key)) this.lastRetransmitTick.set(key, this.tickCount);
-      if (this.tickCount - last < this.config.retransmitTicks) continue;
-      this.lastRetransmitTick.set(key, this.tickCount);
+      const seen = this.retransmitWatch.get(key);
+      if (seen === undefined || seen.received !== theirs) {
+        this.retransmitWatch.set(key, { received: theirs, sinceTick: this.tickCount });
+        continue;
+      }
+      if (this.tickCount - seen.sinceTick < this.config.retransmitTicks) continue;
+      seen.sinceTick = this.tickCount;
       const to = view.members[r]!;
       for (let index = Math.max(theirs, shard.outboxBase); index < shard.sent; index++) {
         this.emit(to, {
@@ -978,7 +988,7 @@ export class Replica {
     const n = view.members.length;
     this.rows = view.members.map(() => emptyRow(n, view.layout));
     this.lastHeardTick = view.members.map(() => this.tickCount);
-    this.lastRetransmitTick = new Map();
+    this.retransmitWatch = new Map();
     this.lastDecidedReply = new Map();
     this.shards = new Map();
     for (const layout of view.layout.shards) {

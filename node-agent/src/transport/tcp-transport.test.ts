@@ -85,6 +85,21 @@ function messageSamples(from: number): WireMessage[] {
   return sampleMessages(from).filter((m) => m.kind !== 'block');
 }
 
+function rowWithHeartbeat(from: number, heartbeat: number): WireMessage {
+  const sample = messageSamples(from).find((m) => m.kind === 'row')!;
+  if (sample.kind !== 'row') throw new Error('no row sample');
+  return { ...sample, row: { ...sample.row, heartbeat } };
+}
+
+/**
+ * What a peer receives of `messages` sent in one turn: the state-table row has a slot of its own, written
+ * ahead of the queued frames, and a newer row replaces an unwritten one (only the last row arrives).
+ */
+function inWireOrder(messages: WireMessage[]): WireMessage[] {
+  const rows = messages.filter((m) => m.kind === 'row');
+  return [...rows.slice(-1), ...messages.filter((m) => m.kind !== 'row')];
+}
+
 function data(from: number, index: number, size = 16): WireMessage {
   const payload = new Uint8Array(size);
   for (let i = 0; i < size; i++) payload[i] = (index + i) & 0xff;
@@ -101,14 +116,14 @@ test('two transports exchange every message kind', async (t) => {
   const fromB = messageSamples(2);
   for (const m of fromA) t.true(a.t.send(2, m));
   for (const m of fromB) t.true(b.t.send(1, m));
-  await waitFor('all messages', () => a.got.length === fromB.length && b.got.length === fromA.length);
-  t.deepEqual(plain(b.got.map((g) => g.m)), plain(fromA));
-  t.deepEqual(plain(a.got.map((g) => g.m)), plain(fromB));
+  await waitFor('all messages', () => a.got.length === inWireOrder(fromB).length && b.got.length === inWireOrder(fromA).length);
+  t.deepEqual(plain(b.got.map((g) => g.m)), plain(inWireOrder(fromA)));
+  t.deepEqual(plain(a.got.map((g) => g.m)), plain(inWireOrder(fromB)));
   t.true(b.got.every((g) => g.from === 1) && a.got.every((g) => g.from === 2));
   t.deepEqual(a.errors, []);
   t.deepEqual(b.errors, []);
-  t.is(a.t.metrics.framesSent, fromA.length);
-  t.is(b.t.metrics.framesReceived, fromA.length);
+  t.is(a.t.metrics.framesSent, inWireOrder(fromA).length);
+  t.is(b.t.metrics.framesReceived, inWireOrder(fromA).length);
 });
 
 test('three transports exchange every message kind over one connection per pair', async (t) => {
@@ -117,12 +132,12 @@ test('three transports exchange every message kind over one connection per pair'
   const ns = [await h.start(1), await h.start(2), await h.start(3)];
   h.mesh(...ns);
   for (const n of ns) for (const o of ns) if (o !== n) for (const m of messageSamples(n.id)) t.true(n.t.send(o.id, m));
-  const per = messageSamples(1).length;
+  const per = inWireOrder(messageSamples(1)).length;
   await waitFor('all messages', () => ns.every((n) => n.got.length === 2 * per));
   for (const n of ns) {
     for (const o of ns) {
       if (o === n) continue;
-      t.deepEqual(plain(n.got.filter((g) => g.from === o.id).map((g) => g.m)), plain(messageSamples(o.id)));
+      t.deepEqual(plain(n.got.filter((g) => g.from === o.id).map((g) => g.m)), plain(inWireOrder(messageSamples(o.id))));
     }
   }
   await waitFor('duplicates settled', () => ns.every((n) => n.t.connections().length === 2));
@@ -173,7 +188,8 @@ test.serial('batching: every frame queued in one turn goes out in one socket wri
   } as typeof original;
   const before = { ...a.t.metrics };
   try {
-    for (let i = 1; i <= 200; i++) a.t.send(2, i % 10 === 0 ? messageSamples(1)[2]! : data(1, i));
+    // Every 10th message is a state-table row (heartbeat i): the rows share one slot, written first.
+    for (let i = 1; i <= 200; i++) t.true(a.t.send(2, i % 10 === 0 ? rowWithHeartbeat(1, i) : data(1, i)));
     t.is(socketWrites, 0, 'nothing is written during the turn');
     await nextTurn();
     await nextTurn();
@@ -182,9 +198,11 @@ test.serial('batching: every frame queued in one turn goes out in one socket wri
   }
   t.is(socketWrites, 1);
   t.is(a.t.metrics.socketWrites - before.socketWrites, 1);
-  t.is(a.t.metrics.framesSent - before.framesSent, 200);
-  await waitFor('batch received', () => b.got.length === 201);
-  t.deepEqual(b.got.slice(1).map((g) => (g.m.kind === 'data' ? g.m.index : -1)), Array.from({ length: 200 }, (_, i) => ((i + 1) % 10 === 0 ? -1 : i + 1)));
+  t.is(a.t.metrics.framesSent - before.framesSent, 181, '180 data frames and the last of the 20 rows');
+  t.is(a.t.metrics.rowsSuperseded - before.rowsSuperseded, 19);
+  await waitFor('batch received', () => b.got.length === 182);
+  t.deepEqual(b.got.slice(1).map((g) => (g.m.kind === 'data' ? g.m.index : g.m.kind === 'row' ? `row ${g.m.row.heartbeat}` : g.m.kind)),
+    ['row 200', ...Array.from({ length: 200 }, (_, i) => i + 1).filter((i) => i % 10 !== 0)]);
 });
 
 test('garbage from a raw socket closes that socket only; the transport still serves a legitimate peer', async (t) => {
@@ -373,6 +391,30 @@ test('backpressure: a full queue refuses sends, then reports drain', async (t) =
   t.is(a.t.metrics.dropsUnreachable, 1);
 });
 
+test('a backlog goes to the socket socketBufferBytesMax at a time; a row queued later overtakes what is still queued', async (t) => {
+  t.timeout(20_000);
+  const h = harness(t);
+  const socketBufferBytesMax = 256 * 1024;
+  const a = await h.start(1, { socketBufferBytesMax, limits: { payloadBytesMax: 1 << 20, frameBytesMax: (1 << 20) + 1024, membersMax: 16, shardsMax: 16 } });
+  const b = await h.start(2, { limits: { payloadBytesMax: 1 << 20, frameBytesMax: (1 << 20) + 1024, membersMax: 16, shardsMax: 16 } });
+  h.mesh(a, b);
+  a.t.send(2, data(1, 0));
+  await waitFor('connected', () => b.got.length === 1);
+  const frameBytes = 30 + 64 * 1024;
+  for (let i = 1; i <= 64; i++) t.true(a.t.send(2, data(1, i, 64 * 1024)));
+  const before = a.t.metrics.framesSent;
+  a.t.flush();
+  const written = a.t.metrics.framesSent - before;
+  t.true(written >= socketBufferBytesMax / frameBytes && written <= socketBufferBytesMax / frameBytes + 1, `${written} frames written at once`);
+  t.true(a.t.send(2, rowWithHeartbeat(1, 7)));
+  await waitFor('everything', () => b.got.length === 66, 15_000);
+  const order = b.got.slice(1).map((g) => (g.m.kind === 'row' ? 'row' : g.m.kind === 'data' ? g.m.index : g.m.kind));
+  const rowAt = order.indexOf('row');
+  t.true(rowAt > 0 && rowAt < 64 - 8, `the row arrived at position ${rowAt} of 65, ahead of most of the backlog`);
+  t.deepEqual(order.filter((x) => x !== 'row'), Array.from({ length: 64 }, (_, i) => i + 1), 'data frames stay in order');
+  t.is(a.t.metrics.dropsQueueFull, 0);
+});
+
 test('a connection that does not complete the handshake in time is closed', async (t) => {
   t.timeout(10_000);
   const h = harness(t);
@@ -512,8 +554,8 @@ function makePki(dir: string): { ca: string; other: string; certs: Record<string
   h.mesh(a, b);
   for (const m of messageSamples(1)) a.t.send(2, m);
   b.t.send(1, data(2, 0));
-  await waitFor('TLS exchange', () => b.got.length === messageSamples(1).length && a.got.length === 1);
-  t.deepEqual(plain(b.got.map((g) => g.m)), plain(messageSamples(1)));
+  await waitFor('TLS exchange', () => b.got.length === inWireOrder(messageSamples(1)).length && a.got.length === 1);
+  t.deepEqual(plain(b.got.map((g) => g.m)), plain(inWireOrder(messageSamples(1))));
   t.deepEqual(a.errors, []);
   // A certificate signed by another CA: the TLS handshake fails.
   const rogue = await h.start(4, { secret: undefined, tls: { ...tlsFor('node-4'), ca: [pki.ca, pki.other] } });

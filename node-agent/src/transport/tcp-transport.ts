@@ -165,6 +165,8 @@ export interface TransportMetrics {
   bytesReceived: number;
   /** send() refused: the peer's queue was full. */
   dropsQueueFull: number;
+  /** Queued rows replaced by a newer row of the same node before they were written. */
+  rowsSuperseded: number;
   /** send() refused: no address and no connection for the peer (or the peer is this node). */
   dropsUnreachable: number;
   /** send() refused: the codec refused the message. */
@@ -247,11 +249,15 @@ interface Peer {
   timer: ReturnType<typeof setTimeout> | null;
   attempts: number;
   everConnected: boolean;
-  parts: Uint8Array[];
+  /** Frames waiting for the socket, oldest first from `queueHead` (each frame: its parts, in order). */
+  queue: QueuedFrame[];
+  queueHead: number;
   queuedFrames: number;
   queuedBytes: number;
   /** writable() said no or a send was refused: report the next drain. */
   blocked: boolean;
+  /** The latest state-table row for this peer, not yet written: it goes out ahead of `queue`. */
+  queuedRow: Uint8Array | null;
 }
 
 const handshakeVersion = 1;
@@ -294,7 +300,7 @@ export class TcpTransport {
   readonly codec: Codec;
   readonly metrics: TransportMetrics = {
     framesSent: 0, bytesSent: 0, socketWrites: 0, framesReceived: 0, bytesReceived: 0,
-    dropsQueueFull: 0, dropsUnreachable: 0, dropsEncode: 0, dropsDiscarded: 0,
+    dropsQueueFull: 0, rowsSuperseded: 0, dropsUnreachable: 0, dropsEncode: 0, dropsDiscarded: 0,
     dials: 0, reconnects: 0, accepted: 0, handshakeFailures: 0, protocolErrors: 0, duplicateConnections: 0,
     connectionsOpen: 0,
     pipelineMessagesSent: 0, pipelineBlocksSent: 0, pipelineBlocksRelayed: 0, pipelineBlockDrops: 0,
@@ -467,9 +473,35 @@ export class TcpTransport {
   send(to: NodeId, message: WireMessage): boolean {
     if (this.closing) return false;
     const peer = this.reachablePeer(to);
-    if (!peer || !this.hasRoom(peer)) return false;
+    if (!peer) return false;
+    if (message.kind === 'row') return this.sendRow(peer, message);
+    if (!this.hasRoom(peer)) return false;
     const encoded = this.encode(message, to);
     return encoded !== null && this.enqueue(peer, encoded);
+  }
+
+  /**
+   * State-table rows have a slot of their own per peer, like Derecho's SST, whose one-sided write of a
+   * row overwrites the previous one: a newer row replaces the row queued and not yet written (its
+   * counters only go up, so it says all the older one did), and the row is written ahead of the queued
+   * data. So rows never wait behind a backlog of large messages (a member's view of the others'
+   * progress stays fresh: stability, flow control and retransmission depend on it), and a slow socket
+   * gets one row per flush, not a backlog of rows.
+   */
+  private sendRow(peer: Peer, message: WireMessage): boolean {
+    const encoded = this.encode(message, peer.id);
+    if (encoded === null) return false;
+    const frame = encoded.parts.length === 1 ? encoded.parts[0]! : concat(encoded.parts, encoded.bytes);
+    if (peer.queuedRow !== null) {
+      peer.queuedBytes -= peer.queuedRow.byteLength;
+      peer.queuedFrames--;
+      this.metrics.rowsSuperseded++;
+    }
+    peer.queuedRow = frame;
+    peer.queuedFrames++;
+    peer.queuedBytes += frame.byteLength;
+    if (peer.conn) this.scheduleFlush(peer);
+    return true;
   }
 
   /**
@@ -613,7 +645,7 @@ export class TcpTransport {
     if (!p) {
       p = {
         id, address: null, conn: null, dialing: null, timer: null, attempts: 0, everConnected: false,
-        parts: [], queuedFrames: 0, queuedBytes: 0, blocked: false,
+        queue: [], queueHead: 0, queuedFrames: 0, queuedBytes: 0, blocked: false, queuedRow: null,
       };
       this.peers.set(id, p);
     }
@@ -639,7 +671,9 @@ export class TcpTransport {
 
   private discardQueue(peer: Peer): void {
     this.metrics.dropsDiscarded += peer.queuedFrames;
-    peer.parts = [];
+    peer.queue = [];
+    peer.queueHead = 0;
+    peer.queuedRow = null;
     peer.queuedFrames = 0;
     peer.queuedBytes = 0;
   }
@@ -1158,7 +1192,7 @@ export class TcpTransport {
       peer.blocked = true;
       return false;
     }
-    for (const p of encoded.parts) peer.parts.push(p);
+    peer.queue.push(encoded);
     peer.queuedFrames++;
     peer.queuedBytes += encoded.bytes;
     if (peer.conn) this.scheduleFlush(peer);
@@ -1192,42 +1226,70 @@ export class TcpTransport {
     for (const peer of peers) this.flushPeer(peer);
   };
 
-  /** Writes the whole queue of `peer` in one socket write (unless its socket is over its bound). */
+  /**
+   * Writes the queue of `peer` (its row first) in one corked write, up to what keeps the socket's own
+   * buffer within socketBufferBytesMax (at least one frame); the rest stays queued and goes out on
+   * 'drain'. So what was queued later (a row above all) never waits behind more than about
+   * socketBufferBytesMax of data in the socket.
+   */
   private flushPeer(peer: Peer): void {
     const conn = peer.conn;
     if (!conn || conn.retired || conn.socket.destroyed || peer.queuedFrames === 0) return;
-    if (conn.socket.writableLength > this.opt.socketBufferBytesMax) return; // resumes on 'drain'
-    const parts = peer.parts;
-    const bytes = peer.queuedBytes;
-    const frames = peer.queuedFrames;
-    peer.parts = [];
-    peer.queuedBytes = 0;
-    peer.queuedFrames = 0;
-    if (parts.length === 1) conn.socket.write(parts[0]!);
-    else {
-      // Small parts (headers, rows, small payloads) are coalesced into one buffer; large payloads go to
-      // the socket as they are (one writev with the rest, no copy).
-      conn.socket.cork();
-      let run: Uint8Array[] = [];
-      let runBytes = 0;
-      const writeRun = (): void => {
-        if (run.length === 1) conn.socket.write(run[0]!);
-        else if (run.length > 1) conn.socket.write(concat(run, runBytes));
-        run = [];
-        runBytes = 0;
-      };
-      for (const p of parts) {
-        if (p.byteLength >= directWriteBytesMin) {
-          writeRun();
-          conn.socket.write(p);
-        } else {
-          run.push(p);
-          runBytes += p.byteLength;
-        }
+    const socket = conn.socket;
+    if (socket.writableLength > this.opt.socketBufferBytesMax) return; // resumes on 'drain'
+    let budget = this.opt.socketBufferBytesMax - socket.writableLength;
+    let bytes = 0;
+    let frames = 0;
+    // Small parts (headers, rows, small payloads) are coalesced into one buffer; large payloads go to
+    // the socket as they are (one writev with the rest, no copy).
+    let run: Uint8Array[] = [];
+    let runBytes = 0;
+    const writeRun = (): void => {
+      if (run.length === 1) socket.write(run[0]!);
+      else if (run.length > 1) socket.write(concat(run, runBytes));
+      run = [];
+      runBytes = 0;
+    };
+    const put = (p: Uint8Array): void => {
+      if (p.byteLength >= directWriteBytesMin) {
+        writeRun();
+        socket.write(p);
+      } else {
+        run.push(p);
+        runBytes += p.byteLength;
       }
-      writeRun();
-      conn.socket.uncork();
+    };
+    socket.cork();
+    if (peer.queuedRow !== null) {
+      put(peer.queuedRow);
+      bytes += peer.queuedRow.byteLength;
+      frames++;
+      budget -= peer.queuedRow.byteLength;
+      peer.queuedRow = null;
     }
+    const queue = peer.queue;
+    let head = peer.queueHead;
+    while (head < queue.length && (budget > 0 || frames === 0)) {
+      const f = queue[head]!;
+      queue[head++] = undefined!;
+      for (const p of f.parts) put(p);
+      bytes += f.bytes;
+      frames++;
+      budget -= f.bytes;
+    }
+    writeRun();
+    socket.uncork();
+    if (head >= queue.length) {
+      peer.queue = [];
+      peer.queueHead = 0;
+    } else if (head > 1024 && head * 2 > queue.length) {
+      peer.queue = queue.slice(head);
+      peer.queueHead = 0;
+    } else peer.queueHead = head;
+    peer.queuedBytes -= bytes;
+    peer.queuedFrames -= frames;
+    // Frames left for later go out on 'drain', which comes only after a write the socket refused.
+    if (peer.queuedFrames > 0 && !socket.writableNeedDrain) this.scheduleFlush(peer);
     this.metrics.socketWrites++;
     this.metrics.framesSent += frames;
     this.metrics.bytesSent += bytes;
@@ -1262,6 +1324,11 @@ export class TcpTransport {
 
 /** Parts of at least this size are handed to the socket without being copied into a coalesced buffer. */
 const directWriteBytesMin = 32 * 1024;
+
+interface QueuedFrame {
+  parts: Uint8Array[];
+  bytes: number;
+}
 
 function concat(parts: readonly Uint8Array[], bytes: number): Uint8Array {
   const buf = Buffer.allocUnsafe(bytes);
