@@ -128,8 +128,8 @@ export class BenchGroup {
     if (r.status !== 200) throw new Error(`${url}: HTTP ${r.status} ${await r.text()}`);
   }
 
-  private async stats(): Promise<BenchStats[]> {
-    return Promise.all(this.http.map(async (u) => (await (await fetch(`${u}/v1/bench/stats`)).json()) as BenchStats));
+  private async stats(withLatency = true): Promise<BenchStats[]> {
+    return Promise.all(this.http.map(async (u) => (await (await fetch(`${u}/v1/bench/stats${withLatency ? '' : '?latency=0'}`)).json()) as BenchStats));
   }
 
   /** One measurement: every member counts deliveries from the moment of the reset. */
@@ -146,7 +146,7 @@ export class BenchGroup {
       // A paced (latency) run is polled rarely: answering HTTP takes the agents' event loop away from
       // the messages whose latency is measured.
       await sleep(spec.ratePerSec > 0 ? 500 : 50);
-      stats = await this.stats();
+      stats = await this.stats(false);
       const sendersDone = spec.senders.every((n) => stats[n - 1]!.sendDoneMs !== null);
       if (sendersDone) expected = spec.senders.reduce((sum, n) => sum + stats[n - 1]!.sent, 0);
       const allDelivered = sendersDone && stats.every((s) => s.delivered >= expected);
@@ -158,6 +158,7 @@ export class BenchGroup {
         throw new Error(`run timed out after ${spec.timeoutMs} ms: delivered ${stats.map((s) => s.delivered).join('/')} of ${expected}; logs in ${this.dir}`);
       }
     }
+    stats = await this.stats(true); // once more, with the latency percentiles
     const start = Math.min(...spec.senders.map((n) => stats[n - 1]!.sendStartMs!));
     const ends = stats.map((s) => (durable ? Math.max(s.persistedMs!, s.lastDeliveryMs!) : s.lastDeliveryMs!));
     const seconds = (Math.max(...ends) - start) / 1000;

@@ -134,8 +134,9 @@ export class BenchProbe {
     if (compareVersions(frontier, st.lastVersion) >= 0) st.persistedMs = nowMs();
   }
 
-  snapshot(): BenchStats {
-    const sorted = [...this.latencies].sort((a, b) => a - b);
+  /** The counters, and with `withLatency` the latency percentiles (a sort of every sample). */
+  snapshot(withLatency = true): BenchStats {
+    const sorted = withLatency ? Float64Array.from(this.latencies).sort() : new Float64Array(0);
     const pct = (q: number): number => sorted[Math.min(sorted.length - 1, Math.floor(q * sorted.length))]!;
     const cpu = process.cpuUsage(this.cpuAtReset);
     return {

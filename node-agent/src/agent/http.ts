@@ -11,7 +11,7 @@
 //   DELETE /v1/kv/{subgroup}/{key}
 //   POST   /v1/subgroups/{sg}/shards/{i}/ordered/{method}   body: JSON array of arguments
 //   POST   /v1/subgroups/{sg}/shards/{i}/query/{method}     body: JSON array of arguments
-//   POST   /v1/bench/reset, POST /v1/bench/send, GET /v1/bench/stats   load generator (config benchApi only)
+//   POST   /v1/bench/reset, POST /v1/bench/send, GET /v1/bench/stats[?latency=0]   load generator (config benchApi only)
 // Errors are JSON {error, status}; 503 means "not now" (no view, restarting, wedged) and is worth a retry.
 
 import http from 'node:http';
@@ -135,7 +135,8 @@ async function handle(agent: Agent, req: http.IncomingMessage, res: http.ServerR
   if (parts[1] === 'bench' && parts.length === 3) {
     const bench = agent.bench;
     if (!bench) throw new HttpError(404, 'the bench API is off (set benchApi: true in the agent config)');
-    if (method === 'GET' && parts[2] === 'stats') return send(res, 200, bench.snapshot());
+    // ?latency=0: counters only (the percentiles sort every sample; pollers leave them for the end).
+    if (method === 'GET' && parts[2] === 'stats') return send(res, 200, bench.snapshot(url.searchParams.get('latency') !== '0'));
     if (method === 'POST' && (parts[2] === 'reset' || parts[2] === 'send')) {
       const body = JSON.parse((await readBody(req, 64 * 1024)).toString('utf8') || '{}') as Record<string, unknown>;
       const subgroup = String(body.subgroup ?? '');

@@ -60,10 +60,18 @@ export function createMetrics(labels: { group: string; node: string }): AgentMet
     journalBytes: new client.Gauge({ name: 'derecho_journal_bytes', help: 'Size of the log journal on disk', registers: [registry] }),
     restarting: new client.Gauge({ name: 'derecho_restarting', help: '1 while the agent waits for a restart quorum', registers: [registry] }),
   };
+  const deliveredChildren = new Map<string, { messages: client.Counter.Internal; bytes: client.Counter.Internal }>();
   const observer: DriverObserver = {
     delivered(shardId, bytes, mode) {
-      delivered.inc({ shard: String(shardId), mode });
-      deliveredBytes.inc({ shard: String(shardId) }, bytes);
+      // Per message: the labelled children are looked up once (labels() hashes its arguments).
+      const key = `${shardId}/${mode}`;
+      let c = deliveredChildren.get(key);
+      if (c === undefined) {
+        c = { messages: delivered.labels(String(shardId), mode), bytes: deliveredBytes.labels(String(shardId)) };
+        deliveredChildren.set(key, c);
+      }
+      c.messages.inc();
+      c.bytes.inc(bytes);
     },
     viewInstalled(_view: View) {
       viewChanges.inc();
