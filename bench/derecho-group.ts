@@ -123,6 +123,11 @@ export class BenchGroup {
     }
   }
 
+  /** Each agent's /status (tests read the transport counters from it). */
+  async statuses(): Promise<Record<string, unknown>[]> {
+    return Promise.all(this.http.map(async (u) => (await (await fetch(`${u}/status`)).json()) as Record<string, unknown>));
+  }
+
   private async post(url: string, body: unknown): Promise<void> {
     const r = await fetch(url, { method: 'POST', body: JSON.stringify(body) });
     if (r.status !== 200) throw new Error(`${url}: HTTP ${r.status} ${await r.text()}`);

@@ -30,6 +30,8 @@ export interface Transport {
   onMessage(handler: (from: NodeId, message: WireMessage) => void): () => void;
   /** Writes what the sends queued now (called at the end of each drain); without it, the transport flushes on its own schedule. */
   flush?(): void;
+  /** Frames queued for `to` and not yet written (a resend is skipped while there are any). */
+  unwrittenFrames?(to: NodeId): number;
 }
 
 export interface DriverOptions {
@@ -130,7 +132,7 @@ export class Driver {
   private readonly frontiers = new Map<number, Version>();
   private unsubscribe: (() => void) | null = null;
   private benchTimer: NodeJS.Timeout | null = null;
-  readonly counters = { deliveredOrdered: 0, deliveredRaw: 0, deliveredBytes: 0, viewChanges: 0, transfersServed: 0, transfersInstalled: 0, malformedApp: 0 };
+  readonly counters = { deliveredOrdered: 0, deliveredRaw: 0, deliveredBytes: 0, viewChanges: 0, transfersServed: 0, transfersInstalled: 0, malformedApp: 0, resends: 0, resendsSkipped: 0 };
   private readonly sendQueueMax: number;
   private readonly requestTimeoutMs: number;
 
@@ -470,6 +472,11 @@ export class Driver {
     const { transport } = this.opt;
     const groups = new Map<Message, NodeId[]>();
     for (const env of ready.send) {
+      if (env.resend && (transport.unwrittenFrames?.(env.to) ?? 0) > 0) {
+        this.counters.resendsSkipped++;
+        continue;
+      }
+      if (env.resend) this.counters.resends++;
       if (env.message.kind === 'data' && transport.multicast) {
         const list = groups.get(env.message);
         if (list) list.push(env.to);

@@ -659,7 +659,7 @@ export class Replica {
         this.emit(to, {
           kind: 'data', from: this.me, viewId: view.viewId, shardId, senderRank: shard.mySenderRank,
           index, payload: shard.outbox[index - shard.outboxBase]!,
-        });
+        }, true);
       }
     }
   }
@@ -1405,9 +1405,9 @@ export class Replica {
   // Plumbing
   // ======================================================================================
 
-  private emit(to: NodeId, message: Message): void {
+  private emit(to: NodeId, message: Message, resend = false): void {
     if (to === this.me) return;
-    this.out.send.push({ to, message } as Envelope);
+    this.out.send.push(resend ? { to, message, resend } : { to, message });
   }
 
   private exit(reason: string): void {

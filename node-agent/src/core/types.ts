@@ -488,6 +488,12 @@ export type PersistRecord =
 export interface Envelope {
   to: NodeId;
   message: Message;
+  /**
+   * A retransmission (data the member showed no progress on for retransmitTicks). A driver may skip it
+   * while its link to `to` still holds frames it has not written: the originals are still on their way
+   * and the resend would only queue behind them.
+   */
+  resend?: true;
 }
 
 export interface Delivery {

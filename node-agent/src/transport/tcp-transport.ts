@@ -1210,6 +1210,17 @@ export class TcpTransport {
   }
 
   /**
+   * Frames for `to` not handed to the kernel yet: queued here (the row slot aside) or held in the
+   * socket's own buffer (counted as one). The driver skips a retransmission while there are any.
+   */
+  unwrittenFrames(to: NodeId): number {
+    const peer = this.peers.get(to);
+    if (!peer) return 0;
+    const socketHolds = peer.conn && !peer.conn.socket.destroyed && peer.conn.socket.writableLength > 0 ? 1 : 0;
+    return peer.queuedFrames - (peer.queuedRow !== null ? 1 : 0) + socketHolds;
+  }
+
+  /**
    * Writes every queued frame now instead of at the scheduled flush (the driver calls it at the end of
    * each drain of the replica, so a hop costs no extra turn of the event loop).
    */
