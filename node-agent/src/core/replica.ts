@@ -20,7 +20,6 @@ import type {
   Ballot,
   DataMessage,
   Delivery,
-  Envelope,
   LogRecord,
   Message,
   NodeId,
