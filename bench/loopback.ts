@@ -10,6 +10,8 @@ import { fileURLToPath } from 'node:url';
 
 export interface LoopbackResult {
   streamBytesPerSec: number;
+  /** CPU seconds (both processes, user + system) per GB streamed: the cost of the copies alone. */
+  streamCpuSecondsPerGB: number;
   /** Back to back: the next request leaves as soon as the reply is in (both processes stay awake). */
   roundTripUs: { p50: number; p99: number };
   /**
@@ -24,6 +26,7 @@ function serve(): void {
     socket.setNoDelay(true);
     let mode: 'unknown' | 'sink' | 'echo' = 'unknown';
     let received = 0;
+    const cpuAtStart = process.cpuUsage();
     socket.on('data', (chunk) => {
       if (mode === 'unknown') {
         mode = chunk[0] === 0x53 /* S */ ? 'sink' : 'echo';
@@ -36,7 +39,10 @@ function serve(): void {
       socket.write(chunk);
     });
     socket.on('end', () => {
-      if (mode === 'sink') socket.end(`${received}\n`);
+      if (mode === 'sink') {
+        const cpu = process.cpuUsage(cpuAtStart);
+        socket.end(`${received} ${cpu.user + cpu.system}\n`);
+      }
       else socket.end();
     });
     socket.on('error', () => {});
@@ -56,8 +62,9 @@ async function connect(port: number): Promise<net.Socket> {
   });
 }
 
-async function stream(port: number, seconds: number): Promise<number> {
+async function stream(port: number, seconds: number): Promise<{ bytesPerSec: number; cpuSecondsPerGB: number }> {
   const s = await connect(port);
+  const cpuAtStart = process.cpuUsage();
   const chunk = Buffer.alloc(1 << 20, 7);
   s.write('S');
   const t0 = performance.now();
@@ -73,14 +80,15 @@ async function stream(port: number, seconds: number): Promise<number> {
     };
     pump();
   });
-  const received = await new Promise<number>((resolve) => {
+  const [received, sinkCpuMicros] = await new Promise<number[]>((resolve) => {
     let text = '';
     s.on('data', (d) => (text += d.toString()));
-    s.on('end', () => resolve(Number(text.trim())));
+    s.on('end', () => resolve(text.trim().split(' ').map(Number)));
     s.end();
   });
   const elapsed = (performance.now() - t0) / 1000;
-  return received / elapsed;
+  const cpu = process.cpuUsage(cpuAtStart);
+  return { bytesPerSec: received! / elapsed, cpuSecondsPerGB: ((cpu.user + cpu.system + sinkCpuMicros!) / 1e6) / (received! / 1e9) };
 }
 
 async function roundTrips(port: number, count: number, ratePerSec = 0): Promise<{ p50: number; p99: number }> {
@@ -122,11 +130,11 @@ export async function measureLoopback(seconds: number, roundTripCount: number): 
       child.stdout.once('data', (d: Buffer) => resolve(Number(d.toString().trim())));
       child.once('exit', () => reject(new Error('loopback server exited')));
     });
-    const streamBytesPerSec = await stream(port, seconds);
+    const streamed = await stream(port, seconds);
     const roundTripUs = await roundTrips(port, roundTripCount);
     const pacedRate = 1000;
     const roundTripPacedUs = { ...await roundTrips(port, Math.min(roundTripCount, 2 * pacedRate), pacedRate), ratePerSec: pacedRate };
-    return { streamBytesPerSec, roundTripUs, roundTripPacedUs };
+    return { streamBytesPerSec: streamed.bytesPerSec, streamCpuSecondsPerGB: streamed.cpuSecondsPerGB, roundTripUs, roundTripPacedUs };
   } finally {
     child.stdin.end();
     child.kill();

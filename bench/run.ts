@@ -263,7 +263,7 @@ async function main(): Promise<void> {
   const lines: string[] = [];
   lines.push(`derecho-ts benchmark, ${results.startedAt}, ${results.host.cpus} cores (${results.host.cpuModel}), Node ${results.host.node}`);
   if (results.loopback) {
-    lines.push('', `Loopback limit: one socket ${fmtMBs(results.loopback.streamBytesPerSec)} MB/s; round trip back to back p50 ${results.loopback.roundTripUs.p50.toFixed(0)} µs, p99 ${results.loopback.roundTripUs.p99.toFixed(0)} µs; paced at ${results.loopback.roundTripPacedUs.ratePerSec}/s p50 ${results.loopback.roundTripPacedUs.p50.toFixed(0)} µs, p99 ${results.loopback.roundTripPacedUs.p99.toFixed(0)} µs`);
+    lines.push('', `Loopback limit: one socket ${fmtMBs(results.loopback.streamBytesPerSec)} MB/s (${results.loopback.streamCpuSecondsPerGB.toFixed(2)} CPU s/GB); round trip back to back p50 ${results.loopback.roundTripUs.p50.toFixed(0)} µs, p99 ${results.loopback.roundTripUs.p99.toFixed(0)} µs; paced at ${results.loopback.roundTripPacedUs.ratePerSec}/s p50 ${results.loopback.roundTripPacedUs.p50.toFixed(0)} µs, p99 ${results.loopback.roundTripPacedUs.p99.toFixed(0)} µs`);
   }
   if (results.derecho.length > 0) {
     lines.push('', '| derecho-ts (loopback TCP) | size | msg/s | MB/s | CPU s/GB |', '|---|---:|---:|---:|---:|');
