@@ -90,6 +90,11 @@ export interface KubeletOptions {
   log?: (line: string) => void;
   /** How often /readyz is polled (default 500 ms). */
   readinessPeriodMs?: number;
+  /**
+   * A JSON file kept up to date with the ports allocated so far ({ "<namespace>/<pod>": { peer, http } },
+   * replaced atomically): an operator in another process reads it to find each member's /status.
+   */
+  portsFile?: string;
 }
 
 export class MockKubelet {
@@ -103,8 +108,10 @@ export class MockKubelet {
   private stopped = false;
   private readonly log: (line: string) => void;
   readonly logDir: string;
-  /** Every process start, for tests: pod name and pid. */
-  readonly starts: { pod: string; pid: number; at: number }[] = [];
+  /** Every process start, for tests: pod name, pod uid and pid. */
+  readonly starts: { pod: string; uid: string; pid: number; at: number }[] = [];
+  /** Every graceful pod deletion the kubelet acted on (SIGTERM sent), for tests. */
+  readonly terminations: { pod: string; uid: string; at: number }[] = [];
 
   private constructor(private readonly options: KubeletOptions) {
     this.core = options.kubeConfig.makeApiClient(CoreV1Api);
@@ -275,11 +282,19 @@ export class MockKubelet {
       ports = freePorts(2).then(([peer, http]) => {
         const p = { peer: peer!, http: http! };
         this.allocated.set(key, p);
+        this.writePortsFile();
         return p;
       });
       this.ports.set(key, ports);
     }
     return ports;
+  }
+
+  private writePortsFile(): void {
+    const file = this.options.portsFile;
+    if (file === undefined) return;
+    fs.writeFileSync(`${file}.tmp`, JSON.stringify(Object.fromEntries(this.allocated)));
+    fs.renameSync(`${file}.tmp`, file);
   }
 
   private podDir(state: PodState): string {
@@ -430,7 +445,7 @@ export class MockKubelet {
     state.firstStartedAt ??= state.startedAt;
     state.ready = false;
     state.readyFailures = 0;
-    this.starts.push({ pod: state.name, pid: child.pid ?? -1, at: Date.now() });
+    this.starts.push({ pod: state.name, uid: state.uid, pid: child.pid ?? -1, at: Date.now() });
     state.childExited = new Promise<void>((resolve) => {
       child.once('exit', (code, signal) => {
         this.onExit(state, child, code, signal);
@@ -474,6 +489,7 @@ export class MockKubelet {
   /** Graceful deletion: SIGTERM, SIGKILL after the grace period (at most 10 s here), then remove the pod. */
   private async terminate(state: PodState): Promise<void> {
     state.phase = 'terminating';
+    this.terminations.push({ pod: state.name, uid: state.uid, at: Date.now() });
     if (state.timer !== null) clearTimeout(state.timer);
     const child = state.child;
     if (child === null) {
