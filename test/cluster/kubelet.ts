@@ -22,6 +22,9 @@
 //  - Test hooks: kill(nodeId or pod name) SIGKILLs a process (the pod stays; it is restarted);
 //    hold(pod)/release(pod) keep a pod's process from (re)starting, as a slow volume attach would;
 //    statusUrl(pod) is where the operator should poll the member's /status; url(pod) is its HTTP base.
+//    starts and terminations record every process start (pod uid) and every graceful stop (how long the
+//    agent took to exit on SIGTERM, whether it had to be killed); portsFile shares the port map with an
+//    operator running in another process (operator-child.ts).
 
 import { spawn } from 'node:child_process';
 import type { ChildProcess } from 'node:child_process';
@@ -110,8 +113,11 @@ export class MockKubelet {
   readonly logDir: string;
   /** Every process start, for tests: pod name, pod uid and pid. */
   readonly starts: { pod: string; uid: string; pid: number; at: number }[] = [];
-  /** Every graceful pod deletion the kubelet acted on (SIGTERM sent), for tests. */
-  readonly terminations: { pod: string; uid: string; at: number }[] = [];
+  /**
+   * Every graceful pod deletion the kubelet acted on, for tests: when (SIGTERM sent), how long the process
+   * took to exit (null while it runs, 0 when none ran), and whether the grace period ran out (SIGKILL).
+   */
+  readonly terminations: { pod: string; uid: string; at: number; stoppedMs: number | null; forced: boolean }[] = [];
 
   private constructor(private readonly options: KubeletOptions) {
     this.core = options.kubeConfig.makeApiClient(CoreV1Api);
@@ -489,17 +495,23 @@ export class MockKubelet {
   /** Graceful deletion: SIGTERM, SIGKILL after the grace period (at most 10 s here), then remove the pod. */
   private async terminate(state: PodState): Promise<void> {
     state.phase = 'terminating';
-    this.terminations.push({ pod: state.name, uid: state.uid, at: Date.now() });
+    const record = { pod: state.name, uid: state.uid, at: Date.now(), stoppedMs: null as number | null, forced: false };
+    this.terminations.push(record);
     if (state.timer !== null) clearTimeout(state.timer);
     const child = state.child;
     if (child === null) {
+      record.stoppedMs = 0;
       await this.finalize(state);
       return;
     }
     child.kill('SIGTERM');
     const graceMs = Math.min(10, state.pod.spec?.terminationGracePeriodSeconds ?? 30) * 1000;
-    const timer = setTimeout(() => child.kill('SIGKILL'), graceMs);
+    const timer = setTimeout(() => {
+      record.forced = true;
+      child.kill('SIGKILL');
+    }, graceMs);
     await state.childExited;
+    record.stoppedMs = Date.now() - record.at;
     clearTimeout(timer);
   }
 

@@ -75,7 +75,9 @@ test.before(async (t) => {
 
 test.after.always(async () => {
   await cp?.stop();
-  fs.rmSync(workDir, { recursive: true, force: true });
+  // DERECHO_TEST_KEEP=1 keeps the agents' and operators' logs and the volumes for a look afterwards.
+  if (process.env.DERECHO_TEST_KEEP) process.stderr.write(`kept ${workDir}\n`);
+  else fs.rmSync(workDir, { recursive: true, force: true });
 });
 
 const conditionOf = (group: Group | undefined, type: string): Condition | undefined => group?.status?.conditions?.find((c) => c.type === type);
@@ -152,7 +154,9 @@ function fieldPathPattern(message: string): RegExp {
   const rule = rules[0]!;
   const escape = (text: string): string => text.replace(/[.*+?^${}()|[\]\\]/g, '\\$&');
   const at = rule.at.split('[]').map(escape).join('\\[[0-9]+\\]');
-  return new RegExp(`${at}${escape(rule.fieldPath ?? '')}: Invalid value`);
+  // The rule's reason picks the error type the API server reports (field.ErrorType's text).
+  const type = { FieldValueInvalid: 'Invalid value', FieldValueForbidden: 'Forbidden', FieldValueRequired: 'Required value', FieldValueDuplicate: 'Duplicate value' }[rule.reason ?? 'FieldValueInvalid'];
+  return new RegExp(`${at}${escape(rule.fieldPath ?? '')}: ${type}`);
 }
 
 async function refusalOf(attempt: Promise<unknown>): Promise<{ code: number; message: string } | null> {
@@ -349,6 +353,8 @@ class Writer {
   private readonly done: Promise<void>;
   phase = 'initial';
   readonly acksByPhase = new Map<string, number>();
+  /** When each acknowledged write was acknowledged (Date.now()). */
+  readonly ackTimes: number[] = [];
   lastError = '';
 
   constructor(private readonly urlOf: (nodeId: number) => string | null, private readonly members: () => number[]) {
@@ -367,7 +373,7 @@ class Writer {
         const base = this.urlOf(id);
         if (base === null) continue;
         try {
-          const res = await agentJson<unknown>(`${base}/v1/kv/kv/${key}`, { method: 'PUT', body: value }, 5000);
+          const res = await agentJson<unknown>(`${base}/v1/kv/kv/${key}`, { method: 'PUT', body: value }, 3000);
           if (res.status === 200) acked = true;
           else {
             this.failures++;
@@ -381,6 +387,7 @@ class Writer {
       turn++;
       if (acked) {
         this.acknowledged.set(key, value);
+        this.ackTimes.push(Date.now());
         this.acksByPhase.set(this.phase, (this.acksByPhase.get(this.phase) ?? 0) + 1);
         this.n++;
       }
@@ -497,7 +504,7 @@ test('scaling 3 -> 5 -> 3 and a rolling update, with the operator killed (SIGKIL
   writer.phase = 'rolling-update';
   const leader = five.status!.view!.members[0]!;
   const uidsBefore = new Map((await listPods(ns, group)).map((p) => [p.metadata.name, p.metadata.uid]));
-  const hashBefore = (await listPods(ns, group))[0]!.metadata.annotations?.[ANNOTATION.configHash];
+  const hashesBefore = new Map((await listPods(ns, group)).map((p) => [p.metadata.name, p.metadata.annotations?.[ANNOTATION.configHash]]));
   const tUpdate = Date.now();
   const updated = await applyGroup(manifest(5, '150m'), ns);
   t.is(updated.metadata.generation, scaleUp.metadata.generation + 1);
@@ -511,10 +518,9 @@ test('scaling 3 -> 5 -> 3 and a rolling update, with the operator killed (SIGKIL
   const updateMs = Date.now() - tUpdate;
   const podsAfter = await listPods(ns, group);
   t.is(podsAfter.length, 5);
-  const hashAfter = podsAfter[0]!.metadata.annotations?.[ANNOTATION.configHash];
-  t.not(hashAfter, hashBefore);
   for (const pod of podsAfter) {
-    t.is(pod.metadata.annotations?.[ANNOTATION.configHash], hashAfter, `${pod.metadata.name} runs the new spec`);
+    // (The hash covers the member's own pod spec: one per member.)
+    t.not(pod.metadata.annotations?.[ANNOTATION.configHash], hashesBefore.get(pod.metadata.name), `${pod.metadata.name} runs the new spec`);
     t.not(pod.metadata.uid, uidsBefore.get(pod.metadata.name), `${pod.metadata.name} was restarted`);
   }
   // Exactly one restart per member: one new pod each, the first start of each new pod in order.
@@ -534,6 +540,10 @@ test('scaling 3 -> 5 -> 3 and a rolling update, with the operator killed (SIGKIL
   for (let i = 1; i < downtimes.length; i++) {
     t.true(downtimes[i]!.from >= downtimes[i - 1]!.to, `node ${downtimes[i]!.id} went down after node ${downtimes[i - 1]!.id} was back: ${JSON.stringify(downtimes)}`);
   }
+  // Each agent stops on SIGTERM, within the grace period (the kubelet's SIGKILL is a hang).
+  const stops = kubelet.terminations.filter((s) => s.at > tUpdate);
+  t.deepEqual(stops.filter((s) => s.forced).map((s) => s.pod), [], `every agent exited on SIGTERM: ${JSON.stringify(stops)}`);
+  t.log(`rolling update: SIGTERM to exit ${stops.map((s) => `${s.pod} ${s.stoppedMs ?? '?'} ms`).join(', ')}`);
   t.log(`rolling update: Ready on generation ${updated.metadata.generation} ${seconds(updateMs)} after apply (operator-b killed at ${seconds(tKillB - tUpdate)}); restart order ${order.join(', ')}; view ${rolled.status!.view!.id}`);
 
   // ---- Scale down to 3: node 5 then node 4 removed; their volumes kept.
@@ -553,8 +563,12 @@ test('scaling 3 -> 5 -> 3 and a rolling update, with the operator killed (SIGKIL
   writer.phase = 'after';
   await waitFor('a write after the scale-down', () => (writer!.acksByPhase.get('after') ?? 0) > 0, { timeoutMs: 30_000 });
   await writer.stop();
-  for (const phase of ['scale-up', 'rolling-update', 'scale-down', 'after']) t.true((writer.acksByPhase.get(phase) ?? 0) > 0, `writes were acknowledged during ${phase}`);
-  t.log(`writer: ${writer.acknowledged.size} writes acknowledged (${[...writer.acksByPhase].map(([p, n]) => `${p} ${n}`).join(', ')}), ${writer.failures} failed attempts (last: ${writer.lastError || '-'})`);
+  // Available throughout: writes kept being acknowledged (the longest wait is a view change or two).
+  const gaps = writer.ackTimes.slice(1).map((at, i) => at - writer!.ackTimes[i]!);
+  const longestGapMs = Math.max(0, ...gaps);
+  for (const phase of ['scale-up', 'rolling-update']) t.true((writer.acksByPhase.get(phase) ?? 0) > 0, `writes were acknowledged during ${phase}`);
+  t.true(longestGapMs < 15_000, `the longest time without an acknowledged write was ${longestGapMs} ms`);
+  t.log(`writer: ${writer.acknowledged.size} writes acknowledged (${[...writer.acksByPhase].map(([p, n]) => `${p} ${n}`).join(', ')}), longest time without one ${seconds(longestGapMs)}, ${writer.failures} failed attempts (last: ${writer.lastError || '-'})`);
   for (const id of [1, 2, 3]) {
     const listed = await agentJson<{ items: { key: string; value: string }[] }>(`${urlOf(id)!}/v1/kv/kv?prefix=w-&limit=10000`);
     t.is(listed.status, 200);
