@@ -8,11 +8,13 @@
 //  - mutual TLS: a group whose Secret is missing says so in its status (Degraded=AuthSecretMissing, pods
 //    wait for their volume), one whose Secret lacks a member's key names the key, and once the CA and the
 //    per-member certificates (openssl, CN "node-<id>") are there the group forms over TLS and serves writes;
+//    scaled up before the new member has a certificate, it says so, and the member joins once it has one;
 //  - scaling 3 -> 5 -> 3, a rolling update, and the operator (a process of its own) killed with SIGKILL
 //    in the middle of the scale-up and of the rolling update: a writer puts keys through the agents' kv
 //    API the whole time; members are added one at a time (each joins with state transfer and shows up in
 //    the view in the status), the update restarts every pod exactly once, one at a time, the leader last,
-//    the scale-down removes the highest ids first and keeps their volumes; no acknowledged write is lost.
+//    the scale-down removes the highest ids first and keeps their volumes, and a member added back starts
+//    on its retained volume (an old view's state) and catches up; no acknowledged write is lost.
 
 import { execFile, spawn } from 'node:child_process';
 import type { ChildProcess } from 'node:child_process';
@@ -215,12 +217,12 @@ test('the API server refuses crd-cases.ts manifests with the field path and the 
 // ---------------------------------------------------------------------------------------------------
 // Mutual TLS.
 
-/** A CA and, for each node id, a certificate with CN "node-<id>" signed by it: the Secret's data (base64). */
+/** A CA (made once per directory) and, for each node id, a certificate with CN "node-<id>" signed by it: the Secret's data (base64). */
 async function tlsMaterial(dir: string, nodeIds: number[]): Promise<Record<string, string>> {
   fs.mkdirSync(dir, { recursive: true });
   const openssl = (args: string[]) => execFileP('openssl', args, { cwd: dir });
   const ec = ['-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:prime256v1', '-nodes'];
-  await openssl(['req', '-x509', ...ec, '-keyout', 'ca.key', '-out', 'ca.crt', '-days', '2', '-subj', '/CN=derecho-test-ca']);
+  if (!fs.existsSync(path.join(dir, 'ca.crt'))) await openssl(['req', '-x509', ...ec, '-keyout', 'ca.key', '-out', 'ca.crt', '-days', '2', '-subj', '/CN=derecho-test-ca']);
   await Promise.all(nodeIds.map(async (id) => {
     await openssl(['req', ...ec, '-keyout', `node-${id}.key`, '-out', `node-${id}.csr`, '-subj', `/CN=node-${id}`]);
     await openssl(['x509', '-req', '-in', `node-${id}.csr`, '-CA', 'ca.crt', '-CAkey', 'ca.key', '-set_serial', String(1000 + id), '-days', '2', '-out', `node-${id}.crt`]);
@@ -308,6 +310,19 @@ test('mutual TLS: a missing Secret and a missing key are reported in the status;
     const got = await agentJson<{ value: string }>(`${kubelet.url(`${group}-${id}`)}/v1/kv/kv/${key}`);
     t.is(got.body.value, 'over tls', `read through node ${id}`);
   }
+
+  // ---- Scaling to 4 before node 4 has a certificate: the status names the missing keys; once they are
+  // in the Secret, node 4 joins over TLS.
+  const scaled = await applyGroup(fastGroup(group, 4, { tls: { mode: 'mutual' } }), ns);
+  const lackingFour = await waitForGroup('Degraded naming node-4.crt and node-4.key', (g) => /lacks node-4\.crt, node-4\.key/.test(conditionOf(g, 'Degraded')?.message ?? ''));
+  t.is(lackingFour.status!.currentMembers, 4, 'node 4 is added (its pod waits for its certificate)');
+  const tFour = Date.now();
+  const withFour = { ...material, ...(await tlsMaterial(path.join(workDir, 'tls'), [4])) };
+  await rest!.request('PUT', resourcePath(secretType, ns, secretName), { body: { apiVersion: 'v1', kind: 'Secret', metadata: { name: secretName, namespace: ns }, type: 'Opaque', data: withFour } });
+  const four = await waitForGroup('the TLS group Ready with 4 members', (g) => readyWith(g, [1, 2, 3, 4], scaled.metadata.generation), 90_000);
+  t.log(`node 4 in the TLS group's view ${four.status!.view!.id} ${seconds(Date.now() - tFour)} after its certificate was added`);
+  const viaFour = await agentJson<{ value: string }>(`${kubelet.url(`${group}-4`)}/v1/kv/kv/${key}`);
+  t.is(viaFour.body.value, 'over tls', 'read through node 4');
   ok = true;
 });
 
@@ -559,9 +574,19 @@ test('scaling 3 -> 5 -> 3 and a rolling update, with the operator killed (SIGKIL
   t.deepEqual(await pvcs(), range(1, 5).map((id) => names.pvc(group, id)).sort(), 'volumes are kept (storage.retention "retain")');
   t.log(`scale-down 5 -> 3: Ready in view ${three.status!.view!.id} ${seconds(downMs)} after apply`);
 
+  // ---- Back to 4: node 4 comes back on its retained volume (saved state of an old view) and catches up.
+  writer.phase = 'scale-up-again';
+  const tAgain = Date.now();
+  const again = await applyGroup(manifest(4, '150m'), ns);
+  const four = await waitForGroup('Ready with 4 members again', (g) => readyWith(g, [1, 2, 3, 4], again.metadata.generation) && g.status?.currentMembers === 4);
+  t.log(`scale-up 3 -> 4 on node 4's retained volume: Ready in view ${four.status!.view!.id} ${seconds(Date.now() - tAgain)} after apply`);
+  const fourLog = fs.readFileSync(path.join(kubelet.logDir, `${ns}_${podName(4)}.log`), 'utf8');
+  t.regex(fourLog.slice(fourLog.lastIndexOf('--- mock kubelet: starting pod')), /"msg":"agent started".*"start":"restart"/, 'node 4 started from its saved state');
+  writeMembers = [1, 2, 3, 4];
+
   // ---- Every acknowledged write is there, through every member.
   writer.phase = 'after';
-  await waitFor('a write after the scale-down', () => (writer!.acksByPhase.get('after') ?? 0) > 0, { timeoutMs: 30_000 });
+  await waitFor('writes after the last change', () => (writer!.acksByPhase.get('after') ?? 0) > 3, { timeoutMs: 30_000 });
   await writer.stop();
   // Available throughout: writes kept being acknowledged (the longest wait is a view change or two).
   const gaps = writer.ackTimes.slice(1).map((at, i) => at - writer!.ackTimes[i]!);
@@ -569,7 +594,7 @@ test('scaling 3 -> 5 -> 3 and a rolling update, with the operator killed (SIGKIL
   for (const phase of ['scale-up', 'rolling-update']) t.true((writer.acksByPhase.get(phase) ?? 0) > 0, `writes were acknowledged during ${phase}`);
   t.true(longestGapMs < 15_000, `the longest time without an acknowledged write was ${longestGapMs} ms`);
   t.log(`writer: ${writer.acknowledged.size} writes acknowledged (${[...writer.acksByPhase].map(([p, n]) => `${p} ${n}`).join(', ')}), longest time without one ${seconds(longestGapMs)}, ${writer.failures} failed attempts (last: ${writer.lastError || '-'})`);
-  for (const id of [1, 2, 3]) {
+  for (const id of [1, 2, 3, 4]) {
     const listed = await agentJson<{ items: { key: string; value: string }[] }>(`${urlOf(id)!}/v1/kv/kv?prefix=w-&limit=10000`);
     t.is(listed.status, 200);
     const stored = new Map(listed.body.items.map((item) => [item.key, item.value]));
