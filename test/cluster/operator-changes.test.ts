@@ -14,7 +14,9 @@
 //    API the whole time; members are added one at a time (each joins with state transfer and shows up in
 //    the view in the status), the update restarts every pod exactly once, one at a time, the leader last,
 //    the scale-down removes the highest ids first and keeps their volumes, and a member added back starts
-//    on its retained volume (an old view's state) and catches up; no acknowledged write is lost.
+//    on its retained volume (an old view's state) and catches up; no acknowledged write is lost;
+//  - a rolling update of examples/kv-group.yaml as is: kv shard 1 has one member, so restarting it stops
+//    the group (a Warning says so); the update still completes and no acknowledged write is lost.
 
 import { execFile, spawn } from 'node:child_process';
 import type { ChildProcess } from 'node:child_process';
@@ -600,6 +602,66 @@ test('scaling 3 -> 5 -> 3 and a rolling update, with the operator killed (SIGKIL
     const stored = new Map(listed.body.items.map((item) => [item.key, item.value]));
     const lost = [...writer.acknowledged].filter(([key, value]) => stored.get(key) !== value).map(([key]) => key);
     t.deepEqual(lost, [], `node ${id}: every acknowledged write is there`);
+  }
+  ok = true;
+});
+
+test('a rolling update of examples/kv-group.yaml, whose kv shard 1 has one member: a Warning says the group stops while it restarts; the update completes and no acknowledged write is lost', async (t) => {
+  if (skipped(t)) return;
+  t.timeout(3 * 60_000);
+  const ns = 'derecho-sole';
+  const group = 'example';
+  await createNamespace(ns);
+  const logs: string[] = [];
+  const kubelet = await MockKubelet.start({ kubeConfig: cp!.kubeConfig, namespace: ns, workDir: path.join(workDir, 'kubelet-sole'), log: (line) => logs.push(line) });
+  let writer: Writer | null = null;
+  let ok = false;
+  const operator = await runOperator(['--namespace', ns, '--leader-elect=false', '--metrics-port', '0', '--health-port', '0', '--bind-address', '127.0.0.1'], { KUBECONFIG: cp!.kubeconfigPath },
+    { statusUrl: kubelet.statusUrl, log: createLogger('info', { op: 'operator-sole' }, (line) => logs.push(line.trimEnd())) });
+  t.teardown(async () => {
+    await writer?.stop();
+    if (!ok) {
+      t.log(`--- operator and kubelet log (last 60 lines)\n${logs.slice(-60).join('\n')}`);
+      t.log(`--- status: ${statusLine(await getGroup(ns, group).catch(() => undefined))}`);
+      t.log(kubelet.logs(20));
+    }
+    await operator.stop().catch(() => {});
+    await kubelet.stop();
+  });
+  const waitForGroup = (what: string, probe: (g: Group) => boolean, timeoutMs = 60_000): Promise<Group> =>
+    waitFor(what, async () => {
+      const g = await getGroup(ns, group);
+      return probe(g) ? g : false;
+    }, { timeoutMs, intervalMs: 200 });
+  await applyGroup(fastGroup(group, 3), ns);
+  const formed = await waitForGroup('the example group to be Ready', (g) => readyWith(g, [1, 2, 3]));
+  t.deepEqual(formed.status!.shards!.find((s) => s.subgroup === 'kv' && s.shard === 1)?.members, [3], 'kv/1 lives on node 3 alone');
+  writer = new Writer((id) => {
+    try {
+      return kubelet.url(`${group}-${id}`);
+    } catch {
+      return null;
+    }
+  }, () => [1, 2, 3]);
+  await waitFor('a first write', () => writer!.acknowledged.size > 0, { timeoutMs: 20_000 });
+  const tUpdate = Date.now();
+  const updated = await applyGroup(fastGroup(group, 3, { resources: { requests: { cpu: '150m', memory: '128Mi' } } }), ns);
+  const warning = await waitFor('the Warning about node 3', async () => {
+    const events = await rest!.get<{ items: { type: string; reason: string; message: string }[] }>(`/api/v1/namespaces/${ns}/events?fieldSelector=${encodeURIComponent(`involvedObject.name=${group}`)}`);
+    return events.items.find((e) => e.reason === 'RollingRestart' && e.type === 'Warning');
+  }, { timeoutMs: 30_000 });
+  t.regex(warning.message, /^restarting node 3 .*node 3 is the only member of shard kv\/1: the group cannot change views without it/);
+  const rolled = await waitForGroup('Ready on the new spec', (g) => readyWith(g, [1, 2, 3], updated.metadata.generation), 150_000);
+  const updateMs = Date.now() - tUpdate;
+  const acksBefore = writer.acknowledged.size;
+  await waitFor('writes after the update', () => writer!.acknowledged.size > acksBefore + 3, { timeoutMs: 30_000 });
+  await writer.stop();
+  const gaps = writer.ackTimes.slice(1).map((at, i) => at - writer!.ackTimes[i]!);
+  t.log(`rolling update of the example layout: Ready on generation ${updated.metadata.generation} in view ${rolled.status!.view!.id} ${seconds(updateMs)} after apply; longest time without an acknowledged write ${seconds(Math.max(0, ...gaps))}; ${writer.acknowledged.size} writes acknowledged`);
+  for (const id of [1, 2, 3]) {
+    const listed = await agentJson<{ items: { key: string; value: string }[] }>(`${kubelet.url(`${group}-${id}`)}/v1/kv/kv?prefix=w-&limit=10000`);
+    const stored = new Map(listed.body.items.map((item) => [item.key, item.value]));
+    t.deepEqual([...writer.acknowledged].filter(([key, value]) => stored.get(key) !== value).map(([key]) => key), [], `node ${id}: every acknowledged write is there`);
   }
   ok = true;
 });
