@@ -454,10 +454,11 @@ test('scaling 3 -> 5 -> 3 -> 4 and a rolling update, with the operator killed (S
       const g = await getGroup(ns, group);
       return probe(g) ? g : false;
     }, { timeoutMs, intervalMs: 100 });
-  const manifest = (members: number, cpu = '100m'): Manifest => fastGroup(group, members, {
-    // kv shards take up to 3 members: nodes 4 and 5 join kv shards (state transfer); events stays on 1..3.
+  // kv shards take up to 2 members at first, 3 from the scale-up on (so nodes 4 and 5 join kv shards, by
+  // state transfer); events stays on 1..3.
+  const manifest = (members: number, cpu = '100m', kvMax = 3): Manifest => fastGroup(group, members, {
     subgroups: [
-      { name: 'kv', type: 'kv', shards: 2, minNodesPerShard: 1, maxNodesPerShard: 3, reservedNodeIds: [[1, 2], [3]] },
+      { name: 'kv', type: 'kv', shards: 2, minNodesPerShard: 1, maxNodesPerShard: kvMax, reservedNodeIds: [[1, 2], [3]] },
       { name: 'events', type: 'log', minNodesPerShard: 2, maxNodesPerShard: 3, reservedNodeIds: [[1, 2, 3]] },
     ],
     resources: { requests: { cpu, memory: '128Mi' }, limits: { memory: '512Mi' } },
@@ -475,13 +476,16 @@ test('scaling 3 -> 5 -> 3 -> 4 and a rolling update, with the operator killed (S
   // ---- Operator A; a 3-member group; a writer.
   startOperator('operator-a');
   const tCreate = Date.now();
-  await applyGroup(manifest(3), ns);
+  await applyGroup(manifest(3, '100m', 2), ns);
   const formed = await waitForGroup('the group to be Ready with 3 members', (g) => readyWith(g, [1, 2, 3]));
   t.log(`3 members Ready ${seconds(Date.now() - tCreate)} after apply (including the operator's start): ${statusLine(formed)}`);
   writer = new Writer(urlOf, () => writeMembers);
 
-  // ---- Scale up to 5; operator A is killed as soon as it has created node 4's pod.
+  // ---- Scale up to 5 and raise kv's maxNodesPerShard in one apply: nodes 4 and 5 are added one at a
+  // time, then nodes 1..3 restart on the new manifest. Operator A is killed as soon as it has created
+  // node 4's pod.
   writer.phase = 'scale-up';
+  const uidsBeforeScaleUp = new Map((await listPods(ns, group)).map((p) => [p.metadata.name, p.metadata.uid]));
   const tScaleUp = Date.now();
   const scaleUp = await applyGroup(manifest(5), ns);
   await waitFor('the pod of node 4', async () => (await listPods(ns, group)).some((p) => p.metadata.name === podName(4)), { timeoutMs: 60_000, intervalMs: 50 });
@@ -497,7 +501,7 @@ test('scaling 3 -> 5 -> 3 -> 4 and a rolling update, with the operator killed (S
   const fiveInView = Date.now() - tScaleUp;
   const five = await waitForGroup('Ready with 5 members', (g) => readyWith(g, [1, 2, 3, 4, 5], scaleUp.metadata.generation));
   const fiveReady = Date.now() - tScaleUp;
-  t.log(`scale-up 3 -> 5: node 4 in the view ${seconds(fourInView)} after apply (view ${withFour.status!.view!.id}; operator-a killed at ${seconds(tKillA - tScaleUp)}, operator-b took over), node 5 in the view at ${seconds(fiveInView)} (view ${withFive.status!.view!.id}), Ready at ${seconds(fiveReady)}`);
+  t.log(`scale-up 3 -> 5 with kv maxNodesPerShard 2 -> 3: node 4 in the view ${seconds(fourInView)} after apply (view ${withFour.status!.view!.id}; operator-a killed at ${seconds(tKillA - tScaleUp)}, operator-b took over), node 5 in the view at ${seconds(fiveInView)} (view ${withFive.status!.view!.id}), Ready with nodes 1..3 restarted on the new manifest at ${seconds(fiveReady)}: ${JSON.stringify(five.status!.shards)}`);
   t.is(five.status!.currentMembers, 5);
   t.is(five.status!.desiredMembers, 5);
   t.is(five.status!.readyMembers, '5/5');
@@ -507,14 +511,22 @@ test('scaling 3 -> 5 -> 3 -> 4 and a rolling update, with the operator killed (S
     const starts = kubelet.starts.filter((s) => s.pod === podName(id));
     t.is(new Set(starts.map((s) => s.uid)).size, 1, `node ${id}'s pod was created once: ${JSON.stringify(starts)}`);
   }
+  // The founders restarted once each on the new manifest, after both new members were added.
+  const fiveAddedAt = kubelet.starts.find((s) => s.pod === podName(5))!.at;
+  for (const id of [1, 2, 3]) {
+    const newUids = new Set(kubelet.starts.filter((s) => s.pod === podName(id) && s.at > tScaleUp).map((s) => s.uid));
+    t.is(newUids.size, 1, `node ${id} restarted once for the new manifest`);
+    t.not([...newUids][0], uidsBeforeScaleUp.get(podName(id)));
+    t.true(kubelet.starts.find((s) => s.pod === podName(id) && s.at > tScaleUp)!.at > fiveAddedAt, `node ${id} restarted after node 5 was added`);
+  }
   const pvcs = async (): Promise<string[]> => (await rest!.get<{ items: { metadata: { name: string } }[] }>(`/api/v1/namespaces/${ns}/persistentvolumeclaims`)).items.map((c) => c.metadata.name).sort();
   t.deepEqual(await pvcs(), range(1, 5).map((id) => names.pvc(group, id)).sort());
-  // State transfer: each new member reads its own shard's keys from its local state.
+  // State transfer: each new member received its kv shard's records from a member that had them.
   for (const id of [4, 5]) {
     const shard = (five.status!.shards ?? []).find((s) => s.subgroup === 'kv' && s.members.includes(id))!;
-    const listed = await agentJson<{ items: { key: string; value: string }[] }>(`${urlOf(id)!}/v1/kv/kv?prefix=w-`);
-    const inShard = listed.body.items.length;
-    t.true(inShard > 0, `node ${id} (kv/${shard.shard}) lists keys written before it joined`);
+    const log = fs.readFileSync(path.join(kubelet.logDir, `${ns}_${podName(id)}.log`), 'utf8');
+    const transfers = [...log.matchAll(/"msg":"installed state transfer".*"shardId":([0-9]+).*"records":([0-9]+)/g)].map((m) => ({ shardId: Number(m[1]), records: Number(m[2]) }));
+    t.true(transfers.some((x) => x.shardId === shard.shard && x.records > 0), `node ${id} (kv/${shard.shard}) installed a state transfer with records: ${JSON.stringify(transfers)}`);
   }
   writeMembers = [1, 2, 3, 4, 5];
 
