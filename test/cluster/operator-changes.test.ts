@@ -362,6 +362,18 @@ class OperatorProcess {
   }
 }
 
+/**
+ * Every w-<n> key and its value, listed through one member (retried: a member the group just restarted
+ * may be between processes for a moment).
+ */
+async function storedKeys(baseUrl: string, who: string): Promise<Map<string, string>> {
+  const listed = await waitFor(`${who} to list the keys written`, async () => {
+    const r = await agentJson<{ items: { key: string; value: string }[] }>(`${baseUrl}/v1/kv/kv?prefix=w-&limit=10000`);
+    return r.status === 200 ? r.body : false;
+  }, { timeoutMs: 60_000, intervalMs: 500 });
+  return new Map(listed.items.map((item) => [item.key, item.value]));
+}
+
 /** Puts keys w-<n> through the members' kv API, one at a time, and remembers those acknowledged (HTTP 200). */
 class Writer {
   readonly acknowledged = new Map<string, string>();
@@ -615,9 +627,7 @@ test('scaling 3 -> 5 -> 3 -> 4 and a rolling update, with the operator killed (S
   t.true(longestGapMs < 20_000, `the longest time without an acknowledged write was ${longestGapMs} ms`);
   t.log(`writer: ${writer.acknowledged.size} writes acknowledged (${[...writer.acksByPhase].map(([p, n]) => `${p} ${n}`).join(', ')}), longest time without one ${seconds(longestGapMs)}, ${writer.failures} failed attempts (last: ${writer.lastError || '-'})`);
   for (const id of [1, 2, 3, 4]) {
-    const listed = await agentJson<{ items: { key: string; value: string }[] }>(`${urlOf(id)!}/v1/kv/kv?prefix=w-&limit=10000`);
-    t.is(listed.status, 200);
-    const stored = new Map(listed.body.items.map((item) => [item.key, item.value]));
+    const stored = await storedKeys(urlOf(id)!, `node ${id}`);
     const lost = [...writer.acknowledged].filter(([key, value]) => stored.get(key) !== value).map(([key]) => key);
     t.deepEqual(lost, [], `node ${id}: every acknowledged write is there`);
   }
@@ -677,8 +687,7 @@ test('a rolling update of examples/kv-group.yaml, whose kv shard 1 has one membe
   const gaps = writer.ackTimes.slice(1).map((at, i) => at - writer!.ackTimes[i]!);
   t.log(`rolling update of the example layout: Ready on generation ${updated.metadata.generation} in view ${rolled.status!.view!.id} ${seconds(updateMs)} after apply; longest time without an acknowledged write ${seconds(Math.max(0, ...gaps))}; ${writer.acknowledged.size} writes acknowledged`);
   for (const id of [1, 2, 3]) {
-    const listed = await agentJson<{ items: { key: string; value: string }[] }>(`${kubelet.url(`${group}-${id}`)}/v1/kv/kv?prefix=w-&limit=10000`);
-    const stored = new Map(listed.body.items.map((item) => [item.key, item.value]));
+    const stored = await storedKeys(kubelet.url(`${group}-${id}`), `node ${id}`);
     t.deepEqual([...writer.acknowledged].filter(([key, value]) => stored.get(key) !== value).map(([key]) => key), [], `node ${id}: every acknowledged write is there`);
   }
   ok = true;
