@@ -433,7 +433,9 @@ class Writer {
 
 test('scaling 3 -> 5 -> 3 -> 4 and a rolling update, with the operator killed (SIGKILL) in the middle of the scale-up, the update and the scale-down; no acknowledged write lost', async (t) => {
   if (skipped(t)) return;
-  t.timeout(5 * 60_000, 'the scaling and rolling-update test took over 5 minutes');
+  // Generous: restarted members are sometimes removed again right after they rejoin (the agent core; see
+  // ADR 0007), several times in a row on a loaded machine, which stretches the rolling update.
+  t.timeout(7 * 60_000, 'the scaling and rolling-update test took over 7 minutes');
   const ns = 'derecho-changes';
   const leaseNs = 'derecho-changes-system';
   const group = 'grow';
@@ -556,7 +558,7 @@ test('scaling 3 -> 5 -> 3 -> 4 and a rolling update, with the operator killed (S
   const tKillB = Date.now();
   t.log(`operator-b killed ${seconds(tKillB - tUpdate)} after the update was applied (${first.pod} restarted)`);
   startOperator('operator-c');
-  const rolled = await waitForGroup('Ready with every pod on the new spec', (g) => readyWith(g, [1, 2, 3, 4, 5], updated.metadata.generation), 150_000);
+  const rolled = await waitForGroup('Ready with every pod on the new spec', (g) => readyWith(g, [1, 2, 3, 4, 5], updated.metadata.generation), 240_000);
   const updateMs = Date.now() - tUpdate;
   const podsAfter = await listPods(ns, group);
   t.is(podsAfter.length, 5);
