@@ -449,6 +449,36 @@ test('a spec change restarts the pods one at a time, followers first and the lea
   for (const id of [1, 2, 3]) t.is((cluster.objects.get(`Pod/kv-demo-${id}`) as Pod).spec.containers[0]!.image, 'ghcr.io/derecho-ts/node-agent:0.2.0');
 });
 
+test('restarting the only member of a persistent shard is a Warning naming the shard (the group stops until it is back)', (t) => {
+  // The example: kv shard 1 lives on node 3 alone; nodes 1 and 2 hold kv/0 and events/0 together.
+  const cluster = settled();
+  cluster.setSpec({ image: 'ghcr.io/derecho-ts/node-agent:0.2.0' });
+  const first = cluster.step();
+  t.deepEqual(first.deletes.map((d) => d.name), ['kv-demo-3']);
+  const restart = first.events.find((e) => e.reason === 'RollingRestart')!;
+  t.is(restart.type, 'Warning');
+  t.regex(restart.message, /node 3 is the only member of shard kv\/1: the group cannot change views without it and stops until it is back/);
+  t.regex(conditionOf(first.status, 'Progressing').message, /^restarting node 3 with the new spec; outdated: nodes 1, 2, 3; node 3 is the only member of shard kv\/1/);
+  // Nodes 2 and 1 share every shard: their restarts are ordinary.
+  const rest: string[] = [];
+  for (let i = 0; i < 10 && cluster.podIds().length > 0; i++) {
+    const output = cluster.step();
+    for (const event of output.events.filter((e) => e.reason === 'RollingRestart')) rest.push(`${event.type} ${event.related?.name ?? ''}`);
+    if (output.status.phase === 'Running') break;
+  }
+  t.deepEqual(rest, ['Normal kv-demo-2', 'Normal kv-demo-1']);
+  // With a second member in kv/1 (4 members), no restart stops the group.
+  const wide = settled({ members: 4, subgroups: [{ name: 'kv', type: 'kv', shards: 2, minNodesPerShard: 1, maxNodesPerShard: 2, reservedNodeIds: [[1, 2], [3, 4]] }, { name: 'events', type: 'log', minNodesPerShard: 2, maxNodesPerShard: 3, reservedNodeIds: [[1, 2, 3]] }] });
+  wide.setSpec({ image: 'ghcr.io/derecho-ts/node-agent:0.2.0' });
+  const types: string[] = [];
+  for (let i = 0; i < 16; i++) {
+    const output = wide.step();
+    types.push(...output.events.filter((e) => e.reason === 'RollingRestart').map((e) => e.type));
+    if (i > 0 && output.status.phase === 'Running') break;
+  }
+  t.deepEqual(types, ['Normal', 'Normal', 'Normal', 'Normal']);
+});
+
 test('outdated pods wait while a member is not active', (t) => {
   const cluster = settled();
   cluster.setSpec({ resources: { limits: { memory: '1Gi' } } });

@@ -417,13 +417,16 @@ function plan(ctx: Context, observed: Observed, input: ReconcileInput, spec: Gro
   // first and without the health gate: they serve nothing, and the new spec may be what fixes them.
   // Members in the view wait for the gate, followers first (highest id first), the leader last.
   let rolled: NodeId | null = null;
+  let soleShards: string[] = [];
   const idle = outdated.filter((id) => !liveMembers.includes(id) && !isActive(reports[id]));
   if (outdated.length > 0 && next === current && terminating.length === 0 && (idle.length > 0 || (desired === current && stable))) {
     const leader = view?.members[0];
     rolled = idle.length > 0 ? Math.max(...idle) : [...outdated].sort((a, b) => (a === leader ? 1 : b === leader ? -1 : b - a))[0]!;
     const existing = observed.pods.get(rolled)!;
     deletes.push(refOf(existing, `node ${rolled} runs an older spec`));
-    events.push({ type: 'Normal', reason: 'RollingRestart', action: 'Restart', message: `restarting node ${rolled} (pod ${existing.metadata.name}) to apply the new spec; ${outdated.length - 1} more to go after it`, related: podRef(ctx, rolled) });
+    soleShards = liveMembers.includes(rolled) ? soleHolderOf(view, policy, rolled) : [];
+    const stops = soleShards.length > 0 ? `; ${stopNote(rolled, soleShards)}` : '';
+    events.push({ type: soleShards.length > 0 ? 'Warning' : 'Normal', reason: 'RollingRestart', action: 'Restart', message: `restarting node ${rolled} (pod ${existing.metadata.name}) to apply the new spec; ${outdated.length - 1} more to go after it${stops}`, related: podRef(ctx, rolled) });
   }
   const hadView = view !== null;
   if (created.length > 0) {
@@ -435,7 +438,7 @@ function plan(ctx: Context, observed: Observed, input: ReconcileInput, spec: Gro
   }
   objects.push(...podObjects);
 
-  const status = buildStatus(ctx, observed, reports, view, { ...counts, desired, next, refusal, scalingNote, outdated, rolled, created, auth });
+  const status = buildStatus(ctx, observed, reports, view, { ...counts, desired, next, refusal, scalingNote, outdated, rolled, soleShards, created, auth });
   events.push(...conditionEvents(ctx.previous, status));
   const settled = status.phase === 'Running';
   return {
@@ -458,6 +461,22 @@ function currentView(reports: AgentReports, previous: DerechoGroupStatus | null)
   if (best !== null) return { id: best.viewId, members: [...best.members], layout: best.layout };
   if (previous?.view !== undefined) return { id: previous.view.id, members: [...previous.view.members], layout: null };
   return null;
+}
+
+/**
+ * The persistent ordered shards (subgroup/index) whose only member in the view is `nodeId`. While it
+ * restarts the group cannot install a view (it would be inadequate, and the shard's state is only there),
+ * so the whole group waits for it: a restart of such a member is an outage, not a rolling step.
+ */
+function soleHolderOf(view: ReturnType<typeof currentView>, policy: ReturnType<typeof toGroupPolicy>, nodeId: NodeId): string[] {
+  const durable = new Set(policy.subgroups.filter((subgroup) => subgroup.persistent && subgroup.deliveryMode === 'ordered').map((subgroup) => subgroup.name));
+  return (view?.layout ?? [])
+    .filter((shard) => durable.has(shard.subgroup) && shard.members.length === 1 && shard.members[0] === nodeId)
+    .map((shard) => `${shard.subgroup}/${shard.shardIndex}`);
+}
+
+function stopNote(nodeId: NodeId, shards: string[]): string {
+  return `node ${nodeId} is the only member of shard${shards.length === 1 ? '' : 's'} ${shards.join(', ')}: the group cannot change views without it and stops until it is back (give ${shards.length === 1 ? 'that shard' : 'those shards'} a second member to keep the group available during restarts)`;
 }
 
 function layoutOf(view: ReturnType<typeof currentView>): Layout | null {
@@ -749,6 +768,8 @@ interface StatusPlan extends Counts {
   scalingNote: string | null;
   outdated: NodeId[];
   rolled: NodeId | null;
+  /** The persistent shards whose only member is `rolled` (the group stops while it restarts). */
+  soleShards: string[];
   created: NodeId[];
   auth: Auth;
 }
@@ -851,7 +872,7 @@ function buildStatus(ctx: Context, observed: Observed, reports: AgentReports, vi
     conditions.push(condition(ctx, 'Progressing', 'True', up ? 'ScalingUp' : 'ScalingDown', message));
   } else if (plan.outdated.length > 0) {
     const message = plan.rolled !== null
-      ? `restarting node ${plan.rolled} with the new spec; outdated: ${listIds(plan.outdated)}`
+      ? `restarting node ${plan.rolled} with the new spec; outdated: ${listIds(plan.outdated)}${plan.soleShards.length > 0 ? `; ${stopNote(plan.rolled, plan.soleShards)}` : ''}`
       : `${listIds(plan.outdated)} run an older spec; waiting to restart them one at a time until every member is active in one view`;
     conditions.push(condition(ctx, 'Progressing', 'True', 'RollingUpdate', message));
   } else if (plan.created.length > 0 || !everFormed) {

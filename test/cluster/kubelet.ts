@@ -22,6 +22,9 @@
 //  - Test hooks: kill(nodeId or pod name) SIGKILLs a process (the pod stays; it is restarted);
 //    hold(pod)/release(pod) keep a pod's process from (re)starting, as a slow volume attach would;
 //    statusUrl(pod) is where the operator should poll the member's /status; url(pod) is its HTTP base.
+//    starts and terminations record every process start (pod uid) and every graceful stop (how long the
+//    agent took to exit on SIGTERM, whether it had to be killed); portsFile shares the port map with an
+//    operator running in another process (operator-child.ts).
 
 import { spawn } from 'node:child_process';
 import type { ChildProcess } from 'node:child_process';
@@ -90,6 +93,11 @@ export interface KubeletOptions {
   log?: (line: string) => void;
   /** How often /readyz is polled (default 500 ms). */
   readinessPeriodMs?: number;
+  /**
+   * A JSON file kept up to date with the ports allocated so far ({ "<namespace>/<pod>": { peer, http } },
+   * replaced atomically): an operator in another process reads it to find each member's /status.
+   */
+  portsFile?: string;
 }
 
 export class MockKubelet {
@@ -103,8 +111,13 @@ export class MockKubelet {
   private stopped = false;
   private readonly log: (line: string) => void;
   readonly logDir: string;
-  /** Every process start, for tests: pod name and pid. */
-  readonly starts: { pod: string; pid: number; at: number }[] = [];
+  /** Every process start, for tests: pod name, pod uid and pid. */
+  readonly starts: { pod: string; uid: string; pid: number; at: number }[] = [];
+  /**
+   * Every graceful pod deletion the kubelet acted on, for tests: when (SIGTERM sent), how long the process
+   * took to exit (null while it runs, 0 when none ran), and whether the grace period ran out (SIGKILL).
+   */
+  readonly terminations: { pod: string; uid: string; at: number; stoppedMs: number | null; forced: boolean }[] = [];
 
   private constructor(private readonly options: KubeletOptions) {
     this.core = options.kubeConfig.makeApiClient(CoreV1Api);
@@ -275,11 +288,19 @@ export class MockKubelet {
       ports = freePorts(2).then(([peer, http]) => {
         const p = { peer: peer!, http: http! };
         this.allocated.set(key, p);
+        this.writePortsFile();
         return p;
       });
       this.ports.set(key, ports);
     }
     return ports;
+  }
+
+  private writePortsFile(): void {
+    const file = this.options.portsFile;
+    if (file === undefined) return;
+    fs.writeFileSync(`${file}.tmp`, JSON.stringify(Object.fromEntries(this.allocated)));
+    fs.renameSync(`${file}.tmp`, file);
   }
 
   private podDir(state: PodState): string {
@@ -430,7 +451,7 @@ export class MockKubelet {
     state.firstStartedAt ??= state.startedAt;
     state.ready = false;
     state.readyFailures = 0;
-    this.starts.push({ pod: state.name, pid: child.pid ?? -1, at: Date.now() });
+    this.starts.push({ pod: state.name, uid: state.uid, pid: child.pid ?? -1, at: Date.now() });
     state.childExited = new Promise<void>((resolve) => {
       child.once('exit', (code, signal) => {
         this.onExit(state, child, code, signal);
@@ -474,16 +495,23 @@ export class MockKubelet {
   /** Graceful deletion: SIGTERM, SIGKILL after the grace period (at most 10 s here), then remove the pod. */
   private async terminate(state: PodState): Promise<void> {
     state.phase = 'terminating';
+    const record = { pod: state.name, uid: state.uid, at: Date.now(), stoppedMs: null as number | null, forced: false };
+    this.terminations.push(record);
     if (state.timer !== null) clearTimeout(state.timer);
     const child = state.child;
     if (child === null) {
+      record.stoppedMs = 0;
       await this.finalize(state);
       return;
     }
     child.kill('SIGTERM');
     const graceMs = Math.min(10, state.pod.spec?.terminationGracePeriodSeconds ?? 30) * 1000;
-    const timer = setTimeout(() => child.kill('SIGKILL'), graceMs);
+    const timer = setTimeout(() => {
+      record.forced = true;
+      child.kill('SIGKILL');
+    }, graceMs);
     await state.childExited;
+    record.stoppedMs = Date.now() - record.at;
     clearTimeout(timer);
   }
 

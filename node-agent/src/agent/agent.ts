@@ -196,8 +196,12 @@ export class Agent {
     if (this.closed) return;
     this.closed = true;
     this.driver?.stop();
-    await new Promise<void>((resolve) => (this.server ? this.server.close(() => resolve()) : resolve()));
+    const serverClosed = new Promise<void>((resolve) => (this.server ? this.server.close(() => resolve()) : resolve()));
+    // At once, not after close(): close() waits for every open connection, and a request under way (a
+    // write waiting for delivery) never completes once the driver is stopped, so SIGTERM used to hang
+    // until the client gave up or the kubelet's SIGKILL came (seen in rolling updates).
     this.server?.closeAllConnections();
+    await serverClosed;
     await this.transport?.close();
     try {
       this.store.close();

@@ -107,6 +107,8 @@ interface PendingInvoke {
 
 interface PendingRemote {
   kind: 'ordered' | 'query';
+  /** The member the request was forwarded to. */
+  to: NodeId;
   startedMs: number;
   resolve(v: unknown): void;
   reject(e: RequestError): void;
@@ -288,7 +290,7 @@ export class Driver {
     const id = this.nextRequestId++;
     const to = pool[id % pool.length]!;
     return new Promise<T>((resolve, reject) => {
-      this.remote.set(id, { kind, startedMs: Date.now(), resolve: resolve as (v: unknown) => void, reject });
+      this.remote.set(id, { kind, to, startedMs: Date.now(), resolve: resolve as (v: unknown) => void, reject });
       if (!this.sendApp(to, { ...body, id })) {
         this.remote.delete(id);
         reject(new RequestError(`node ${to} (serving shard ${layout.subgroup}/${layout.shardIndex}) is unreachable`, 503));
@@ -567,6 +569,12 @@ export class Driver {
       } catch {
         // application callback failures do not stop the loop
       }
+    }
+    // A request forwarded to a member that left gets no answer: fail it now rather than at its timeout.
+    for (const [id, r] of [...this.remote]) {
+      if (view.members.includes(r.to)) continue;
+      this.remote.delete(id);
+      r.reject(new RequestError(`node ${r.to}, which the request was forwarded to, left the group (view ${view.viewId}); retry`, 503));
     }
     for (const p of [...this.pending.values()]) {
       if (!view.layout.shards[p.shardId]?.members.includes(this.me)) {

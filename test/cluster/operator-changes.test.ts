@@ -1,0 +1,696 @@
+// Changes to running DerechoGroups, end to end against a real kube-apiserver (control-plane.ts) with the
+// mock kubelet (kubelet.ts) running each member pod as a real agent process; one control plane for the
+// file, each test in a namespace of its own (they run concurrently):
+//
+//  - crd-cases.ts against the API server: every CREATE_CASES manifest is created (dry run) and every
+//    UPDATE_CASES pair applied before/after; refusals are HTTP 422 naming the field and carrying the CEL
+//    rule's message, the rest is accepted;
+//  - mutual TLS: a group whose Secret is missing says so in its status (Degraded=AuthSecretMissing, pods
+//    wait for their volume), one whose Secret lacks a member's key names the key, and once the CA and the
+//    per-member certificates (openssl, CN "node-<id>") are there the group forms over TLS and serves writes;
+//    scaled up before the new member has a certificate, it says so, and the member joins once it has one;
+//  - scaling 3 -> 5 -> 3 -> 4, a rolling update, and the operator (a process of its own) killed with
+//    SIGKILL in the middle of the scale-up, of the rolling update and of the scale-down: a writer puts
+//    keys through the agents' kv API the whole time; members are added one at a time (each joins with
+//    state transfer and shows up in the view in the status), the update restarts every pod exactly once,
+//    one at a time, the leader last, the scale-down removes the highest ids first and keeps their volumes,
+//    and a member added back starts on its retained volume (an old view's state) and catches up; no
+//    acknowledged write is lost;
+//  - a rolling update of examples/kv-group.yaml as is: kv shard 1 has one member, so restarting it stops
+//    the group (a Warning says so); the update still completes and no acknowledged write is lost.
+
+import { execFile, spawn } from 'node:child_process';
+import type { ChildProcess } from 'node:child_process';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { promisify } from 'node:util';
+import test from 'ava';
+import type { ExecutionContext } from 'ava';
+import type { KubernetesObject } from '@kubernetes/client-node';
+import YAML from 'yaml';
+import { createLogger } from '../../node-agent/src/agent/logger.ts';
+import { CREATE_CASES, UPDATE_CASES, exampleManifest, withSpec } from '../../operator/src/crd-cases.ts';
+import type { Manifest } from '../../operator/src/crd-cases.ts';
+import { KubeApiError, KubeRest, resourcePath } from '../../operator/src/controller.ts';
+import { CEL_RULES, CRD_FILE } from '../../operator/src/crd.ts';
+import { ANNOTATION, CRD_API_VERSION, CRD_KIND, CRD_NAME, CRD_PLURAL, names } from '../../operator/src/kube.ts';
+import { runOperator } from '../../operator/src/main.ts';
+import type { OperatorHandle } from '../../operator/src/main.ts';
+import type { Condition, DerechoGroupStatus } from '../../operator/src/status.ts';
+import { REPO_ROOT } from '../multiprocess/harness.ts';
+import { ControlPlane, waitFor } from './control-plane.ts';
+import { MockKubelet } from './kubelet.ts';
+import { ClusterToolsUnavailable, ensureClusterTools } from './tools.ts';
+
+const execFileP = promisify(execFile);
+const GROUP_TYPE = { apiVersion: CRD_API_VERSION, kind: CRD_KIND, plural: CRD_PLURAL };
+const CHILD = path.join(REPO_ROOT, 'test', 'cluster', 'operator-child.ts');
+
+interface Group {
+  apiVersion: string;
+  kind: string;
+  metadata: { name: string; namespace: string; uid: string; generation: number; resourceVersion?: string };
+  spec: Record<string, unknown>;
+  status?: DerechoGroupStatus;
+}
+
+let cp: ControlPlane | null = null;
+let rest: KubeRest | null = null;
+let skipReason: string | null = null;
+const workDir = fs.mkdtempSync(path.join(os.tmpdir(), 'derecho-operator-changes-'));
+
+test.before(async (t) => {
+  let tools;
+  try {
+    tools = await ensureClusterTools((line) => t.log(`[cluster-tools] ${line}`));
+  } catch (e) {
+    if (e instanceof ClusterToolsUnavailable && !process.env.CI) {
+      skipReason = e.message;
+      return;
+    }
+    throw e;
+  }
+  cp = await ControlPlane.start({ workDir, tools });
+  rest = new KubeRest(cp.kubeConfig);
+  const crd = YAML.parse(fs.readFileSync(path.join(REPO_ROOT, CRD_FILE), 'utf8')) as KubernetesObject;
+  await rest.apply(crd as never, { apiVersion: 'apiextensions.k8s.io/v1', kind: 'CustomResourceDefinition', plural: 'customresourcedefinitions', namespaced: false }, { fieldManager: 'derecho-test', force: true });
+  await cp.waitForCrd(CRD_NAME, { timeoutMs: 30_000 });
+});
+
+test.after.always(async () => {
+  await cp?.stop();
+  // DERECHO_TEST_KEEP=1 keeps the agents' and operators' logs and the volumes for a look afterwards.
+  if (process.env.DERECHO_TEST_KEEP) process.stderr.write(`kept ${workDir}\n`);
+  else fs.rmSync(workDir, { recursive: true, force: true });
+});
+
+const conditionOf = (group: Group | undefined, type: string): Condition | undefined => group?.status?.conditions?.find((c) => c.type === type);
+const sameSet = (a: readonly number[] | undefined, b: readonly number[]): boolean => a !== undefined && a.length === b.length && [...a].sort((x, y) => x - y).join() === [...b].sort((x, y) => x - y).join();
+const range = (from: number, to: number): number[] => Array.from({ length: to - from + 1 }, (_, i) => from + i);
+const seconds = (ms: number): string => `${(ms / 1000).toFixed(1)} s`;
+
+function skipped(t: ExecutionContext): boolean {
+  if (cp !== null) return false;
+  t.log(`SKIPPED: the test control plane cannot be built here: ${skipReason ?? '?'}`);
+  t.pass();
+  return true;
+}
+
+async function createNamespace(name: string): Promise<void> {
+  await rest!.apply({ apiVersion: 'v1', kind: 'Namespace', metadata: { name } }, { apiVersion: 'v1', kind: 'Namespace', plural: 'namespaces', namespaced: false }, { fieldManager: 'derecho-test', force: true });
+}
+
+/** Server-side apply of a DerechoGroup as "kubectl" would (its own field manager). */
+function applyGroup(manifest: Manifest, namespace: string, opts: { dryRun?: boolean } = {}): Promise<Group> {
+  const query = new URLSearchParams({ fieldManager: 'kubectl', force: 'true', ...(opts.dryRun ? { dryRun: 'All' } : {}) });
+  return rest!.request<Group>('PATCH', `${resourcePath(GROUP_TYPE, namespace, manifest.metadata.name)}?${query.toString()}`, {
+    body: { ...manifest, metadata: { ...manifest.metadata, namespace } }, contentType: 'application/apply-patch+yaml',
+  });
+}
+
+function getGroup(namespace: string, name: string): Promise<Group> {
+  return rest!.get<Group>(resourcePath(GROUP_TYPE, namespace, name));
+}
+
+interface PodLite {
+  metadata: { name: string; uid: string; deletionTimestamp?: string; annotations?: Record<string, string>; creationTimestamp?: string };
+  status?: { phase?: string };
+}
+
+async function listPods(namespace: string, group: string): Promise<PodLite[]> {
+  const list = await rest!.get<{ items: PodLite[] }>(`/api/v1/namespaces/${namespace}/pods?labelSelector=${encodeURIComponent(`app.kubernetes.io/instance=${group},app.kubernetes.io/component=member`)}`);
+  return list.items;
+}
+
+async function agentJson<T>(url: string, init: RequestInit = {}, timeoutMs = 10_000): Promise<{ status: number; body: T }> {
+  const res = await fetch(url, { ...init, signal: AbortSignal.timeout(timeoutMs) });
+  const text = await res.text();
+  let body: unknown = text;
+  try {
+    body = JSON.parse(text);
+  } catch {
+    // not JSON
+  }
+  return { status: res.status, body: body as T };
+}
+
+/** The group's status is Ready in one view of exactly `members`, every member ready in it, spec generation `generation` applied. */
+function readyWith(group: Group, members: number[], generation?: number): boolean {
+  const s = group.status;
+  return conditionOf(group, 'Ready')?.status === 'True' && s?.phase === 'Running' && sameSet(s.view?.members, members)
+    && s.members?.length === members.length && s.members.every((m) => m.ready && m.viewId === s.view!.id)
+    && (generation === undefined || (s.observedGeneration === generation && conditionOf(group, 'Progressing')?.observedGeneration === generation));
+}
+
+function statusLine(group: Group | undefined): string {
+  const s = group?.status;
+  if (s === undefined) return 'no status';
+  return `phase ${s.phase}, view ${s.view?.id ?? '-'} ${JSON.stringify(s.view?.members ?? [])}, ready ${s.readyMembers}, current ${s.currentMembers}, ${(s.conditions ?? []).map((c) => `${c.type}=${c.status}(${c.reason}: ${c.message.slice(0, 160)})`).join('; ')}`;
+}
+
+// ---------------------------------------------------------------------------------------------------
+// crd-cases.ts against the API server.
+
+/** Where the API server reports a CEL rule's violation: the rule's place (list items by index) and its fieldPath. */
+function fieldPathPattern(message: string): RegExp {
+  const rules = CEL_RULES.filter((rule) => rule.message.includes(message));
+  if (rules.length !== 1) throw new Error(`crd-cases: ${rules.length} CEL rules have a message containing ${JSON.stringify(message)}`);
+  const rule = rules[0]!;
+  const escape = (text: string): string => text.replace(/[.*+?^${}()|[\]\\]/g, '\\$&');
+  const at = rule.at.split('[]').map(escape).join('\\[[0-9]+\\]');
+  // The rule's reason picks the error type the API server reports (field.ErrorType's text).
+  const type = { FieldValueInvalid: 'Invalid value', FieldValueForbidden: 'Forbidden', FieldValueRequired: 'Required value', FieldValueDuplicate: 'Duplicate value' }[rule.reason ?? 'FieldValueInvalid'];
+  return new RegExp(`${at}${escape(rule.fieldPath ?? '')}: ${type}`);
+}
+
+async function refusalOf(attempt: Promise<unknown>): Promise<{ code: number; message: string } | null> {
+  try {
+    await attempt;
+    return null;
+  } catch (e) {
+    if (!(e instanceof KubeApiError)) throw e;
+    let message = e.body;
+    try {
+      message = (JSON.parse(e.body) as { message?: string }).message ?? e.body;
+    } catch {
+      // not JSON
+    }
+    return { code: e.code, message };
+  }
+}
+
+test('the API server refuses crd-cases.ts manifests with the field path and the CEL message, and accepts the rest', async (t) => {
+  if (skipped(t)) return;
+  const ns = 'derecho-crd-cases';
+  await createNamespace(ns);
+  const createResults = await Promise.all(CREATE_CASES.map(async (c, index) => ({ c, refusal: await refusalOf(applyGroup(withSpec(c.patch, `create-${index}`), ns, { dryRun: true })) })));
+  for (const { c, refusal } of createResults) {
+    if (c.refusal === null) {
+      t.is(refusal, null, `create "${c.what}" is accepted: ${refusal?.message ?? ''}`);
+      continue;
+    }
+    t.is(refusal?.code, 422, `create "${c.what}" is refused as invalid: ${JSON.stringify(refusal)}`);
+    t.true(refusal?.message.includes(c.refusal) ?? false, `create "${c.what}": the message carries "${c.refusal}": ${refusal?.message ?? ''}`);
+    t.regex(refusal?.message ?? '', fieldPathPattern(c.refusal), `create "${c.what}": the message names the field`);
+  }
+  const updateResults = await Promise.all(UPDATE_CASES.map(async (c, index) => {
+    const name = `update-${index}`;
+    const before = await refusalOf(applyGroup(withSpec(c.before, name), ns));
+    const refusal = await refusalOf(applyGroup(withSpec(c.after, name), ns));
+    const stored = await getGroup(ns, name);
+    return { c, before, refusal, stored };
+  }));
+  for (const { c, before, refusal, stored } of updateResults) {
+    t.is(before, null, `update "${c.what}": the "before" manifest is created`);
+    if (c.refusal === null) {
+      t.is(refusal, null, `update "${c.what}" is accepted: ${refusal?.message ?? ''}`);
+      t.is(stored.metadata.generation, JSON.stringify(withSpec(c.before).spec) === JSON.stringify(withSpec(c.after).spec) ? 1 : 2, `update "${c.what}": generation`);
+      continue;
+    }
+    t.is(refusal?.code, 422, `update "${c.what}" is refused as invalid: ${JSON.stringify(refusal)}`);
+    t.true(refusal?.message.includes(c.refusal) ?? false, `update "${c.what}": the message carries "${c.refusal}": ${refusal?.message ?? ''}`);
+    t.regex(refusal?.message ?? '', fieldPathPattern(c.refusal), `update "${c.what}": the message names the field`);
+    t.is(stored.metadata.generation, 1, `update "${c.what}": the stored group is unchanged`);
+  }
+  t.log(`${createResults.length} create cases (${createResults.filter((r) => r.refusal !== null).length} refused), ${updateResults.length} update cases (${updateResults.filter((r) => r.refusal !== null).length} refused)`);
+  t.log(`e.g. ${createResults.find((r) => r.refusal !== null)?.refusal?.message ?? ''}`);
+});
+
+// ---------------------------------------------------------------------------------------------------
+// Mutual TLS.
+
+/** A CA (made once per directory) and, for each node id, a certificate with CN "node-<id>" signed by it: the Secret's data (base64). */
+async function tlsMaterial(dir: string, nodeIds: number[]): Promise<Record<string, string>> {
+  fs.mkdirSync(dir, { recursive: true });
+  const openssl = (args: string[]) => execFileP('openssl', args, { cwd: dir });
+  const ec = ['-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:prime256v1', '-nodes'];
+  if (!fs.existsSync(path.join(dir, 'ca.crt'))) await openssl(['req', '-x509', ...ec, '-keyout', 'ca.key', '-out', 'ca.crt', '-days', '2', '-subj', '/CN=derecho-test-ca']);
+  await Promise.all(nodeIds.map(async (id) => {
+    await openssl(['req', ...ec, '-keyout', `node-${id}.key`, '-out', `node-${id}.csr`, '-subj', `/CN=node-${id}`]);
+    await openssl(['x509', '-req', '-in', `node-${id}.csr`, '-CA', 'ca.crt', '-CAkey', 'ca.key', '-set_serial', String(1000 + id), '-days', '2', '-out', `node-${id}.crt`]);
+  }));
+  const data: Record<string, string> = { 'ca.crt': fs.readFileSync(path.join(dir, 'ca.crt')).toString('base64') };
+  for (const id of nodeIds) {
+    data[`node-${id}.crt`] = fs.readFileSync(path.join(dir, `node-${id}.crt`)).toString('base64');
+    data[`node-${id}.key`] = fs.readFileSync(path.join(dir, `node-${id}.key`)).toString('base64');
+  }
+  return data;
+}
+
+/** examples/kv-group.yaml with faster timing. */
+function fastGroup(name: string, members: number, extra: Record<string, unknown> = {}): Manifest {
+  const example = exampleManifest();
+  return {
+    apiVersion: example.apiVersion,
+    kind: example.kind,
+    metadata: { name },
+    spec: { ...example.spec, members, timing: { tickMs: 20, heartbeatMs: 40, suspectMs: 1500 }, fsync: 'os', ...extra },
+  };
+}
+
+test('mutual TLS: a missing Secret and a missing key are reported in the status; with the certificates the group forms and serves writes', async (t) => {
+  if (skipped(t)) return;
+  t.timeout(3 * 60_000);
+  const ns = 'derecho-tls';
+  const group = 'secure';
+  await createNamespace(ns);
+  const logs: string[] = [];
+  const kubelet = await MockKubelet.start({ kubeConfig: cp!.kubeConfig, namespace: ns, workDir: path.join(workDir, 'kubelet-tls'), log: (line) => logs.push(line) });
+  let operator: OperatorHandle | null = null;
+  let ok = false;
+  t.teardown(async () => {
+    if (!ok) {
+      t.log(`--- operator and kubelet log (last 100 lines)\n${logs.slice(-100).join('\n')}`);
+      t.log(`--- status: ${statusLine(await getGroup(ns, group).catch(() => undefined))}`);
+      t.log(kubelet.logs(20));
+    }
+    await operator?.stop().catch(() => {});
+    await kubelet.stop();
+  });
+  operator = await runOperator(['--namespace', ns, '--leader-elect=false', '--metrics-port', '0', '--health-port', '0', '--bind-address', '127.0.0.1'], { KUBECONFIG: cp!.kubeconfigPath },
+    { statusUrl: kubelet.statusUrl, log: createLogger('info', { op: 'operator-tls' }, (line) => logs.push(line.trimEnd())) });
+  const waitForGroup = (what: string, probe: (g: Group) => boolean, timeoutMs = 60_000): Promise<Group> =>
+    waitFor(what, async () => {
+      const g = await getGroup(ns, group);
+      return probe(g) ? g : false;
+    }, { timeoutMs, intervalMs: 200 });
+
+  // ---- No Secret: the status says which one is missing; the pods wait for their volume.
+  const secretName = names.tlsSecret(group);
+  await applyGroup(fastGroup(group, 3, { tls: { mode: 'mutual' } }), ns);
+  const missing = await waitForGroup('Degraded=AuthSecretMissing', (g) => conditionOf(g, 'Degraded')?.reason === 'AuthSecretMissing');
+  t.like(conditionOf(missing, 'Degraded'), { status: 'True' });
+  t.regex(conditionOf(missing, 'Degraded')!.message, new RegExp(`^Secret ${secretName} with the members' TLS material does not exist`));
+  t.like(conditionOf(missing, 'Ready'), { status: 'False' });
+  const pending = await listPods(ns, group);
+  t.is(pending.length, 3, 'the pods are created');
+  t.true(pending.every((p) => p.status?.phase === undefined || p.status.phase === 'Pending'), 'no pod runs without its certificate');
+
+  // ---- A Secret without node 3's key pair: named in the status.
+  const material = await tlsMaterial(path.join(workDir, 'tls'), [1, 2, 3]);
+  const secretType = { apiVersion: 'v1', kind: 'Secret', plural: 'secrets' };
+  const partial = Object.fromEntries(Object.entries(material).filter(([key]) => !key.startsWith('node-3.')));
+  await rest!.apply({ apiVersion: 'v1', kind: 'Secret', metadata: { name: secretName, namespace: ns }, type: 'Opaque', data: partial }, secretType, { fieldManager: 'derecho-test', force: true });
+  const lacking = await waitForGroup('Degraded naming node-3.crt and node-3.key', (g) => /lacks node-3\.crt, node-3\.key/.test(conditionOf(g, 'Degraded')?.message ?? ''));
+  t.like(conditionOf(lacking, 'Degraded'), { status: 'True', reason: 'AuthSecretMissing' });
+
+  // ---- The whole material: the group forms over mutual TLS.
+  const tSecret = Date.now();
+  await rest!.request('PUT', resourcePath(secretType, ns, secretName), { body: { apiVersion: 'v1', kind: 'Secret', metadata: { name: secretName, namespace: ns }, type: 'Opaque', data: material } });
+  const ready = await waitForGroup('the TLS group to be Ready', (g) => readyWith(g, [1, 2, 3]), 90_000);
+  t.log(`TLS group Ready ${seconds(Date.now() - tSecret)} after its Secret was complete: ${statusLine(ready)}`);
+  t.like(conditionOf(ready, 'Degraded'), { status: 'False' });
+  // Each member runs with its own certificate, and says so in its log.
+  for (const id of [1, 2, 3]) {
+    const log = fs.readFileSync(path.join(kubelet.logDir, `${ns}_${group}-${id}.log`), 'utf8');
+    t.regex(log, /listening on .*\(TLS\)/, `node ${id} listens with TLS`);
+  }
+  const key = 'tls-key';
+  const put = await agentJson<{ persisted?: boolean }>(`${kubelet.url(`${group}-1`)}/v1/kv/kv/${key}`, { method: 'PUT', body: 'over tls' });
+  t.is(put.status, 200, JSON.stringify(put.body));
+  for (const id of [1, 2, 3]) {
+    const got = await agentJson<{ value: string }>(`${kubelet.url(`${group}-${id}`)}/v1/kv/kv/${key}`);
+    t.is(got.body.value, 'over tls', `read through node ${id}`);
+  }
+
+  // ---- Scaling to 4 before node 4 has a certificate: the status names the missing keys; once they are
+  // in the Secret, node 4 joins over TLS.
+  const scaled = await applyGroup(fastGroup(group, 4, { tls: { mode: 'mutual' } }), ns);
+  const lackingFour = await waitForGroup('Degraded naming node-4.crt and node-4.key', (g) => /lacks node-4\.crt, node-4\.key/.test(conditionOf(g, 'Degraded')?.message ?? ''));
+  t.is(lackingFour.status!.currentMembers, 4, 'node 4 is added (its pod waits for its certificate)');
+  const tFour = Date.now();
+  const withFour = { ...material, ...(await tlsMaterial(path.join(workDir, 'tls'), [4])) };
+  await rest!.request('PUT', resourcePath(secretType, ns, secretName), { body: { apiVersion: 'v1', kind: 'Secret', metadata: { name: secretName, namespace: ns }, type: 'Opaque', data: withFour } });
+  const four = await waitForGroup('the TLS group Ready with 4 members', (g) => readyWith(g, [1, 2, 3, 4], scaled.metadata.generation), 90_000);
+  t.log(`node 4 in the TLS group's view ${four.status!.view!.id} ${seconds(Date.now() - tFour)} after its certificate was added`);
+  const viaFour = await agentJson<{ value: string }>(`${kubelet.url(`${group}-4`)}/v1/kv/kv/${key}`);
+  t.is(viaFour.body.value, 'over tls', 'read through node 4');
+  ok = true;
+});
+
+// ---------------------------------------------------------------------------------------------------
+// Scaling, rolling update, the operator killed mid-change.
+
+/** An operator process (operator-child.ts) that the test can SIGKILL. */
+class OperatorProcess {
+  private readonly child: ChildProcess;
+  readonly exited: Promise<void>;
+
+  constructor(readonly name: string, namespace: string, leaseNamespace: string, portsFile: string, readonly logFile: string) {
+    const fd = fs.openSync(logFile, 'a');
+    this.child = spawn(process.execPath, ['--import', 'tsx', CHILD, '--namespace', namespace, '--metrics-port', '0', '--health-port', '0', '--bind-address', '127.0.0.1', '--poll-interval', '1'], {
+      cwd: REPO_ROOT,
+      env: { ...process.env, KUBECONFIG: cp!.kubeconfigPath, POD_NAMESPACE: leaseNamespace, POD_NAME: name, DERECHO_TEST_PORTS_FILE: portsFile },
+      stdio: ['ignore', fd, fd],
+    });
+    fs.closeSync(fd);
+    this.exited = new Promise((resolve) => this.child.once('exit', () => resolve()));
+  }
+
+  get running(): boolean {
+    return this.child.exitCode === null && this.child.signalCode === null;
+  }
+
+  async kill(signal: NodeJS.Signals = 'SIGKILL'): Promise<void> {
+    if (this.running) this.child.kill(signal);
+    await this.exited;
+  }
+
+  tail(lines: number): string {
+    return fs.existsSync(this.logFile) ? fs.readFileSync(this.logFile, 'utf8').trimEnd().split('\n').slice(-lines).join('\n') : '';
+  }
+}
+
+/**
+ * Every w-<n> key and its value, listed through one member (retried: a member the group just restarted
+ * may be between processes for a moment).
+ */
+async function storedKeys(baseUrl: string, who: string): Promise<Map<string, string>> {
+  const listed = await waitFor(`${who} to list the keys written`, async () => {
+    const r = await agentJson<{ items: { key: string; value: string }[] }>(`${baseUrl}/v1/kv/kv?prefix=w-&limit=10000`);
+    return r.status === 200 ? r.body : false;
+  }, { timeoutMs: 60_000, intervalMs: 500 });
+  return new Map(listed.items.map((item) => [item.key, item.value]));
+}
+
+/** Puts keys w-<n> through the members' kv API, one at a time, and remembers those acknowledged (HTTP 200). */
+class Writer {
+  readonly acknowledged = new Map<string, string>();
+  failures = 0;
+  private n = 0;
+  private stopped = false;
+  private readonly done: Promise<void>;
+  phase = 'initial';
+  readonly acksByPhase = new Map<string, number>();
+  /** When each acknowledged write was acknowledged (Date.now()). */
+  readonly ackTimes: number[] = [];
+  lastError = '';
+
+  constructor(private readonly urlOf: (nodeId: number) => string | null, private readonly members: () => number[]) {
+    this.done = this.run();
+  }
+
+  private async run(): Promise<void> {
+    let turn = 0;
+    while (!this.stopped) {
+      const ids = this.members();
+      const key = `w-${String(this.n).padStart(5, '0')}`;
+      const value = `value ${this.n}`;
+      let acked = false;
+      for (let attempt = 0; attempt < ids.length && !acked && !this.stopped; attempt++) {
+        const id = ids[(turn + attempt) % ids.length]!;
+        const base = this.urlOf(id);
+        if (base === null) continue;
+        try {
+          const res = await agentJson<unknown>(`${base}/v1/kv/kv/${key}`, { method: 'PUT', body: value }, 3000);
+          if (res.status === 200) acked = true;
+          else {
+            this.failures++;
+            this.lastError = `node ${id}: HTTP ${res.status} ${JSON.stringify(res.body).slice(0, 200)}`;
+          }
+        } catch (e) {
+          this.failures++;
+          this.lastError = `node ${id}: ${e instanceof Error ? e.message : String(e)}`;
+        }
+      }
+      turn++;
+      if (acked) {
+        this.acknowledged.set(key, value);
+        this.ackTimes.push(Date.now());
+        this.acksByPhase.set(this.phase, (this.acksByPhase.get(this.phase) ?? 0) + 1);
+        this.n++;
+      }
+      await new Promise((r) => setTimeout(r, acked ? 40 : 200));
+    }
+  }
+
+  async stop(): Promise<void> {
+    this.stopped = true;
+    await this.done;
+  }
+}
+
+test('scaling 3 -> 5 -> 3 -> 4 and a rolling update, with the operator killed (SIGKILL) in the middle of the scale-up, the update and the scale-down; no acknowledged write lost', async (t) => {
+  if (skipped(t)) return;
+  // Generous: restarted members are sometimes removed again right after they rejoin (the agent core; see
+  // ADR 0007), several times in a row on a loaded machine, which stretches the rolling update.
+  t.timeout(7 * 60_000, 'the scaling and rolling-update test took over 7 minutes');
+  const ns = 'derecho-changes';
+  const leaseNs = 'derecho-changes-system';
+  const group = 'grow';
+  await Promise.all([createNamespace(ns), createNamespace(leaseNs)]);
+  const logs: string[] = [];
+  const portsFile = path.join(workDir, 'changes-ports.json');
+  const kubelet = await MockKubelet.start({ kubeConfig: cp!.kubeConfig, namespace: ns, workDir: path.join(workDir, 'kubelet-changes'), log: (line) => logs.push(line), portsFile });
+  const operators: OperatorProcess[] = [];
+  const startOperator = (name: string): OperatorProcess => {
+    const op = new OperatorProcess(name, ns, leaseNs, portsFile, path.join(workDir, `${name}.log`));
+    operators.push(op);
+    return op;
+  };
+  let writer: Writer | null = null;
+  let ok = false;
+  t.teardown(async () => {
+    await writer?.stop();
+    if (!ok) {
+      for (const op of operators) t.log(`--- ${op.name} (last 40 lines)\n${op.tail(40)}`);
+      t.log(`--- kubelet\n${logs.slice(-40).join('\n')}`);
+      t.log(`--- status: ${statusLine(await getGroup(ns, group).catch(() => undefined))}`);
+      t.log(`--- writer: ${writer?.acknowledged.size ?? 0} acknowledged, ${writer?.failures ?? 0} failures, last error: ${writer?.lastError ?? ''}`);
+      t.log(kubelet.logs(15));
+    }
+    await Promise.all(operators.map((op) => op.kill()));
+    await kubelet.stop();
+  });
+  const waitForGroup = (what: string, probe: (g: Group) => boolean, timeoutMs = 90_000): Promise<Group> =>
+    waitFor(what, async () => {
+      const g = await getGroup(ns, group);
+      return probe(g) ? g : false;
+    }, { timeoutMs, intervalMs: 100 });
+  // kv shards take up to 2 members at first, 3 from the scale-up on (so nodes 4 and 5 join kv shards, by
+  // state transfer); events stays on 1..3.
+  const manifest = (members: number, cpu = '100m', kvMax = 3): Manifest => fastGroup(group, members, {
+    subgroups: [
+      { name: 'kv', type: 'kv', shards: 2, minNodesPerShard: 1, maxNodesPerShard: kvMax, reservedNodeIds: [[1, 2], [3]] },
+      { name: 'events', type: 'log', minNodesPerShard: 2, maxNodesPerShard: 3, reservedNodeIds: [[1, 2, 3]] },
+    ],
+    resources: { requests: { cpu, memory: '128Mi' }, limits: { memory: '512Mi' } },
+  });
+  const podName = (id: number): string => `${group}-${id}`;
+  let writeMembers = [1, 2, 3];
+  const urlOf = (id: number): string | null => {
+    try {
+      return kubelet.url(podName(id));
+    } catch {
+      return null;
+    }
+  };
+
+  // ---- Operator A; a 3-member group; a writer.
+  startOperator('operator-a');
+  const tCreate = Date.now();
+  await applyGroup(manifest(3, '100m', 2), ns);
+  const formed = await waitForGroup('the group to be Ready with 3 members', (g) => readyWith(g, [1, 2, 3]));
+  t.log(`3 members Ready ${seconds(Date.now() - tCreate)} after apply (including the operator's start): ${statusLine(formed)}`);
+  writer = new Writer(urlOf, () => writeMembers);
+
+  // ---- Scale up to 5 and raise kv's maxNodesPerShard in one apply: nodes 4 and 5 are added one at a
+  // time, then nodes 1..3 restart on the new manifest. Operator A is killed as soon as it has created
+  // node 4's pod.
+  writer.phase = 'scale-up';
+  const uidsBeforeScaleUp = new Map((await listPods(ns, group)).map((p) => [p.metadata.name, p.metadata.uid]));
+  const tScaleUp = Date.now();
+  const scaleUp = await applyGroup(manifest(5), ns);
+  await waitFor('the pod of node 4', async () => (await listPods(ns, group)).some((p) => p.metadata.name === podName(4)), { timeoutMs: 60_000, intervalMs: 50 });
+  await operators[0]!.kill();
+  const tKillA = Date.now();
+  t.log(`operator-a killed ${seconds(tKillA - tScaleUp)} after the scale-up was applied (node 4's pod exists)`);
+  t.false((await listPods(ns, group)).some((p) => p.metadata.name === podName(5)), 'node 5 is not added before node 4 joined');
+  startOperator('operator-b');
+  const withFour = await waitForGroup('node 4 in the view', (g) => (g.status?.view?.members ?? []).includes(4));
+  const fourInView = Date.now() - tScaleUp;
+  t.false((withFour.status?.view?.members ?? []).includes(5), 'node 4 joins before node 5');
+  const withFive = await waitForGroup('node 5 in the view', (g) => (g.status?.view?.members ?? []).includes(5));
+  const fiveInView = Date.now() - tScaleUp;
+  const five = await waitForGroup('Ready with 5 members', (g) => readyWith(g, [1, 2, 3, 4, 5], scaleUp.metadata.generation));
+  const fiveReady = Date.now() - tScaleUp;
+  t.log(`scale-up 3 -> 5 with kv maxNodesPerShard 2 -> 3: node 4 in the view ${seconds(fourInView)} after apply (view ${withFour.status!.view!.id}; operator-a killed at ${seconds(tKillA - tScaleUp)}, operator-b took over), node 5 in the view at ${seconds(fiveInView)} (view ${withFive.status!.view!.id}), Ready with nodes 1..3 restarted on the new manifest at ${seconds(fiveReady)}: ${JSON.stringify(five.status!.shards)}`);
+  t.is(five.status!.currentMembers, 5);
+  t.is(five.status!.desiredMembers, 5);
+  t.is(five.status!.readyMembers, '5/5');
+  const shardMembers = (five.status!.shards ?? []).filter((s) => s.subgroup === 'kv').flatMap((s) => s.members);
+  t.true(shardMembers.includes(4) && shardMembers.includes(5), `nodes 4 and 5 serve kv shards: ${JSON.stringify(five.status!.shards)}`);
+  for (const id of [4, 5]) {
+    const starts = kubelet.starts.filter((s) => s.pod === podName(id));
+    t.is(new Set(starts.map((s) => s.uid)).size, 1, `node ${id}'s pod was created once: ${JSON.stringify(starts)}`);
+  }
+  // The founders restarted once each on the new manifest, after both new members were added.
+  const fiveAddedAt = kubelet.starts.find((s) => s.pod === podName(5))!.at;
+  for (const id of [1, 2, 3]) {
+    const newUids = new Set(kubelet.starts.filter((s) => s.pod === podName(id) && s.at > tScaleUp).map((s) => s.uid));
+    t.is(newUids.size, 1, `node ${id} restarted once for the new manifest`);
+    t.not([...newUids][0], uidsBeforeScaleUp.get(podName(id)));
+    t.true(kubelet.starts.find((s) => s.pod === podName(id) && s.at > tScaleUp)!.at > fiveAddedAt, `node ${id} restarted after node 5 was added`);
+  }
+  const pvcs = async (): Promise<string[]> => (await rest!.get<{ items: { metadata: { name: string } }[] }>(`/api/v1/namespaces/${ns}/persistentvolumeclaims`)).items.map((c) => c.metadata.name).sort();
+  t.deepEqual(await pvcs(), range(1, 5).map((id) => names.pvc(group, id)).sort());
+  // State transfer: each new member received its kv shard's records from a member that had them.
+  for (const id of [4, 5]) {
+    const shard = (five.status!.shards ?? []).find((s) => s.subgroup === 'kv' && s.members.includes(id))!;
+    const log = fs.readFileSync(path.join(kubelet.logDir, `${ns}_${podName(id)}.log`), 'utf8');
+    const transfers = [...log.matchAll(/"msg":"installed state transfer".*"shardId":([0-9]+).*"records":([0-9]+)/g)].map((m) => ({ shardId: Number(m[1]), records: Number(m[2]) }));
+    t.true(transfers.some((x) => x.shardId === shard.shard && x.records > 0), `node ${id} (kv/${shard.shard}) installed a state transfer with records: ${JSON.stringify(transfers)}`);
+  }
+  writeMembers = [1, 2, 3, 4, 5];
+
+  // ---- Rolling update (a resources change restarts every pod); operator B killed after the first restart.
+  writer.phase = 'rolling-update';
+  const leader = five.status!.view!.members[0]!;
+  const uidsBefore = new Map((await listPods(ns, group)).map((p) => [p.metadata.name, p.metadata.uid]));
+  const hashesBefore = new Map((await listPods(ns, group)).map((p) => [p.metadata.name, p.metadata.annotations?.[ANNOTATION.configHash]]));
+  const tUpdate = Date.now();
+  const updated = await applyGroup(manifest(5, '150m'), ns);
+  t.is(updated.metadata.generation, scaleUp.metadata.generation + 1);
+  await waitFor('the first member pod to be restarted', async () => kubelet.starts.some((s) => s.at > tUpdate), { timeoutMs: 60_000, intervalMs: 50 });
+  const first = kubelet.starts.find((s) => s.at > tUpdate)!;
+  await operators[1]!.kill();
+  const tKillB = Date.now();
+  t.log(`operator-b killed ${seconds(tKillB - tUpdate)} after the update was applied (${first.pod} restarted)`);
+  startOperator('operator-c');
+  const rolled = await waitForGroup('Ready with every pod on the new spec', (g) => readyWith(g, [1, 2, 3, 4, 5], updated.metadata.generation), 240_000);
+  const updateMs = Date.now() - tUpdate;
+  const podsAfter = await listPods(ns, group);
+  t.is(podsAfter.length, 5);
+  for (const pod of podsAfter) {
+    // (The hash covers the member's own pod spec: one per member.)
+    t.not(pod.metadata.annotations?.[ANNOTATION.configHash], hashesBefore.get(pod.metadata.name), `${pod.metadata.name} runs the new spec`);
+    t.not(pod.metadata.uid, uidsBefore.get(pod.metadata.name), `${pod.metadata.name} was restarted`);
+  }
+  // Exactly one restart per member: one new pod each, the first start of each new pod in order.
+  const newStarts = kubelet.starts.filter((s) => s.at > tUpdate);
+  const order: string[] = [];
+  for (const s of newStarts) if (!order.includes(s.pod)) order.push(s.pod);
+  for (const id of range(1, 5)) {
+    t.deepEqual([...new Set(newStarts.filter((s) => s.pod === podName(id)).map((s) => s.uid))], [podsAfter.find((p) => p.metadata.name === podName(id))!.metadata.uid], `node ${id} was restarted exactly once`);
+  }
+  t.is(order.at(-1), podName(leader), `the leader (node ${leader}) is restarted last: ${order.join(', ')}`);
+  // One at a time: a pod's downtime (SIGTERM to its replacement's start) never overlaps another's.
+  const downtimes = range(1, 5).map((id) => {
+    const stop = kubelet.terminations.find((s) => s.pod === podName(id) && s.uid === uidsBefore.get(podName(id)))!;
+    const start = newStarts.find((s) => s.pod === podName(id))!;
+    return { id, from: stop.at, to: start.at };
+  }).sort((a, b) => a.from - b.from);
+  for (let i = 1; i < downtimes.length; i++) {
+    t.true(downtimes[i]!.from >= downtimes[i - 1]!.to, `node ${downtimes[i]!.id} went down after node ${downtimes[i - 1]!.id} was back: ${JSON.stringify(downtimes)}`);
+  }
+  // Each agent stops on SIGTERM, within the grace period (the kubelet's SIGKILL is a hang).
+  const stops = kubelet.terminations.filter((s) => s.at > tUpdate);
+  t.deepEqual(stops.filter((s) => s.forced).map((s) => s.pod), [], `every agent exited on SIGTERM: ${JSON.stringify(stops)}`);
+  t.log(`rolling update: SIGTERM to exit ${stops.map((s) => `${s.pod} ${s.stoppedMs ?? '?'} ms`).join(', ')}`);
+  t.log(`rolling update: Ready on generation ${updated.metadata.generation} ${seconds(updateMs)} after apply (operator-b killed at ${seconds(tKillB - tUpdate)}); restart order ${order.join(', ')}; view ${rolled.status!.view!.id}`);
+
+  // ---- Scale down to 3: node 5 then node 4 removed; their volumes kept. Operator C is killed as soon as
+  // node 5's pod is going; operator D finishes the change.
+  writer.phase = 'scale-down';
+  writeMembers = [1, 2, 3];
+  const tScaleDown = Date.now();
+  const scaleDown = await applyGroup(manifest(3, '150m'), ns);
+  await waitFor('node 5 to be stopped', () => kubelet.terminations.some((s) => s.at > tScaleDown), { timeoutMs: 60_000, intervalMs: 50 });
+  await operators[2]!.kill();
+  const tKillC = Date.now();
+  startOperator('operator-d');
+  const three = await waitForGroup('Ready with 3 members', (g) => readyWith(g, [1, 2, 3], scaleDown.metadata.generation) && g.status?.currentMembers === 3);
+  const downMs = Date.now() - tScaleDown;
+  await waitFor('only the pods of nodes 1..3', async () => sameSet((await listPods(ns, group)).map((p) => Number(p.metadata.name.slice(group.length + 1))), [1, 2, 3]), { timeoutMs: 30_000 });
+  const removed = kubelet.terminations.filter((s) => s.at > tScaleDown).map((s) => s.pod);
+  t.deepEqual(removed, [podName(5), podName(4)], 'the highest id goes first, one at a time');
+  t.deepEqual(await pvcs(), range(1, 5).map((id) => names.pvc(group, id)).sort(), 'volumes are kept (storage.retention "retain")');
+  t.log(`scale-down 5 -> 3: Ready in view ${three.status!.view!.id} ${seconds(downMs)} after apply (operator-c killed at ${seconds(tKillC - tScaleDown)}, operator-d took over)`);
+
+  // ---- Back to 4: node 4 comes back on its retained volume (saved state of an old view) and catches up.
+  writer.phase = 'scale-up-again';
+  const tAgain = Date.now();
+  const again = await applyGroup(manifest(4, '150m'), ns);
+  const four = await waitForGroup('Ready with 4 members again', (g) => readyWith(g, [1, 2, 3, 4], again.metadata.generation) && g.status?.currentMembers === 4);
+  t.log(`scale-up 3 -> 4 on node 4's retained volume: Ready in view ${four.status!.view!.id} ${seconds(Date.now() - tAgain)} after apply`);
+  const fourLog = fs.readFileSync(path.join(kubelet.logDir, `${ns}_${podName(4)}.log`), 'utf8');
+  t.regex(fourLog.slice(fourLog.lastIndexOf('--- mock kubelet: starting pod')), /"msg":"agent started".*"start":"restart"/, 'node 4 started from its saved state');
+  writeMembers = [1, 2, 3, 4];
+
+  // ---- Every acknowledged write is there, through every member.
+  writer.phase = 'after';
+  await waitFor('writes after the last change', () => (writer!.acksByPhase.get('after') ?? 0) > 3, { timeoutMs: 30_000 });
+  await writer.stop();
+  // Available throughout: writes kept being acknowledged (the longest wait is a view change or two).
+  const gaps = writer.ackTimes.slice(1).map((at, i) => at - writer!.ackTimes[i]!);
+  const longestGapMs = Math.max(0, ...gaps);
+  for (const phase of ['scale-up', 'rolling-update']) t.true((writer.acksByPhase.get(phase) ?? 0) > 0, `writes were acknowledged during ${phase}`);
+  t.true(longestGapMs < 20_000, `the longest time without an acknowledged write was ${longestGapMs} ms`);
+  t.log(`writer: ${writer.acknowledged.size} writes acknowledged (${[...writer.acksByPhase].map(([p, n]) => `${p} ${n}`).join(', ')}), longest time without one ${seconds(longestGapMs)}, ${writer.failures} failed attempts (last: ${writer.lastError || '-'})`);
+  for (const id of [1, 2, 3, 4]) {
+    const stored = await storedKeys(urlOf(id)!, `node ${id}`);
+    const lost = [...writer.acknowledged].filter(([key, value]) => stored.get(key) !== value).map(([key]) => key);
+    t.deepEqual(lost, [], `node ${id}: every acknowledged write is there`);
+  }
+  ok = true;
+});
+
+test('a rolling update of examples/kv-group.yaml, whose kv shard 1 has one member: a Warning says the group stops while it restarts; the update completes and no acknowledged write is lost', async (t) => {
+  if (skipped(t)) return;
+  t.timeout(3 * 60_000);
+  const ns = 'derecho-sole';
+  const group = 'example';
+  await createNamespace(ns);
+  const logs: string[] = [];
+  const kubelet = await MockKubelet.start({ kubeConfig: cp!.kubeConfig, namespace: ns, workDir: path.join(workDir, 'kubelet-sole'), log: (line) => logs.push(line) });
+  let writer: Writer | null = null;
+  let ok = false;
+  const operator = await runOperator(['--namespace', ns, '--leader-elect=false', '--metrics-port', '0', '--health-port', '0', '--bind-address', '127.0.0.1'], { KUBECONFIG: cp!.kubeconfigPath },
+    { statusUrl: kubelet.statusUrl, log: createLogger('info', { op: 'operator-sole' }, (line) => logs.push(line.trimEnd())) });
+  t.teardown(async () => {
+    await writer?.stop();
+    if (!ok) {
+      t.log(`--- operator and kubelet log (last 60 lines)\n${logs.slice(-60).join('\n')}`);
+      t.log(`--- status: ${statusLine(await getGroup(ns, group).catch(() => undefined))}`);
+      t.log(kubelet.logs(20));
+    }
+    await operator.stop().catch(() => {});
+    await kubelet.stop();
+  });
+  const waitForGroup = (what: string, probe: (g: Group) => boolean, timeoutMs = 60_000): Promise<Group> =>
+    waitFor(what, async () => {
+      const g = await getGroup(ns, group);
+      return probe(g) ? g : false;
+    }, { timeoutMs, intervalMs: 200 });
+  await applyGroup(fastGroup(group, 3), ns);
+  const formed = await waitForGroup('the example group to be Ready', (g) => readyWith(g, [1, 2, 3]));
+  t.deepEqual(formed.status!.shards!.find((s) => s.subgroup === 'kv' && s.shard === 1)?.members, [3], 'kv/1 lives on node 3 alone');
+  writer = new Writer((id) => {
+    try {
+      return kubelet.url(`${group}-${id}`);
+    } catch {
+      return null;
+    }
+  }, () => [1, 2, 3]);
+  await waitFor('a first write', () => writer!.acknowledged.size > 0, { timeoutMs: 20_000 });
+  const tUpdate = Date.now();
+  const updated = await applyGroup(fastGroup(group, 3, { resources: { requests: { cpu: '150m', memory: '128Mi' } } }), ns);
+  const warning = await waitFor('the Warning about node 3', async () => {
+    const events = await rest!.get<{ items: { type: string; reason: string; message: string }[] }>(`/api/v1/namespaces/${ns}/events?fieldSelector=${encodeURIComponent(`involvedObject.name=${group}`)}`);
+    return events.items.find((e) => e.reason === 'RollingRestart' && e.type === 'Warning');
+  }, { timeoutMs: 30_000 });
+  t.regex(warning.message, /^restarting node 3 .*node 3 is the only member of shard kv\/1: the group cannot change views without it/);
+  const rolled = await waitForGroup('Ready on the new spec', (g) => readyWith(g, [1, 2, 3], updated.metadata.generation), 150_000);
+  const updateMs = Date.now() - tUpdate;
+  const acksBefore = writer.acknowledged.size;
+  await waitFor('writes after the update', () => writer!.acknowledged.size > acksBefore + 3, { timeoutMs: 30_000 });
+  await writer.stop();
+  const gaps = writer.ackTimes.slice(1).map((at, i) => at - writer!.ackTimes[i]!);
+  t.log(`rolling update of the example layout: Ready on generation ${updated.metadata.generation} in view ${rolled.status!.view!.id} ${seconds(updateMs)} after apply; longest time without an acknowledged write ${seconds(Math.max(0, ...gaps))}; ${writer.acknowledged.size} writes acknowledged`);
+  for (const id of [1, 2, 3]) {
+    const stored = await storedKeys(kubelet.url(`${group}-${id}`), `node ${id}`);
+    t.deepEqual([...writer.acknowledged].filter(([key, value]) => stored.get(key) !== value).map(([key]) => key), [], `node ${id}: every acknowledged write is there`);
+  }
+  ok = true;
+});
