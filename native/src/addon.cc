@@ -36,7 +36,7 @@ namespace {
 
 constexpr size_t kRegionsMax = 4096;
 constexpr size_t kCompletionBatchMax = 256;
-constexpr int kCqEntries = 4096;
+constexpr uint32_t kCqEntriesDefault = 65536;
 
 std::string errnoText(int err) { return std::string(std::strerror(err)) + " (errno " + std::to_string(err) + ")"; }
 
@@ -168,13 +168,17 @@ class Device : public Napi::ObjectWrap<Device> {
     });
   }
 
-  // new Device(name, onEvent) : onEvent(kind, payload) with kind "completions" (ArrayBuffer of records)
-  // or "cm" ({ type, connId, listenerId, status, privateData })
+  // new Device(name, onEvent, cqEntries?) : onEvent(kind, payload) with kind "completions" (ArrayBuffer
+  // of records), "cm" ({ type, connId, listenerId, status, privateData }) or "fatal" ({ message }).
+  // cqEntries: size of the one completion queue every connection shares (the transport keeps the sum of
+  // its queue pairs' depths under it).
   explicit Device(const Napi::CallbackInfo& info) : Napi::ObjectWrap<Device>(info), regions_(kRegionsMax) {
     Napi::Env env = info.Env();
     if (info.Length() < 2 || !info[0].IsString() || !info[1].IsFunction()) {
-      throw Napi::TypeError::New(env, "new Device(name: string, onEvent: function)");
+      throw Napi::TypeError::New(env, "new Device(name: string, onEvent: function, cqEntries?: number)");
     }
+    uint32_t cqEntries = info.Length() > 2 && info[2].IsNumber() ? U32(info, 2, "cqEntries") : kCqEntriesDefault;
+    if (cqEntries < 16) throw Napi::RangeError::New(env, "cqEntries must be at least 16");
     name_ = info[0].As<Napi::String>().Utf8Value();
     int count = 0;
     errno = 0;
@@ -197,7 +201,7 @@ class Device : public Napi::ObjectWrap<Device> {
     if (pd_ == nullptr) throw errorOf(env, "RDMA device " + name_ + ": ibv_alloc_pd", errno);
     channel_ = ibv_create_comp_channel(ctx_);
     if (channel_ == nullptr) { int e = errno; Teardown(); throw errorOf(env, "RDMA device " + name_ + ": ibv_create_comp_channel", e); }
-    cq_ = ibv_create_cq(ctx_, kCqEntries, nullptr, channel_, 0);
+    cq_ = ibv_create_cq(ctx_, static_cast<int>(cqEntries), nullptr, channel_, 0);
     if (cq_ == nullptr) { int e = errno; Teardown(); throw errorOf(env, "RDMA device " + name_ + ": ibv_create_cq", e); }
     if (ibv_req_notify_cq(cq_, 0) != 0) { int e = errno; Teardown(); throw errorOf(env, "RDMA device " + name_ + ": ibv_req_notify_cq", e); }
     cmChannel_ = rdma_create_event_channel();
