@@ -166,10 +166,10 @@ test('transport rdma: frames wait for the RDMA path (bounded), never go over TCP
   a.t.setPeers({ 2: `${host}:${bound.port}` });
   tcpOnly.setPeers({ 1: a.addr });
   t.true(a.t.send(2, data(1, 0)));
-  await new Promise((r) => setTimeout(r, 300));
+  await waitFor('the offer, over the authenticated TCP connection', () => gotByTcp.some((m) => m.kind === 'app'));
+  await new Promise((r) => setTimeout(r, 200));
   t.false(a.t.connected(2), 'no RDMA path: not connected under transport rdma');
   t.deepEqual(gotByTcp.filter((m) => m.kind === 'data'), [], 'nothing went over TCP');
-  t.true(gotByTcp.some((m) => m.kind === 'app'), 'the offer went over the authenticated TCP connection');
 
   const fallback = rdmaHarness(t, fab, { tcpFallback: true });
   const c = await fallback.start(3);

@@ -1028,7 +1028,13 @@ export class RdmaTransport {
     const area = peer.recvArea!;
     const bytes = new DataView(area.buffer).getUint32(at, true);
     if (bytes < 1 || bytes > fragmentBytesMax(g, slot, g.ringSlots)) return this.peerFault(peer, `fragment of ${bytes} bytes at ring slot ${slot} does not fit before the end of the ring`);
-    if (peer.assemblyBytes + bytes > this.codec.limits.frameBytesMax + 4) return this.peerFault(peer, `a frame of more than frameBytesMax ${this.codec.limits.frameBytesMax} bytes`);
+    const frameBytesMax = this.codec.limits.frameBytesMax;
+    if (peer.assemblyBytes === 0 && bytes >= 4) {
+      // The frame's own length field, in its first fragment: refuse an oversized frame before buffering it.
+      const announced = new DataView(area.buffer).getUint32(at + slotHeaderBytes, false);
+      if (announced > frameBytesMax) return this.peerFault(peer, `frame of ${announced} bytes announced, over frameBytesMax ${frameBytesMax}`);
+    }
+    if (peer.assemblyBytes + bytes > frameBytesMax + 4) return this.peerFault(peer, `a frame of more than ${frameBytesMax + 4} bytes (over frameBytesMax ${frameBytesMax})`);
     peer.assembly.push(new Uint8Array(area.buffer, at + slotHeaderBytes, bytes).slice());
     peer.assemblyBytes += bytes;
     const slots = fragmentSlots(g, bytes);
