@@ -17,7 +17,9 @@ import { fileURLToPath } from 'node:url';
 
 const here = path.dirname(fileURLToPath(import.meta.url));
 const optional = process.argv.includes('--optional') || (process.argv.includes('--required-in-ci') && process.env.CI !== 'true');
-const headers = ['/usr/include/infiniband/verbs.h', '/usr/include/rdma/rdma_cma.h'];
+// Where rdma-core's headers are looked for before building (DERECHO_RDMA_HEADERS_DIR: another prefix).
+const includeDir = process.env.DERECHO_RDMA_HEADERS_DIR || '/usr/include';
+const headers = [path.join(includeDir, 'infiniband', 'verbs.h'), path.join(includeDir, 'rdma', 'rdma_cma.h')];
 
 function finish(ok, line) {
   if (ok) {

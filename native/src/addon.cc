@@ -224,7 +224,9 @@ class Device : public Napi::ObjectWrap<Device> {
       ssize_t ignored = write(wakePipe_[1], &b, 1);
       (void)ignored;
       if (thread_.joinable()) thread_.join();
-      tsfn_.Release();
+      // Abort, not Release: deliveries still queued are dropped without calling back into this object
+      // (which may be being destroyed); a dropped completion batch is not freed (at most a few at close).
+      tsfn_.Abort();
     }
     Teardown();
   }
