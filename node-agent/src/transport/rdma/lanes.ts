@@ -11,7 +11,9 @@
 //
 //   kind 1 row       value = row slot index
 //   kind 2 fragment  value = ring slot sequence number (mod 2^28) of its first slot; more fragments follow
-//   kind 3 last      the same, for the last (or only) fragment of a frame
+//   kind 3 last      the same, for the last (or only) fragment of a frame; a fragment holding a frame
+//                    whole also holds the whole frames queued behind it that fit (small frames travel
+//                    together: one write, one completion at each end; frames carry their own length)
 //   kind 4 credit    zero-length write: value bit 27 = lane (0 message ring, 1 row lane), bits 0-26 = slots
 //                    released; the sender of the frames may reuse that many slots
 //

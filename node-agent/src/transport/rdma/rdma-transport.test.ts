@@ -4,6 +4,7 @@ import type { WireMessage } from '../codec.ts';
 import { registerConformance, harness, data, waitFor, secret, host } from '../transport-conformance.ts';
 import type { TcpTransportOptions } from '../tcp-transport.ts';
 import { TcpTransport } from '../tcp-transport.ts';
+import { Codec } from '../codec.ts';
 import { FakeFabric } from './fake-verbs.ts';
 import { DEFAULT_GEOMETRY, ImmKind, imm } from './lanes.ts';
 import { sampleMessages } from '../test-support.ts';
@@ -127,6 +128,39 @@ test('rows are one-sided writes into row slots; rows waiting for a slot are coal
   t.is(m.rdmaFragmentsWritten, 0, 'no row went through the message ring');
   t.true(fab.stats.writesWithImm >= m.rdmaRowsWritten);
   t.deepEqual(b.errors, []);
+});
+
+test('small frames queued in one turn travel together: one write with immediate carries many frames', async (t) => {
+  t.timeout(10_000);
+  const fab = new FakeFabric();
+  const h = rdmaHarness(t, fab);
+  const a = await h.start(1);
+  const b = await h.start(2);
+  h.mesh(a, b);
+  await waitFor('path open', () => a.t.connected(2) && b.t.connected(1));
+  const before = { ...(a.t as RdmaTransport).metrics };
+  for (let i = 0; i < 500; i++) t.true(a.t.send(2, data(1, i, 100)));
+  await waitFor('500 frames', () => b.got.length === 500);
+  const m = (a.t as RdmaTransport).metrics;
+  const fragments = m.rdmaFragmentsWritten - before.rdmaFragmentsWritten;
+  t.true(fragments >= 1 && fragments <= 5, `500 frames of 130 bytes in ${fragments} write(s)`);
+  t.is(m.framesSent - before.framesSent, 500);
+  t.deepEqual(b.got.map((g) => (g.m.kind === 'data' ? g.m.index : -1)), Array.from({ length: 500 }, (_, i) => i));
+  // A batch whose last frame is cut short is a fault of the peer: its path goes.
+  const at = a.t as unknown as { device: { postWrite(...args: unknown[]): void }; peers: Map<number, { connId: number; staging: { handle: number; buffer: ArrayBuffer }; remote: { addr: bigint; rkey: number }; ringNext: number }> };
+  const p = at.peers.get(2)!;
+  const g = DEFAULT_GEOMETRY;
+  const slot = p.ringNext % g.ringSlots;
+  const off = g.rowSlots * g.rowSlotBytes + slot * g.ringSlotBytes;
+  const frame = new Codec().encode(data(1, 9999, 10));
+  const dv = new DataView(p.staging.buffer);
+  dv.setUint32(off, frame.byteLength + 8, true);
+  new Uint8Array(p.staging.buffer).set(frame, off + 4);
+  dv.setUint32(off + 4 + frame.byteLength, 100, false); // a second frame announcing 100 bytes, 4 present
+  at.device.postWrite(p.connId, 77, p.staging.handle, off, 4 + frame.byteLength + 8, p.remote.addr + BigInt(off), p.remote.rkey, imm(ImmKind.last, p.ringNext & 0x0fffffff));
+  await waitFor('refused', () => b.errors.some((e) => e.kind === 'protocol'));
+  t.regex(b.errors.find((e) => e.kind === 'protocol')!.message, /frame of 100 bytes announced with 4 bytes left in its fragment/);
+  t.true(b.got.some((g2) => g2.m.kind === 'data' && g2.m.index === 9999), 'the whole frame before it was delivered');
 });
 
 test('a frame larger than the whole ring travels in fragments as credits come back; bounded in-flight', async (t) => {

@@ -91,6 +91,8 @@ const sessionBytes = 16;
 const privateDataBytes = 4 + 1 + 3 + 4 + sessionBytes;
 const controlBytesMax = 1024;
 const setupRetryDelayMaxMs = 30_000;
+/** Bound of the whole frames one fragment carries (small frames written together in one write). */
+const batchFramesMax = 1024;
 
 type ControlMessage =
   | { t: 'offer'; session: string; addr: string; rkey: number; geometry: LaneGeometry }
@@ -906,25 +908,41 @@ export class RdmaTransport {
       const left = frame.bytes - peer.current.offset;
       // A fragment smaller than the frame's rest only when it must be; never an empty one.
       if (room <= 0) break;
-      const bytes = Math.min(left, room);
       const at = ringSlotOffset(g, slot);
-      view.setUint32(at, bytes, true);
+      let bytes = Math.min(left, room);
       copyParts(frame.parts, peer.current.offset, bytes, staging, at + slotHeaderBytes);
       const last = bytes === left;
+      let frames = 0;
+      if (last) {
+        this.frameWritten(peer, frame);
+        frames++;
+        // A frame written whole: the whole frames queued behind it that fit join it (one write, one
+        // completion at each end, however many small frames).
+        if (peer.current.offset === 0) {
+          while (frames < batchFramesMax && peer.queue.length > 0 && bytes + peer.queue[0]!.bytes <= room) {
+            const next = peer.queue.shift()!;
+            copyParts(next.parts, 0, next.bytes, staging, at + slotHeaderBytes + bytes);
+            bytes += next.bytes;
+            this.frameWritten(peer, next);
+            frames++;
+          }
+        }
+        peer.current = null;
+      } else peer.current.offset += bytes;
+      view.setUint32(at, bytes, true);
       this.post(peer, at, slotHeaderBytes + bytes, imm(last ? ImmKind.last : ImmKind.fragment, peer.ringNext & immValueMask));
       const slots = fragmentSlots(g, bytes);
       peer.ringNext += slots;
       peer.ringCredits -= slots;
-      peer.current.offset += bytes;
       this.metrics.rdmaFragmentsWritten++;
-      if (last) {
-        peer.current = null;
-        peer.queuedFrames--;
-        peer.queuedBytes -= frame.bytes;
-        this.metrics.framesSent++;
-        this.metrics.bytesSent += frame.bytes;
-      }
     }
+  }
+
+  private frameWritten(peer: RdmaPeer, frame: Outgoing): void {
+    peer.queuedFrames--;
+    peer.queuedBytes -= frame.bytes;
+    this.metrics.framesSent++;
+    this.metrics.bytesSent += frame.bytes;
   }
 
   private emitDrain(id: NodeId): void {
@@ -1034,7 +1052,7 @@ export class RdmaTransport {
       const announced = new DataView(area.buffer).getUint32(at + slotHeaderBytes, false);
       if (announced > frameBytesMax) return this.peerFault(peer, `frame of ${announced} bytes announced, over frameBytesMax ${frameBytesMax}`);
     }
-    if (peer.assemblyBytes + bytes > frameBytesMax + 4) return this.peerFault(peer, `a frame of more than ${frameBytesMax + 4} bytes (over frameBytesMax ${frameBytesMax})`);
+    if (peer.assemblyBytes > 0 && peer.assemblyBytes + bytes > frameBytesMax + 4) return this.peerFault(peer, `a frame of more than ${frameBytesMax + 4} bytes (over frameBytesMax ${frameBytesMax})`);
     peer.assembly.push(new Uint8Array(area.buffer, at + slotHeaderBytes, bytes).slice());
     peer.assemblyBytes += bytes;
     const slots = fragmentSlots(g, bytes);
@@ -1045,17 +1063,28 @@ export class RdmaTransport {
     const total = peer.assemblyBytes;
     peer.assembly = [];
     peer.assemblyBytes = 0;
-    let frame: Uint8Array;
-    if (parts.length === 1) frame = parts[0]!;
+    let batch: Uint8Array;
+    if (parts.length === 1) batch = parts[0]!;
     else {
-      frame = new Uint8Array(total);
+      batch = new Uint8Array(total);
       let pos = 0;
       for (const p of parts) {
-        frame.set(p, pos);
+        batch.set(p, pos);
         pos += p.byteLength;
       }
     }
-    this.onFrame(peer, frame);
+    // One frame, or (written whole in one fragment) several frames back to back.
+    const v = new DataView(batch.buffer, batch.byteOffset, batch.byteLength);
+    for (let pos = 0; pos < batch.byteLength;) {
+      if (batch.byteLength - pos < 5) return this.peerFault(peer, `${batch.byteLength - pos} bytes after the last whole frame of a fragment`);
+      const length = v.getUint32(pos, false);
+      if (length > frameBytesMax) return this.peerFault(peer, `frame of ${length} bytes announced, over frameBytesMax ${frameBytesMax}`);
+      if (pos + 4 + length > batch.byteLength) return this.peerFault(peer, `frame of ${length} bytes announced with ${batch.byteLength - pos - 4} bytes left in its fragment`);
+      const frame = batch.subarray(pos, pos + 4 + length);
+      pos += 4 + length;
+      this.onFrame(peer, frame);
+      if (peer.state !== 'open') return; // the frame's fault closed the path
+    }
   }
 
   private onCredit(peer: RdmaPeer, value: number): void {
