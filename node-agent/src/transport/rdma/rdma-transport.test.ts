@@ -205,10 +205,18 @@ test('transport rdma: frames wait for the RDMA path (bounded), never go over TCP
   t.false(a.t.connected(2), 'no RDMA path: not connected under transport rdma');
   t.deepEqual(gotByTcp.filter((m) => m.kind === 'data'), [], 'nothing went over TCP');
 
+  // The offer stays unanswered: the attempt times out, says why, and is tried again later.
+  const timeouts = rdmaHarness(t, fab, { setupTimeoutMs: 100 });
+  const d = await timeouts.start(0); // a lower id than the TCP-only peer's: it dials
+  d.t.setPeers({ 2: `${host}:${bound.port}` });
+  tcpOnly.setPeers({ 0: d.addr, 1: a.addr });
+  await waitFor('timed out', () => d.errors.some((e) => /RDMA setup with n2 did not complete within 100 ms, state offered \(no answer to the offer: is the peer running with transport tcp\?\)/.test(e.message)));
+  t.is(d.errors.filter((e) => e.kind === 'connect' && /did not complete/.test(e.message)).length, 1, 'retried after a backoff, not at once');
+
   const fallback = rdmaHarness(t, fab, { tcpFallback: true });
   const c = await fallback.start(3);
   c.t.setPeers({ 2: `${host}:${bound.port}` });
-  tcpOnly.setPeers({ 1: a.addr, 3: c.addr });
+  tcpOnly.setPeers({ 0: d.addr, 1: a.addr, 3: c.addr });
   await waitFor('tcp connected', () => c.t.connected(2));
   t.true(c.t.send(2, data(3, 5)));
   await waitFor('over TCP', () => gotByTcp.some((m) => m.kind === 'data' && m.from === 3));

@@ -61,6 +61,8 @@ export interface RdmaTransportOptions extends TcpTransportOptions {
   setupCheckMs?: number;
   /** First delay before offering again after a failed attempt (doubles up to 30 s). Default 200 ms. */
   setupRetryDelayMs?: number;
+  /** A setup attempt not open within this time fails (and is tried again later). Default 10 s. */
+  setupTimeoutMs?: number;
   /**
    * Entries of the device's one completion queue, shared by every RDMA path: a path needs its send plus
    * receive queue depth (about 2 x (ringSlots + rowSlots) of both sides), and a path that would not fit is
@@ -118,6 +120,8 @@ interface RdmaPeer {
   peerReady: boolean;
   recvsPosted: boolean;
   sendDepth: number;
+  /** When the current setup attempt started (offer sent or received). */
+  setupStartedAt: number;
   /** Completion queue entries reserved for this peer's queue pair (0: none). */
   cqEntries: number;
   retryAt: number;
@@ -241,6 +245,7 @@ export class RdmaTransport {
   private readonly outgoingBytesMax: number;
   private readonly setupCheckMs: number;
   private readonly setupRetryDelayMs: number;
+  private readonly setupTimeoutMs: number;
   private readonly rdmaPortWanted: number;
   private readonly relay: BlockRelay;
   private readonly pipelineStallMs: number;
@@ -259,7 +264,8 @@ export class RdmaTransport {
 
   /** Opens the RDMA device (throws a clear error when there is none) and the control transport. */
   constructor(options: RdmaTransportOptions) {
-    const { verbs, deviceName, rdmaPort, geometry, tcpFallback, setupCheckMs, setupRetryDelayMs, completionQueueEntries, ...tcpOptions } = options;
+    const { verbs, deviceName, rdmaPort, geometry, tcpFallback, setupCheckMs, setupRetryDelayMs, setupTimeoutMs, completionQueueEntries, ...tcpOptions } = options;
+    this.setupTimeoutMs = setupTimeoutMs ?? 10_000;
     this.completionQueueEntries = completionQueueEntries ?? 65536;
     this.nodeId = options.nodeId;
     this.geometry = { ...DEFAULT_GEOMETRY, ...geometry };
@@ -491,7 +497,7 @@ export class RdmaTransport {
     if (!p) {
       p = {
         id, state: 'idle', session: null, connId: null, recvArea: null, staging: null, remote: null, peerReady: false, recvsPosted: false,
-        sendDepth: 0, cqEntries: 0, retryAt: 0, attempts: 0, everOpen: false,
+        sendDepth: 0, setupStartedAt: 0, cqEntries: 0, retryAt: 0, attempts: 0, everOpen: false,
         queue: [], queuedFrames: 0, queuedBytes: 0, current: null, pendingRow: null,
         rowNext: 0, rowCredits: 0, ringNext: 0, ringCredits: 0, sendsOutstanding: 0, blocked: false,
         ringRead: 0, assembly: [], assemblyBytes: 0, releasedRing: 0, releasedRow: 0, recvsToRepost: 0,
@@ -523,8 +529,12 @@ export class RdmaTransport {
       const peer = this.peer(id);
       if (peer.state === 'idle' && this.nodeId < id && now >= peer.retryAt) this.offer(peer);
     }
-    for (const peer of this.peers.values()) {
+    for (const peer of [...this.peers.values()]) {
       if (peer.state !== 'idle' && !this.control.connected(peer.id)) this.teardown(peer, 'the control connection was lost', false);
+      else if (peer.state !== 'idle' && peer.state !== 'open' && now - peer.setupStartedAt > this.setupTimeoutMs) {
+        const hint = peer.state === 'offered' ? ' (no answer to the offer: is the peer running with transport tcp?)' : '';
+        this.setupFailed(peer, `RDMA setup with n${peer.id} did not complete within ${this.setupTimeoutMs} ms, state ${peer.state}${hint}`, peer.state !== 'offered');
+      }
     }
   }
 
@@ -559,6 +569,7 @@ export class RdmaTransport {
       const area = this.receiveArea(peer);
       peer.session = randomBytes(sessionBytes).toString('hex');
       peer.state = 'offered';
+      peer.setupStartedAt = Date.now();
       peer.peerReady = false;
       this.sendControl(peer.id, { t: 'offer', session: peer.session, addr: area.addr.toString(), rkey: area.rkey, geometry: this.geometry });
     } catch (e) {
@@ -588,6 +599,7 @@ export class RdmaTransport {
           peer.remote = { addr: BigInt(parsed.addr), rkey: parsed.rkey, geometry: parsed.geometry };
           peer.session = parsed.session;
           peer.state = 'answered';
+          peer.setupStartedAt = Date.now();
           peer.peerReady = false;
           this.sendControl(from, { t: 'answer', session: parsed.session, addr: area.addr.toString(), rkey: area.rkey, geometry: this.geometry, rdmaPort: this.rdmaPort });
         } catch (e) {
