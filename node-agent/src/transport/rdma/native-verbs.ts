@@ -56,11 +56,18 @@ function wrap(addon: Addon): Verbs {
     devices: () => addon.devices(),
     open(name: string, onEvent: (e: VerbsEvent) => void, completionQueueEntries: number): VerbsDevice {
       const dev = new addon.Device(name, (kind, payload) => {
-        if (kind === 'completions') onEvent({ kind: 'completions', completions: decodeCompletions(payload as ArrayBuffer) });
-        else if (kind === 'cm') {
-          const e = payload as CmEvent;
-          onEvent({ kind: 'cm', event: { ...e, privateData: new Uint8Array(e.privateData) } });
-        } else onEvent({ kind: 'fatal', message: (payload as { message: string }).message });
+        try {
+          if (kind === 'completions') onEvent({ kind: 'completions', completions: decodeCompletions(payload as ArrayBuffer) });
+          else if (kind === 'cm') {
+            const e = payload as CmEvent;
+            onEvent({ kind: 'cm', event: { ...e, privateData: new Uint8Array(e.privateData) } });
+          } else onEvent({ kind: 'fatal', message: (payload as { message: string }).message });
+        } catch (e) {
+          // Never unwind through the addon's thread-safe function: surface it as any uncaught error.
+          process.nextTick(() => {
+            throw e;
+          });
+        }
       }, completionQueueEntries);
       return {
         name: name || 'first device',
