@@ -139,6 +139,9 @@ struct Delivery {
   int cmStatus = 0;
   std::vector<uint8_t> privateData;
   std::string fatal;  // the thread stopped on an error
+  bool isAsync = false;  // an ibv async event: asyncType, asyncQpNum
+  ibv_event_type asyncType = IBV_EVENT_COMM_EST;
+  uint32_t asyncQpNum = 0;
 };
 
 struct Conn {
@@ -207,7 +210,7 @@ class Device : public Napi::ObjectWrap<Device> {
     cmChannel_ = rdma_create_event_channel();
     if (cmChannel_ == nullptr) { int e = errno; Teardown(); throw errorOf(env, "RDMA device " + name_ + ": rdma_create_event_channel", e); }
     if (pipe(wakePipe_) != 0) { int e = errno; Teardown(); throw errorOf(env, "RDMA device " + name_ + ": pipe", e); }
-    for (int fd : {channel_->fd, cmChannel_->fd, wakePipe_[0]}) fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK);
+    for (int fd : {channel_->fd, cmChannel_->fd, wakePipe_[0], ctx_->async_fd}) fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK);
     tsfn_ = Napi::ThreadSafeFunction::New(env, info[1].As<Napi::Function>(), "derecho_rdma completions", 0, 1);
     running_ = true;
     thread_ = std::thread([this] { PollLoop(); });
@@ -262,9 +265,9 @@ class Device : public Napi::ObjectWrap<Device> {
   // ---- polling thread ----
 
   void PollLoop() {
-    pollfd fds[3] = {{channel_->fd, POLLIN, 0}, {cmChannel_->fd, POLLIN, 0}, {wakePipe_[0], POLLIN, 0}};
+    pollfd fds[4] = {{channel_->fd, POLLIN, 0}, {cmChannel_->fd, POLLIN, 0}, {wakePipe_[0], POLLIN, 0}, {ctx_->async_fd, POLLIN, 0}};
     while (running_) {
-      int n = poll(fds, 3, 1000);
+      int n = poll(fds, 4, 1000);
       if (n < 0) {
         if (errno == EINTR) continue;
         Fatal("poll: " + errnoText(errno));
@@ -273,6 +276,22 @@ class Device : public Napi::ObjectWrap<Device> {
       if (fds[2].revents) break;
       if (fds[0].revents & POLLIN) DrainCq();
       if (fds[1].revents & POLLIN) DrainCm();
+      if (fds[3].revents & POLLIN) DrainAsync();
+    }
+  }
+
+  /** Device and queue-pair errors that completions alone would not reveal (CQ overflow, fatal device). */
+  void DrainAsync() {
+    ibv_async_event ev;
+    while (ibv_get_async_event(ctx_, &ev) == 0) {
+      auto* d = new Delivery();
+      d->isAsync = true;
+      d->asyncType = ev.event_type;
+      if (ev.event_type == IBV_EVENT_QP_FATAL || ev.event_type == IBV_EVENT_QP_REQ_ERR || ev.event_type == IBV_EVENT_QP_ACCESS_ERR) {
+        d->asyncQpNum = ev.element.qp->qp_num;
+      }
+      ibv_ack_async_event(&ev);
+      Hand(d);
     }
   }
 
@@ -351,6 +370,27 @@ class Device : public Napi::ObjectWrap<Device> {
       o.Set("message", "RDMA device " + name_ + ": polling thread stopped: " + d->fatal);
       fn.Call({Napi::String::New(env, "fatal"), o});
       return;
+    }
+    if (d->isAsync) {
+      const char* what = ibv_event_type_str(d->asyncType);
+      switch (d->asyncType) {
+        case IBV_EVENT_QP_FATAL:
+        case IBV_EVENT_QP_REQ_ERR:
+        case IBV_EVENT_QP_ACCESS_ERR: {
+          auto it = qpToConn_.find(d->asyncQpNum);
+          if (it != qpToConn_.end()) Emit(env, fn, "qpError", it->second, 0, static_cast<int>(d->asyncType), {});
+          return;
+        }
+        case IBV_EVENT_CQ_ERR:
+        case IBV_EVENT_DEVICE_FATAL: {
+          Napi::Object o = Napi::Object::New(env);
+          o.Set("message", "RDMA device " + name_ + ": " + what);
+          fn.Call({Napi::String::New(env, "fatal"), o});
+          return;
+        }
+        default:
+          return;  // port state changes, path migration, ...: the connections report what matters
+      }
     }
     if (!d->isCm) {
       for (size_t i = 0; i < d->completionCount; i++) {

@@ -44,6 +44,7 @@ export type CmEventType =
   | 'deviceRemoval'
   | 'timewaitExit'
   | 'connectResponse'
+  | 'qpError' // an ibv async event put the connection's queue pair in error (status = the event type)
   | 'other';
 
 export interface CmEvent {
