@@ -257,6 +257,9 @@ export class RdmaTransport {
   private flushScheduled: ReturnType<typeof setImmediate> | null = null;
   private readonly dirty = new Set<RdmaPeer>();
   private closing: Promise<void> | null = null;
+  /** After close()'s drain: nothing more is written or processed. */
+  private closed = false;
+  private readonly closeTimeoutMs: number;
   private wrId = 1;
   private readonly completionQueueEntries: number;
   /** Completion queue entries the open or opening paths may use (their send + receive depths). */
@@ -279,6 +282,7 @@ export class RdmaTransport {
     this.outgoingFramesMax = options.outgoingFramesMax ?? 8192;
     this.outgoingBytesMax = options.outgoingBytesMax ?? 32 << 20;
     this.pipelineStallMs = options.pipelineStallMs ?? 10_000;
+    this.closeTimeoutMs = options.closeTimeoutMs ?? 1000;
     const prefix = `[rdma n${this.nodeId}] `;
     const log = options.log ?? ((line: string) => console.warn(line));
     this.log = (line) => log(prefix + line);
@@ -455,16 +459,25 @@ export class RdmaTransport {
     return this.subscribe(this.drainHandlers, handler);
   }
 
-  /** Tears down every RDMA path, closes the device and the control transport. */
+  /**
+   * Refuses new frames, writes what is queued on open RDMA paths (as credits allow, for at most
+   * closeTimeoutMs), then tears down every path, closes the device and the control transport.
+   */
   close(): Promise<void> {
     if (this.closing) return this.closing;
     if (this.setupTimer) clearInterval(this.setupTimer);
     if (this.stallTimer) clearTimeout(this.stallTimer);
-    if (this.flushScheduled) clearImmediate(this.flushScheduled);
     this.setupTimer = null;
     this.stallTimer = null;
-    this.flushScheduled = null;
     this.closing = (async () => {
+      const busy = (): boolean => [...this.peers.values()].some((p) => p.state === 'open' &&
+        (p.queuedFrames > 0 || p.pendingRow !== null || p.sendsOutstanding > 0));
+      for (const peer of this.peers.values()) this.flushPeer(peer);
+      const deadline = Date.now() + this.closeTimeoutMs;
+      while (busy() && Date.now() < deadline) await new Promise((r) => setTimeout(r, 2));
+      this.closed = true;
+      if (this.flushScheduled) clearImmediate(this.flushScheduled);
+      this.flushScheduled = null;
       for (const peer of [...this.peers.values()]) this.removePeer(peer, 'transport closed', true);
       if (this.listenerId !== null) this.tryVerbs(() => this.device.disconnect(this.listenerId!));
       this.tryVerbs(() => this.device.close());
@@ -860,7 +873,7 @@ export class RdmaTransport {
 
   /** Writes what credits allow: credits owed to the peer, the newest row, then ring fragments. */
   private flushPeer(peer: RdmaPeer): void {
-    if (peer.state !== 'open' || this.closing) return;
+    if (peer.state !== 'open' || this.closed) return;
     try {
       this.writeCredits(peer);
       this.writeRow(peer);
@@ -974,7 +987,7 @@ export class RdmaTransport {
   // ==========================================================================================
 
   private onVerbsEvent(e: VerbsEvent): void {
-    if (this.closing) return;
+    if (this.closed) return;
     if (e.kind === 'fatal') {
       this.report({ kind: 'socket', peer: null, remote: '', message: e.message });
       for (const peer of this.peers.values()) this.teardown(peer, e.message, true);
