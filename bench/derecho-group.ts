@@ -20,6 +20,10 @@ export interface GroupConfig {
   sendWindow: number;
   /** Agents write V8 CPU profiles here (null: no profiling). */
   cpuProfDir?: string | null;
+  /** spec.transport of the group (default tcp). */
+  transport?: 'tcp' | 'rdma';
+  /** Address the agents listen on and reach each other at (default 127.0.0.1; RDMA needs the NIC's address). */
+  host?: string;
 }
 
 export interface RunSpec {
@@ -68,6 +72,7 @@ export class BenchGroup {
 
   private async launch(): Promise<void> {
     const { members, mode, persistence, payloadBytesMax, sendWindow } = this.config;
+    const host = this.config.host ?? '127.0.0.1';
     const ids = Array.from({ length: members }, (_, i) => i + 1);
     const manifest = {
       apiVersion: 'derecho.dev/v1alpha1',
@@ -75,6 +80,7 @@ export class BenchGroup {
       metadata: { name: 'bench' },
       spec: {
         members,
+        transport: this.config.transport ?? 'tcp',
         subgroups: [{
           name: 'bench', type: 'log', minNodesPerShard: members, maxNodesPerShard: members, reservedNodeIds: [ids],
           deliveryMode: mode, persistent: persistence !== null && mode === 'ordered',
@@ -89,11 +95,11 @@ export class BenchGroup {
     fs.writeFileSync(path.join(this.dir, 'group.json'), JSON.stringify(manifest));
     fs.writeFileSync(path.join(this.dir, 'secret'), 'bench-secret-0123456789abcdef0123');
     const ports = await Promise.all(ids.flatMap(() => [freePort(), freePort()]));
-    const peers = Object.fromEntries(ids.map((n) => [String(n), `127.0.0.1:${ports[2 * (n - 1)]}`]));
+    const peers = Object.fromEntries(ids.map((n) => [String(n), `${host}:${ports[2 * (n - 1)]}`]));
     for (const n of ids) {
       const cfg = {
         nodeId: n, groupFile: path.join(this.dir, 'group.json'), dataDir: path.join(this.dir, `data-${n}`),
-        listen: { host: '127.0.0.1', peerPort: ports[2 * (n - 1)], httpPort: ports[2 * (n - 1) + 1] },
+        listen: { host, peerPort: ports[2 * (n - 1)], httpPort: ports[2 * (n - 1) + 1] },
         peers, auth: { hmacSecretFile: path.join(this.dir, 'secret') }, benchApi: true, logLevel: 'error',
       };
       const file = path.join(this.dir, `agent-${n}.json`);
@@ -105,7 +111,7 @@ export class BenchGroup {
       });
       fs.closeSync(log);
       this.procs.push(p);
-      this.http.push(`http://127.0.0.1:${ports[2 * (n - 1) + 1]}`);
+      this.http.push(`http://${host}:${ports[2 * (n - 1) + 1]}`);
     }
     const t0 = Date.now();
     for (const url of this.http) {

@@ -4,7 +4,9 @@
 //   --sizes 100,1KiB,1MiB   message sizes (default 100,1KiB,10KiB,1MiB,16MiB)
 //   --members 3,5,7         group sizes for the ordered all-senders runs (default 3; the rest uses 3)
 //   --duration 3            seconds each throughput run sends for (default 3; quick 1.5)
-//   --transport tcp|rdma    data path of the agents (rdma needs RDMA devices)
+//   --transport tcp|rdma    data path of the agents (rdma needs an RDMA device: stops at once without one)
+//   --host ADDR             address the agents listen on and reach each other at (default 127.0.0.1; with
+//                           --transport rdma the first non-loopback IPv4 address: rdmacm needs the RDMA NIC's)
 //   --only derecho,etcd,loopback    run only these parts
 //   --series TEXT           only the derecho series whose name contains TEXT (e.g. "one sender", latency)
 //   --cpu-prof DIR          agents write V8 CPU profiles into DIR (open them in Chrome DevTools)
@@ -24,6 +26,8 @@ import type { EtcdPutResult, EtcdTools } from './etcd.ts';
 import { measureLoopback } from './loopback.ts';
 import type { LoopbackResult } from './loopback.ts';
 import { throughputChart } from './chart.ts';
+import { loadNativeVerbs } from '../node-agent/src/transport/rdma/native-verbs.ts';
+import { pickDevice } from '../node-agent/src/transport/select.ts';
 
 const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
 const KiB = 1024;
@@ -35,6 +39,7 @@ interface Options {
   members: number[];
   durationS: number;
   transport: 'tcp' | 'rdma';
+  host: string | null;
   only: Set<string>;
   out: string;
   series: string | null;
@@ -51,7 +56,7 @@ function parseSize(text: string): number {
 
 function parseArgs(argv: string[]): Options {
   const o: Options = {
-    quick: false, sizes: [100, KiB, 10 * KiB, MiB, 16 * MiB], members: [3], durationS: 3, transport: 'tcp',
+    quick: false, sizes: [100, KiB, 10 * KiB, MiB, 16 * MiB], members: [3], durationS: 3, transport: 'tcp', host: null,
     only: new Set(['derecho', 'etcd', 'loopback']), out: path.join(ROOT, 'bench', 'results'), series: null, cpuProfDir: null,
   };
   let sizesGiven = false;
@@ -78,6 +83,7 @@ function parseArgs(argv: string[]): Options {
         o.transport = t;
         break;
       }
+      case '--host': o.host = value(); break;
       case '--only': o.only = new Set(value().split(',')); for (const x of o.only) if (!['derecho', 'etcd', 'loopback'].includes(x)) throw new Error(`--only: unknown part ${x}`); break;
       case '--out': o.out = path.resolve(value()); break;
       case '--series': o.series = value(); break;
@@ -130,7 +136,10 @@ function payloadMaxFor(size: number): number {
 }
 
 async function derechoRun(work: string, o: Options, row: DerechoRow, rate = 0, durationS = o.durationS): Promise<RunResult> {
-  const config: GroupConfig = { members: row.members, mode: row.mode, persistence: row.persistence, payloadBytesMax: payloadMaxFor(row.sizeBytes), sendWindow: windowFor(row.sizeBytes), cpuProfDir: o.cpuProfDir };
+  const config: GroupConfig = {
+    members: row.members, mode: row.mode, persistence: row.persistence, payloadBytesMax: payloadMaxFor(row.sizeBytes), sendWindow: windowFor(row.sizeBytes),
+    transport: o.transport, host: o.host ?? '127.0.0.1', cpuProfDir: o.cpuProfDir,
+  };
   const group = await BenchGroup.start(work, config);
   try {
     const senders = row.senders === 'all' ? Array.from({ length: row.members }, (_, i) => i + 1) : [1];
@@ -149,7 +158,15 @@ async function derechoRun(work: string, o: Options, row: DerechoRow, rate = 0, d
 async function main(): Promise<void> {
   const o = parseArgs(process.argv.slice(2));
   if (o.transport === 'rdma') {
-    throw new Error('--transport rdma: the RDMA data path is not available in this build yet (see issue "native: the RDMA data path"); use tcp');
+    // Stop before launching anything when this node cannot run the RDMA data path.
+    const native = loadNativeVerbs();
+    if (!native.ok) throw new Error(`--transport rdma: ${native.reason}`);
+    const devices = native.verbs.devices();
+    const picked = pickDevice(devices, process.env['DERECHO_RDMA_DEVICE']);
+    if ('problem' in picked) throw new Error(`--transport rdma: ${picked.problem}; run the bench on a node with an RDMA NIC (docs/rdma.md)`);
+    o.host ??= Object.values(os.networkInterfaces()).flat().find((a) => a && a.family === 'IPv4' && !a.internal)?.address ?? null;
+    if (o.host === null) throw new Error('--transport rdma: no non-loopback IPv4 address found for rdmacm; give the RDMA NIC\'s address with --host');
+    log(`transport rdma: device ${picked.name}, agents on ${o.host}`);
   }
   const work = fs.mkdtempSync(path.join(os.tmpdir(), 'derecho-bench-'));
   const started = new Date();

@@ -6,6 +6,7 @@
 // libraries, exec-form entry points whose files exist, and a .dockerignore that keeps node_modules, .git,
 // local state and benchmark results out without excluding anything the images copy.
 
+import { spawnSync } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
@@ -302,6 +303,49 @@ test('Dockerfile.agent: rdma-core runtime libraries (libibverbs1, librdmacm1, pr
   t.regex(apt!, /apt-get update/, 'the index is fetched in the same layer');
   t.regex(apt!, /rm -rf \/var\/lib\/apt\/lists/, 'and removed in the same layer');
   t.notRegex(apt!, /-dev\b/, 'no development packages in the final stage');
+});
+
+test('Dockerfile.agent: the RDMA addon is built in the build stage (strictly) and copied into the final stage', (t) => {
+  const d = parseDockerfile('Dockerfile.agent');
+  const final = finalStage(d);
+  const copy = all(final, 'COPY').find((c) => /native\/build\/Release\/derecho_rdma\.node/.test(c.args));
+  t.truthy(copy, 'the final stage copies the addon');
+  const build = d.stages.find((s) => s.name === copy!.flags.from)!;
+  t.truthy(build, `stage ${copy!.flags.from} exists`);
+  const runs = all(build, 'RUN').map((r) => r.args);
+  const apt = runs.find((a) => /apt-get\s+install/.test(a));
+  t.truthy(apt, 'the build stage installs the build dependencies');
+  for (const pkg of ['libibverbs-dev', 'librdmacm-dev', 'python3', 'make', 'g++']) t.regex(apt!, new RegExp(`(^|\\s)${pkg.replace('+', '\\+')}(\\s|$)`), pkg);
+  t.regex(apt!, /rm -rf \/var\/lib\/apt\/lists/);
+  const npmCi = runs.findIndex((a) => /\bnpm\s+ci\b/.test(a));
+  t.true(runs.findIndex((a) => /apt-get\s+install/.test(a)) < npmCi, 'headers before the install');
+  t.regex(runs[npmCi]!, /node native\/build\.mjs(?! --optional)/, 'built without --optional: a failed build fails the image');
+  t.regex(runs[npmCi]!, /test -f native\/build\/Release\/derecho_rdma\.node/);
+  // What the build needs is copied before it, and exists.
+  const copied = all(build, 'COPY').flatMap((c) => words(c.args).slice(0, -1));
+  for (const f of ['native/binding.gyp', 'native/build.mjs', 'native/src/']) {
+    t.true(copied.includes(f), `${f} is copied into the build stage`);
+    t.true(fs.existsSync(path.join(ROOT, f)), `${f} exists`);
+  }
+  // The runtime loads it from where node-agent/src/transport/rdma/native-verbs.ts looks.
+  const loader = fs.readFileSync(path.join(ROOT, 'node-agent/src/transport/rdma/native-verbs.ts'), 'utf8');
+  t.regex(loader, /'\.\.\/\.\.\/\.\.\/\.\.\/native\/build\/Release\/derecho_rdma\.node'/);
+  t.is(words(copy!.args).at(-1), './native/build/Release/derecho_rdma.node');
+});
+
+test('package.json\'s install script builds the addon optionally, and passes where native/ is not copied (Dockerfile.operator)', (t) => {
+  const pkg = JSON.parse(fs.readFileSync(path.join(ROOT, 'package.json'), 'utf8')) as { scripts: Record<string, string> };
+  const script = pkg.scripts['install']!;
+  t.regex(script, /native\/build\.mjs/);
+  t.regex(script, /--optional/);
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'install-script-'));
+  try {
+    const r = spawnSync('sh', ['-c', script], { cwd: dir, encoding: 'utf8' });
+    t.is(r.status, 0, r.stderr);
+    t.regex(r.stdout, /native: native\/build\.mjs is not in this tree \(an image without the RDMA addon\): not built/);
+  } finally {
+    fs.rmSync(dir, { recursive: true, force: true });
+  }
 });
 
 test('Dockerfile.agent: the data directory exists and belongs to the agent', (t) => {

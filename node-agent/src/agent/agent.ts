@@ -11,7 +11,11 @@ import { BUILTIN_TYPES } from '../objects/kv.ts';
 import type { ReplicatedType } from '../objects/replicated.ts';
 import { DirLock, DirLockError } from '../storage/dir-lock.ts';
 import { LogStore } from '../storage/log-store.ts';
-import { TcpTransport } from '../transport/tcp-transport.ts';
+import type { AgentTransport } from '../transport/agent-transport.ts';
+import type { Verbs } from '../transport/rdma/verbs.ts';
+import { RdmaTransport } from '../transport/rdma/rdma-transport.ts';
+import { createAgentTransport } from '../transport/select.ts';
+import type { TransportChoice } from '../transport/select.ts';
 import type { TcpTransportOptions } from '../transport/tcp-transport.ts';
 import { BenchProbe } from './bench.ts';
 import { Driver } from './driver.ts';
@@ -27,6 +31,8 @@ export interface AgentOptions {
   log?: Logger;
   /** Called when the replica exits or the agent fails; the process should exit non-zero (its supervisor restarts it). */
   onExit?(reason: string): void;
+  /** RDMA verbs for spec.transport rdma/auto (default: the native addon; tests inject the in-memory fabric). */
+  verbs?: Verbs;
 }
 
 /** Replicated type of every subgroup of the spec; a clear error for a type nobody registered. */
@@ -59,7 +65,9 @@ export class Agent {
   driver!: Driver;
   /** The benchmark probe (agent config benchApi), else null. */
   bench: BenchProbe | null = null;
-  private transport!: TcpTransport;
+  private transport!: AgentTransport;
+  /** The data path in use and why (spec.transport). */
+  transportChoice: Omit<TransportChoice, 'transport'> | null = null;
   private store!: LogStore;
   private server: http.Server | null = null;
   private startedAt = Date.now();
@@ -128,7 +136,11 @@ export class Agent {
         key: readFile(config.auth.tlsKeyFile!, 'auth.tlsKeyFile'),
       };
     }
-    this.transport = new TcpTransport(tOpts);
+    const choice = createAgentTransport(spec.transport, tOpts, this.options.verbs ? { verbs: this.options.verbs } : {});
+    this.transport = choice.transport;
+    this.transportChoice = { requested: choice.requested, kind: choice.kind, device: choice.device, reason: choice.reason };
+    if (spec.transport === 'auto' && choice.kind === 'tcp') this.log.warn('transport: falling back to TCP', { reason: choice.reason });
+    else this.log.info('transport', { kind: choice.kind, reason: choice.reason });
     this.transport.onError((e) => this.log.warn('peer connection dropped', { kind: e.kind, peer: e.peer, remote: e.remote, error: e.message }));
     const bound = await this.transport.listen(config.listen.host, config.listen.peerPort);
     Object.assign(this.peerAddress, bound);
@@ -287,6 +299,7 @@ export class Agent {
       })),
       counters: { ...this.driver.counters },
       transport: {
+        ...this.transportStatus(),
         peerPort: this.peerAddress.port, connectedPeers: this.transport.connectedPeers(),
         framesSent: t.framesSent, framesReceived: t.framesReceived, bytesSent: t.bytesSent, bytesReceived: t.bytesReceived,
         protocolErrors: t.protocolErrors, handshakeFailures: t.handshakeFailures,
@@ -294,6 +307,14 @@ export class Agent {
       },
       storage: { dataDir: this.config.dataDir, fsync: this.config.group.spec.fsync, journalBytes: st.journalBytes, liveLogRecords: st.liveLogRecords },
     };
+  }
+
+  /** spec.transport, the data path actually in use and why (auto: also when it fell back to TCP). */
+  private transportStatus(): Record<string, unknown> {
+    const c = this.transportChoice;
+    if (!c) return {};
+    const rdma = this.transport instanceof RdmaTransport ? { rdmaPeers: this.transport.rdmaPeers() } : {};
+    return { requested: c.requested, kind: c.kind, device: c.device, reason: c.reason, ...rdma };
   }
 
   private collect(): void {

@@ -296,6 +296,8 @@ function u32(n: number): Buffer {
 }
 
 export class TcpTransport {
+  /** The data path (AgentTransport). */
+  readonly kind = 'tcp' as const;
   readonly nodeId: NodeId;
   readonly codec: Codec;
   readonly metrics: TransportMetrics = {

@@ -1,0 +1,152 @@
+// spec.transport in the agent: a group over the RDMA transport (in-memory verbs fabric), "rdma" without a
+// device stops start-up (exit code 2), "auto" without a device runs over TCP and says so (log, /status).
+
+import test from 'ava';
+import fs from 'node:fs';
+import http from 'node:http';
+import os from 'node:os';
+import path from 'node:path';
+import { loadAgentConfig } from '../config/load.ts';
+import { ConfigError } from '../config/errors.ts';
+import { FakeFabric } from '../transport/rdma/fake-verbs.ts';
+import { loadNativeVerbs } from '../transport/rdma/native-verbs.ts';
+import { Agent } from './agent.ts';
+import { createLogger, silentLogger } from './logger.ts';
+import { EXIT_CONFIG, runAgent } from './main.ts';
+import { freePort } from '../util/ports.ts';
+
+function manifest(transport: string, members: number): string {
+  return `
+apiVersion: derecho.dev/v1alpha1
+kind: DerechoGroup
+metadata: { name: transport-test }
+spec:
+  members: ${members}
+  transport: ${transport}
+  subgroups:
+    - { name: kv, type: kv, minNodesPerShard: ${members}, maxNodesPerShard: ${members} }
+  tls: { mode: hmac }
+  timing: { tickMs: 20, heartbeatMs: 40, suspectMs: 400 }
+  restart: { graceSeconds: 0.5 }
+`;
+}
+
+async function until<T>(what: string, f: () => T | null | undefined | false | Promise<T | null | undefined | false>, timeoutMs = 15_000): Promise<T> {
+  const t0 = Date.now();
+  for (;;) {
+    const v = await f();
+    if (v) return v;
+    if (Date.now() - t0 > timeoutMs) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 20));
+  }
+}
+
+function getJson(port: number, p: string): Promise<Record<string, unknown>> {
+  return new Promise((resolve, reject) => {
+    http.get({ host: '127.0.0.1', port, path: p }, (res) => {
+      let body = '';
+      res.on('data', (c: Buffer) => (body += c.toString()));
+      res.on('end', () => resolve(JSON.parse(body) as Record<string, unknown>));
+    }).on('error', reject);
+  });
+}
+
+/** Config files of `members` agents in a fresh directory. */
+async function configs(t: { teardown(f: () => void): void }, transport: string, members: number) {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'derecho-transport-'));
+  t.teardown(() => fs.rmSync(dir, { recursive: true, force: true }));
+  fs.writeFileSync(path.join(dir, 'group.yaml'), manifest(transport, members));
+  fs.writeFileSync(path.join(dir, 'secret'), 'a-test-secret-of-32-bytes-length');
+  const ports = await Promise.all(Array.from({ length: 2 * members }, () => freePort()));
+  const peers = Object.fromEntries(Array.from({ length: members }, (_, i) => [String(i + 1), `127.0.0.1:${ports[i]}`]));
+  const files = Array.from({ length: members }, (_, i) => {
+    const file = path.join(dir, `agent-${i + 1}.yaml`);
+    fs.writeFileSync(file, JSON.stringify({
+      nodeId: i + 1, groupFile: 'group.yaml', dataDir: path.join(dir, `data-${i + 1}`),
+      listen: { host: '127.0.0.1', peerPort: ports[i], httpPort: ports[members + i] },
+      peers, auth: { hmacSecretFile: path.join(dir, 'secret') }, logLevel: 'error',
+    }));
+    return file;
+  });
+  return { files, httpPorts: ports.slice(members) };
+}
+
+test('a group runs over the RDMA transport: ordered updates and state-table rows over verbs (in-memory fabric)', async (t) => {
+  t.timeout(60_000);
+  const { files, httpPorts } = await configs(t, 'rdma', 3);
+  const fabric = new FakeFabric();
+  const agents: Agent[] = [];
+  t.teardown(async () => {
+    for (const a of agents) await a.close();
+  });
+  for (const file of files) agents.push(await Agent.create(loadAgentConfig({ file, env: {} }), { log: silentLogger, verbs: fabric.verbs() }));
+  await until('every agent ready', () => agents.every((a) => a.notReadyReason() === null), 30_000);
+  const results = await Promise.all(agents.flatMap((a, i) => Array.from({ length: 10 }, (_, k) => a.driver.invoke('kv', 0, 'put', [`k${i}-${k}`, `v${k}`]))));
+  t.true(results.every((r) => r.replies.length === 3 && r.persisted));
+  const expected = await agents[0]!.driver.query('kv', 0, 'get', ['k2-9']);
+  t.like(expected, { ok: true, value: { key: 'k2-9', value: 'v9' } });
+  for (const a of agents.slice(1)) t.deepEqual(await a.driver.query('kv', 0, 'get', ['k2-9']), expected);
+  const status = await getJson(httpPorts[0]!, '/status');
+  t.like(status['transport'], { requested: 'rdma', kind: 'rdma', device: 'fake0', rdmaPeers: [2, 3] });
+  t.true(((status['transport'] as { framesSent: number }).framesSent) > 0);
+  t.true(fabric.stats.writesWithImm > 20, `writes with immediate: ${fabric.stats.writesWithImm}`);
+  t.is(fabric.stats.errors, 0);
+});
+
+test('transport: rdma on a node without an RDMA device stops start-up with exit code 2 and says why', async (t) => {
+  t.timeout(20_000);
+  const { files } = await configs(t, 'rdma', 1);
+  const errors: string[] = [];
+  const write = process.stderr.write.bind(process.stderr);
+  process.stderr.write = ((chunk: string | Uint8Array) => {
+    errors.push(String(chunk));
+    return true;
+  }) as typeof process.stderr.write;
+  let code: number;
+  try {
+    code = await runAgent(['--config', files[0]!], {}, { verbs: new FakeFabric().verbs([]), log: silentLogger });
+  } finally {
+    process.stderr.write = write;
+  }
+  t.is(code, EXIT_CONFIG);
+  t.regex(errors.join(''), /spec\.transport: "rdma" needs RDMA on this node, but this node has no RDMA device \(ibv_get_device_list lists none\)/);
+  // The native addon on this node: no device (or not built) fails the same way, before anything listens.
+  const native = loadNativeVerbs();
+  if (native.ok && native.verbs.devices().length > 0) return;
+  const err = await t.throwsAsync(Agent.create(loadAgentConfig({ file: files[0]!, env: {} }), { log: silentLogger }), { instanceOf: ConfigError });
+  t.regex(err!.message, native.ok ? /this node has no RDMA device/ : /RDMA addon (not built|failed to load)/);
+});
+
+test('transport: auto without an RDMA device runs over TCP, logs the fallback and shows it in /status', async (t) => {
+  t.timeout(20_000);
+  const { files, httpPorts } = await configs(t, 'auto', 1);
+  const lines: string[] = [];
+  const log = createLogger('info', {}, (l) => lines.push(l));
+  const agent = await Agent.create(loadAgentConfig({ file: files[0]!, env: {} }), { log, verbs: new FakeFabric().verbs([]) });
+  t.teardown(() => agent.close());
+  await until('ready', () => agent.notReadyReason() === null);
+  const status = await getJson(httpPorts[0]!, '/status');
+  t.like(status['transport'], { requested: 'auto', kind: 'tcp', device: null });
+  t.regex((status['transport'] as { reason: string }).reason, /spec\.transport is auto and RDMA is unavailable \(this node has no RDMA device .*\): using TCP/);
+  t.true(lines.some((l) => /transport: falling back to TCP/.test(l) && /RDMA is unavailable/.test(l)));
+});
+
+test('transport: auto with an RDMA device uses it, serving peers without RDMA over TCP', async (t) => {
+  t.timeout(30_000);
+  const { files, httpPorts } = await configs(t, 'auto', 2);
+  const fabric = new FakeFabric();
+  const agents = [
+    await Agent.create(loadAgentConfig({ file: files[0]!, env: {} }), { log: silentLogger, verbs: fabric.verbs() }),
+    await Agent.create(loadAgentConfig({ file: files[1]!, env: {} }), { log: silentLogger, verbs: fabric.verbs([]) }),
+  ];
+  t.teardown(async () => {
+    for (const a of agents) await a.close();
+  });
+  await until('both ready', () => agents.every((a) => a.notReadyReason() === null), 20_000);
+  const r = await agents[0]!.driver.invoke('kv', 0, 'put', ['x', 'y']);
+  t.is(r.replies.length, 2);
+  const s1 = await getJson(httpPorts[0]!, '/status');
+  const s2 = await getJson(httpPorts[1]!, '/status');
+  t.like(s1['transport'], { requested: 'auto', kind: 'rdma', device: 'fake0', rdmaPeers: [] });
+  t.like(s2['transport'], { requested: 'auto', kind: 'tcp' });
+});
