@@ -203,3 +203,55 @@ test('a member that keeps receiving is not sent the window again: no retransmiss
   t.is(dataFrames, 2 * sent, 'each message went to each of the 2 peers once');
   for (const r of replicas) t.is(r.status().shards[0]!.delivered.seq + 1 >= sent, true);
 });
+
+test('a write delivered by the ragged-edge cleanup of a view change is reported persisted in the new view, without waiting for the next write', (t) => {
+  const replicas = founders();
+  const byId = new Map(replicas.map((r) => [r.status().nodeId, r]));
+  const frontiers = new Map<number, { viewId: number; seq: number }[]>([[1, []], [2, []], [3, []]]);
+  const delivered = new Map<number, { text: string; version: { viewId: number; seq: number } }[]>([[1, []], [2, []], [3, []]]);
+  let inflight: { to: number; message: Message }[] = [];
+  let crashed: number | null = null;
+  const drain = (r: Replica): void => {
+    const id = r.status().nodeId;
+    while (r.hasReady()) {
+      const rd = r.ready();
+      for (const d of rd.deliver) delivered.get(id)!.push({ text: new TextDecoder().decode(d.payload), version: d.version });
+      for (const f of rd.persistenceFrontiers) frontiers.get(id)!.push(f.version);
+      inflight.push(...rd.send);
+      r.advance();
+    }
+  };
+  const tick = (): void => {
+    for (const r of replicas) {
+      if (r.status().nodeId === crashed) continue;
+      r.tick();
+      drain(r);
+    }
+    const now = inflight;
+    inflight = [];
+    for (const { to, message } of now) {
+      if (to === crashed || message.from === crashed) continue;
+      const r = byId.get(to)!;
+      r.step(message);
+      r.assertInvariants();
+      drain(r);
+    }
+  };
+  for (let i = 0; i < 5; i++) tick();
+  // Node 3 crashes as node 1 sends: nodes 1 and 2 receive "x", node 3 never acknowledges it, so it is
+  // delivered only by the cleanup of the view change that removes node 3.
+  crashed = 3;
+  t.true(byId.get(1)!.send(0, new TextEncoder().encode('x')).ok);
+  for (let i = 0; i < 400 && byId.get(1)!.status().members.length === 3; i++) tick();
+  t.deepEqual(byId.get(1)!.status().members, [1, 2], 'node 3 was removed');
+  for (let i = 0; i < 10; i++) tick();
+  for (const id of [1, 2]) {
+    const x = delivered.get(id)!.find((d) => d.text === 'x');
+    t.truthy(x, `node ${id} delivered x`);
+    t.is(x!.version.viewId, 0, 'x belongs to the view that ended');
+    const last = frontiers.get(id)!.at(-1);
+    t.truthy(last, `node ${id} reported a persistence frontier`);
+    t.deepEqual(last, x!.version, `node ${id}'s frontier covers x with no later write`);
+    t.deepEqual(byId.get(id)!.status().shards[0]!.persistenceFrontier, x!.version, `node ${id}'s status shows it`);
+  }
+});

@@ -72,6 +72,15 @@ interface ShardState {
   loggedSeqAtReady: number;
   /** Highest persistence frontier reported so far (count in this view). */
   frontierReported: number;
+  /** The last persistence frontier reported (any view; VERSION_NONE: none yet). Only goes up. */
+  frontier: Version;
+  /**
+   * Delivered in an earlier view (the ragged-edge cleanup included) and not yet covered by a reported
+   * frontier, else null. Reported once every member of the shard shows, in a row of this view, that it
+   * holds the shard's state: a member installs a view only after persisting what it delivered in the
+   * one before (Ready order), and a joiner is state-ready only once its transfer is persisted.
+   */
+  carriedFrontier: Version | null;
   /** Last version delivered (any view), for status. */
   lastDelivered: Version;
   /** This node holds the shard's state; false while waiting for a state transfer. */
@@ -371,7 +380,7 @@ export class Replica {
       shardIndex: s.layout.shardIndex,
       members: [...s.layout.members],
       delivered: s.lastDelivered,
-      persistenceFrontier: view && s.frontierReported > 0 ? { viewId: view.viewId, seq: s.frontierReported - 1 } : VERSION_NONE,
+      persistenceFrontier: s.frontier,
       stateReady: s.stateReady,
     }));
     const waiting = this.mode === 'restarting' && this.restart ? this.restart.waiting : this.waiting;
@@ -1016,6 +1025,8 @@ export class Replica {
         inbox: layout.senders.map(() => []), inboxBase: layout.senders.map(() => 0),
         deliveredSeq: 0, loggedSeq: 0, persistedSeq: 0, loggedSeqAtReady: 0, frontierReported: 0,
         lastDelivered: old ? old.lastDelivered : VERSION_NONE,
+        frontier: continues ? old!.frontier : VERSION_NONE,
+        carriedFrontier: continues && layout.persistent && layout.deliveryMode === 'ordered' && compareVersions(old!.lastDelivered, old!.frontier) > 0 ? old!.lastDelivered : null,
         stateReady,
         transferFrom: plan ? plan.from : (continues && !stateReady ? old!.transferFrom : null),
         transferRequestedTick: this.tickCount,
@@ -1045,7 +1056,13 @@ export class Replica {
       const f = persistenceFrontier(shard.memberRanks.map((r) => this.rows[r]!.persisted[shardId]!));
       if (f > shard.frontierReported) {
         shard.frontierReported = f;
-        this.out.persistenceFrontiers.push({ shardId, version: { viewId: this.view.viewId, seq: f - 1 } });
+        shard.frontier = { viewId: this.view.viewId, seq: f - 1 };
+        shard.carriedFrontier = null; // covered: every member persisted a message of this view
+        this.out.persistenceFrontiers.push({ shardId, version: shard.frontier });
+      } else if (shard.carriedFrontier !== null && shard.memberRanks.every((r) => this.rows[r]!.stateReady[shardId])) {
+        shard.frontier = shard.carriedFrontier;
+        shard.carriedFrontier = null;
+        this.out.persistenceFrontiers.push({ shardId, version: shard.frontier });
       }
     }
   }
