@@ -13,7 +13,6 @@ import { DirLock, DirLockError } from '../storage/dir-lock.ts';
 import { LogStore } from '../storage/log-store.ts';
 import type { AgentTransport } from '../transport/agent-transport.ts';
 import type { Verbs } from '../transport/rdma/verbs.ts';
-import { RdmaTransport } from '../transport/rdma/rdma-transport.ts';
 import { createAgentTransport } from '../transport/select.ts';
 import type { TransportChoice } from '../transport/select.ts';
 import type { TcpTransportOptions } from '../transport/tcp-transport.ts';
@@ -136,7 +135,7 @@ export class Agent {
         key: readFile(config.auth.tlsKeyFile!, 'auth.tlsKeyFile'),
       };
     }
-    const choice = createAgentTransport(spec.transport, tOpts, this.options.verbs ? { verbs: this.options.verbs } : {});
+    const choice = await createAgentTransport(spec.transport, tOpts, this.options.verbs ? { verbs: this.options.verbs } : {});
     this.transport = choice.transport;
     this.transportChoice = { requested: choice.requested, kind: choice.kind, device: choice.device, reason: choice.reason };
     if (spec.transport === 'auto' && choice.kind === 'tcp') this.log.warn('transport: falling back to TCP', { reason: choice.reason });
@@ -313,7 +312,8 @@ export class Agent {
   private transportStatus(): Record<string, unknown> {
     const c = this.transportChoice;
     if (!c) return {};
-    const rdma = this.transport instanceof RdmaTransport ? { rdmaPeers: this.transport.rdmaPeers() } : {};
+    const t = this.transport as AgentTransport & { rdmaPeers?(): NodeId[] };
+    const rdma = t.rdmaPeers ? { rdmaPeers: t.rdmaPeers() } : {};
     return { requested: c.requested, kind: c.kind, device: c.device, reason: c.reason, ...rdma };
   }
 

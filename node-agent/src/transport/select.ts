@@ -3,9 +3,7 @@
 
 import { ConfigError } from '../config/errors.ts';
 import type { AgentTransport } from './agent-transport.ts';
-import { loadNativeVerbs } from './rdma/native-verbs.ts';
 import type { LoadResult } from './rdma/native-verbs.ts';
-import { RdmaTransport } from './rdma/rdma-transport.ts';
 import type { RdmaTransportOptions } from './rdma/rdma-transport.ts';
 import type { Verbs, VerbsDeviceInfo } from './rdma/verbs.ts';
 import { TcpTransport } from './tcp-transport.ts';
@@ -55,10 +53,13 @@ export function pickDevice(devices: VerbsDeviceInfo[], wanted: string | undefine
 
 /**
  * The transport for `mode`. "rdma" without an RDMA path throws a ConfigError (exit code 2) naming the
- * reason; "auto" then falls back to TCP and says why in `reason`.
+ * reason; "auto" then falls back to TCP and says why in `reason`. The RDMA modules (and the addon) are
+ * loaded only for "rdma" and "auto".
  */
-export function createAgentTransport(mode: TransportMode, tcpOptions: TcpTransportOptions, o: SelectOptions = {}): TransportChoice {
+export async function createAgentTransport(mode: TransportMode, tcpOptions: TcpTransportOptions, o: SelectOptions = {}): Promise<TransportChoice> {
   if (mode === 'tcp') return { transport: new TcpTransport(tcpOptions), requested: mode, kind: 'tcp', device: null, reason: 'spec.transport is tcp' };
+  const { loadNativeVerbs } = await import('./rdma/native-verbs.ts');
+  const { RdmaTransport } = await import('./rdma/rdma-transport.ts');
   let verbs = o.verbs ?? null;
   let problem: string | null = null;
   if (!verbs) {
