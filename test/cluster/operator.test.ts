@@ -335,8 +335,10 @@ test('a DerechoGroup end to end: creation, Ready with view and shards, kill -9, 
   kubelet.hold(`${GROUP}-3`);
   const tTotal = Date.now();
   await core.deleteCollectionNamespacedPod({ namespace: ns, labelSelector: `app.kubernetes.io/instance=${GROUP}` });
-  const pending = await waitForGroup('RestartQuorumPending=True naming node 3 and kv/1', (g) => conditionOf(g, 'RestartQuorumPending')?.status === 'True'
-    && (g.status?.restart?.missingShards ?? []).some((s) => s.subgroup === 'kv' && s.shard === 1), 90_000);
+  const pending = await waitForGroup('RestartQuorumPending=True naming node 3 and kv/1, reported by nodes 1 and 2', (g) => conditionOf(g, 'RestartQuorumPending')?.status === 'True'
+    && (g.status?.restart?.missingShards ?? []).some((s) => s.subgroup === 'kv' && s.shard === 1)
+    // Both surviving members reported (the condition can show with the first report alone).
+    && (g.status?.restart?.reporting ?? []).length >= 2, 90_000);
   t.log(`restart pending ${secondsSince(tTotal)} after deleting every pod: ${conditionOf(pending, 'RestartQuorumPending')!.message}`);
   t.is(pending.status!.phase, 'Restarting');
   t.like(conditionOf(pending, 'Ready'), { status: 'False', reason: 'RestartQuorumPending' });

@@ -10,7 +10,7 @@ import type { NodeId, StartState } from '../core/types.ts';
 import { BUILTIN_TYPES } from '../objects/kv.ts';
 import type { ReplicatedType } from '../objects/replicated.ts';
 import { DirLock, DirLockError } from '../storage/dir-lock.ts';
-import { LogStore } from '../storage/log-store.ts';
+import { LOG_BODY_HEADER_BYTES, LogStore } from '../storage/log-store.ts';
 import type { AgentTransport } from '../transport/agent-transport.ts';
 import type { Verbs } from '../transport/rdma/verbs.ts';
 import { createAgentTransport } from '../transport/select.ts';
@@ -89,7 +89,9 @@ export class Agent {
     } catch (e) {
       throw e instanceof DirLockError ? new ConfigError([`dataDir: ${e.message}`]) : e;
     }
-    this.store = LogStore.open(path.resolve(config.dataDir), { fsync: config.group.spec.fsync });
+    // A record must take the largest payload the group accepts (a persisted message of payloadBytesMax).
+    const maxRecordBytes = Math.max(8 << 20, config.group.spec.wireLimits.payloadBytesMax + LOG_BODY_HEADER_BYTES);
+    this.store = LogStore.open(path.resolve(config.dataDir), { fsync: config.group.spec.fsync, maxRecordBytes });
     const saved = this.store.savedState();
     const spec = config.group.spec;
     const contacts = Object.keys(config.peers).map(Number).filter((n) => n !== config.nodeId);

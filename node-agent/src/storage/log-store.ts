@@ -132,7 +132,7 @@ const FORMAT_VERSION = 1;
 const FILE_HEADER_BYTES = 16;
 const FRAME_HEADER_BYTES = 8;
 /** kind u8 + shardId u32 + viewId u32 + seq u64 + sender u32. */
-const LOG_BODY_HEADER_BYTES = 21;
+export const LOG_BODY_HEADER_BYTES = 21;
 const LOG_FRAME_OVERHEAD = FRAME_HEADER_BYTES + LOG_BODY_HEADER_BYTES;
 
 export const DEFAULT_MAX_RECORD_BYTES = 8 << 20;
