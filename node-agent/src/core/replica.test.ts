@@ -255,3 +255,60 @@ test('a write delivered by the ragged-edge cleanup of a view change is reported 
     t.deepEqual(byId.get(id)!.status().shards[0]!.persistenceFrontier, x!.version, `node ${id}'s status shows it`);
   }
 });
+
+test('a late retry of the join request a member was admitted with does not get it suspected, even views later; a new incarnation does', (t) => {
+  const replicas = founders();
+  const joiner = new Replica(config(4), { kind: 'join', contacts: [1] }, new Prng(4));
+  const all = [...replicas, joiner];
+  const later = new Replica(config(5), { kind: 'join', contacts: [2] }, new Prng(5));
+  const byId = new Map(all.map((r) => [r.status().nodeId, r]));
+  let inflight: { to: number; message: Message }[] = [];
+  const joinRequests: Message[] = [];
+  const drain = (r: Replica): void => {
+    while (r.hasReady()) {
+      const rd = r.ready();
+      for (const e of rd.send) if (e.message.kind === 'joinRequest') joinRequests.push(e.message);
+      inflight.push(...rd.send);
+      r.advance();
+    }
+  };
+  const tick = (): void => {
+    for (const r of all) {
+      r.tick();
+      drain(r);
+    }
+    const now = inflight;
+    inflight = [];
+    for (const { to, message } of now) {
+      const r = byId.get(to);
+      if (!r) continue;
+      r.step(message);
+      r.assertInvariants();
+      drain(r);
+    }
+  };
+  for (let i = 0; i < 200 && !(byId.get(1)!.status().members.includes(4) && joiner.status().mode === 'active'); i++) tick();
+  t.deepEqual(byId.get(1)!.status().members, [1, 2, 3, 4], 'node 4 was admitted');
+  const admittedWith = joinRequests.filter((m) => m.from === 4).at(-1)!;
+  // Another change (node 5 joins): the welcome of node 4 is no longer at hand.
+  all.push(later);
+  byId.set(5, later);
+  for (let i = 0; i < 200 && !(byId.get(1)!.status().members.includes(5) && later.status().mode === 'active'); i++) tick();
+  t.deepEqual(byId.get(1)!.status().members, [1, 2, 3, 4, 5], 'node 5 was admitted');
+  const viewAfterJoin = byId.get(1)!.status().viewId;
+  for (let i = 0; i < 50; i++) tick();
+  // A retry that was still in flight arrives late at every member: nothing happens.
+  for (const id of [1, 2, 3]) {
+    byId.get(id)!.step(admittedWith);
+    drain(byId.get(id)!);
+  }
+  for (let i = 0; i < 100; i++) tick();
+  t.is(byId.get(1)!.status().viewId, viewAfterJoin, 'no view change');
+  t.deepEqual(byId.get(1)!.status().members, [1, 2, 3, 4, 5]);
+  // A request from a new incarnation means node 4 restarted: its old incarnation is suspected.
+  if (admittedWith.kind !== 'joinRequest') throw new Error('not a join request');
+  byId.get(1)!.step({ ...admittedWith, incarnation: admittedWith.incarnation + 1 });
+  drain(byId.get(1)!);
+  for (let i = 0; i < 200 && byId.get(1)!.status().viewId === viewAfterJoin; i++) tick();
+  t.true(byId.get(1)!.status().viewId > viewAfterJoin, 'a view change replaced node 4\'s old incarnation');
+});

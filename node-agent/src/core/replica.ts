@@ -157,6 +157,12 @@ export class Replica {
   private pendingJoins: { nodeId: NodeId; incarnation: number }[] = [];
   /** Welcomes this node sent for the current view, to resend on a repeated request. */
   private welcomes = new Map<NodeId, WelcomeMessage>();
+  /**
+   * The incarnation each member was admitted with, for members admitted while this node was in the group
+   * (kept across views while they stay members). A join request carrying that incarnation is a late retry
+   * of the admitted process, not a restart.
+   */
+  private admittedIncarnations = new Map<NodeId, number>();
   /** If the current view came from a restart, the decision (to resend to members that missed it). */
   private restartCommitOfView: RestartDecision | null = null;
 
@@ -973,6 +979,8 @@ export class Replica {
     }
     // Every continuing member can resend a welcome a joiner did not receive.
     if (wasInOldView) for (const w of welcomes) this.welcomes.set(w.to, w);
+    for (const id of [...this.admittedIncarnations.keys()]) if (!value.next.members.includes(id)) this.admittedIncarnations.delete(id);
+    for (const w of welcomes) this.admittedIncarnations.set(w.to, w.incarnation);
     this.pendingJoins = this.pendingJoins.filter((p) => !value.next.members.includes(p.nodeId));
     if (this.view!.members[this.leaderRankAmongLive()] !== this.me) this.pendingJoins = [];
     this.myRow().pendingJoins = this.pendingJoins.map((p) => ({ ...p }));
@@ -1109,6 +1117,9 @@ export class Replica {
         this.emit(from, welcome);
         return;
       }
+      // A late retry of the request this member was admitted with (it was still joining when it sent
+      // it): nothing to do. Suspecting it would remove the member it just became.
+      if (this.admittedIncarnations.get(from) === incarnation) return;
       // A member asking to join again has restarted: its old incarnation has failed.
       this.suspect(rank);
     }
