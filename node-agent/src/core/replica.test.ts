@@ -2,7 +2,7 @@
 import test from 'ava';
 import { Prng } from './prng.ts';
 import { Replica } from './replica.ts';
-import { DEFAULT_TIMING, type GroupPolicy, type Message, type ReplicaConfig } from './types.ts';
+import { DEFAULT_TIMING, type GroupPolicy, type Message, type Ready, type ReplicaConfig } from './types.ts';
 
 const policy: GroupPolicy = {
   subgroups: [
@@ -18,33 +18,77 @@ function founders(over: Partial<ReplicaConfig> = {}): Replica[] {
   return [1, 2, 3].map((id) => new Replica(config(id, over), { kind: 'bootstrap', members: [1, 2, 3] }, new Prng(id)));
 }
 
-/** Runs the replicas on a perfect network (every message delivered at the next tick). */
-function run(replicas: Replica[], ticks: number, onDeliver?: (node: number, text: string) => void): void {
-  const byId = new Map(replicas.map((r) => [r.status().nodeId, r]));
-  let inflight: { to: number; message: Message }[] = [];
-  const drain = (r: Replica): void => {
-    if (!r.hasReady()) return;
-    const rd = r.ready();
-    for (const d of rd.deliver) onDeliver?.(r.status().nodeId, new TextDecoder().decode(d.payload));
-    inflight.push(...rd.send);
-    r.advance();
-  };
-  for (let t = 0; t < ticks; t++) {
-    for (const r of replicas) {
-      r.tick();
-      r.assertInvariants();
-      drain(r);
-    }
-    const now = inflight;
-    inflight = [];
-    for (const { to, message } of now) {
-      const r = byId.get(to);
-      if (!r) continue;
-      r.step(message);
-      r.assertInvariants();
-      drain(r);
+/**
+ * A perfect network for replicas in one test: `tick()` ticks every replica and then delivers every
+ * message sent (one hop); `hop()` only delivers (no time passes). Every Ready is drained at once and
+ * shown to `observe`; messages to or from a crashed node are lost; invariants are checked after every step.
+ */
+class Net {
+  readonly byId = new Map<number, Replica>();
+  inflight: { to: number; message: Message }[] = [];
+  readonly crashed = new Set<number>();
+
+  constructor(replicas: Replica[], private readonly observe: (node: number, ready: Ready) => void = () => {}) {
+    for (const r of replicas) this.add(r);
+  }
+
+  add(r: Replica): void {
+    this.byId.set(r.status().nodeId, r);
+  }
+
+  get(id: number): Replica {
+    return this.byId.get(id)!;
+  }
+
+  drain(r: Replica): void {
+    r.pushRowIfDirty();
+    while (r.hasReady()) {
+      const rd = r.ready();
+      this.observe(r.status().nodeId, rd);
+      this.inflight.push(...rd.send);
+      r.advance();
     }
   }
+
+  drainAll(): void {
+    for (const r of this.byId.values()) this.drain(r);
+  }
+
+  hop(): void {
+    const now = this.inflight;
+    this.inflight = [];
+    for (const { to, message } of now) {
+      const r = this.byId.get(to);
+      if (!r || this.crashed.has(to) || this.crashed.has(message.from)) continue;
+      r.step(message);
+      r.assertInvariants();
+      this.drain(r);
+    }
+  }
+
+  tick(): void {
+    for (const [id, r] of this.byId) {
+      if (this.crashed.has(id)) continue;
+      r.tick();
+      r.assertInvariants();
+      this.drain(r);
+    }
+    this.hop();
+  }
+
+  /** Ticks until `done` holds (at most `ticksMax`); whether it holds. */
+  tickUntil(done: () => boolean, ticksMax: number): boolean {
+    for (let i = 0; i < ticksMax && !done(); i++) this.tick();
+    return done();
+  }
+}
+
+const text = (payload: Uint8Array): string => new TextDecoder().decode(payload);
+
+/** Runs the replicas on a perfect network (every message delivered at the next tick). */
+function run(replicas: Replica[], ticks: number, onDeliver?: (node: number, text: string) => void): void {
+  const net = new Net(replicas, (node, rd) => { for (const d of rd.deliver) onDeliver?.(node, text(d.payload)); });
+  for (let t = 0; t < ticks; t++) net.tick();
 }
 
 test('founders install view 0 with the allocated layout', (t) => {
@@ -127,43 +171,21 @@ test('a lone member of three is a minority: it wedges and says so', (t) => {
 });
 
 test('an idle sender fills its slot of a round as soon as another sender reaches it: a message is delivered two hops after it is sent', (t) => {
-  // Senders are nodes 1 and 2; node 2 stays idle. Hops: every message in flight is stepped, then every
-  // replica's Ready is drained (no ticks, so nothing moves but what the messages cause).
-  const replicas = founders();
-  const byId = new Map(replicas.map((r) => [r.status().nodeId, r]));
-  let inflight: { to: number; message: Message }[] = [];
+  // Senders are nodes 1 and 2; node 2 stays idle. Hops only (no ticks), so nothing moves but what the
+  // messages cause.
   const delivered = new Map<number, string[]>([[1, []], [2, []], [3, []]]);
-  const drainAll = (): void => {
-    for (const r of replicas) {
-      r.pushRowIfDirty();
-      while (r.hasReady()) {
-        const rd = r.ready();
-        for (const d of rd.deliver) delivered.get(r.status().nodeId)!.push(new TextDecoder().decode(d.payload));
-        inflight.push(...rd.send);
-        r.advance();
-      }
-    }
-  };
-  const hop = (): void => {
-    const now = inflight;
-    inflight = [];
-    for (const { to, message } of now) {
-      byId.get(to)!.step(message);
-      byId.get(to)!.assertInvariants();
-    }
-    drainAll();
-  };
-  const hopsUntilEveryoneDelivered = (text: string): number => {
-    t.true(byId.get(1)!.send(0, new TextEncoder().encode(text)).ok);
-    drainAll();
+  const net = new Net(founders(), (node, rd) => { for (const d of rd.deliver) delivered.get(node)!.push(text(d.payload)); });
+  const hopsUntilEveryoneDelivered = (message: string): number => {
+    t.true(net.get(1).send(0, new TextEncoder().encode(message)).ok);
+    net.drainAll();
     for (let hops = 1; hops <= 10; hops++) {
-      hop();
-      if ([...delivered.values()].every((d) => d.includes(text))) return hops;
+      net.hop();
+      if ([...delivered.values()].every((d) => d.includes(message))) return hops;
     }
     return Infinity;
   };
   t.is(hopsUntilEveryoneDelivered('first'), 2);
-  while (inflight.length > 0) hop(); // quiesce
+  while (net.inflight.length > 0) net.hop(); // quiesce
   t.is(hopsUntilEveryoneDelivered('second'), 2, 'node 2 answered "first" with its null of round 0 at once');
   t.is(hopsUntilEveryoneDelivered('third'), 2);
   for (const d of delivered.values()) t.deepEqual(d, ['first', 'second', 'third']);
@@ -172,79 +194,34 @@ test('an idle sender fills its slot of a round as soon as another sender reaches
 test('a member that keeps receiving is not sent the window again: no retransmission while a stream flows', (t) => {
   // A steady stream from node 1: its peers always lag by what is in flight, but they make progress, so
   // nothing is resent (resending the window every retransmitTicks would double a busy sender's traffic).
-  const replicas = founders({ retransmitTicks: 3 });
-  const [a] = replicas;
-  let sent = 0;
   let dataFrames = 0;
-  const byId = new Map(replicas.map((r) => [r.status().nodeId, r]));
-  let inflight: { to: number; message: Message }[] = [];
-  const drain = (r: Replica): void => {
-    while (r.hasReady()) {
-      const rd = r.ready();
-      for (const e of rd.send) if (e.message.kind === 'data' && e.message.from === 1 && e.message.payload !== null) dataFrames++;
-      inflight.push(...rd.send);
-      r.advance();
-    }
-  };
+  const net = new Net(founders({ retransmitTicks: 3 }), (_node, rd) => {
+    for (const e of rd.send) if (e.message.kind === 'data' && e.message.from === 1 && e.message.payload !== null) dataFrames++;
+  });
+  let sent = 0;
   for (let tick = 0; tick < 60; tick++) {
-    for (let i = 0; i < 3 && tick < 50; i++) if (a!.send(0, new TextEncoder().encode(`m${sent}`)).ok) sent++;
-    for (const r of replicas) {
-      r.tick();
-      drain(r);
-    }
-    const now = inflight;
-    inflight = [];
-    for (const { to, message } of now) {
-      byId.get(to)!.step(message);
-      drain(byId.get(to)!);
-    }
+    for (let i = 0; i < 3 && tick < 50; i++) if (net.get(1).send(0, new TextEncoder().encode(`m${sent}`)).ok) sent++;
+    net.tick();
   }
   t.true(sent >= 100);
   t.is(dataFrames, 2 * sent, 'each message went to each of the 2 peers once');
-  for (const r of replicas) t.is(r.status().shards[0]!.delivered.seq + 1 >= sent, true);
 });
 
 test('a write delivered by the ragged-edge cleanup of a view change is reported persisted in the new view, without waiting for the next write', (t) => {
-  const replicas = founders();
-  const byId = new Map(replicas.map((r) => [r.status().nodeId, r]));
   const frontiers = new Map<number, { viewId: number; seq: number }[]>([[1, []], [2, []], [3, []]]);
   const delivered = new Map<number, { text: string; version: { viewId: number; seq: number } }[]>([[1, []], [2, []], [3, []]]);
-  let inflight: { to: number; message: Message }[] = [];
-  let crashed: number | null = null;
-  const drain = (r: Replica): void => {
-    const id = r.status().nodeId;
-    while (r.hasReady()) {
-      const rd = r.ready();
-      for (const d of rd.deliver) delivered.get(id)!.push({ text: new TextDecoder().decode(d.payload), version: d.version });
-      for (const f of rd.persistenceFrontiers) frontiers.get(id)!.push(f.version);
-      inflight.push(...rd.send);
-      r.advance();
-    }
-  };
-  const tick = (): void => {
-    for (const r of replicas) {
-      if (r.status().nodeId === crashed) continue;
-      r.tick();
-      drain(r);
-    }
-    const now = inflight;
-    inflight = [];
-    for (const { to, message } of now) {
-      if (to === crashed || message.from === crashed) continue;
-      const r = byId.get(to)!;
-      r.step(message);
-      r.assertInvariants();
-      drain(r);
-    }
-  };
-  for (let i = 0; i < 5; i++) tick();
+  const net = new Net(founders(), (node, rd) => {
+    for (const d of rd.deliver) delivered.get(node)!.push({ text: text(d.payload), version: d.version });
+    for (const f of rd.persistenceFrontiers) frontiers.get(node)!.push(f.version);
+  });
+  for (let i = 0; i < 5; i++) net.tick();
   // Node 3 crashes as node 1 sends: nodes 1 and 2 receive "x", node 3 never acknowledges it, so it is
   // delivered only by the cleanup of the view change that removes node 3.
-  crashed = 3;
-  t.true(byId.get(1)!.send(0, new TextEncoder().encode('x')).ok);
-  for (let i = 0; i < 400 && byId.get(1)!.status().members.length === 3; i++) tick();
-  t.deepEqual(byId.get(1)!.status().members, [1, 2], 'node 3 was removed');
-  for (let i = 0; i < 10; i++) tick();
+  net.crashed.add(3);
+  t.true(net.get(1).send(0, new TextEncoder().encode('x')).ok);
+  t.true(net.tickUntil(() => net.get(1).status().members.length === 2, 400), 'node 3 was removed');
+  t.deepEqual(net.get(1).status().members, [1, 2]);
+  for (let i = 0; i < 10; i++) net.tick();
   for (const id of [1, 2]) {
     const x = delivered.get(id)!.find((d) => d.text === 'x');
     t.truthy(x, `node ${id} delivered x`);
@@ -252,63 +229,36 @@ test('a write delivered by the ragged-edge cleanup of a view change is reported 
     const last = frontiers.get(id)!.at(-1);
     t.truthy(last, `node ${id} reported a persistence frontier`);
     t.deepEqual(last, x!.version, `node ${id}'s frontier covers x with no later write`);
-    t.deepEqual(byId.get(id)!.status().shards[0]!.persistenceFrontier, x!.version, `node ${id}'s status shows it`);
+    t.deepEqual(net.get(id).status().shards[0]!.persistenceFrontier, x!.version, `node ${id}'s status shows it`);
   }
 });
 
 test('a late retry of the join request a member was admitted with does not get it suspected, even views later; a new incarnation does', (t) => {
-  const replicas = founders();
-  const joiner = new Replica(config(4), { kind: 'join', contacts: [1] }, new Prng(4));
-  const all = [...replicas, joiner];
-  const later = new Replica(config(5), { kind: 'join', contacts: [2] }, new Prng(5));
-  const byId = new Map(all.map((r) => [r.status().nodeId, r]));
-  let inflight: { to: number; message: Message }[] = [];
   const joinRequests: Message[] = [];
-  const drain = (r: Replica): void => {
-    while (r.hasReady()) {
-      const rd = r.ready();
-      for (const e of rd.send) if (e.message.kind === 'joinRequest') joinRequests.push(e.message);
-      inflight.push(...rd.send);
-      r.advance();
-    }
-  };
-  const tick = (): void => {
-    for (const r of all) {
-      r.tick();
-      drain(r);
-    }
-    const now = inflight;
-    inflight = [];
-    for (const { to, message } of now) {
-      const r = byId.get(to);
-      if (!r) continue;
-      r.step(message);
-      r.assertInvariants();
-      drain(r);
-    }
-  };
-  for (let i = 0; i < 200 && !(byId.get(1)!.status().members.includes(4) && joiner.status().mode === 'active'); i++) tick();
-  t.deepEqual(byId.get(1)!.status().members, [1, 2, 3, 4], 'node 4 was admitted');
+  const net = new Net(founders(), (_node, rd) => { for (const e of rd.send) if (e.message.kind === 'joinRequest') joinRequests.push(e.message); });
+  const joiner = new Replica(config(4), { kind: 'join', contacts: [1] }, new Prng(4));
+  net.add(joiner);
+  const leader = net.get(1);
+  t.true(net.tickUntil(() => leader.status().members.includes(4) && joiner.status().mode === 'active', 200), 'node 4 was admitted');
   const admittedWith = joinRequests.filter((m) => m.from === 4).at(-1)!;
   // Another change (node 5 joins): the welcome of node 4 is no longer at hand.
-  all.push(later);
-  byId.set(5, later);
-  for (let i = 0; i < 200 && !(byId.get(1)!.status().members.includes(5) && later.status().mode === 'active'); i++) tick();
-  t.deepEqual(byId.get(1)!.status().members, [1, 2, 3, 4, 5], 'node 5 was admitted');
-  const viewAfterJoin = byId.get(1)!.status().viewId;
-  for (let i = 0; i < 50; i++) tick();
+  const later = new Replica(config(5), { kind: 'join', contacts: [2] }, new Prng(5));
+  net.add(later);
+  t.true(net.tickUntil(() => leader.status().members.includes(5) && later.status().mode === 'active', 200), 'node 5 was admitted');
+  t.deepEqual(leader.status().members, [1, 2, 3, 4, 5]);
+  const viewAfterJoin = leader.status().viewId;
+  for (let i = 0; i < 50; i++) net.tick();
   // A retry that was still in flight arrives late at every member: nothing happens.
   for (const id of [1, 2, 3]) {
-    byId.get(id)!.step(admittedWith);
-    drain(byId.get(id)!);
+    net.get(id).step(admittedWith);
+    net.drain(net.get(id));
   }
-  for (let i = 0; i < 100; i++) tick();
-  t.is(byId.get(1)!.status().viewId, viewAfterJoin, 'no view change');
-  t.deepEqual(byId.get(1)!.status().members, [1, 2, 3, 4, 5]);
+  for (let i = 0; i < 100; i++) net.tick();
+  t.is(leader.status().viewId, viewAfterJoin, 'no view change');
+  t.deepEqual(leader.status().members, [1, 2, 3, 4, 5]);
   // A request from a new incarnation means node 4 restarted: its old incarnation is suspected.
   if (admittedWith.kind !== 'joinRequest') throw new Error('not a join request');
-  byId.get(1)!.step({ ...admittedWith, incarnation: admittedWith.incarnation + 1 });
-  drain(byId.get(1)!);
-  for (let i = 0; i < 200 && byId.get(1)!.status().viewId === viewAfterJoin; i++) tick();
-  t.true(byId.get(1)!.status().viewId > viewAfterJoin, 'a view change replaced node 4\'s old incarnation');
+  leader.step({ ...admittedWith, incarnation: admittedWith.incarnation + 1 });
+  net.drain(leader);
+  t.true(net.tickUntil(() => leader.status().viewId > viewAfterJoin, 200), 'a view change replaced node 4\'s old incarnation');
 });
