@@ -33,10 +33,10 @@ import { clearImmediate, setImmediate } from 'node:timers';
 import tls from 'node:tls';
 import type { NodeId } from '../core/types.ts';
 import { BlockRelay } from './block-relay.ts';
-import type { BlockSend } from './block-relay.ts';
 import { Codec, CodecError, FrameType, frameHeaderBytes, rawFrame, u32Max } from './codec.ts';
 import type { BlockFrame, CodecLimits, WireMessage } from './codec.ts';
 import { FrameReader } from './frame-reader.ts';
+import { PipelineEndpoint } from './pipeline-endpoint.ts';
 import type { RawFrame } from './frame-reader.ts';
 
 export interface TlsOptions {
@@ -333,10 +333,8 @@ export class TcpTransport {
   private connSerial = 0;
   private openCounter = 0;
   private closing: Promise<void> | null = null;
-  private readonly relay: BlockRelay;
+  private readonly pipeline: PipelineEndpoint;
   /** Message ids of this node's pipelined multicasts: from a random 48-bit start, so a restart does not reuse them. */
-  private nextPipelineMessageId = randomBytes(6).readUIntBE(0, 6);
-  private stallTimer: ReturnType<typeof setTimeout> | null = null;
 
   constructor(options: TcpTransportOptions) {
     if (!Number.isInteger(options.nodeId) || options.nodeId < 0 || options.nodeId > u32Max) {
@@ -379,12 +377,19 @@ export class TcpTransport {
     if (!Number.isSafeInteger(opt.pipelineAssembliesMax) || opt.pipelineAssembliesMax < 1) {
       throw new RangeError(`option pipelineAssembliesMax must be an integer >= 1, got ${opt.pipelineAssembliesMax}`);
     }
-    this.relay = new BlockRelay({
+    const relay = new BlockRelay({
       me: this.nodeId,
       // Only this node's own multicasts use blockBytes; receiving works with the pipeline off too.
       blockBytes: Math.max(1, this.pipelineBlockBytes || blockBytesMax),
       assembliesMax: opt.pipelineAssembliesMax,
       assemblyBytesMax: count('pipelineAssemblyBytesMax', options.pipelineAssemblyBytesMax, 4 * (this.codec.limits.frameBytesMax + 4), 1),
+    });
+    this.pipeline = new PipelineEndpoint({
+      relay, codec: this.codec, metrics: this.metrics, stallMs: opt.pipelineStallMs,
+      log: (line) => this.log(line), report: (e) => this.report(e),
+      sendBlock: (to, block) => this.sendBlock(to, block),
+      deliver: (origin, message, remote) => this.deliver(origin, message, remote),
+      closing: () => this.closing !== null,
     });
   }
 
@@ -534,7 +539,7 @@ export class TcpTransport {
     if (encoded === null) return false;
     const pipelined = this.pipelineBlockBytes > 0 && receivers.length >= 2 && encoded.bytes >= this.pipelineThresholdBytes &&
       receivers.every((id) => this.reachablePeer(id, false) !== null);
-    const sends = pipelined ? this.startPipeline(receivers, encoded) : null;
+    const sends = pipelined ? this.pipeline.start(receivers, encoded) : null;
     if (sends !== null) {
       this.metrics.pipelineMessagesSent++;
       for (const { to: peer, block } of sends) {
@@ -601,10 +606,7 @@ export class TcpTransport {
    */
   close(): Promise<void> {
     if (this.closing) return this.closing;
-    if (this.stallTimer) {
-      clearTimeout(this.stallTimer);
-      this.stallTimer = null;
-    }
+    this.pipeline.close();
     if (this.flushScheduled) {
       clearImmediate(this.flushScheduled);
       this.flushScheduled = null;
@@ -658,7 +660,7 @@ export class TcpTransport {
     if (peer.timer) clearTimeout(peer.timer);
     peer.timer = null;
     peer.address = null;
-    this.forgetPipelined(peer.id, why);
+    this.pipeline.forget(peer.id, why);
     this.discardQueue(peer);
     this.dirty.delete(peer);
     this.peers.delete(peer.id);
@@ -804,7 +806,7 @@ export class TcpTransport {
     }
     this.metrics.framesReceived++;
     if (r.message.kind === 'block') {
-      this.onBlock(conn, r.message);
+      this.pipeline.receive(r.message, conn.peerId, conn.remote);
       return !conn.socket.destroyed;
     }
     if (this.copyPayloads) {
@@ -813,22 +815,6 @@ export class TcpTransport {
     }
     this.deliver(peerId, r.message, conn.remote);
     return !conn.socket.destroyed;
-  }
-
-  /** The origin's block sends of a pipelined multicast, or null when its schedule is over the relay's bounds. */
-  private startPipeline(receivers: NodeId[], encoded: { parts: Uint8Array[]; bytes: number }): BlockSend[] | null {
-    const frame = new Uint8Array(encoded.bytes);
-    let pos = 0;
-    for (const p of encoded.parts) {
-      frame.set(p, pos);
-      pos += p.byteLength;
-    }
-    try {
-      return this.relay.start(receivers, frame, this.nextPipelineMessageId++);
-    } catch (e) {
-      this.log(`pipeline: sending directly: ${e instanceof Error ? e.message : String(e)}`);
-      return null;
-    }
   }
 
   private deliver(from: NodeId, message: WireMessage, remote: string): void {
@@ -841,38 +827,6 @@ export class TcpTransport {
     }
   }
 
-  /**
-   * A block of a pipelined message: relayed as the schedule says; once complete, the reassembled frame
-   * is decoded and delivered as a message from its origin. A bad block or frame is reported, and the
-   * connection stays open: the framing is intact, and the fault may lie with another node (the origin).
-   */
-  private onBlock(conn: Conn, block: BlockFrame): void {
-    const r = this.relay.receive(block);
-    if (r.error !== null) {
-      this.metrics.pipelineErrors++;
-      this.report({ kind: r.errorKind === 'limit' ? 'limit' : 'protocol', peer: conn.peerId, remote: conn.remote, message: `pipeline: ${r.error}` });
-    } else this.metrics.pipelineBlocksReceived++;
-    for (const { to, block: relayed } of r.relays) {
-      if (this.sendBlock(to, relayed)) this.metrics.pipelineBlocksRelayed++;
-    }
-    this.syncPipelineGauges();
-    this.armStallTimer();
-    if (r.complete === null) return;
-    const origin = block.origin;
-    const d = this.codec.decode(r.complete);
-    let error: string | null = null;
-    if (!d.ok) error = d.error;
-    else if (d.message.kind === 'block') error = 'a pipelined message cannot be a block';
-    else if (d.message.from !== origin) error = `${d.message.kind} message claims to be from n${d.message.from}`;
-    if (error !== null || !d.ok) {
-      this.metrics.pipelineErrors++;
-      this.report({ kind: 'protocol', peer: origin, remote: conn.remote, message: `pipeline: message ${block.messageId} of n${origin}, reassembled from ${block.blockCount} blocks, is refused: ${error}` });
-      return;
-    }
-    this.metrics.pipelineMessagesCompleted++;
-    this.deliver(origin, d.message, conn.remote);
-  }
-
   /** Queues one pipeline block (origin's or relayed); false when refused (counted in pipelineBlockDrops). */
   private sendBlock(to: NodeId, block: BlockFrame): boolean {
     if (this.closing) return false;
@@ -881,36 +835,6 @@ export class TcpTransport {
     if (peer && encoded && this.enqueue(peer, encoded)) return true;
     this.metrics.pipelineBlockDrops++;
     return false;
-  }
-
-  private syncPipelineGauges(): void {
-    const s = this.relay.stats();
-    this.metrics.pipelineAssembliesOpen = s.assembliesOpen;
-    this.metrics.pipelineBytesInFlight = s.bytesInFlight;
-  }
-
-  /** Drops the partly received pipelined messages of `origin` (its connection is gone). */
-  private forgetPipelined(origin: NodeId, why: string): void {
-    const dropped = this.relay.forget(origin);
-    if (dropped === 0) return;
-    this.metrics.pipelineAssembliesDropped += dropped;
-    this.syncPipelineGauges();
-    this.log(`pipeline: dropped ${dropped} partly received message(s) of n${origin}: ${why}`);
-  }
-
-  /** While partly received pipelined messages are held, checks every pipelineStallMs for stalled ones. */
-  private armStallTimer(): void {
-    if (this.stallTimer !== null || this.closing || this.metrics.pipelineAssembliesOpen === 0) return;
-    this.stallTimer = setTimeout(() => {
-      this.stallTimer = null;
-      const stalled = this.relay.dropStalled();
-      if (stalled.length > 0) {
-        this.metrics.pipelineAssembliesDropped += stalled.length;
-        this.syncPipelineGauges();
-        this.log(`pipeline: dropped ${stalled.length} stalled message(s) (no block for ${this.opt.pipelineStallMs} ms): ${stalled.map((m) => `n${m.origin}#${m.messageId}`).join(', ')}`);
-      }
-      this.armStallTimer();
-    }, this.opt.pipelineStallMs);
   }
 
   private mac(label: Buffer, dialerId: NodeId, acceptorId: NodeId, dialerInstance: Buffer, acceptorInstance: Buffer, dialerNonce: Buffer, acceptorNonce: Buffer): Buffer {
@@ -1017,7 +941,7 @@ export class TcpTransport {
       this.adopt(peer, conn);
       return;
     }
-    if (!current.peerInstance!.equals(conn.peerInstance!)) this.forgetPipelined(peer.id, 'the peer restarted');
+    if (!current.peerInstance!.equals(conn.peerInstance!)) this.pipeline.forget(peer.id, 'the peer restarted');
     const keep = this.preferred(current, conn);
     const drop = keep === current ? conn : current;
     this.metrics.duplicateConnections++;
@@ -1079,7 +1003,7 @@ export class TcpTransport {
     const peer = this.peers.get(conn.peerId!);
     if (!peer || peer.conn !== conn) return;
     peer.conn = null;
-    this.forgetPipelined(peer.id, `connection #${conn.serial} closed`);
+    this.pipeline.forget(peer.id, `connection #${conn.serial} closed`);
     if (conn.lastError && !conn.failed && !conn.quiet && !this.closing) {
       this.report({ kind: 'socket', peer: peer.id, remote: conn.remote, message: `connection #${conn.serial} lost: ${conn.lastError}` });
     } else if (!this.closing) this.log(`connection #${conn.serial} to n${peer.id} closed`);

@@ -31,8 +31,8 @@
 import { randomBytes } from 'node:crypto';
 import type { NodeId } from '../../core/types.ts';
 import { BlockRelay } from '../block-relay.ts';
-import type { BlockSend } from '../block-relay.ts';
 import { Codec, CodecError } from '../codec.ts';
+import { PipelineEndpoint } from '../pipeline-endpoint.ts';
 import type { BlockFrame, WireMessage } from '../codec.ts';
 import { TcpTransport, parseAddress, pipelineBlockBytesMax, DEFAULT_PIPELINE_BLOCK_BYTES } from '../tcp-transport.ts';
 import type { MessageHandler, TcpTransportOptions, TransportError, TransportMetrics } from '../tcp-transport.ts';
@@ -247,13 +247,10 @@ export class RdmaTransport {
   private readonly setupRetryDelayMs: number;
   private readonly setupTimeoutMs: number;
   private readonly rdmaPortWanted: number;
-  private readonly relay: BlockRelay;
-  private readonly pipelineStallMs: number;
-  private nextPipelineMessageId = randomBytes(6).readUIntBE(0, 6);
+  private readonly pipeline: PipelineEndpoint;
   private listenerId: number | null = null;
   private rdmaPort = 0;
   private setupTimer: ReturnType<typeof setInterval> | null = null;
-  private stallTimer: ReturnType<typeof setTimeout> | null = null;
   private flushScheduled: ReturnType<typeof setImmediate> | null = null;
   private readonly dirty = new Set<RdmaPeer>();
   private closing: Promise<void> | null = null;
@@ -281,7 +278,6 @@ export class RdmaTransport {
     this.copyPayloads = options.copyPayloads ?? false;
     this.outgoingFramesMax = options.outgoingFramesMax ?? 8192;
     this.outgoingBytesMax = options.outgoingBytesMax ?? 32 << 20;
-    this.pipelineStallMs = options.pipelineStallMs ?? 10_000;
     this.closeTimeoutMs = options.closeTimeoutMs ?? 1000;
     const prefix = `[rdma n${this.nodeId}] `;
     const log = options.log ?? ((line: string) => console.warn(line));
@@ -291,7 +287,7 @@ export class RdmaTransport {
     const blockBytesMax = pipelineBlockBytesMax(this.codec.limits);
     this.pipelineBlockBytes = this.control.pipelineBlockBytes;
     this.pipelineThresholdBytes = this.control.pipelineThresholdBytes;
-    this.relay = new BlockRelay({
+    const relay = new BlockRelay({
       me: this.nodeId,
       blockBytes: Math.max(1, this.pipelineBlockBytes || Math.min(DEFAULT_PIPELINE_BLOCK_BYTES, blockBytesMax)),
       assembliesMax: options.pipelineAssembliesMax ?? 16,
@@ -314,6 +310,13 @@ export class RdmaTransport {
       handshakeFailures: { get: () => tcp.handshakeFailures, enumerable: true },
       duplicateConnections: { get: () => tcp.duplicateConnections, enumerable: true },
     }) as RdmaMetrics;
+    this.pipeline = new PipelineEndpoint({
+      relay, codec: this.codec, metrics: this.metrics, stallMs: options.pipelineStallMs ?? 10_000,
+      log: (line) => this.log(line), report: (e) => this.report(e),
+      sendBlock: (to, block) => this.sendBlock(to, block),
+      deliver: (origin, message) => this.deliver(origin, message),
+      closing: () => this.closing !== null,
+    });
     this.device = verbs.open(deviceName ?? '', (e) => this.onVerbsEvent(e), this.completionQueueEntries);
     this.control.onMessage((from, m) => this.onControlTransport(from, m));
     this.control.onError((e) => this.report(e));
@@ -416,7 +419,7 @@ export class RdmaTransport {
     if (encoded === null) return false;
     const pipelined = this.pipelineBlockBytes > 0 && receivers.length >= 2 && encoded.bytes >= this.pipelineThresholdBytes &&
       receivers.every((id) => this.peers.get(id)?.state === 'open');
-    const sends = pipelined ? this.startPipeline(receivers, encoded) : null;
+    const sends = pipelined ? this.pipeline.start(receivers, encoded) : null;
     if (sends !== null) {
       this.metrics.pipelineMessagesSent++;
       for (const { to: id, block } of sends) {
@@ -466,9 +469,8 @@ export class RdmaTransport {
   close(): Promise<void> {
     if (this.closing) return this.closing;
     if (this.setupTimer) clearInterval(this.setupTimer);
-    if (this.stallTimer) clearTimeout(this.stallTimer);
+    this.pipeline.close();
     this.setupTimer = null;
-    this.stallTimer = null;
     this.closing = (async () => {
       const busy = (): boolean => [...this.peers.values()].some((p) => p.state === 'open' &&
         (p.queuedFrames > 0 || p.pendingRow !== null || p.sendsOutstanding > 0));
@@ -796,7 +798,7 @@ export class RdmaTransport {
     peer.recvsToRepost = 0;
     peer.attempts++;
     peer.retryAt = Date.now() + Math.min(setupRetryDelayMaxMs, this.setupRetryDelayMs * 2 ** Math.min(peer.attempts - 1, 10));
-    this.forgetPipelined(peer.id, why);
+    this.pipeline.forget(peer.id, why);
     if (wasOpen) {
       this.metrics.connectionsOpen--;
       if (!quiet) this.log(`RDMA path to n${peer.id} closed: ${why}`);
@@ -1130,7 +1132,7 @@ export class RdmaTransport {
     if (r.message.from !== peer.id) return this.peerFault(peer, `${r.message.kind} message claims to be from n${r.message.from} on the RDMA path of n${peer.id}`);
     this.metrics.framesReceived++;
     this.metrics.bytesReceived += frame.byteLength;
-    if (r.message.kind === 'block') return this.onBlock(peer, r.message);
+    if (r.message.kind === 'block') return this.pipeline.receive(r.message, peer.id, '');
     if (this.copyPayloads) {
       if (r.message.kind === 'data' && r.message.payload) r.message.payload = r.message.payload.slice();
       else if (r.message.kind === 'stateTransfer') for (const rec of r.message.records) rec.payload = rec.payload.slice();
@@ -1179,77 +1181,11 @@ export class RdmaTransport {
   // Binomial pipeline (blocks are frames on the ring: writes with immediate)
   // ==========================================================================================
 
-  private startPipeline(receivers: NodeId[], encoded: Outgoing): BlockSend[] | null {
-    const frame = new Uint8Array(encoded.bytes);
-    copyParts(encoded.parts, 0, encoded.bytes, frame, 0);
-    try {
-      return this.relay.start(receivers, frame, this.nextPipelineMessageId++);
-    } catch (e) {
-      this.log(`pipeline: sending directly: ${e instanceof Error ? e.message : String(e)}`);
-      return null;
-    }
-  }
-
   private sendBlock(to: NodeId, block: BlockFrame): boolean {
     const peer = this.closing ? null : this.reachable(to);
     const encoded = peer ? this.encode(block, to) : null;
     if (peer && encoded && this.enqueue(peer, encoded)) return true;
     this.metrics.pipelineBlockDrops++;
     return false;
-  }
-
-  private onBlock(peer: RdmaPeer, block: BlockFrame): void {
-    const r = this.relay.receive(block);
-    if (r.error !== null) {
-      this.metrics.pipelineErrors++;
-      this.report({ kind: r.errorKind === 'limit' ? 'limit' : 'protocol', peer: peer.id, remote: '', message: `pipeline: ${r.error}` });
-    } else this.metrics.pipelineBlocksReceived++;
-    for (const { to, block: relayed } of r.relays) {
-      if (this.sendBlock(to, relayed)) this.metrics.pipelineBlocksRelayed++;
-    }
-    this.syncPipelineGauges();
-    this.armStallTimer();
-    if (r.complete === null) return;
-    const origin = block.origin;
-    const d = this.codec.decode(r.complete);
-    let error: string | null = null;
-    if (!d.ok) error = d.error;
-    else if (d.message.kind === 'block') error = 'a pipelined message cannot be a block';
-    else if (d.message.from !== origin) error = `${d.message.kind} message claims to be from n${d.message.from}`;
-    if (error !== null || !d.ok) {
-      this.metrics.pipelineErrors++;
-      this.report({ kind: 'protocol', peer: origin, remote: '', message: `pipeline: message ${block.messageId} of n${origin}, reassembled from ${block.blockCount} blocks, is refused: ${error}` });
-      return;
-    }
-    this.metrics.pipelineMessagesCompleted++;
-    this.deliver(origin, d.message);
-  }
-
-  private syncPipelineGauges(): void {
-    const s = this.relay.stats();
-    this.metrics.pipelineAssembliesOpen = s.assembliesOpen;
-    this.metrics.pipelineBytesInFlight = s.bytesInFlight;
-  }
-
-  private forgetPipelined(origin: NodeId, why: string): void {
-    const dropped = this.relay.forget(origin);
-    if (dropped === 0) return;
-    this.metrics.pipelineAssembliesDropped += dropped;
-    this.syncPipelineGauges();
-    this.log(`pipeline: dropped ${dropped} partly received message(s) of n${origin}: ${why}`);
-  }
-
-  private armStallTimer(): void {
-    if (this.stallTimer !== null || this.closing || this.metrics.pipelineAssembliesOpen === 0) return;
-    this.stallTimer = setTimeout(() => {
-      this.stallTimer = null;
-      const stalled = this.relay.dropStalled();
-      if (stalled.length > 0) {
-        this.metrics.pipelineAssembliesDropped += stalled.length;
-        this.syncPipelineGauges();
-        this.log(`pipeline: dropped ${stalled.length} stalled message(s) (no block for ${this.pipelineStallMs} ms): ${stalled.map((m) => `n${m.origin}#${m.messageId}`).join(', ')}`);
-      }
-      this.armStallTimer();
-    }, this.pipelineStallMs);
   }
 }
