@@ -2,6 +2,7 @@
 
 import test from 'ava';
 import {
+  checkAcceptedSends,
   checkAll,
   checkLiveness,
   checkNoPhantoms,
@@ -172,7 +173,7 @@ test('virtual synchrony: two survivors delivering different sets in the ending v
   h.deliveries = h.deliveries.filter((d) => !(d.node === 2 && d.payload === 'm3'));
   const v = checkVirtualSynchrony(h).join('\n');
   t.regex(v, /view 0 shard 0: n1#1 and n2#1 both moved on to view 1 but delivered different messages in view 0 \(3 vs 2\); only n1: 'm3'/);
-  t.regex(v, /n2#1 moved on to view 1 without delivering 'm3' \(seq 2\), inside the ragged trim \(3\)/);
+  t.regex(v, /n2#1 moved on to view 1 without delivering 'm3' \(seq 2\), inside the ragged trim \[1,1,1\]/);
   t.deepEqual(checkTotalOrder(h), [], 'a shorter prefix is no total-order violation');
 });
 
@@ -183,14 +184,29 @@ test('virtual synchrony: a sole survivor that skips messages inside the ragged t
   h.deliveries = h.deliveries.filter((d) => !(d.node === 1 && d.payload === 'm3'));
   const v = checkVirtualSynchrony(h);
   t.is(v.length, 1, v.join('\n'));
-  t.regex(v[0]!, /view 0 shard 0: n1#1 moved on to view 1 without delivering 'm3' \(seq 2\), inside the ragged trim \(3\)/);
+  t.regex(v[0]!, /view 0 shard 0: n1#1 moved on to view 1 without delivering 'm3' \(seq 2\), inside the ragged trim \[1,1,1\]/);
 });
 
 test('virtual synchrony: a survivor delivering beyond the ragged trim', (t) => {
   const h = goodHistory();
   h.sends.push({ tick: 1, node: 1, incarnation: 1, shardId: 0, payload: 'm5', result: { ok: true } });
   for (const n of [1, 2]) delivery(h, n, 0, 3, 1, 'm5', { tick: 10 });
-  t.regex(checkVirtualSynchrony(h).join('\n'), /n1#1 delivered seq 3, at or beyond the ragged trim \(3\)/);
+  t.regex(checkVirtualSynchrony(h).join('\n'), /n1#1 delivered seq 3, beyond the ragged trim \[1,1,1\]/);
+});
+
+test('virtual synchrony: every message inside its sender\'s trim is due, also past another sender\'s missing slot', (t) => {
+  // Trim [2, 0, 1]: sender n2 has no message in the view, so the gap-free prefix is seq 0 only, but n1's
+  // second message (seq 3) lies inside n1's trim: every survivor must deliver it.
+  const h = goodHistory();
+  for (const tr of h.trims) tr.trims = [[2, 0, 1], [1, 0, 0]];
+  h.sends.push({ tick: 1, node: 1, incarnation: 1, shardId: 0, payload: 'm5', result: { ok: true } });
+  h.wire.push({ viewId: 0, shardId: 0, senderRank: 0, index: 1, sender: 1, payload: 'm5' });
+  h.deliveries = h.deliveries.filter((d) => d.payload !== 'm2');
+  delivery(h, 1, 0, 3, 1, 'm5', { tick: 10 });
+  const v = checkVirtualSynchrony(h).join('\n');
+  t.regex(v, /n2#1 moved on to view 1 without delivering 'm5' \(seq 3\), inside the ragged trim \[2,0,1\]/);
+  t.notRegex(v, /n1#1 moved on to view 1 without delivering/);
+  t.notRegex(v, /beyond the ragged trim/);
 });
 
 test('virtual synchrony: a member that never received its shard state is not compared', (t) => {
@@ -363,4 +379,39 @@ test('checkAll judges liveness only when asked or when the run reached its quiet
   h.judgeLiveness = false;
   t.deepEqual(checkAll(h), []);
   t.true(checkAll(h, { liveness: true }).length > 0);
+});
+
+// ---- issue #11: lost sends, one successor per view, restart plans that disagree with installed views
+
+test('lost send: an accepted send of a sender still up that nobody delivered, unless it was reported failed', (t) => {
+  const h = goodHistory();
+  h.sends.push({ tick: 26, node: 1, incarnation: 1, shardId: 0, payload: 'vanished', result: { ok: true } });
+  t.deepEqual(checkAcceptedSends(h), ["lost send: n1#1 accepted 'vanished' for shard 0 at t=26, is still running, and no one delivered it (no error was reported either)"]);
+  t.true(checkAll(h).some((v) => v.startsWith('lost send')), 'checkAll runs it with liveness');
+  const failed = goodHistory();
+  failed.sends.push({ tick: 26, node: 1, incarnation: 1, shardId: 0, payload: 'vanished', result: { ok: true } });
+  failed.sendFailures.push({ tick: 27, node: 1, incarnation: 1, shardId: 0, payload: 'vanished', reason: 'moved' });
+  t.deepEqual(checkAcceptedSends(failed), []);
+  const senderDied = goodHistory();
+  senderDied.sends.push({ tick: 26, node: 3, incarnation: 1, shardId: 0, payload: 'died-with-sender', result: { ok: true } });
+  t.deepEqual(checkAcceptedSends(senderDied), [], 'n3 left: its accepted sends may be lost');
+});
+
+test('view agreement: two installed views that follow the same view', (t) => {
+  const h = goodHistory();
+  h.installs.push({ tick: 30, order: 30, node: 1, incarnation: 2, view: { ...view(2, [1, 2]), previousViewId: 0 }, pendingState: [] });
+  h.installs.push({ tick: 31, order: 31, node: 3, incarnation: 2, view: { ...view(3, [3]), previousViewId: 0 }, pendingState: [] });
+  t.regex(checkViewAgreement(h).join('\n'), /two views follow view 0: n1#2 installed view 2 \[1,2\] and n3#2 installed view 3 \[3\]/);
+});
+
+test('view agreement: a carried-out restart plan that adopted a view id installed with other members', (t) => {
+  const h = goodHistory();
+  const restartView = { ...view(3, [1, 3]), previousViewId: 1 };
+  h.installs.push({ tick: 40, order: 40, node: 3, incarnation: 2, view: restartView, pendingState: [] });
+  h.restartPlans.push({ tick: 39, node: 3, incarnation: 2, lastViewId: 1, adopted: [view(1, [1, 3])], view: restartView });
+  t.regex(checkViewAgreement(h).join('\n'), /split brain: restart view 3 followed view 1 \[1,3\] \(adopted by n3's plan\), but view 1 was installed with other members or layout/);
+  // A plan that was never carried out is not judged.
+  const unused = goodHistory();
+  unused.restartPlans.push({ tick: 39, node: 3, incarnation: 2, lastViewId: 1, adopted: [view(1, [1, 3])], view: restartView });
+  t.deepEqual(checkViewAgreement(unused), []);
 });

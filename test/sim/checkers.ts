@@ -24,7 +24,7 @@ export function checkAll(h: History, options: CheckOptions = {}): string[] {
     ...checkNoPhantoms(h),
     ...checkPersistence(h),
   ];
-  if (options.liveness ?? h.judgeLiveness) out.push(...checkLiveness(h));
+  if (options.liveness ?? h.judgeLiveness) out.push(...checkLiveness(h), ...checkAcceptedSends(h));
   return out;
 }
 
@@ -227,22 +227,24 @@ export function checkVirtualSynchrony(h: History, raw: RawSynchrony = RAW_SYNCHR
     const trims = trimOf.get(viewId)?.[shardId];
     const senders = list[0]!.view.layout.shards[shardId]?.senders.length ?? 0;
     if (!trims || senders === 0 || trims.length !== senders) continue;
-    const trimCount = Math.min(...trims.map((c, r) => c * senders + r));
-    const inside = (wireOf.get(k) ?? []).filter((w) => w.index * senders + w.senderRank < trimCount);
+    // Inside the trim: sender r's first trims[r] messages (Derecho skips only slots beyond a sender's trim).
+    const isInside = (seq: number): boolean => Math.floor(seq / senders) < trims[seq % senders]!;
+    const trimText = `[${trims.join(',')}]`;
+    const inside = (wireOf.get(k) ?? []).filter((w) => w.index < trims[w.senderRank]!);
     for (const s of list) {
       const got = delivered.get(`${s.node}|${s.incarnation}|${viewId}|${shardId}`) ?? new Set<string>();
       const missing = inside.filter((w) => !got.has(`${w.payload}\u0000${w.sender}`));
       if (missing.length > 0) {
         out.add(
           `view ${viewId} shard ${shardId}: n${s.node}#${s.incarnation} moved on to view ${viewId + 1} without delivering ` +
-            `${missing.slice(0, 4).map((w) => `'${w.payload}' (seq ${w.index * senders + w.senderRank})`).join(', ')}${missing.length > 4 ? ` (+${missing.length - 4})` : ''}, inside the ragged trim (${trimCount})`,
+            `${missing.slice(0, 4).map((w) => `'${w.payload}' (seq ${w.index * senders + w.senderRank})`).join(', ')}${missing.length > 4 ? ` (+${missing.length - 4})` : ''}, inside the ragged trim ${trimText}`,
         );
       }
       const beyond = h.deliveries.filter(
-        (d) => d.node === s.node && d.incarnation === s.incarnation && d.shardId === shardId && d.mode === 'ordered' && d.version.viewId === viewId && d.version.seq >= trimCount,
+        (d) => d.node === s.node && d.incarnation === s.incarnation && d.shardId === shardId && d.mode === 'ordered' && d.version.viewId === viewId && !isInside(d.version.seq),
       );
       if (beyond.length > 0) {
-        out.add(`view ${viewId} shard ${shardId}: n${s.node}#${s.incarnation} delivered seq ${beyond.map((d) => d.version.seq).slice(0, 4).join(', ')}, at or beyond the ragged trim (${trimCount})`);
+        out.add(`view ${viewId} shard ${shardId}: n${s.node}#${s.incarnation} delivered seq ${beyond.map((d) => d.version.seq).slice(0, 4).join(', ')}, beyond the ragged trim ${trimText}`);
       }
     }
   }
@@ -315,6 +317,37 @@ export function checkViewAgreement(h: History): string[] {
     if (!f) firstTrim.set(t.viewId, { key, node: t.node, incarnation: t.incarnation });
     else if (f.key !== key) {
       out.add(`ragged trims of view ${t.viewId} differ: n${f.node}#${f.incarnation} saved ${f.key}, n${t.node}#${t.incarnation} saved ${key} (t=${t.tick})`);
+    }
+  }
+  // One successor per view: two installed views that both follow view p are two decisions about p.
+  const successor = new Map<number, { key: string; node: NodeId; incarnation: number; view: View }>();
+  for (const inst of h.installs) {
+    const p = inst.view.previousViewId;
+    if (p === undefined) continue;
+    const key = viewKey(inst.view) + `|${inst.view.viewId}`;
+    const f = successor.get(p);
+    if (!f) successor.set(p, { key, node: inst.node, incarnation: inst.incarnation, view: inst.view });
+    else if (f.key !== key) {
+      out.add(
+        `two views follow view ${p}: n${f.node}#${f.incarnation} installed view ${f.view.viewId} [${f.view.members.join(',')}] and ` +
+          `n${inst.node}#${inst.incarnation} installed view ${inst.view.viewId} [${inst.view.members.join(',')}] (t=${inst.tick})`,
+      );
+    }
+  }
+  // A restart plan that was carried out agrees with every installed view on the views it adopted (views
+  // it assumed may have been installed): otherwise one view id names two different views.
+  const installedKey = new Map<number, string>();
+  for (const inst of h.installs) if (!installedKey.has(inst.view.viewId)) installedKey.set(inst.view.viewId, viewKey(inst.view));
+  const reported = new Set<string>();
+  for (const p of h.restartPlans) {
+    if (installedKey.get(p.view.viewId) !== viewKey(p.view)) continue; // not carried out (or another view won)
+    for (const a of p.adopted) {
+      const k = installedKey.get(a.viewId);
+      const tag = `${p.view.viewId}|${a.viewId}`;
+      if (k !== undefined && k !== viewKey(a) && !reported.has(tag)) {
+        reported.add(tag);
+        out.add(`split brain: restart view ${p.view.viewId} followed view ${a.viewId} [${a.members.join(',')}] (adopted by n${p.node}'s plan), but view ${a.viewId} was installed with other members or layout`);
+      }
     }
   }
   for (const [, installs] of installsByIncarnation(h)) {
@@ -436,6 +469,32 @@ export function checkPersistence(h: History): string[] {
         }
       }
     }
+  }
+  return out.lines();
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Accepted sends
+
+/**
+ * No silently lost send: every send accepted (send() returned ok) by an incarnation that is still running
+ * at the end of a run that settled was delivered (by anyone, or carried by a state transfer), or the core
+ * later reported it failed (a definite error: Ready.sendsFailed). An accepted send may be lost only if its
+ * sender fails. Judged only with liveness (after the quiet phase), when everything sent must have arrived.
+ */
+export function checkAcceptedSends(h: History): string[] {
+  const out = new Capped('lost send');
+  const final = h.final;
+  if (!final || !h.settled) return [];
+  const alive = new Set(final.filter((n) => n.state === 'up').map((n) => `${n.node}|${n.incarnation}`));
+  const arrived = new Set<string>();
+  for (const d of h.deliveries) arrived.add(`${d.shardId}|${d.payload}`);
+  for (const t of h.transfers) for (const e of t.entries ?? []) arrived.add(`${t.shardId}|${e.payload}`);
+  const failed = new Set(h.sendFailures.map((f) => `${f.node}|${f.incarnation}|${f.shardId}|${f.payload}`));
+  for (const s of h.sends) {
+    if (!s.result.ok || !alive.has(`${s.node}|${s.incarnation}`)) continue;
+    if (arrived.has(`${s.shardId}|${s.payload}`) || failed.has(`${s.node}|${s.incarnation}|${s.shardId}|${s.payload}`)) continue;
+    out.add(`n${s.node}#${s.incarnation} accepted '${s.payload}' for shard ${s.shardId} at t=${s.tick}, is still running, and no one delivered it (no error was reported either)`);
   }
   return out.lines();
 }

@@ -15,12 +15,13 @@ import { fork } from 'node:child_process';
 import { randomInt } from 'node:crypto';
 import { availableParallelism } from 'node:os';
 import { fileURLToPath } from 'node:url';
+import { BROKEN_RULES } from '../../node-agent/src/core/types.ts';
 import type { BrokenRule } from '../../node-agent/src/core/types.ts';
 import { runSeed, runSeedDetailed } from './simulator.ts';
 import type { RunResult } from './simulator.ts';
 import { demoTables, narrate } from './demo.ts';
 
-const RULES: BrokenRule[] = ['deliverOrderedOnReceipt', 'installWithoutMajority', 'skipRaggedTrim'];
+const RULES: readonly BrokenRule[] = BROKEN_RULES;
 /** The demo's default seed: crashes, partitions, a join, a leave and a total failure, ending healthy. */
 export const DEMO_SEED = 30;
 
@@ -132,10 +133,16 @@ async function runRange(args: Args): Promise<number> {
   let violations = 0;
   let failedSeeds = 0;
   let ticks = 0;
+  let unavailableSum = 0;
+  let worst: { ticks: number; seed: number; from: number | null } = { ticks: 0, seed: first, from: null };
+  const faults = new Map<string, number>();
   const step = Math.max(1, Math.ceil(count / 10));
   const onResult = (r: RunResult): void => {
     done++;
     ticks += r.stats.ticks;
+    unavailableSum += r.stats.longestUnavailable;
+    if (r.stats.longestUnavailable > worst.ticks) worst = { ticks: r.stats.longestUnavailable, seed: r.seed, from: r.stats.longestUnavailableFrom };
+    for (const [name, get] of FAULT_COUNTS) faults.set(name, (faults.get(name) ?? 0) + get(r.stats));
     violations += r.violations.length;
     if (r.violations.length > 0) failedSeeds++;
     printViolations(r, args.brokenRule);
@@ -150,13 +157,33 @@ async function runRange(args: Args): Promise<number> {
   }
   if (!args.quiet) {
     const secs = (Date.now() - started) / 1000;
+    console.log(`faults fired: ${FAULT_COUNTS.map(([name]) => `${faults.get(name) ?? 0} ${name}`).join(', ')}`);
     console.log(
-      `${failedSeeds} failing seed(s); ${(ticks / count).toFixed(0)} ticks per seed on average; ${secs.toFixed(1)} s with ${jobs} job(s) (about ${((secs * 1000 * jobs) / count).toFixed(0)} core-ms per seed, start-up included)`,
+      `${failedSeeds} failing seed(s); ${(ticks / count).toFixed(0)} ticks per seed on average; ` +
+        `unavailability during faults ${(unavailableSum / count).toFixed(0)} ticks per seed on average, longest ${worst.ticks} (seed ${worst.seed}${worst.from !== null ? ` from t=${worst.from}` : ''}); ` +
+        `${secs.toFixed(1)} s with ${jobs} job(s) (about ${((secs * 1000 * jobs) / count).toFixed(0)} core-ms per seed, start-up included)`,
     );
   }
   console.log(`${count} seeds, ${violations} violations`);
   return violations;
 }
+
+/** Fault counters summed over a range of seeds for its summary. */
+const FAULT_COUNTS: [string, (s: RunResult['stats']) => number][] = [
+  ['crashes', (s) => s.crashes],
+  ['total failures', (s) => s.totalFailures],
+  ['majority failures', (s) => s.majorityFailures],
+  ['disk wipes', (s) => s.wipes],
+  ['crashes with late messages', (s) => s.lateCrashes],
+  ['partitions', (s) => s.partitions],
+  ['one-way cuts', (s) => s.oneWayCuts],
+  ['pair cuts', (s) => s.pairCuts],
+  ['deaf nodes', (s) => s.deafNodes],
+  ['pauses', (s) => s.pauses],
+  ['delay spikes', (s) => s.spikes],
+  ['joins', (s) => s.joins],
+  ['leaves', (s) => s.leaves],
+];
 
 type ToWorker = { kind: 'run'; seeds: number[] } | { kind: 'exit' };
 type FromWorker = { kind: 'result'; result: RunResult } | { kind: 'idle' };
@@ -227,8 +254,9 @@ function emptyStats(): RunResult['stats'] {
   return {
     ticks: 0, faultTicks: 0, settledAt: null, doneAt: null, founders: 0, nodeIds: 0, subgroups: 0, shards: 0, highestViewId: -1,
     installs: 0, deliveries: 0, sends: 0, sendsRefused: 0, persistenceAcks: 0, transfers: 0, crashes: 0, restarts: 0, exits: 0,
-    joins: 0, leaves: 0, partitions: 0, spikes: 0, totalFailures: 0, faultsSkipped: 0, messagesSent: 0, messagesDelivered: 0,
-    messagesDropped: 0,
+    joins: 0, leaves: 0, partitions: 0, spikes: 0, totalFailures: 0, majorityFailures: 0, wipes: 0, lateCrashes: 0, lateMessages: 0,
+    oneWayCuts: 0, pairCuts: 0, deafNodes: 0, pauses: 0, faultsSkipped: 0, messagesSent: 0, messagesDelivered: 0, messagesDropped: 0,
+    longestUnavailable: 0, longestUnavailableFrom: null,
   };
 }
 

@@ -1,5 +1,6 @@
 // A whole Derecho group in one process: the simulated nodes, the network between them, logical time,
-// the fault primitives (crash, restart, join, leave, partition, delay spike) and the recorded history.
+// the fault primitives (crash, total and majority failure, restart, wiped disk, join, leave, partition,
+// cut links, deaf node, process pause, delay spike) and the recorded history.
 // Both the seeded simulator (simulator.ts) and the scripted scenario API (scripted.ts) drive this.
 
 import { Prng } from '../../node-agent/src/core/prng.ts';
@@ -53,8 +54,27 @@ export interface ClusterStats {
   partitions: number;
   spikes: number;
   totalFailures: number;
+  /** A majority of the view crashed at once while the rest kept running. */
+  majorityFailures: number;
+  /** Disks replaced by empty ones. */
+  wipes: number;
+  /** Crashes after which some of the dead incarnation's messages still arrived (lateMessages of them). */
+  lateCrashes: number;
+  lateMessages: number;
+  /** Directed links cut one way only, pairs cut both ways (non-transitive), deaf nodes, process pauses. */
+  oneWayCuts: number;
+  pairCuts: number;
+  deafNodes: number;
+  pauses: number;
   sends: number;
   sendsRefused: number;
+}
+
+export interface CrashOptions {
+  /** Some of what it already sent still arrives, up to this many ticks late (see Network.crash). */
+  lateTicks?: number;
+  /** Its disk is replaced by an empty one: it comes back with nothing saved. */
+  wipeDisk?: boolean;
 }
 
 export interface Settledness {
@@ -87,6 +107,14 @@ export class Cluster {
     partitions: 0,
     spikes: 0,
     totalFailures: 0,
+    majorityFailures: 0,
+    wipes: 0,
+    lateCrashes: 0,
+    lateMessages: 0,
+    oneWayCuts: 0,
+    pairCuts: 0,
+    deafNodes: 0,
+    pauses: 0,
     sends: 0,
     sendsRefused: 0,
   };
@@ -96,6 +124,8 @@ export class Cluster {
   private nowTick = 0;
   private readonly nodePrng: Prng;
   private readonly restartAt = new Map<NodeId, number>();
+  /** Paused processes -> the tick they resume at (null: until resume()). */
+  private readonly pausedUntil = new Map<NodeId, number | null>();
   private readonly ctx: NodeContext;
   private readonly traceFn: ((line: string) => void) | null;
   private readonly clone: boolean;
@@ -128,7 +158,8 @@ export class Cluster {
       }),
       wire: (from, to, message) => {
         if (message.kind === 'data' && message.payload !== null) this.sniff(message);
-        this.network.send(from, to, this.clone ? wireCopy(message) : message);
+        // A row is already a fresh copy per recipient (Replica.pushRow clones it for each): no second copy.
+        this.network.send(from, to, this.clone && message.kind !== 'row' ? wireCopy(message) : message);
       },
       trace: (node, text) => this.trace(node, text),
       violation: (text) => {
@@ -167,11 +198,14 @@ export class Cluster {
     }
   }
 
-  /** One unit of logical time: scheduled restarts, due messages, then every running node ticks. */
+  /** One unit of logical time: due resumes and restarts, due messages, then every running node ticks. */
   tick(): void {
     if (this.halted) return;
     this.nowTick++;
     this.network.setTime(this.nowTick);
+    for (const [id, at] of [...this.pausedUntil]) {
+      if (at !== null && at <= this.nowTick) this.resume(id);
+    }
     for (const [id, at] of [...this.restartAt]) {
       if (at <= this.nowTick) this.restart(id);
     }
@@ -181,11 +215,12 @@ export class Cluster {
       if (!m) break;
       const node = this.nodes.get(m.to);
       if (!node?.up) continue;
+      if (this.pausedUntil.has(m.to)) throw new Error(`the network handed a message to paused node ${m.to}`);
       node.step(m.message);
     }
     for (const node of this.nodesInOrder()) {
       if (this.halted) return;
-      if (node.up) node.tick();
+      if (node.up && !this.pausedUntil.has(node.id)) node.tick();
     }
   }
 
@@ -231,18 +266,93 @@ export class Cluster {
     return best;
   }
 
-  /** The process dies now (its disk survives). `restartAfter`: ticks until it comes back (none: stays down). */
-  crash(id: NodeId, restartAfter: number | null = null, why = 'crash'): void {
+  /**
+   * The process dies now (its disk survives unless `options.wipeDisk`). `restartAfter`: ticks until it
+   * comes back (none: stays down). `options.lateTicks`: some of its in-flight messages still arrive.
+   */
+  crash(id: NodeId, restartAfter: number | null = null, why = 'crash', options: CrashOptions = {}): void {
     const node = this.node(id);
     if (!node.up) return;
     node.stop(why);
-    const dropped = this.network.crash(id);
+    this.pausedUntil.delete(id);
+    const lost = this.network.crash(id, options.lateTicks ? { lateTicks: options.lateTicks } : {});
     this.stats.crashes++;
+    if (options.lateTicks) {
+      this.stats.lateCrashes++;
+      this.stats.lateMessages += lost.late;
+    }
     // A leave not carried out yet dies with the process: it restarts like any other crash.
     node.leaving = false;
     this.restartAt.delete(id);
     if (restartAfter !== null && !node.left) this.restartAt.set(id, this.nowTick + restartAfter);
-    this.trace(id, `CRASH (${why}; ${dropped} queued messages lost)${restartAfter !== null && !node.left ? `, restarts at t=${this.nowTick + restartAfter}` : ''}`);
+    this.trace(
+      id,
+      `CRASH (${why}; ${lost.dropped} queued messages lost${options.lateTicks ? `, ${lost.late} already sent still arrive up to ${options.lateTicks} ticks late` : ''})` +
+        `${restartAfter !== null && !node.left ? `, restarts at t=${this.nowTick + restartAfter}` : ''}`,
+    );
+    if (options.wipeDisk) this.wipeDisk(id);
+  }
+
+  /** Replaces the disk of a node that is down by an empty one (its volume was replaced). */
+  wipeDisk(id: NodeId): void {
+    const node = this.node(id);
+    if (node.up) throw new Error(`wipeDisk(${id}): the node is running`);
+    node.wipeDisk();
+    this.stats.wipes++;
+    this.trace(id, 'DISK WIPED: it comes back with an empty disk');
+  }
+
+  /**
+   * Every running node crashes at once; each restarts after `restartAfter(id)` ticks (null: stays down).
+   * `wipe`: that node's disk is replaced too.
+   */
+  totalFailure(restartAfter: (id: NodeId) => number | null = () => null, wipe: NodeId | null = null): NodeId[] {
+    const up = this.upIds();
+    this.trace(null, `TOTAL FAILURE: every running node crashes [${up.join(',')}]${wipe !== null ? `; n${wipe} comes back with an empty disk` : ''}`);
+    this.stats.totalFailures++;
+    for (const id of up) this.crash(id, restartAfter(id), 'total failure', id === wipe ? { wipeDisk: true } : {});
+    return up;
+  }
+
+  /**
+   * `ids` (a majority of the view) crash at once while the other running nodes keep running; each
+   * restarts after `restartAfter(id)` ticks (null: stays down).
+   */
+  majorityFailure(ids: readonly NodeId[], restartAfter: (id: NodeId) => number | null = () => null): void {
+    const rest = this.upIds().filter((id) => !ids.includes(id));
+    this.trace(null, `MAJORITY FAILURE: [${ids.join(',')}] crash at once; [${rest.join(',')}] keep running`);
+    this.stats.majorityFailures++;
+    for (const id of ids) this.crash(id, restartAfter(id), 'majority failure');
+  }
+
+  /**
+   * The process is stopped (SIGSTOP): it neither ticks nor receives; messages to it wait on their links.
+   * It resumes with its stale state after missing `ticks` ticks (null: at resume()).
+   */
+  pause(id: NodeId, ticks: number | null = null): void {
+    const node = this.node(id);
+    if (!node.up) throw new Error(`pause(${id}): the node is down`);
+    if (this.pausedUntil.has(id)) return;
+    // It misses exactly `ticks` ticks: it resumes at the start of tick now + ticks + 1.
+    this.pausedUntil.set(id, ticks === null ? null : this.nowTick + ticks + 1);
+    this.network.hold(id);
+    this.stats.pauses++;
+    this.trace(id, `PAUSE (process stopped${ticks === null ? '' : ` for ${ticks} ticks, resumes at t=${this.nowTick + ticks + 1}`})`);
+  }
+
+  resume(id: NodeId): void {
+    if (!this.pausedUntil.has(id)) return;
+    this.pausedUntil.delete(id);
+    this.network.release(id);
+    this.trace(id, 'RESUME: the process runs again, with its stale state');
+  }
+
+  isPaused(id: NodeId): boolean {
+    return this.pausedUntil.has(id);
+  }
+
+  pausedIds(): NodeId[] {
+    return [...this.pausedUntil.keys()].sort((a, b) => a - b);
   }
 
   /** Starts a node that is down: with its saved state if it ever installed a view, else as a joiner. */
@@ -287,7 +397,7 @@ export class Cluster {
   /** Graceful leave: the node asks to leave and is gone for good once it exits. */
   leave(id: NodeId): void {
     const node = this.node(id);
-    if (!node.up || node.leaving) return;
+    if (!node.up || node.leaving || this.isPaused(id)) return;
     this.trace(id, 'LEAVE requested');
     node.leave();
   }
@@ -304,6 +414,54 @@ export class Cluster {
     this.trace(null, 'HEAL: the network is whole again');
   }
 
+  /** One-way link failure: `from` -> `to` drops everything (queued messages included); `to` -> `from` works. */
+  cutLink(from: NodeId, to: NodeId): void {
+    const dropped = this.network.cutLink(from, to);
+    this.stats.oneWayCuts++;
+    this.trace(null, `LINK CUT n${from} -> n${to} (one way; ${dropped} queued messages lost)`);
+  }
+
+  restoreLink(from: NodeId, to: NodeId): void {
+    this.network.restoreLink(from, to);
+    this.trace(null, `LINK RESTORED n${from} -> n${to}`);
+  }
+
+  /** Non-transitive cut: `a` and `b` cannot reach each other, both still reach everyone else. */
+  cutPair(a: NodeId, b: NodeId): void {
+    const dropped = this.network.cutLink(a, b) + this.network.cutLink(b, a);
+    this.stats.pairCuts++;
+    this.trace(null, `LINK CUT n${a} <-> n${b} (both ways, both still reach the others; ${dropped} queued messages lost)`);
+  }
+
+  restorePair(a: NodeId, b: NodeId): void {
+    this.network.restoreLink(a, b);
+    this.network.restoreLink(b, a);
+    this.trace(null, `LINK RESTORED n${a} <-> n${b}`);
+  }
+
+  /** The node receives nothing (it still sends) until undeafen. */
+  deafen(id: NodeId): void {
+    const dropped = this.network.deafen(id);
+    this.stats.deafNodes++;
+    this.trace(id, `DEAF: receives nothing, still sends (${dropped} queued messages lost)`);
+  }
+
+  undeafen(id: NodeId): void {
+    if (!this.network.isDeaf(id)) return;
+    this.network.undeafen(id);
+    this.trace(id, 'HEARS again');
+  }
+
+  /** Every network fault ends: partition, cut links, deaf nodes, delay spikes; paused processes resume. */
+  healAll(): void {
+    this.heal();
+    if (this.network.cutLinkList().length > 0) this.trace(null, 'every cut link is restored');
+    for (const id of this.knownIds()) this.undeafen(id);
+    this.network.restoreAll();
+    this.network.clearSpikes();
+    for (const id of this.pausedIds()) this.resume(id);
+  }
+
   spike(extraDelay: number, lasts: number, nodes: readonly NodeId[] | null = null): void {
     this.network.addSpike({ extraDelay, lasts, nodes });
     this.stats.spikes++;
@@ -313,7 +471,8 @@ export class Cluster {
   /** Application multicast of a text payload; recorded in the history. */
   send(id: NodeId, shardId: number, text: string): SendResult {
     const node = this.nodes.get(id);
-    if (!node?.up) return { ok: false, reason: 'inactive' };
+    // A paused process runs no application code either.
+    if (!node?.up || this.isPaused(id)) return { ok: false, reason: 'inactive' };
     this.stats.sends++;
     const result = node.send(shardId, encodeText(text));
     if (!result.ok) this.stats.sendsRefused++;
@@ -355,14 +514,14 @@ export class Cluster {
   }
 
   /**
-   * The quiet phase: heals every fault, restarts every node that is down, waits until the group is settled,
+   * The quiet phase: heals every fault (partition, cut links, deaf nodes, spikes; paused nodes resume),
+   * restarts every node that is down, waits until the group is settled,
    * then every sender of every shard multicasts a probe and we wait until every shard member applied every
    * probe. Gives up after `budget` ticks (the liveness checker then says what is missing).
    */
   quiesce(budget: number, checkEvery = 5): QuiesceResult {
     this.history.judgeLiveness = true;
-    this.heal();
-    this.network.clearSpikes();
+    this.healAll();
     for (const n of this.nodesInOrder()) if (!n.up && !n.left) this.scheduleRestart(n.id, this.nowTick + 1);
     this.trace(null, `QUIET PHASE: every fault healed; liveness budget ${budget} ticks`);
     const end = this.nowTick + budget;

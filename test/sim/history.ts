@@ -77,6 +77,16 @@ export interface SendEvent {
   result: SendResult;
 }
 
+/** An accepted send the core later reported as failed (Ready.sendsFailed): a definite error to its client. */
+export interface SendFailureEvent {
+  tick: number;
+  node: NodeId;
+  incarnation: number;
+  shardId: number;
+  payload: string;
+  reason: string;
+}
+
 export interface TransferEvent {
   tick: number;
   /** Position among all recorded installs and transfers (orders events within one tick). */
@@ -101,6 +111,16 @@ export interface TrimEvent {
   viewId: number;
   /** trims[shardId][senderRank] = messages of that sender delivered in the view. */
   trims: number[][];
+}
+
+/** A restart plan a node accepted (Ready.persist 'restartAccept'): the views it adopted and the view it makes. */
+export interface RestartPlanEvent {
+  tick: number;
+  node: NodeId;
+  incarnation: number;
+  lastViewId: number;
+  adopted: View[];
+  view: View;
 }
 
 /** A non-null multicast seen on the wire (first copy of each distinct message). */
@@ -153,8 +173,10 @@ export interface History {
   /** Updates acknowledged durable (one entry per distinct update). */
   durable: DurableEvent[];
   sends: SendEvent[];
+  sendFailures: SendFailureEvent[];
   transfers: TransferEvent[];
   trims: TrimEvent[];
+  restartPlans: RestartPlanEvent[];
   /** Application multicasts seen on the wire, with their position in the sender's stream. */
   wire: WireData[];
   probes: ProbeEvent[];
@@ -177,8 +199,10 @@ export function emptyHistory(policy: GroupPolicy): History {
     acks: [],
     durable: [],
     sends: [],
+    sendFailures: [],
     transfers: [],
     trims: [],
+    restartPlans: [],
     wire: [],
     probes: [],
     settled: null,

@@ -1,6 +1,7 @@
 // The simulated network: directed FIFO links between node ids, delays drawn from the seed, partitions,
-// crashed endpoints and bounded queues. Deterministic: every random choice comes from the injected Prng,
-// and messages due in the same tick are handed out in send order.
+// cut links (one-way or both ways), deaf nodes, paused receivers, crashed endpoints and bounded queues.
+// Deterministic: every random choice comes from the injected Prng, and messages due in the same tick are
+// handed out in send order.
 
 import type { NodeId } from '../../node-agent/src/core/types.ts';
 import type { Prng } from '../../node-agent/src/core/prng.ts';
@@ -22,7 +23,8 @@ export const DEFAULT_NETWORK: NetworkOptions = Object.freeze({
   queueLimit: 4096,
 });
 
-export type DropReason = 'partition' | 'down' | 'overflow';
+/** 'cut': a cut link (one-way or both ways) or a deaf receiver. */
+export type DropReason = 'partition' | 'cut' | 'down' | 'overflow';
 
 export interface NetworkStats {
   sent: number;
@@ -30,6 +32,8 @@ export interface NetworkStats {
   dropped: Record<DropReason, number>;
   /** Longest queue seen on any link. */
   maxQueue: number;
+  /** Messages of crashed senders kept in flight by crash(node, { lateTicks }) (delivered after the crash). */
+  late: number;
 }
 
 /** A slow-down: links touching `nodes` (every link when null) take `extraDelay` more ticks, until `until`. */
@@ -52,6 +56,22 @@ interface Entry<M> extends InFlight<M> {
   dropped: boolean;
 }
 
+export interface CrashOptions {
+  /**
+   * Late messages from the dead incarnation: a prefix (random length) of what it already sent on each
+   * link is kept and still delivered, up to `lateTicks` later than planned (FIFO kept); the rest is lost.
+   * 0 or absent: everything it sent that is still queued is lost.
+   */
+  lateTicks?: number;
+}
+
+export interface CrashResult {
+  /** Messages lost (queued to or from the node). */
+  dropped: number;
+  /** Messages it sent that still arrive. */
+  late: number;
+}
+
 interface Link<M> {
   queue: Entry<M>[];
   head: number;
@@ -60,7 +80,7 @@ interface Link<M> {
 
 export class Network<M> {
   readonly options: NetworkOptions;
-  readonly stats: NetworkStats = { sent: 0, delivered: 0, dropped: { partition: 0, down: 0, overflow: 0 }, maxQueue: 0 };
+  readonly stats: NetworkStats = { sent: 0, delivered: 0, dropped: { partition: 0, cut: 0, down: 0, overflow: 0 }, maxQueue: 0, late: 0 };
   private nowTick = 0;
   private seq = 0;
   private readonly links = new Map<string, Link<M>>();
@@ -69,6 +89,12 @@ export class Network<M> {
   /** node -> index of its partition group; null when the network is whole. */
   private groups: Map<NodeId, number> | null = null;
   private spikes: DelaySpike[] = [];
+  /** Directed links that drop everything ('from>to'). */
+  private readonly cutLinks = new Set<string>();
+  /** Nodes that receive nothing (they still send). */
+  private readonly deaf = new Set<NodeId>();
+  /** Paused receivers: messages due to them wait, in link order, until release(). */
+  private readonly held = new Map<NodeId, Entry<M>[]>();
 
   constructor(
     private readonly prng: Prng,
@@ -97,7 +123,8 @@ export class Network<M> {
       return false;
     }
     if (!this.canReach(from, to)) {
-      this.stats.dropped.partition++;
+      if (this.partitionBlocks(from, to)) this.stats.dropped.partition++;
+      else this.stats.dropped.cut++;
       return false;
     }
     const link = this.link(from, to);
@@ -123,6 +150,12 @@ export class Network<M> {
       if (top === undefined || top.deliverAt > this.nowTick) return null;
       this.heapPop();
       if (top.dropped) continue;
+      const parked = this.held.size > 0 ? this.held.get(top.to) : undefined;
+      if (parked) {
+        // A paused receiver: the message stays at the head of its link until release().
+        parked.push(top);
+        continue;
+      }
       const link = this.link(top.from, top.to);
       // FIFO per link: the entry handed out is always the oldest queued one on its link.
       if (link.queue[link.head] !== top) throw new Error(`network FIFO broken on link ${top.from}->${top.to}`);
@@ -166,7 +199,7 @@ export class Network<M> {
     let dropped = 0;
     for (const [k, link] of this.links) {
       const [from, to] = parseKey(k);
-      if (!this.canReach(from, to)) dropped += this.clearLink(link);
+      if (this.partitionBlocks(from, to)) dropped += this.clearLink(link);
     }
     this.stats.dropped.partition += dropped;
     return dropped;
@@ -180,16 +213,115 @@ export class Network<M> {
     return this.groups !== null;
   }
 
-  /** Whether a message from `from` to `to` would cross a partition. */
+  /** Whether a message from `from` to `to` gets through: no partition between them, the link not cut, `to` not deaf. */
   canReach(from: NodeId, to: NodeId): boolean {
-    if (this.groups === null) return true;
-    return (this.groups.get(from) ?? -1) === (this.groups.get(to) ?? -1);
+    if (this.partitionBlocks(from, to)) return false;
+    if (from === to) return true;
+    if (this.deaf.size > 0 && this.deaf.has(to)) return false;
+    return this.cutLinks.size === 0 || !this.cutLinks.has(key(from, to));
   }
 
-  /** The node crashed: drops every message queued to or from it; it sends and receives nothing until revived. */
-  crash(node: NodeId): number {
+  /**
+   * Cuts the directed link from -> to: its queued messages are lost and it drops everything until
+   * restoreLink (the other direction still works: a one-way failure). Returns how many were lost.
+   */
+  cutLink(from: NodeId, to: NodeId): number {
+    if (from === to) throw new Error(`cannot cut the loopback of node ${from}`);
+    this.cutLinks.add(key(from, to));
+    const link = this.links.get(key(from, to));
+    const dropped = link ? this.clearLink(link) : 0;
+    this.stats.dropped.cut += dropped;
+    return dropped;
+  }
+
+  restoreLink(from: NodeId, to: NodeId): void {
+    this.cutLinks.delete(key(from, to));
+  }
+
+  /** The directed links cut now, as [from, to] pairs. */
+  cutLinkList(): [NodeId, NodeId][] {
+    return [...this.cutLinks].map(parseKey);
+  }
+
+  /** The node receives nothing (queued messages to it are lost) until undeafen; it still sends. */
+  deafen(node: NodeId): number {
+    this.deaf.add(node);
+    const dropped = this.clearWhere((from, to) => to === node && from !== node, 'cut');
+    return dropped;
+  }
+
+  undeafen(node: NodeId): void {
+    this.deaf.delete(node);
+  }
+
+  isDeaf(node: NodeId): boolean {
+    return this.deaf.has(node);
+  }
+
+  /** Every cut link and every deaf node is whole again (partitions are healed by heal()). */
+  restoreAll(): void {
+    this.cutLinks.clear();
+    this.deaf.clear();
+  }
+
+  /**
+   * The receiver is paused: messages to it are kept (still counted in their link's queue, so the queue
+   * bound applies) and handed out only after release().
+   */
+  hold(node: NodeId): void {
+    if (!this.held.has(node)) this.held.set(node, []);
+  }
+
+  /** The paused receiver runs again: what waited for it is due now, in link order, before anything sent later. */
+  release(node: NodeId): void {
+    const parked = this.held.get(node);
+    if (!parked) return;
+    this.held.delete(node);
+    for (const e of parked) {
+      if (e.dropped) continue;
+      e.deliverAt = this.nowTick;
+      this.heapPush(e);
+    }
+  }
+
+  isHeld(node: NodeId): boolean {
+    return this.held.has(node);
+  }
+
+  /**
+   * The node crashed: drops every message queued to it and (unless `lateTicks` keeps some of them) every
+   * message it sent that is still queued; it sends and receives nothing until revived.
+   */
+  crash(node: NodeId, options: CrashOptions = {}): CrashResult {
     this.down.add(node);
-    return this.clearWhere((from, to) => from === node || to === node);
+    this.held.delete(node);
+    const lateTicks = options.lateTicks ?? 0;
+    if (lateTicks <= 0) return { dropped: this.clearWhere((from, to) => from === node || to === node), late: 0 };
+    let dropped = this.clearWhere((from, to) => to === node);
+    let late = 0;
+    for (const [k, link] of this.links) {
+      const [from, to] = parseKey(k);
+      if (from !== node || to === node) continue;
+      const queued = link.queue.slice(link.head);
+      if (queued.length === 0) continue;
+      const keep = this.prng.int(0, queued.length);
+      this.clearLink(link);
+      this.stats.dropped.down += queued.length - keep;
+      dropped += queued.length - keep;
+      // The kept prefix goes out again as new entries, each up to lateTicks later, FIFO preserved.
+      let last = 0;
+      for (const old of queued.slice(0, keep)) {
+        const deliverAt = Math.max(old.deliverAt + this.prng.int(0, lateTicks), last, this.nowTick);
+        last = deliverAt;
+        const entry: Entry<M> = { ...old, deliverAt, seq: this.seq++, dropped: false };
+        link.queue.push(entry);
+        this.heapPush(entry);
+        late++;
+      }
+      link.lastDeliverAt = last;
+    }
+    this.stats.late += late;
+    return { dropped, late };
   }
 
   /**
@@ -237,14 +369,19 @@ export class Network<M> {
     return delay;
   }
 
-  private clearWhere(pred: (from: NodeId, to: NodeId) => boolean): number {
+  private clearWhere(pred: (from: NodeId, to: NodeId) => boolean, reason: DropReason = 'down'): number {
     let dropped = 0;
     for (const [k, link] of this.links) {
       const [from, to] = parseKey(k);
       if (pred(from, to)) dropped += this.clearLink(link);
     }
-    this.stats.dropped.down += dropped;
+    this.stats.dropped[reason] += dropped;
     return dropped;
+  }
+
+  private partitionBlocks(from: NodeId, to: NodeId): boolean {
+    if (this.groups === null) return false;
+    return (this.groups.get(from) ?? -1) !== (this.groups.get(to) ?? -1);
   }
 
   private clearLink(link: Link<M>): number {

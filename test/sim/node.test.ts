@@ -28,7 +28,7 @@ const view: View = {
 };
 
 function emptyReady(over: Partial<Ready> = {}): Ready {
-  return { persist: [], deliver: [], transfers: [], send: [], installView: null, persistenceFrontiers: [], exit: null, resetShards: [], ...over };
+  return { persist: [], deliver: [], transfers: [], send: [], installView: null, persistenceFrontiers: [], exit: null, resetShards: [], sendsFailed: [], ...over };
 }
 
 /** A stand-in Replica: hands out queued Readies, records what the driver did. */

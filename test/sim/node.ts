@@ -82,7 +82,8 @@ interface Entry {
 const MAX_READY_ROUNDS = 10_000;
 
 export class SimNode {
-  readonly disk = new Disk();
+  /** Survives crashes; replaced only by wipeDisk(). */
+  disk = new Disk();
   /** 0 before the first start; each start is a new process lifetime. */
   incarnation = 0;
   replica: ReplicaLike | null = null;
@@ -136,6 +137,12 @@ export class SimNode {
     }
     this.replica = replica;
     if (this.guard('start', () => this.drain())) this.checkInvariants(`start (${start.kind})`);
+  }
+
+  /** The node's volume is replaced while it is down: it comes back with an empty disk. */
+  wipeDisk(): void {
+    if (this.replica) throw new Error(`node ${this.id} is running: wipe its disk only while it is down`);
+    this.disk = new Disk();
   }
 
   /** The process dies: the replica and the volatile application state are gone, the disk stays. */
@@ -298,6 +305,10 @@ export class SimNode {
           trims: record.trim.trims.map((t) => [...t]),
         });
       }
+      if (record.kind === 'restartAccept') {
+        const plan = structuredClone(record.plan);
+        this.ctx.history.restartPlans.push({ tick: now, node: this.id, incarnation: this.incarnation, lastViewId: plan.lastViewId, adopted: plan.adopted ?? [], view: plan.view });
+      }
       if (record.kind === 'truncate') {
         const entries = this.app.get(record.shardId);
         if (entries && this.ctx.shards[record.shardId]?.persistent) {
@@ -332,6 +343,11 @@ export class SimNode {
       }
       entries.push({ version: event.version, sender: d.sender, payload: d.payload.slice(), text });
       this.ctx.delivered?.(event);
+    }
+    // 2b. accepted sends the core can no longer carry out: a definite error to their client.
+    for (const f of ready.sendsFailed) {
+      this.ctx.history.sendFailures.push({ tick: now, node: this.id, incarnation: this.incarnation, shardId: f.shardId, payload: decodeText(f.payload), reason: f.reason });
+      this.ctx.trace(this.id, `send of '${decodeText(f.payload)}' in shard ${f.shardId} failed: ${f.reason}`);
     }
     // 3. send (before transfers: a joiner's welcome then precedes its state on a FIFO link)
     for (const env of ready.send) this.ctx.wire(this.id, env.to, env.message);

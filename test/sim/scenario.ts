@@ -8,12 +8,39 @@ import type { GroupPolicy, NodeId, SubgroupPolicy } from '../../node-agent/src/c
 import type { NetworkOptions } from './network.ts';
 
 export type FaultEvent =
-  /** Crash one node (picked then: never more than a minority of the view down, never a shard's last holder). */
+  /**
+   * Crash one node (picked then: never more than a minority of the view down, never a shard's last
+   * holder; while no running node has a view, i.e. during a restart, any running node).
+   */
   | { at: number; kind: 'crash'; downFor: number }
-  /** Every node crashes; each restarts within `staggerMax` ticks. */
-  | { at: number; kind: 'totalFailure'; staggerMax: number }
+  /** Like crash, but some of what it already sent still arrives, up to `lateTicks` ticks late. */
+  | { at: number; kind: 'lateCrash'; downFor: number; lateTicks: number }
+  /**
+   * Like crash, and the node comes back with an empty disk. Same bounds, and the group must be stable
+   * (a view installed, nobody restarting or wedged), so the wiped node is never a state's only holder.
+   * At most one per seed (this or a total failure's `wipeOne`).
+   */
+  | { at: number; kind: 'wipe'; downFor: number }
+  /**
+   * Every node crashes; each restarts within `staggerMax` ticks. At most 3 per seed. `wipeOne`: one of
+   * them comes back with an empty disk (picked with the bounds of 'wipe'; counts as the seed's wipe).
+   */
+  | { at: number; kind: 'totalFailure'; staggerMax: number; wipeOne: boolean }
+  /**
+   * A majority of the current view crashes at once, at least one member keeps running (and stays wedged
+   * until it exits on its own); each crashed one restarts within `staggerMax` ticks. At most 2 per seed.
+   */
+  | { at: number; kind: 'majorityFailure'; staggerMax: number }
   /** Random split into `groups` sides, healed after `lasts` ticks. */
   | { at: number; kind: 'partition'; groups: number; lasts: number }
+  /** One directed link A -> B drops everything (B -> A works), restored after `lasts` ticks. */
+  | { at: number; kind: 'oneWay'; lasts: number }
+  /** Non-transitive cut: A and B cannot reach each other, both still reach everyone else; `lasts` ticks. */
+  | { at: number; kind: 'pairCut'; lasts: number }
+  /** One running node receives nothing (it still sends) for `lasts` ticks. */
+  | { at: number; kind: 'deaf'; lasts: number }
+  /** One running node is stopped (SIGSTOP) for `lasts` ticks, then resumes with its stale state. */
+  | { at: number; kind: 'pause'; lasts: number }
   /** Slower links (every link, or one node's) for `lasts` ticks. */
   | { at: number; kind: 'spike'; extraDelay: number; lasts: number; wholeNetwork: boolean }
   /** A brand-new node id joins. */
@@ -49,6 +76,21 @@ export const FAULT_TICKS_MIN = 1400;
 export const FAULT_TICKS_MAX = 2600;
 export const LIVENESS_TICKS = 1500;
 
+/** Bounds of the schedule (see "Faults and their bounds" in README.md). */
+export const MAX_TOTAL_FAILURES = 3;
+export const MAX_MAJORITY_FAILURES = 2;
+export const MAX_WIPES = 1;
+/** Ticks between two group failures (total or majority): room for the group to restart in between. */
+export const GROUP_FAILURE_GAP = 500;
+/** Partitions and cut links last 10..this many ticks; deaf nodes 10..DEAF_TICKS_MAX, pauses 5..PAUSE_TICKS_MAX. */
+export const LINK_FAULT_TICKS_MAX = 200;
+/** Cut links (one-way or pairs) in place at once; one deaf node and one paused process at a time. */
+export const MAX_CUT_LINKS = 2;
+export const DEAF_TICKS_MAX = 150;
+export const PAUSE_TICKS_MAX = 120;
+/** A crashed node's late messages arrive at most this many ticks later than planned. */
+export const LATE_TICKS_MAX = 30;
+
 export function generateScenario(seed: number, overrides: ScenarioOverrides = {}): Scenario {
   const prng = new Prng(seed);
   const policyPrng = prng.fork();
@@ -76,18 +118,25 @@ export function generateScenario(seed: number, overrides: ScenarioOverrides = {}
   };
 }
 
-const WEIGHTS: [FaultEvent['kind'], number][] = [
-  ['crash', 30],
-  ['partition', 18],
-  ['spike', 10],
-  ['join', 12],
-  ['leave', 6],
-  ['burst', 10],
-  ['totalFailure', 5],
+export const WEIGHTS: readonly (readonly [FaultEvent['kind'], number])[] = [
+  ['crash', 18],
+  ['lateCrash', 9],
+  ['wipe', 5],
+  ['totalFailure', 6],
+  ['majorityFailure', 5],
+  ['partition', 12],
+  ['oneWay', 7],
+  ['pairCut', 6],
+  ['deaf', 5],
+  ['pause', 9],
+  ['spike', 7],
+  ['join', 10],
+  ['leave', 5],
+  ['burst', 8],
 ];
 
-function pickKind(prng: Prng, allowTotal: boolean): FaultEvent['kind'] {
-  const weights = WEIGHTS.filter(([k]) => allowTotal || k !== 'totalFailure');
+function pickKind(prng: Prng, allowed: (kind: FaultEvent['kind']) => boolean): FaultEvent['kind'] {
+  const weights = WEIGHTS.filter(([k]) => allowed(k));
   const total = weights.reduce((s, [, w]) => s + w, 0);
   let x = prng.next() * total;
   for (const [k, w] of weights) {
@@ -102,21 +151,69 @@ function generateEvents(prng: Prng, faultTicks: number): FaultEvent[] {
   const last = faultTicks - 20;
   let t = prng.int(30, 120);
   let totalFailures = 0;
+  let majorityFailures = 0;
+  let wipes = 0;
+  let lastGroupFailure = -GROUP_FAILURE_GAP;
+  let forced: FaultEvent['kind'] | null = null;
   while (t < last) {
-    const kind = pickKind(prng, totalFailures === 0);
+    const groupFailureRoom = t - lastGroupFailure >= GROUP_FAILURE_GAP;
+    const kind = forced ?? pickKind(prng, (k) => {
+      if (k === 'totalFailure') return groupFailureRoom && totalFailures < MAX_TOTAL_FAILURES;
+      if (k === 'majorityFailure') return groupFailureRoom && majorityFailures < MAX_MAJORITY_FAILURES;
+      if (k === 'wipe') return wipes < MAX_WIPES;
+      return true;
+    });
+    forced = null;
     const room = Math.max(1, last - t);
+    let next = prng.int(15, 150);
     switch (kind) {
       case 'crash':
+      case 'wipe':
+        if (kind === 'wipe') wipes++;
         events.push({ at: t, kind, downFor: Math.min(room, prng.int(10, 300)) });
         break;
-      case 'totalFailure': {
-        totalFailures++;
-        events.push({ at: t, kind, staggerMax: prng.int(5, 40) });
-        t += 150; // room for the restart before the next fault
+      case 'lateCrash':
+        events.push({ at: t, kind, downFor: Math.min(room, prng.int(10, 300)), lateTicks: prng.int(1, LATE_TICKS_MAX) });
         break;
-      }
+      case 'totalFailure':
+      case 'majorityFailure':
+        if (kind === 'totalFailure') totalFailures++;
+        else majorityFailures++;
+        if (prng.chance(0.4) && t + 40 < last) {
+          // A member crashes first: the group failure then hits the view change that removes it (view
+          // changes proposed and accepted by some members only, not yet installed).
+          events.push({ at: t, kind: 'crash', downFor: Math.min(room, prng.int(10, 300)) });
+          t += prng.int(18, 40);
+        }
+        lastGroupFailure = t;
+        if (kind === 'totalFailure') {
+          const wipeOne = wipes < MAX_WIPES && prng.chance(0.3);
+          if (wipeOne) wipes++;
+          events.push({ at: t, kind, staggerMax: prng.int(5, 40), wipeOne });
+        } else {
+          events.push({ at: t, kind, staggerMax: prng.int(5, 80) });
+        }
+        // Often the next fault hits the restart while it is under way; sometimes a partition splits the
+        // returning nodes.
+        if (prng.chance(0.3)) {
+          forced = 'partition';
+          next = prng.int(1, 30);
+        } else {
+          next = prng.int(5, 150);
+        }
+        break;
       case 'partition':
-        events.push({ at: t, kind, groups: prng.chance(0.2) ? 3 : 2, lasts: Math.min(room, prng.int(10, 200)) });
+        events.push({ at: t, kind, groups: prng.chance(0.2) ? 3 : 2, lasts: Math.min(room, prng.int(10, LINK_FAULT_TICKS_MAX)) });
+        break;
+      case 'oneWay':
+      case 'pairCut':
+        events.push({ at: t, kind, lasts: Math.min(room, prng.int(10, LINK_FAULT_TICKS_MAX)) });
+        break;
+      case 'deaf':
+        events.push({ at: t, kind, lasts: Math.min(room, prng.int(10, DEAF_TICKS_MAX)) });
+        break;
+      case 'pause':
+        events.push({ at: t, kind, lasts: Math.min(room, prng.int(5, PAUSE_TICKS_MAX)) });
         break;
       case 'spike':
         events.push({ at: t, kind, extraDelay: prng.int(5, 40), lasts: Math.min(room, prng.int(10, 150)), wholeNetwork: prng.chance(0.4) });
@@ -129,7 +226,7 @@ function generateEvents(prng: Prng, faultTicks: number): FaultEvent[] {
         events.push({ at: t, kind, count: prng.int(20, 120) });
         break;
     }
-    t += prng.int(15, 150);
+    t += next;
   }
   return events;
 }

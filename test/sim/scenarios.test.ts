@@ -173,3 +173,142 @@ test('restart waits while too few members are back', (t) => {
   t.true(writes.every((w) => [1, 2, 3].every((n) => sim.applied(n, 0, w))));
   finish(t, sim);
 });
+
+// The fault primitives of the grown fault model, one precise situation each.
+
+test('a paused member past the suspicion timeout is removed, then resumes with its stale state and comes back', (t) => {
+  const sim = new ScriptedSim({ founders: 3, policy: singleShardPolicy('persistent'), seed: 21 });
+  t.true(sim.settle(100));
+  const frozen = sim.status(3);
+  sim.pause(3, 80);
+  t.true(sim.runUntil(() => [1, 2].every((n) => sim.status(n)?.viewId === 1 && !sim.status(n)?.wedged), 79), 'the others remove it');
+  t.deepEqual(sim.status(3), frozen, 'the paused process has not moved');
+  t.true(sim.cluster.isPaused(3));
+  const during = sendMany(sim, [1, 2], 0, 3, 'during');
+  t.true(sim.runUntil(() => !sim.cluster.isPaused(3), 100), 'it resumes on its own');
+  t.true(sim.settle(1500), sim.unsettledReason());
+  t.true(allApplied(sim, [1, 2, 3], 0, during), 'it holds what happened while it was stopped');
+  finish(t, sim);
+});
+
+test('a short pause is not noticed: the member stays in the view', (t) => {
+  const sim = new ScriptedSim({ founders: 3, policy: singleShardPolicy('persistent'), seed: 22 });
+  t.true(sim.settle(100));
+  sim.pause(2, 5);
+  sim.tick(60);
+  t.false(sim.cluster.isPaused(2));
+  t.is(sim.view()!.viewId, 0);
+  t.true(sim.isSettled());
+  finish(t, sim);
+});
+
+test('a crashed member with a wiped disk comes back as a new node and gets the state from the others', (t) => {
+  const sim = new ScriptedSim({ founders: 3, policy: singleShardPolicy('persistent'), seed: 23 });
+  t.true(sim.settle(100));
+  const writes = sendMany(sim, [1, 2, 3], 0, 4, 'w');
+  t.true(sim.runUntil(() => allApplied(sim, [1, 2, 3], 0, writes), 300));
+  sim.crash(3, null, { wipeDisk: true });
+  t.is(sim.cluster.node(3).disk.savedState(), null);
+  t.deepEqual(sim.cluster.node(3).disk.log(0), []);
+  t.true(sim.runUntil(() => [1, 2].every((n) => sim.status(n)?.viewId === 1 && !sim.status(n)?.wedged), 300));
+  sim.restart(3);
+  t.is(sim.status(3)?.mode, 'joining', 'nothing saved: it joins');
+  t.true(sim.settle(800), sim.unsettledReason());
+  t.true(writes.every((w) => sim.applied(3, 0, w)), 'the wiped node holds every write again');
+  finish(t, sim);
+});
+
+test('a majority of the view crashes at once: the minority keeps running, wedged, and the group comes back', (t) => {
+  const sim = new ScriptedSim({ founders: 5, policy: singleShardPolicy('persistent'), seed: 24 });
+  t.true(sim.settle(100));
+  const writes = sendMany(sim, [1, 2, 3, 4, 5], 0, 2, 'w');
+  t.true(sim.runUntil(() => allApplied(sim, [1, 2, 3, 4, 5], 0, writes), 300));
+  sim.crashMany([1, 2, 3]);
+  t.is(sim.cluster.stats.majorityFailures, 1);
+  t.true(sim.runUntil(() => [4, 5].every((n) => sim.status(n)?.wedged), 100), 'the minority wedges');
+  t.true(sim.isUp(4) && sim.isUp(5));
+  sim.tick(20);
+  sim.restart(1);
+  sim.tick(7);
+  sim.restart(2);
+  sim.tick(13);
+  sim.restart(3);
+  t.true(sim.settle(1500), sim.unsettledReason());
+  t.true(writes.every((w) => [1, 2, 3, 4, 5].every((n) => sim.applied(n, 0, w))));
+  finish(t, sim);
+});
+
+test('a one-way link failure: the group settles without one end, and with it once restored', (t) => {
+  const sim = new ScriptedSim({ founders: 4, policy: singleShardPolicy('persistent'), seed: 25 });
+  t.true(sim.settle(100));
+  sim.cutLink(4, 1);
+  t.false(sim.cluster.network.canReach(4, 1));
+  t.true(sim.cluster.network.canReach(1, 4));
+  t.true(sim.runUntil(() => (sim.view()?.viewId ?? 0) >= 1, 300), 'a view change follows');
+  sim.restoreLink(4, 1);
+  t.true(sim.settle(1500), sim.unsettledReason());
+  finish(t, sim);
+});
+
+test('a non-transitive cut between two members is resolved by a view change', (t) => {
+  // Five members: even if both ends of the cut are removed, a majority remains.
+  const sim = new ScriptedSim({ founders: 5, policy: singleShardPolicy('persistent'), seed: 26 });
+  t.true(sim.settle(100));
+  sim.cutPair(2, 3);
+  t.true(sim.cluster.network.canReach(2, 1) && sim.cluster.network.canReach(3, 1));
+  t.false(sim.cluster.network.canReach(2, 3) || sim.cluster.network.canReach(3, 2));
+  t.true(sim.runUntil(() => (sim.view()?.viewId ?? 0) >= 1, 300), 'a view change follows');
+  const more = sendMany(sim, sim.view()!.members.filter((n) => sim.status(n)?.viewId === sim.view()!.viewId), 0, 2, 'after-cut');
+  sim.restorePair(2, 3);
+  t.true(sim.settle(1500), sim.unsettledReason());
+  t.true(sim.runUntil(() => allApplied(sim, [1, 2, 3, 4, 5], 0, more), 300));
+  finish(t, sim);
+});
+
+test('a deaf member hears nothing but still sends; once it hears again the group settles', (t) => {
+  const sim = new ScriptedSim({ founders: 4, policy: singleShardPolicy('persistent'), seed: 27 });
+  t.true(sim.settle(100));
+  sim.deafen(4);
+  t.true(sim.cluster.network.canReach(4, 1));
+  t.false(sim.cluster.network.canReach(1, 4));
+  sim.tick(100);
+  t.true(sim.runUntil(() => sim.history.installs.some((i) => i.view.viewId >= 1) || sim.cluster.stats.exits > 0, 400), 'the group reacts');
+  sim.undeafen(4);
+  t.true(sim.settle(1500), sim.unsettledReason());
+  finish(t, sim);
+});
+
+test('late messages of a dead incarnation arrive after its crash, even after its restart, and break nothing', (t) => {
+  const sim = new ScriptedSim({ founders: 3, policy: singleShardPolicy('persistent'), seed: 28, network: { maxDelayTicks: 4 } });
+  t.true(sim.settle(100));
+  sendMany(sim, [3], 0, 10, 'last-words');
+  sim.tick(1);
+  sim.crash(3, 2, { lateTicks: 20 });
+  t.is(sim.cluster.stats.lateCrashes, 1);
+  const late = sim.cluster.stats.lateMessages;
+  t.true(late > 0, 'some of what it sent is still in flight');
+  const delivered = sim.cluster.network.stats.delivered;
+  sim.tick(25);
+  t.true(sim.cluster.network.stats.delivered > delivered);
+  t.true(sim.isUp(3), 'it restarted meanwhile');
+  t.true(sim.settle(1500), sim.unsettledReason());
+  finish(t, sim);
+});
+
+test('healAll ends every network fault and resumes paused processes', (t) => {
+  const sim = new ScriptedSim({ founders: 4, policy: singleShardPolicy('volatile'), seed: 29 });
+  t.true(sim.settle(100));
+  sim.partition([[1, 2], [3, 4]]);
+  sim.cutLink(1, 2);
+  sim.cutPair(3, 4);
+  sim.deafen(1);
+  sim.pause(2);
+  sim.healAll();
+  const net = sim.cluster.network;
+  t.false(net.isPartitioned());
+  t.deepEqual(net.cutLinkList(), []);
+  t.false(net.isDeaf(1));
+  t.false(sim.cluster.isPaused(2));
+  t.true(sim.settle(1500), sim.unsettledReason());
+  finish(t, sim);
+});

@@ -3,7 +3,7 @@
 
 import type { BrokenRule, GroupPolicy, NodeId, ReplicaStatus, SendResult, View } from '../../node-agent/src/core/types.ts';
 import { Cluster } from './cluster.ts';
-import type { QuiesceResult, Timing } from './cluster.ts';
+import type { CrashOptions, QuiesceResult, Timing } from './cluster.ts';
 import type { NetworkOptions } from './network.ts';
 import type { ReplicaFactory } from './node.ts';
 import { checkAll } from './checkers.ts';
@@ -72,16 +72,60 @@ export class ScriptedSim {
     return pred(this);
   }
 
-  crash(node: NodeId, restartAfter: number | null = null): void {
-    this.cluster.crash(node, restartAfter);
+  /** `options.lateTicks`: some of its in-flight messages still arrive; `options.wipeDisk`: it comes back with an empty disk. */
+  crash(node: NodeId, restartAfter: number | null = null, options: CrashOptions = {}): void {
+    this.cluster.crash(node, restartAfter, 'crash', options);
   }
 
   /** Crashes every running node at once (a total failure); they stay down until restarted. */
   crashAll(): NodeId[] {
-    const up = this.cluster.upIds();
-    this.cluster.stats.totalFailures++;
-    for (const id of up) this.cluster.crash(id, null, 'total failure');
-    return up;
+    return this.cluster.totalFailure();
+  }
+
+  /** `nodes` (say a majority of the view) crash at once, the others keep running; down until restarted. */
+  crashMany(nodes: NodeId[]): void {
+    this.cluster.majorityFailure(nodes);
+  }
+
+  /** Replaces the disk of a node that is down by an empty one. */
+  wipeDisk(node: NodeId): void {
+    this.cluster.wipeDisk(node);
+  }
+
+  /** Stops the process for `ticks` ticks (null: until resume()): no ticks, messages to it wait. */
+  pause(node: NodeId, ticks: number | null = null): void {
+    this.cluster.pause(node, ticks);
+  }
+
+  resume(node: NodeId): void {
+    this.cluster.resume(node);
+  }
+
+  /** One-way failure: `from` -> `to` drops everything until restoreLink. */
+  cutLink(from: NodeId, to: NodeId): void {
+    this.cluster.cutLink(from, to);
+  }
+
+  restoreLink(from: NodeId, to: NodeId): void {
+    this.cluster.restoreLink(from, to);
+  }
+
+  /** Non-transitive cut: `a` and `b` cannot reach each other, both reach everyone else. */
+  cutPair(a: NodeId, b: NodeId): void {
+    this.cluster.cutPair(a, b);
+  }
+
+  restorePair(a: NodeId, b: NodeId): void {
+    this.cluster.restorePair(a, b);
+  }
+
+  /** The node receives nothing (still sends) until undeafen. */
+  deafen(node: NodeId): void {
+    this.cluster.deafen(node);
+  }
+
+  undeafen(node: NodeId): void {
+    this.cluster.undeafen(node);
   }
 
   restart(node: NodeId): void {
@@ -92,8 +136,14 @@ export class ScriptedSim {
     this.cluster.partition(groups);
   }
 
+  /** Heals the partition (cut links, deaf nodes and pauses stay: see healAll). */
   heal(): void {
     this.cluster.heal();
+  }
+
+  /** Ends every network fault (partition, cut links, deaf nodes, spikes) and resumes paused processes. */
+  healAll(): void {
+    this.cluster.healAll();
   }
 
   spike(extraDelay: number, lasts: number, nodes: NodeId[] | null = null): void {

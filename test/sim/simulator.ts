@@ -7,7 +7,7 @@ import { Cluster } from './cluster.ts';
 import type { ClusterStats } from './cluster.ts';
 import type { ReplicaFactory } from './node.ts';
 import { checkAll } from './checkers.ts';
-import { adequate, describeScenario, generateScenario } from './scenario.ts';
+import { adequate, describeScenario, generateScenario, MAX_CUT_LINKS, MAX_WIPES } from './scenario.ts';
 import type { FaultEvent, Scenario } from './scenario.ts';
 import type { History } from './history.ts';
 
@@ -21,6 +21,11 @@ export interface RunOptions {
   livenessTicks?: number;
   /** A stand-in for the Replica (tests of the simulator itself). */
   createReplica?: ReplicaFactory;
+  /**
+   * Leaves these kinds of fault out of the schedule. The run is then a different one (targets and
+   * timings drawn later shift): it only hints at which kind of fault a failing seed needs.
+   */
+  without?: readonly FaultEvent['kind'][];
 }
 
 /** Everything the cluster counts (crashes, restarts, joins, ...) plus the run's own figures. */
@@ -44,6 +49,13 @@ export interface RunStats extends ClusterStats {
   messagesSent: number;
   messagesDelivered: number;
   messagesDropped: number;
+  /**
+   * Unavailability during the fault phase: the longest stretch of ticks in which no ordered message was
+   * delivered anywhere although ordered sends were being attempted (from the first attempt after the last
+   * delivery to the next delivery, or to the end of the fault phase), and the tick it began at.
+   */
+  longestUnavailable: number;
+  longestUnavailableFrom: number | null;
 }
 
 export interface RunResult {
@@ -69,6 +81,10 @@ export function runSeedDetailed(seed: number, options: RunOptions = {}): RunDeta
     ...(options.ticks !== undefined ? { faultTicks: options.ticks } : {}),
     ...(options.livenessTicks !== undefined ? { livenessTicks: options.livenessTicks } : {}),
   });
+  if (options.without && options.without.length > 0) {
+    const without = new Set(options.without);
+    scenario.events = scenario.events.filter((e) => !without.has(e.kind));
+  }
   const root = new Prng(seed ^ 0x2545f491);
   const runPrng = root.fork();
   const exitPrng = root.fork();
@@ -101,9 +117,13 @@ export function runSeedDetailed(seed: number, options: RunOptions = {}): RunDeta
   }
   const history = cluster.finish();
   const violations = [...cluster.violations, ...checkAll(history, { liveness: !cluster.halted && history.judgeLiveness })];
+  const unavailable = longestUnavailability(history, scenario.faultTicks);
   if (options.traceTo) {
     for (const v of violations) options.traceTo(`VIOLATION ${v}`);
-    options.traceTo(`end at t=${cluster.now}: ${violations.length} violation(s)`);
+    options.traceTo(
+      `end at t=${cluster.now}: ${violations.length} violation(s); longest unavailability during the faults: ${unavailable.ticks} ticks` +
+        (unavailable.from !== null ? ` (from t=${unavailable.from})` : ''),
+    );
   }
   const net = cluster.network.stats;
   const stats: RunStats = {
@@ -130,12 +150,55 @@ export function runSeedDetailed(seed: number, options: RunOptions = {}): RunDeta
     partitions: cluster.stats.partitions,
     spikes: cluster.stats.spikes,
     totalFailures: cluster.stats.totalFailures,
+    majorityFailures: cluster.stats.majorityFailures,
+    wipes: cluster.stats.wipes,
+    lateCrashes: cluster.stats.lateCrashes,
+    lateMessages: cluster.stats.lateMessages,
+    oneWayCuts: cluster.stats.oneWayCuts,
+    pairCuts: cluster.stats.pairCuts,
+    deafNodes: cluster.stats.deafNodes,
+    pauses: cluster.stats.pauses,
     faultsSkipped: runner.skipped,
     messagesSent: net.sent,
     messagesDelivered: net.delivered,
-    messagesDropped: net.dropped.partition + net.dropped.down + net.dropped.overflow,
+    messagesDropped: net.dropped.partition + net.dropped.cut + net.dropped.down + net.dropped.overflow,
+    longestUnavailable: unavailable.ticks,
+    longestUnavailableFrom: unavailable.from,
   };
   return { seed, violations, stats, scenario, cluster, history };
+}
+
+/** Send refusals that say the group cannot take the message now (not that the caller asked wrongly). */
+const UNAVAILABLE_REFUSALS: ReadonlySet<string> = new Set(['wedged', 'backpressure', 'inactive']);
+
+/**
+ * The longest stretch of ticks in [0, faultTicks] in which no ordered message was delivered anywhere
+ * although ordered sends were attempted: it starts at the first attempt (accepted, or refused because the
+ * group could not take it) after the last ordered delivery and ends at the next ordered delivery, or at
+ * the end of the fault phase.
+ */
+export function longestUnavailability(history: History, faultTicks: number): { ticks: number; from: number | null } {
+  const ordered = new Set(history.shards.filter((s) => s.deliveryMode === 'ordered').map((s) => s.shardId));
+  const attempts = history.sends
+    .filter((x) => x.tick <= faultTicks && ordered.has(x.shardId) && (x.result.ok || UNAVAILABLE_REFUSALS.has(x.result.reason)))
+    .map((x) => x.tick);
+  const deliveries = history.deliveries.filter((d) => d.tick <= faultTicks && d.mode === 'ordered').map((d) => d.tick);
+  attempts.sort((a, b) => a - b);
+  deliveries.sort((a, b) => a - b);
+  let best = { ticks: 0, from: null as number | null };
+  let d = 0;
+  let a = 0;
+  while (a < attempts.length) {
+    const start = attempts[a]!;
+    // The next ordered delivery after the attempt (one in the same tick does not end the wait).
+    while (d < deliveries.length && deliveries[d]! <= start) d++;
+    const end = d < deliveries.length ? deliveries[d]! : faultTicks;
+    if (end - start > best.ticks) best = { ticks: end - start, from: start };
+    // The next stretch starts at the first attempt after this delivery.
+    while (a < attempts.length && attempts[a]! < end) a++;
+    if (d >= deliveries.length) break;
+  }
+  return best;
 }
 
 /** Fires the scenario's faults and application sends, choosing targets from the group's state. */
@@ -143,7 +206,10 @@ export class FaultRunner {
   skipped = 0;
   private next = 0;
   private partitionUntil: number | null = null;
+  /** Cut links and deaf nodes in place, each with the tick it ends at and how to end it. */
+  private linkFaults: { until: number; kind: 'oneWay' | 'pairCut' | 'deaf'; end: () => void }[] = [];
   private leaves = 0;
+  private wipes = 0;
   private counter = 0;
 
   constructor(
@@ -158,6 +224,13 @@ export class FaultRunner {
       this.cluster.heal();
       this.partitionUntil = null;
     }
+    if (this.linkFaults.length > 0) {
+      const due = this.linkFaults.filter((f) => now >= f.until);
+      if (due.length > 0) {
+        this.linkFaults = this.linkFaults.filter((f) => now < f.until);
+        for (const f of due) f.end();
+      }
+    }
     const events = this.scenario.events;
     while (this.next < events.length && events[this.next]!.at <= now) this.fire(events[this.next++]!, now);
     if (this.prng.chance(this.scenario.sendChance)) this.appSend();
@@ -166,26 +239,58 @@ export class FaultRunner {
   private fire(e: FaultEvent, now: number): void {
     const c = this.cluster;
     switch (e.kind) {
-      case 'crash': {
+      case 'crash':
+      case 'lateCrash':
+      case 'wipe': {
+        if (e.kind === 'wipe' && this.wipes >= MAX_WIPES) return this.skip('wipe skipped: a disk was wiped already');
         const candidates = this.shuffle(c.upIds().filter((id) => !c.node(id).leaving));
         const reasons: string[] = [];
         for (const id of candidates) {
-          const why = this.whyNotRemove(id);
+          const why = e.kind === 'wipe' ? this.whyNotWipe(id) : this.whyNotRemove(id);
           if (why === null) {
-            c.crash(id, e.downFor);
+            if (e.kind === 'wipe') this.wipes++;
+            c.crash(id, e.downFor, e.kind === 'wipe' ? 'crash, its disk is replaced' : 'crash', {
+              ...(e.kind === 'lateCrash' ? { lateTicks: e.lateTicks } : {}),
+              ...(e.kind === 'wipe' ? { wipeDisk: true } : {}),
+            });
             return;
           }
           reasons.push(`n${id}: ${why}`);
         }
-        this.skip(`crash skipped (${reasons.join('; ') || 'no running node'})`);
+        this.skip(`${e.kind} skipped (${reasons.join('; ') || 'no running node'})`);
         return;
       }
       case 'totalFailure': {
-        const up = c.upIds();
-        if (up.length === 0) return this.skip('total failure skipped: nothing runs');
-        c.trace(null, `TOTAL FAILURE: every running node crashes [${up.join(',')}]`);
-        c.stats.totalFailures++;
-        for (const id of up) c.crash(id, this.prng.int(1, e.staggerMax), 'total failure');
+        if (c.upIds().length === 0) return this.skip('total failure skipped: nothing runs');
+        let wipe: NodeId | null = null;
+        if (e.wipeOne && this.wipes < MAX_WIPES) {
+          const reasons: string[] = [];
+          for (const id of this.shuffle(c.upIds())) {
+            const why = this.whyNotWipe(id);
+            if (why === null) {
+              wipe = id;
+              break;
+            }
+            reasons.push(`n${id}: ${why}`);
+          }
+          if (wipe === null) c.trace(null, `no disk wiped in the total failure (${reasons.join('; ')})`);
+          else this.wipes++;
+        }
+        c.totalFailure(() => this.prng.int(1, e.staggerMax), wipe);
+        return;
+      }
+      case 'majorityFailure': {
+        const view = c.currentView();
+        if (!view) return this.skip('majority failure skipped: no view is installed');
+        const up = new Set(c.upIds());
+        const running = view.members.filter((m) => up.has(m));
+        const majority = Math.floor(view.members.length / 2) + 1;
+        const crash = majority - (view.members.length - running.length);
+        if (running.length - Math.max(1, crash) < 1) {
+          return this.skip(`majority failure skipped: ${running.length} of ${view.members.length} members of view ${view.viewId} run, none would keep running`);
+        }
+        const victims = this.shuffle(running).slice(0, Math.max(1, crash)).sort((a, b) => a - b);
+        c.majorityFailure(victims, () => this.prng.int(1, e.staggerMax));
         return;
       }
       case 'partition': {
@@ -206,6 +311,46 @@ export class FaultRunner {
         this.partitionUntil = now + e.lasts;
         return;
       }
+      case 'oneWay':
+      case 'pairCut': {
+        if (this.linkFaults.filter((f) => f.kind !== 'deaf').length >= MAX_CUT_LINKS) return this.skip(`${e.kind} skipped: ${MAX_CUT_LINKS} link faults in place`);
+        const ids = this.shuffle(c.remainingIds());
+        // Two distinct nodes with no cut between them yet (so restoring one fault never ends another).
+        const cut = new Set(c.network.cutLinkList().map(([x, y]) => `${Math.min(x, y)}-${Math.max(x, y)}`));
+        let pair: [NodeId, NodeId] | null = null;
+        for (let i = 0; i < ids.length && !pair; i++) {
+          for (let j = i + 1; j < ids.length && !pair; j++) {
+            const [x, y] = [ids[i]!, ids[j]!];
+            if (!cut.has(`${Math.min(x, y)}-${Math.max(x, y)}`)) pair = [x, y];
+          }
+        }
+        if (!pair) return this.skip(`${e.kind} skipped: no pair of nodes left to cut`);
+        const [a, b] = pair;
+        if (e.kind === 'oneWay') {
+          c.cutLink(a, b);
+          this.linkFaults.push({ until: now + e.lasts, kind: e.kind, end: () => c.restoreLink(a, b) });
+        } else {
+          c.cutPair(a, b);
+          this.linkFaults.push({ until: now + e.lasts, kind: e.kind, end: () => c.restorePair(a, b) });
+        }
+        return;
+      }
+      case 'deaf': {
+        if (this.linkFaults.some((f) => f.kind === 'deaf')) return this.skip('deaf skipped: a node is deaf already');
+        const up = c.upIds().filter((id) => !c.node(id).leaving);
+        if (up.length === 0) return this.skip('deaf skipped: nothing runs');
+        const id = this.prng.pick(up);
+        c.deafen(id);
+        this.linkFaults.push({ until: now + e.lasts, kind: 'deaf', end: () => c.undeafen(id) });
+        return;
+      }
+      case 'pause': {
+        if (c.pausedIds().length > 0) return this.skip('pause skipped: a process is paused already');
+        const up = c.upIds().filter((id) => !c.node(id).leaving);
+        if (up.length === 0) return this.skip('pause skipped: nothing runs');
+        c.pause(this.prng.pick(up), e.lasts);
+        return;
+      }
       case 'spike': {
         const up = c.upIds();
         c.spike(e.extraDelay, e.lasts, e.wholeNetwork || up.length === 0 ? null : [this.prng.pick(up)]);
@@ -220,13 +365,15 @@ export class FaultRunner {
         if (this.leaves >= 2) return this.skip('leave skipped: two leaves already');
         const view = c.currentView();
         if (!view) return this.skip('leave skipped: no view');
-        const candidates = this.shuffle(view.members.filter((id) => c.nodes.get(id)?.up && !c.node(id).leaving && c.node(id).viewId === view.viewId));
+        const candidates = this.shuffle(
+          view.members.filter((id) => c.nodes.get(id)?.up && !c.node(id).leaving && !c.isPaused(id) && c.node(id).viewId === view.viewId),
+        );
         const reasons: string[] = [];
         for (const id of candidates) {
           const up = new Set(c.upIds());
           // Nodes already leaving count as gone: two leaves in a row must still leave an adequate group.
           const rest = view.members.filter((m) => m !== id && up.has(m) && !c.node(m).leaving);
-          let why = this.whyNotRemove(id);
+          let why = this.whyNotRemove(id, { needView: true });
           if (why === null && rest.length < 2) why = 'fewer than 2 members would remain';
           if (why === null && !adequate(this.scenario.policy, rest)) why = 'the rest could not host the policy';
           if (why === null) {
@@ -247,17 +394,23 @@ export class FaultRunner {
   }
 
   /**
-   * Why `id` may not go down now (null: it may): more than a minority of the current view would be down,
-   * or it is the last running member of one of its shards holding that shard's state.
+   * Why `id` may not go down now (null: it may): more than a minority of the current view would be down
+   * (paused and deaf nodes count as down), or it is the last member of one of its shards that runs (not
+   * paused, not deaf) and holds that shard's state.
+   *
+   * While no running node has installed a view (the group is restarting after a total failure, or every
+   * member of the view is down and only joiners run), there is no running group to protect: any running
+   * node may crash (it restarts from its disk, which a crash does not touch), unless `needView` (a leave:
+   * who holds each shard's state must be known). `stableHolders`: the holders must not be wedged either.
    */
-  private whyNotRemove(id: NodeId): string | null {
+  private whyNotRemove(id: NodeId, options: { needView?: boolean; stableHolders?: boolean } = {}): string | null {
     const c = this.cluster;
     const view = c.currentView();
-    if (!view) return 'no view is installed';
-    // A node that is leaving counts as gone already.
-    const up = new Set(c.upIds().filter((m) => !c.node(m).leaving));
+    if (!view) return options.needView ? 'no view is installed' : null;
+    // A node that is leaving counts as gone already; a paused or deaf one is about to be.
+    const up = new Set(c.upIds().filter((m) => !c.node(m).leaving && !c.isPaused(m) && !c.network.isDeaf(m)));
     if (view.members.includes(id)) {
-      const down = view.members.filter((m) => !up.has(m)).length;
+      const down = view.members.filter((m) => m !== id && !up.has(m)).length;
       if ((down + 1) * 2 >= view.members.length) return `${down + 1} of ${view.members.length} members of view ${view.viewId} would be down`;
     }
     for (const shard of view.layout.shards) {
@@ -266,16 +419,34 @@ export class FaultRunner {
         if (m === id || !up.has(m)) return false;
         if (shard.deliveryMode === 'raw') return true;
         const s = c.status(m);
+        if (options.stableHolders && s?.wedged) return false;
         return !!s && s.mode === 'active' && s.shards.some((sh) => sh.shardId === shard.shardId && sh.stateReady);
       });
-      if (holders.length === 0) return `last running holder of shard ${shard.shardId}`;
+      if (holders.length === 0) return `last running${options.stableHolders ? ', unwedged' : ''} holder of shard ${shard.shardId}`;
     }
     return null;
   }
 
+  /**
+   * Why `id`'s disk may not be wiped now (null: it may): as whyNotRemove (so the others are a majority of
+   * the view: a restart never needs the wiped node), and the group must be stable: a view installed, no
+   * restart under way, no member wedged (a restart may plan from a view change that moved a shard onto the
+   * wiped node alone) and, for each of its shards, another running member that holds the state. So a
+   * wiped node is never the only holder of a state.
+   */
+  private whyNotWipe(id: NodeId): string | null {
+    const c = this.cluster;
+    const restarting = c.upIds().filter((m) => c.status(m)?.mode === 'restarting');
+    if (restarting.length > 0) return `a restart is under way (n${restarting.join(', n')} restarting)`;
+    const view = c.currentView();
+    const wedged = view?.members.filter((m) => c.status(m)?.wedged) ?? [];
+    if (wedged.length > 0) return `a view change is under way (n${wedged.join(', n')} wedged)`;
+    return this.whyNotRemove(id, { needView: true, stableHolders: true });
+  }
+
   private appSend(): void {
     const c = this.cluster;
-    const up = c.upIds().filter((id) => !c.node(id).leaving);
+    const up = c.upIds().filter((id) => !c.node(id).leaving && !c.isPaused(id));
     if (up.length === 0) return;
     const id = this.prng.pick(up);
     const node = c.node(id);

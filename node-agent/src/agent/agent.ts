@@ -23,6 +23,7 @@ import { createLogger } from './logger.ts';
 import type { Logger } from './logger.ts';
 import { createMetrics } from './metrics.ts';
 import type { AgentMetrics } from './metrics.ts';
+import { replicaSeed } from './seed.ts';
 
 export interface AgentOptions {
   /** Replicated types for `custom:<name>` subgroups, by type name (`custom:counter`). */
@@ -159,7 +160,7 @@ export class Agent {
       types: this.types,
       tickMs: spec.timing.tickMs,
       log: this.log,
-      seed: (config.nodeId * 2654435761 + process.pid) >>> 0,
+      seed: replicaSeed(),
       transferFrameBytesMax: Math.max(1024, spec.wireLimits.frameBytesMax - 64 * 1024),
       observe: this.metrics.observer,
       ...(this.bench ? { bench: this.bench } : {}),

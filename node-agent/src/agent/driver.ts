@@ -451,6 +451,14 @@ export class Driver {
       if (inv.o === this.me) this.onReply(inv.r, this.me, d.version, out);
       else if (inv.o !== 0 && d.mode === 'ordered') this.sendApp(inv.o, { t: 'reply', r: inv.r, v: [d.version.viewId, d.version.seq], out });
     }
+    // 2b. accepted sends the core can no longer carry out (this node stopped sending in their shard)
+    for (const f of ready.sendsFailed) {
+      const inv = f.payload[0] === BENCH_MARK ? null : decodeInvocation(f.payload);
+      const p = inv && inv.o === this.me ? this.pending.get(inv.r) : undefined;
+      if (!p) continue;
+      this.pending.delete(p.id);
+      p.reject(new RequestError(`the request was not carried out: ${f.reason}; retry it`, 503));
+    }
     // 3. send: a data message to several members is one multicast
     this.sendEnvelopes(ready);
     // 4. transfers

@@ -13,8 +13,9 @@
 
 import { allocate } from './allocation.ts';
 import { Prng } from './prng.ts';
-import { planRestart, truncationFor } from './restart.ts';
-import { contiguousSeqCount, globalSeq, persistenceFrontier, seqOwner, stableSeqCount } from './stability.ts';
+import { planRestart, planStart, truncationFor } from './restart.ts';
+import type { RestartPlan } from './restart.ts';
+import { contiguousSeqCount, globalSeq, lastSeqInside, persistenceFrontier, seqOwner, stableSeqCount } from './stability.ts';
 import { cloneRow, emptyRow, RowMonitor } from './state-table.ts';
 import type {
   Ballot,
@@ -98,8 +99,12 @@ interface ShardState {
 
 interface RestartState {
   saved: SavedState;
-  /** Latest report from each restarting node (mine included), with the tick it arrived. */
-  reports: Map<NodeId, { report: RestartReport; tick: number }>;
+  /** Latest report from each restarting node (mine included), with the tick it arrived and its JSON. */
+  reports: Map<NodeId, { report: RestartReport; tick: number; json: string }>;
+  /** Counts changes of the reports' contents (not of their ticks). Only goes up. */
+  reportsVersion: number;
+  /** The plan of the reports as of `version` (planning is the costly part of a restart: once per change). */
+  planned: { version: number; plan: RestartPlan } | null;
   quorumSinceTick: number | null;
   /** Paxos acceptor state (persisted through Ready). */
   promised: Ballot | null;
@@ -212,6 +217,8 @@ export class Replica {
         this.restart = {
           saved: start.saved,
           reports: new Map(),
+          reportsVersion: 0,
+          planned: null,
           quorumSinceTick: null,
           promised: start.saved.restartPromised,
           accepted: start.saved.restartAccepted,
@@ -219,7 +226,7 @@ export class Replica {
           highestRoundSeen: start.saved.restartPromised?.round ?? 0,
           waiting: { kind: 'restartQuorum', message: 'restarting: collecting restart reports' },
         };
-        this.restart.reports.set(this.me, { report: this.myRestartReport(), tick: 0 });
+        this.setReport(this.me, this.myRestartReport());
         break;
     }
   }
@@ -355,7 +362,7 @@ export class Replica {
   hasReady(): boolean {
     const o = this.out;
     return o.persist.length > 0 || o.deliver.length > 0 || o.transfers.length > 0 || o.send.length > 0 ||
-      o.resetShards.length > 0 || o.installView !== null || o.persistenceFrontiers.length > 0 || o.exit !== null;
+      o.resetShards.length > 0 || o.sendsFailed.length > 0 || o.installView !== null || o.persistenceFrontiers.length > 0 || o.exit !== null;
   }
 
   ready(): Ready {
@@ -569,6 +576,29 @@ export class Replica {
     }
   }
 
+  /**
+   * Ragged-edge cleanup: deliver every message inside each sender's trim (every surviving member received
+   * them), in round-robin order, skipping only the slots beyond a sender's trim. Delivering just the
+   * gap-free prefix would leave messages of a sender that stays in the group undelivered forever: its
+   * resend covers only what lies beyond its own trim.
+   */
+  private deliverInsideTrims(shard: ShardState, trims: readonly number[]): void {
+    const n = shard.layout.senders.length;
+    const end = lastSeqInside(trims) + 1;
+    while (shard.deliveredSeq < end) {
+      const { index, senderRank } = seqOwner(shard.deliveredSeq, n);
+      if (index >= trims[senderRank]!) {
+        shard.deliveredSeq++; // a slot beyond its sender's trim: no one delivers it in this view
+        continue;
+      }
+      if (index !== shard.inboxBase[senderRank] || shard.inbox[senderRank]!.length === 0) break;
+      this.deliverOrderedUpTo(shard, shard.deliveredSeq + 1);
+    }
+    // The mutant also delivers what this member alone received after the trim.
+    if (this.config.brokenRule === 'deliverPastTrim') this.deliverOrderedUpTo(shard, Number.POSITIVE_INFINITY);
+    this.myRow().delivered[shard.layout.shardId] = shard.deliveredSeq;
+  }
+
   private deliverOne(shard: ShardState, version: Version, sender: NodeId, payload: Uint8Array, raw: boolean): void {
     if (!raw && compareVersions(version, shard.coveredThrough) <= 0) {
       // Already part of the state transferred to us (the source had delivered further than we had).
@@ -727,11 +757,29 @@ export class Replica {
     if (this.mode !== 'active') return;
     const view = this.view!;
     const row = this.myRow();
-    // Suspicions spread: what any member suspects, everyone suspects (sticky within the view).
+    // Suspicions spread: what a live member suspects, everyone suspects (sticky within the view). Not
+    // from a member this node suspects (a cut link between two members then removes one of them, not
+    // both), and not from a member whose own row puts it in a minority: a node that cannot hear a
+    // majority (a deaf node suspects everyone) cannot take part in any view change, so it is the one
+    // suspected; copying its suspicions would put every member in a minority and stop the whole group.
+    // (A member that is itself in a minority does not suspect the others of its side for it: all of
+    // them wait together, as the partition rule below says.)
+    const spreadAll = this.config.brokenRule === 'spreadEverySuspicion';
+    const inMinority: number[] = [];
     for (let r = 0; r < this.rows.length; r++) {
+      if (r === this.myRank || row.suspected[r]) continue;
       const other = this.rows[r]!;
+      if (!spreadAll) {
+        let theirLive = 0;
+        for (const s of other.suspected) if (!s) theirLive++;
+        if (!this.hasMajority(theirLive)) {
+          inMinority.push(r);
+          continue;
+        }
+      }
       for (let j = 0; j < other.suspected.length; j++) if (other.suspected[j] && j !== this.myRank) this.suspect(j);
     }
+    if (inMinority.length > 0 && this.hasMajority(this.liveRanks().length - inMinority.length)) for (const r of inMinority) this.suspect(r);
     const changeWanted = row.suspected.some((s) => s) || this.pendingJoins.length > 0 ||
       this.rows.some((o, r) => (o.leaving && this.canLeave(r)) || o.wedged || o.promisedBallot >= 0 || o.committed);
     if (changeWanted) this.wedge();
@@ -822,7 +870,7 @@ export class Replica {
       row.acceptedBallot = leaderRank;
       this.rowDirty = true;
       this.out.persist.push({ kind: 'viewIdSeen', viewId: leaderRow.accepted.next.viewId });
-      this.out.persist.push({ kind: 'viewAccepted', accepted: { value: leaderRow.accepted, ballot: leaderRank } });
+      if (this.config.brokenRule !== 'skipPersistAcceptedChange') this.out.persist.push({ kind: 'viewAccepted', accepted: { value: leaderRow.accepted, ballot: leaderRank } });
     }
   }
 
@@ -836,7 +884,7 @@ export class Replica {
     if (row.acceptedBallot !== this.myRank) {
       let adopt: ViewChangeValue | null = null;
       let adoptBallot = -1;
-      for (const r of live) {
+      for (const r of this.config.brokenRule === 'leaderIgnoresAcceptedValues' ? [] : live) {
         const o = this.rows[r]!;
         if (o.accepted && o.acceptedBallot > adoptBallot && o.accepted.fromViewId === this.view!.viewId) {
           adopt = o.accepted;
@@ -856,7 +904,7 @@ export class Replica {
       row.acceptedBallot = this.myRank;
       this.rowDirty = true;
       this.out.persist.push({ kind: 'viewIdSeen', viewId: value.next.viewId });
-      this.out.persist.push({ kind: 'viewAccepted', accepted: { value, ballot: this.myRank } });
+      if (this.config.brokenRule !== 'skipPersistAcceptedChange') this.out.persist.push({ kind: 'viewAccepted', accepted: { value, ballot: this.myRank } });
     }
     const acceptedAll = live.every((r) => this.rows[r]!.acceptedBallot === this.myRank);
     if (acceptedAll && this.hasMajority(live.length)) {
@@ -911,7 +959,7 @@ export class Replica {
         lostShards.push(next.shardId); // a volatile shard whose state is lost: its members start empty
         continue;
       }
-      const through = { viewId: view.viewId, seq: contiguousSeqCount(trims[next.shardId]!) - 1 };
+      const through = { viewId: view.viewId, seq: lastSeqInside(trims[next.shardId]!) };
       transfers.push({ shardId: next.shardId, from: holders[0]!, to, through });
     }
     const removed = view.members.filter((m) => !survivors.includes(m));
@@ -936,12 +984,12 @@ export class Replica {
     this.installPendingAdvance = false;
     const lastVersions: Version[] = [];
     for (const shardLayout of view.layout.shards) {
-      const trimCount = contiguousSeqCount(value.trims[shardLayout.shardId]!);
+      const trims = value.trims[shardLayout.shardId]!;
       // seq -1 (not VERSION_NONE) when nothing was delivered in this view: older records stay valid.
-      lastVersions.push({ viewId: view.viewId, seq: trimCount - 1 });
+      lastVersions.push({ viewId: view.viewId, seq: lastSeqInside(trims) });
       const shard = this.shards.get(shardLayout.shardId);
       if (!shard || shardLayout.deliveryMode !== 'ordered') continue;
-      if (this.config.brokenRule !== 'skipRaggedTrim') this.deliverOrderedUpTo(shard, trimCount);
+      if (this.config.brokenRule !== 'skipRaggedTrim') this.deliverInsideTrims(shard, trims);
     }
     const trim: SavedTrim = { viewId: view.viewId, trims: value.trims, lastVersions };
     this.out.persist.push({ kind: 'trim', trim });
@@ -957,7 +1005,7 @@ export class Replica {
     // My own messages beyond the trim were not delivered in the ending view: send them again in the next
     // one (ahead of newer sends), so an accepted send is only lost if its sender fails.
     for (const [shardId, shard] of this.shards) {
-      if (shard.mySenderRank < 0 || shard.layout.deliveryMode !== 'ordered') continue;
+      if (shard.mySenderRank < 0 || shard.layout.deliveryMode !== 'ordered' || this.config.brokenRule === 'noResendBeyondTrim') continue;
       const trimmed = value.trims[shardId]![shard.mySenderRank]!;
       const undelivered = shard.outbox.slice(Math.max(0, trimmed - shard.outboxBase)).filter((p): p is Uint8Array => p !== null);
       shard.pending.unshift(...undelivered);
@@ -1029,7 +1077,7 @@ export class Replica {
         layout,
         mySenderRank: layout.senders.indexOf(this.me),
         memberRanks: layout.members.map((m) => view.members.indexOf(m)),
-        sent: 0, outbox: [], outboxBase: 0, pending: old && wasMember ? old.pending : [],
+        sent: 0, outbox: [], outboxBase: 0, pending: old && wasMember && layout.senders.includes(this.me) ? old.pending : [],
         inbox: layout.senders.map(() => []), inboxBase: layout.senders.map(() => 0),
         deliveredSeq: 0, loggedSeq: 0, persistedSeq: 0, loggedSeqAtReady: 0, frontierReported: 0,
         lastDelivered: old ? old.lastDelivered : VERSION_NONE,
@@ -1047,6 +1095,12 @@ export class Replica {
       if (!stateReady && layout.persistent && layout.deliveryMode === 'ordered' && !plan?.suffixOnly) {
         this.out.persist.push({ kind: 'shardState', shardId: layout.shardId, complete: false });
       }
+    }
+    // Sends waiting in a shard this node no longer sends in (it moved to another shard): they cannot be
+    // carried out, so they fail with a definite error instead of vanishing.
+    for (const [shardId, old] of oldShards ?? []) {
+      if (old.pending.length === 0 || (this.shards.get(shardId)?.mySenderRank ?? -1) >= 0) continue;
+      for (const payload of old.pending) this.out.sendsFailed.push({ shardId, payload, reason: `node ${this.me} no longer sends in shard ${shardId} (view ${view.viewId})` });
     }
     // A leave not yet carried out by the change that just ended carries over to the new view.
     this.myRow().leaving = this.leaving;
@@ -1169,6 +1223,8 @@ export class Replica {
     this.restart = {
       saved: blankSavedState(),
       reports: new Map(),
+      reportsVersion: 0,
+      planned: null,
       quorumSinceTick: null,
       promised: null,
       accepted: null,
@@ -1212,8 +1268,12 @@ export class Replica {
   // Restart after total failure: reports, the pure planner, and single-decree Paxos over the plan
   // ======================================================================================
 
+  /** This node's restart report (the same object while nothing in it changed: only `promised` can). */
   private myRestartReport(): RestartReport {
-    const s = this.restart!.saved;
+    const rs = this.restart!;
+    const mine = rs.reports.get(this.me)?.report;
+    if (mine !== undefined && compareBallots(mine.promised, rs.promised) === 0) return mine;
+    const s = rs.saved;
     return {
       nodeId: this.me, lastView: s.lastView, highestViewIdSeen: s.highestViewIdSeen, trims: s.trims,
       logTails: s.logTails, promised: this.restart!.promised, incompleteShards: s.incompleteShards ?? [],
@@ -1224,14 +1284,19 @@ export class Replica {
 
   private tickRestarting(): void {
     const rs = this.restart!;
-    rs.reports.set(this.me, { report: this.myRestartReport(), tick: this.tickCount });
+    this.setReport(this.me, this.myRestartReport());
     if (this.tickCount - this.lastRetryTick >= this.config.retryTicks) {
       this.lastRetryTick = this.tickCount;
       const report = this.myRestartReport();
       for (const c of this.contacts) this.emit(c, { kind: 'restartReport', from: this.me, report });
     }
     // Forget nodes not heard from recently (they may have crashed again).
-    for (const [id, r] of rs.reports) if (id !== this.me && this.tickCount - r.tick > this.config.suspectTicks * 2) rs.reports.delete(id);
+    for (const [id, r] of rs.reports) {
+      if (id !== this.me && this.tickCount - r.tick > this.config.suspectTicks * 2) {
+        rs.reports.delete(id);
+        rs.reportsVersion++;
+      }
+    }
   }
 
   private onRestartReport(from: NodeId, report: RestartReport): void {
@@ -1249,7 +1314,7 @@ export class Replica {
     }
     if (this.mode !== 'restarting') return;
     const rs = this.restart!;
-    rs.reports.set(from, { report, tick: this.tickCount });
+    this.setReport(from, report);
     if (report.promised) rs.highestRoundSeen = Math.max(rs.highestRoundSeen, report.promised.round);
     if (!this.contacts.includes(from)) this.contacts.push(from);
   }
@@ -1263,6 +1328,19 @@ export class Replica {
     }
   }
 
+  /** Records a node's latest restart report; the plan is made again only when a report's content changed. */
+  private setReport(from: NodeId, report: RestartReport): void {
+    const rs = this.restart!;
+    const old = rs.reports.get(from);
+    if (old !== undefined && old.report === report) {
+      old.tick = this.tickCount;
+      return;
+    }
+    const json = JSON.stringify(report);
+    if (old === undefined || old.json !== json) rs.reportsVersion++;
+    rs.reports.set(from, { report, tick: this.tickCount, json });
+  }
+
   private isRestartLeader(): boolean {
     const rs = this.restart!;
     for (const [id, r] of rs.reports) if (id < this.me && this.tickCount - r.tick <= this.config.suspectTicks * 2) return false;
@@ -1272,8 +1350,11 @@ export class Replica {
   private progressRestart(): void {
     const rs = this.restart;
     if (!rs) return;
-    const reports = [...rs.reports.values()].map((r) => r.report);
-    const plan = planRestart(this.config.policy, reports);
+    if (rs.planned === null || rs.planned.version !== rs.reportsVersion) {
+      const reports = [...rs.reports.values()].map((r) => r.report);
+      rs.planned = { version: rs.reportsVersion, plan: planRestart(this.config.policy, reports, this.config.brokenRule) };
+    }
+    const plan = rs.planned.plan;
     if (!plan.ready) {
       rs.quorumSinceTick = null;
       rs.waiting = { kind: 'restartQuorum', message: plan.message };
@@ -1309,13 +1390,20 @@ export class Replica {
     if (p.plan === null) {
       const members = plan.decision.view.members;
       if (!members.every((m) => p.promises.has(m))) return;
+      // Paxos: a plan accepted in an earlier attempt of this same restart (made from the same newest
+      // installed view) may have been chosen, and its view installed by members that are not back: the
+      // one with the highest ballot is proposed again, unchanged. Plans of earlier restarts (a returning
+      // node installed a later view since) are settled and ignored.
       let chosen: RestartDecision = plan.decision;
-      let best: Ballot | null = null;
-      for (const pr of p.promises.values()) {
-        const acc = pr.accepted;
-        if (acc && acc.plan.view.viewId > plan.lastView.viewId && compareBallots(acc.ballot, best) > 0) {
-          best = acc.ballot;
-          chosen = acc.plan;
+      if (this.config.brokenRule !== 'restartIgnoresAcceptedPlans') {
+        const start = planStart(plan.decision);
+        let best: Ballot | null = null;
+        for (const pr of p.promises.values()) {
+          const acc = pr.accepted;
+          if (acc && planStart(acc.plan) === start && compareBallots(acc.ballot, best) > 0) {
+            best = acc.ballot;
+            chosen = acc.plan;
+          }
         }
       }
       p.plan = chosen;
@@ -1348,7 +1436,7 @@ export class Replica {
     const rs = this.restart;
     if (this.mode !== 'restarting' || !rs || !rs.proposing || compareBallots(ballot, rs.proposing.ballot) !== 0) return;
     rs.proposing.promises.set(from, { accepted });
-    rs.reports.set(from, { report, tick: this.tickCount });
+    this.setReport(from, report);
   }
 
   private onRestartAccept(from: NodeId, ballot: Ballot, plan: RestartDecision): void {
@@ -1446,7 +1534,7 @@ export class Replica {
 }
 
 function emptyReady(): Ready {
-  return { persist: [] as PersistRecord[], deliver: [], transfers: [], send: [], installView: null, persistenceFrontiers: [], exit: null, resetShards: [] };
+  return { persist: [] as PersistRecord[], deliver: [], transfers: [], send: [], installView: null, persistenceFrontiers: [], exit: null, resetShards: [], sendsFailed: [] };
 }
 
 function uniq<T>(items: T[]): T[] {

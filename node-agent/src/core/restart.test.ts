@@ -2,7 +2,7 @@ import test from 'ava';
 import fc from 'fast-check';
 import { isDeepStrictEqual } from 'node:util';
 import { allocate } from './allocation.ts';
-import { planRestart, truncationFor } from './restart.ts';
+import { planRestart, planStart, truncationFor } from './restart.ts';
 import type { RestartPlan } from './restart.ts';
 import { blankSavedState, compareVersions, VERSION_NONE } from './types.ts';
 import type { GroupPolicy, Layout, NodeId, RestartReport, SavedTrim, Version, View } from './types.ts';
@@ -115,13 +115,13 @@ test('one member of three is not enough and the message names who is missing', (
   const view: View = { viewId: 7, members: [1, 2, 3], layout: layoutFor(kvPolicy, [[1, 2], [3]]) };
   const plan = notReady(planRestart(kvPolicy, [report(1, view, [{ shardId: 0, version: v(7, 2) }])]));
   t.deepEqual(plan.lastView, view);
-  t.deepEqual(plan.missing.majority, { have: 1, need: 2, absent: [2, 3] });
+  t.deepEqual(plan.missing.majority, { have: 1, need: 2, absent: [2, 3], viewId: 7 });
   t.deepEqual(plan.missing.shards, [{ shardId: 1, subgroup: 'kv', shardIndex: 1, formerMembers: [3] }]);
   t.is(plan.missing.conflict, null);
   const allocation = allocate(kvPolicy, view.layout, [1]);
   t.is(plan.missing.inadequate, allocation.adequate ? null : allocation.reason);
   const expected =
-    'restart quorum not met for view 7: 1 of 3 members returned (need 2; waiting for nodes 2, 3); ' +
+    'restart quorum not met for view 7: 1 of 3 members returned with their saved state (need 2; waiting for nodes 2, 3); ' +
     'shard kv/1 has no returning member holding its state (former members 3)' +
     (allocation.adequate ? '' : `; the restart view would be inadequate: ${allocation.reason}`);
   t.is(plan.message, expected);
@@ -359,9 +359,9 @@ test('a view change accepted but not installed by the returning members is adopt
   t.is(plan.lastView.viewId, 8);
   t.is(plan.decision.view.viewId, 9);
   t.deepEqual(shardOf(plan, 1), { shardId: 1, source: 3, truncateTo: v(8, 0) });
-  // The accepted trim of view 7 bounds the view-7 logs: kv/0's two senders got 4 and 2 messages in,
-  // round-robin seq 0..4 were delivered in view 7.
-  t.deepEqual(shardOf(plan, 0), { shardId: 0, source: 1, truncateTo: v(7, 4) });
+  // The accepted trim of view 7 bounds the view-7 logs: kv/0's two senders got 4 and 2 messages in;
+  // every message inside each sender's trim was delivered in view 7 (seq 0, 2, 4, 6 and 1, 3): up to 6.
+  t.deepEqual(shardOf(plan, 0), { shardId: 0, source: 1, truncateTo: v(7, 6) });
   // An accepted value for a view someone installed is not needed; a lower one is ignored.
   const older = ready(planRestart(kvPolicy, [report(1, view7), report(2, view7), report(3, view7), { ...report(4, view7), acceptedChange: { value: { ...value, next: { ...view8, viewId: 5 } }, ballot: 1 } }]));
   t.is(older.lastView.viewId, 7);
@@ -408,7 +408,7 @@ test('nodes outside the last view join the restart view after its members, by as
 
 test('a node\'s later duplicate reports are ignored, and no report means no plan', (t) => {
   const plan = notReady(planRestart(kvPolicy, [report(1, view7), report(1, view7), report(1, view7)]));
-  t.deepEqual(plan.missing.majority, { have: 1, need: 3, absent: [2, 3, 4] });
+  t.deepEqual(plan.missing.majority, { have: 1, need: 3, absent: [2, 3, 4], viewId: 7 });
   // The duplicate's different view does not count as a conflict: only the first report of node 2 counts.
   const plan2 = planRestart(kvPolicy, [report(1, view7), report(2, view7), report(2, { ...view7, members: [2] }), report(3, view7)]);
   t.true(plan2.ready);
@@ -638,4 +638,58 @@ test('property: any two reports of one view id that differ block the restart as 
     RUNS,
   );
   t.pass();
+});
+
+// ---------------------------------------------------------------------------------------------------
+// Issue #11: the restart quorum takes a majority of every view whose successor it decides, and counts
+// only nodes that saved something.
+
+const logPolicy: GroupPolicy = {
+  subgroups: [{ name: 'log', shards: 1, minNodesPerShard: 1, maxNodesPerShard: 9, deliveryMode: 'ordered', persistent: true }],
+};
+const W: View = { viewId: 1, members: [1, 2, 3, 4, 5], layout: layoutFor(logPolicy, [[1, 2, 3, 4, 5]]), previousViewId: 0 };
+const X: View = { viewId: 2, members: [1, 2, 3], layout: layoutFor(logPolicy, [[1, 2, 3]]), previousViewId: 1 };
+const changeWtoX = { fromViewId: 1, next: X, trims: [[3, 3, 3, 2, 2]], joined: [], removed: [4, 5], transfers: [], lostShards: [] };
+const acceptedX = (n: NodeId): RestartReport => ({ ...report(n, W, [{ shardId: 0, version: v(1, 9) }], { highestViewIdSeen: 2 }), acceptedChange: { value: changeWtoX, ballot: 0 } });
+
+test('a restart that adopts an accepted view change X out of W needs a majority of W too (no split-brain restart)', (t) => {
+  // 4 and 5 crashed; X = [1, 2, 3] was accepted by 1 and 2 only; then everything failed. A partition
+  // {1, 2} | {3, 4, 5} must not let both sides restart: {1, 2} is a majority of X but not of W.
+  const minority = notReady(planRestart(logPolicy, [acceptedX(1), acceptedX(2)]));
+  t.is(minority.lastView?.viewId, 2);
+  t.deepEqual(minority.missing.majority, { have: 2, need: 3, absent: [3, 4, 5], viewId: 1 });
+  t.regex(minority.message, /2 of 5 members of view 1 \(the restart adopts view 2, which followed it\) returned with their saved state \(need 3/);
+  const majority = ready(planRestart(logPolicy, [report(3, W), report(4, W), report(5, W)]));
+  t.is(majority.lastView.viewId, 1);
+  // With the mutant that checks X only, both sides restart.
+  t.true(planRestart(logPolicy, [acceptedX(1), acceptedX(2)], 'restartQuorumOfAdoptedViewOnly').ready);
+  // A majority of W holding X's acceptors adopts X, and needs a majority of X as well.
+  const both = ready(planRestart(logPolicy, [acceptedX(1), acceptedX(2), report(4, W), report(5, W)]));
+  t.is(both.lastView.viewId, 2);
+  t.deepEqual(both.decision.adopted, [X]);
+  t.is(both.decision.view.previousViewId, 2);
+  t.is(ready(planRestart(logPolicy, [acceptedX(1), report(3, W), report(4, W)])).lastView.viewId, 2);
+  const noX = notReady(planRestart(logPolicy, [acceptedX(1), report(4, W), report(5, W)]));
+  t.deepEqual(noX.missing.majority, { have: 1, need: 2, absent: [2, 3], viewId: 2 });
+});
+
+test('a node back with nothing saved does not count toward the restart majority (a wiped disk)', (t) => {
+  // View 0 = [1, 2, 3]; view 1 = [1, 2]. Node 1's disk is replaced; nodes 1 and 3 come back: node 3's
+  // view 0 is stale and node 1 knows nothing, so no restart (view 1 is with node 2).
+  const view0: View = { viewId: 0, members: [1, 2, 3], layout: layoutFor(logPolicy, [[1, 2, 3]]) };
+  const plan = notReady(planRestart(logPolicy, [blankReport(1), report(3, view0)]));
+  t.deepEqual(plan.missing.majority, { have: 1, need: 2, absent: [1, 2], viewId: 0 });
+  t.true(planRestart(logPolicy, [blankReport(1), report(3, view0)], 'wipedNodeCounts').ready, 'the mutant counts it');
+  t.true(planRestart(logPolicy, [report(3, view0)], 'restartQuorumFloorHalf').ready, 'the floor(n/2) mutant takes one of three');
+});
+
+test('planStart names the restart a plan belongs to: the newest installed view its chain starts from', (t) => {
+  // Plans of one restart decide the same thing (the leader re-proposes an accepted one, see
+  // Replica.progressRestart); a plan whose chain adopted X out of W belongs to the restart from W.
+  const fromW = ready(planRestart(logPolicy, [report(3, W), report(4, W), report(5, W)]));
+  t.is(planStart(fromW.decision), 1);
+  const viaX = ready(planRestart(logPolicy, [acceptedX(1), acceptedX(2), report(4, W), report(5, W)]));
+  t.is(viaX.decision.lastViewId, 2);
+  t.is(planStart(viaX.decision), 1);
+  t.is(planStart({ lastViewId: 7, view: { ...X, viewId: 8 }, shards: [], trims: [] }), 7, 'a plan written before `adopted` existed');
 });

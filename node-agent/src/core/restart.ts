@@ -20,17 +20,20 @@
 //     (ties: a former member of the shard in the last view, then the lowest rank in the restart view),
 //     and every log is cut to that tail. Volatile and raw shards restart empty.
 import { allocate } from './allocation.ts';
-import { contiguousSeqCount } from './stability.ts';
+import { lastSeqInside } from './stability.ts';
 import { compareVersions, VERSION_NONE } from './types.ts';
-import type { GroupPolicy, NodeId, RestartDecision, RestartReport, SavedTrim, ShardLayout, Version, View, ViewChangeValue } from './types.ts';
+import type { BrokenRule, GroupPolicy, NodeId, RestartDecision, RestartReport, SavedTrim, ShardLayout, Version, View, ViewChangeValue } from './types.ts';
 
 export type RestartPlan =
   | { ready: true; decision: RestartDecision; lastView: View; returned: NodeId[] }
   | { ready: false; lastView: View | null; missing: RestartMissing; message: string };
 
 export interface RestartMissing {
-  /** Members of the last view still needed for a majority (how many more, and who could supply them). */
-  majority: { have: number; need: number; absent: NodeId[] } | null;
+  /**
+   * A view of which a majority has not returned with its saved state (the newest installed view, or one
+   * adopted after it), how many did and are needed, and who could supply them.
+   */
+  majority: { have: number; need: number; absent: NodeId[]; viewId: number } | null;
   /** Shards of the last view none of whose former members returned. */
   shards: { shardId: number; subgroup: string; shardIndex: number; formerMembers: NodeId[] }[];
   /** The restart view would be inadequate (allocator's reason), or null. */
@@ -44,7 +47,7 @@ export interface RestartMissing {
  * `returned` (ready plans) lists the reporting node ids in ascending order.
  * The plan does not depend on the order of the reports (except which of two reports of one node counts).
  */
-export function planRestart(policy: GroupPolicy, reports: RestartReport[]): RestartPlan {
+export function planRestart(policy: GroupPolicy, reports: RestartReport[], brokenRule?: BrokenRule): RestartPlan {
   const unique = uniqueReports(reports);
   if (unique.length === 0) {
     return {
@@ -81,27 +84,35 @@ export function planRestart(policy: GroupPolicy, reports: RestartReport[]): Rest
   for (const [viewId, variants] of trimVariants) {
     if (variants.length > 1) conflicts.push(`ragged trim of view ${viewId} differs between reports: ${variantNodes(variants)}`);
   }
-  // A view change some returning member accepted but did not install may have been committed (and
-  // acknowledged writes made in its view by members that are not back yet): like a Paxos proposer, the
-  // restart adopts the accepted value with the highest ballot when it names a later view than any
-  // installed one. Its ragged trim then also bounds the logs of the view it ended.
-  const accepted = new Map<number, { value: ViewChangeValue; ballot: number; nodes: NodeId[] }>();
-  for (const r of saving) {
-    const a = r.acceptedChange;
-    if (!a || a.value.next.viewId <= r.lastView.viewId) continue;
-    const id = a.value.next.viewId;
-    const best = accepted.get(id);
-    if (!best || a.ballot > best.ballot) accepted.set(id, { value: a.value, ballot: a.ballot, nodes: [r.nodeId] });
-    else if (a.ballot === best.ballot) {
-      if (deepEqual(a.value, best.value)) best.nodes.push(r.nodeId);
-      else conflicts.push(`the view change to view ${id} accepted under ballot ${a.ballot} differs between reports: ${nodesPhrase(best.nodes)} vs node ${r.nodeId}`);
-    }
-  }
+  // The last view: the newest one a returning node installed (L), then, view after view, a view change
+  // some returning member accepted out of it and nobody returning installed. Such a value may have been
+  // committed (and writes acknowledged in its view by members that are not back yet), so the restart
+  // adopts it as a Paxos proposer adopts the accepted value with the highest ballot. The ragged trim an
+  // adopted view change names also bounds the logs of the view it ended. (Restart plans accepted in an
+  // earlier attempt of the same restart are not views to follow: the restart leader re-proposes the one
+  // with the highest ballot unchanged, see Replica.progressRestart.)
   const installedMax = Math.max(...views.keys());
-  const acceptedMax = accepted.size > 0 ? Math.max(...accepted.keys()) : -1;
-  const adopted = acceptedMax > installedMax ? accepted.get(acceptedMax)! : null;
-  const lastViewId = adopted ? acceptedMax : installedMax;
-  const lastView = adopted ? adopted.value.next : views.get(lastViewId)![0]!.value;
+  const installedLast = views.get(installedMax)![0]!.value;
+  let lastView = installedLast;
+  const adopted: View[] = [];
+  const acceptedValues = new Map<number, ViewChangeValue>();
+  for (let guard = 0; guard <= unique.length; guard++) {
+    const tip = lastView.viewId;
+    let best: { value: ViewChangeValue; ballot: number; nodes: NodeId[] } | null = null;
+    for (const r of saving) {
+      const a = r.acceptedChange;
+      if (!a || a.value.fromViewId !== tip || a.value.next.viewId <= tip) continue;
+      if (!best || a.ballot > best.ballot) best = { value: a.value, ballot: a.ballot, nodes: [r.nodeId] };
+      else if (a.ballot === best.ballot) {
+        if (deepEqual(a.value, best.value)) best.nodes.push(r.nodeId);
+        else conflicts.push(`the view change out of view ${tip} accepted under ballot ${a.ballot} differs between reports: ${nodesPhrase(best.nodes)} vs node ${r.nodeId}`);
+      }
+    }
+    if (best === null) break;
+    adopted.push(best.value.next);
+    acceptedValues.set(best.value.next.viewId, best.value);
+    lastView = best.value.next;
+  }
 
   if (conflicts.length > 0) {
     const conflict = `conflicting restart reports: ${conflicts.join('; ')}`;
@@ -113,12 +124,26 @@ export function planRestart(policy: GroupPolicy, reports: RestartReport[]): Rest
     };
   }
 
-  // Rule 2: the quorum.
+  // Rule 2: the quorum. Deciding what follows a view takes a majority of that view: of the newest view a
+  // returning node installed, and of every view adopted after it (its successor too may have been
+  // decided). Only nodes that saved something count: a node back with an empty disk (it never installed
+  // a view, or its disk was wiped) knows nothing of the decisions it may have taken part in.
   const returned = new Set(unique.map((r) => r.nodeId));
+  const counted = new Set((brokenRule === 'wipedNodeCounts' ? unique : saving).map((r) => r.nodeId));
+  const quorumViews = brokenRule === 'restartQuorumOfAdoptedViewOnly' ? [lastView] : [installedLast, ...adopted];
   const lastMembers = dedupe(lastView.members);
-  const have = lastMembers.filter((m) => returned.has(m)).length;
-  const need = Math.floor(lastMembers.length / 2) + 1;
-  const majority = have >= need ? null : { have, need, absent: lastMembers.filter((m) => !returned.has(m)) };
+  let majority: RestartMissing['majority'] = null;
+  let majorityView = lastView;
+  for (const qv of quorumViews) {
+    const members = dedupe(qv.members);
+    const have = members.filter((m) => counted.has(m)).length;
+    const need = brokenRule === 'restartQuorumFloorHalf' ? Math.floor(members.length / 2) : Math.floor(members.length / 2) + 1;
+    if (have < need) {
+      majority = { have, need, absent: members.filter((m) => !counted.has(m)), viewId: qv.viewId };
+      majorityView = qv;
+      break;
+    }
+  }
 
   // (The rule below is applied along the chain of views: see `holds`.)
   // A returning member counts for a persistent shard only if its log holds every acknowledged (persisted
@@ -129,13 +154,17 @@ export function planRestart(policy: GroupPolicy, reports: RestartReport[]): Rest
   // A log older than that may miss acknowledged updates made while it was away.
   const mergedTrims = new Map<number, SavedTrim>();
   for (const [viewId, variants] of trimVariants) mergedTrims.set(viewId, variants[0]!.value);
-  const acceptedLast = accepted.get(lastView.viewId);
-  if (acceptedLast && sameView(acceptedLast.value.next, lastView) && !mergedTrims.has(acceptedLast.value.fromViewId)) {
-    const v = acceptedLast.value;
+  // The trim of an accepted value whose view is the last view (installed or adopted) was decided with it.
+  for (const r of saving) {
+    const a = r.acceptedChange;
+    if (a && sameView(a.value.next, lastView) && !acceptedValues.has(lastView.viewId)) acceptedValues.set(lastView.viewId, a.value);
+  }
+  for (const v of acceptedValues.values()) {
+    if (mergedTrims.has(v.fromViewId)) continue;
     mergedTrims.set(v.fromViewId, {
       viewId: v.fromViewId,
       trims: v.trims,
-      lastVersions: v.trims.map((t) => ({ viewId: v.fromViewId, seq: contiguousSeqCount(t) - 1 })),
+      lastVersions: v.trims.map((t) => ({ viewId: v.fromViewId, seq: lastSeqInside(t) })),
     });
   }
   const byNode = new Map(unique.map((r) => [r.nodeId, r] as const));
@@ -143,8 +172,11 @@ export function planRestart(policy: GroupPolicy, reports: RestartReport[]): Rest
   // reports carry, and accepted (possibly committed) view changes, the highest ballot per view id.
   const knownViews = new Map<number, View>();
   for (const r of saving) if (!knownViews.has(r.lastView.viewId)) knownViews.set(r.lastView.viewId, r.lastView);
-  for (const [id, a] of accepted) if (!knownViews.has(id)) knownViews.set(id, a.value.next);
-  knownViews.set(lastView.viewId, lastView);
+  for (const v of adopted) knownViews.set(v.viewId, v);
+  for (const r of saving) {
+    const a = r.acceptedChange;
+    if (a && !knownViews.has(a.value.next.viewId)) knownViews.set(a.value.next.viewId, a.value.next);
+  }
   const holds = (node: NodeId, shard: ShardLayout): boolean => {
     const r = byNode.get(node);
     if (!r) return false;
@@ -182,8 +214,9 @@ export function planRestart(policy: GroupPolicy, reports: RestartReport[]): Rest
   if (!allocation.adequate || majority !== null || shards.length > 0) {
     const parts: string[] = [];
     if (majority !== null) {
+      const which = majorityView === lastView ? '' : ` of view ${majorityView.viewId} (the restart adopts view ${lastView.viewId}, which followed it)`;
       parts.push(
-        `${have} of ${lastMembers.length} members returned (need ${need}; waiting for ${nodesPhrase(majority.absent)})`,
+        `${majority.have} of ${dedupe(majorityView.members).length} members${which} returned with their saved state (need ${majority.need}; waiting for ${nodesPhrase(majority.absent)})`,
       );
     }
     for (const s of shards) {
@@ -236,6 +269,7 @@ export function planRestart(policy: GroupPolicy, reports: RestartReport[]): Rest
 
   const decision: RestartDecision = {
     lastViewId: lastView.viewId,
+    ...(adopted.length > 0 ? { adopted } : {}),
     view,
     shards: decisionShards,
     trims: [...trims.values()].sort((a, b) => a.viewId - b.viewId),
@@ -354,4 +388,14 @@ function deepEqual(a: unknown, b: unknown): boolean {
   const ka = Object.keys(ra).filter((k) => ra[k] !== undefined).sort();
   const kb = Object.keys(rb).filter((k) => rb[k] !== undefined).sort();
   return deepEqual(ka, kb) && ka.every((k) => deepEqual(ra[k], rb[k]));
+}
+
+/**
+ * The restart a plan belongs to, named by the newest view a returning node had installed when it was
+ * made (the view its chain of adopted views starts from). Two plans of one restart decide the same
+ * thing; the restart leader re-proposes an accepted one instead of making another.
+ */
+export function planStart(plan: RestartDecision): number {
+  const first = plan.adopted?.[0];
+  return first ? (first.previousViewId ?? first.viewId - 1) : plan.lastViewId;
 }

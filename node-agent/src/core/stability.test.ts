@@ -1,6 +1,6 @@
 import test from 'ava';
 import fc from 'fast-check';
-import { columnMin, contiguousSeqCount, globalSeq, persistenceFrontier, seqOwner, stableSeqCount } from './stability.ts';
+import { columnMin, contiguousSeqCount, globalSeq, lastSeqInside, persistenceFrontier, seqOwner, stableSeqCount } from './stability.ts';
 
 // Naive references: enumerate global sequence numbers one by one.
 function naiveContiguous(counts: number[]): number {
@@ -48,6 +48,18 @@ test('contiguous prefix: a table of cases', (t) => {
 test('contiguous prefix equals the naive enumeration', (t) => {
   fc.assert(fc.property(fc.array(fc.integer({ min: 0, max: 30 }), { minLength: 1, maxLength: 7 }), (counts) => contiguousSeqCount(counts) === naiveContiguous(counts)));
   t.pass();
+});
+
+test('last sequence inside the trims: a table of cases, and the naive enumeration', (t) => {
+  const cases: [number[], number][] = [[[0, 0, 0], -1], [[1, 0, 0], 0], [[5, 0, 9], 26], [[2, 1], 2], [[3], 2], [[], -1]];
+  for (const [trims, expected] of cases) t.is(lastSeqInside(trims), expected, JSON.stringify(trims));
+  // Naive: the highest g whose owner's index lies inside its sender's trim.
+  fc.assert(fc.property(fc.array(fc.integer({ min: 0, max: 30 }), { minLength: 1, maxLength: 7 }), (trims) => {
+    const n = trims.length;
+    let last = -1;
+    for (let g = 0; g < 31 * n; g++) if (Math.floor(g / n) < trims[g % n]!) last = g;
+    return lastSeqInside(trims) === last && lastSeqInside(trims) >= contiguousSeqCount(trims) - 1;
+  }));
 });
 
 test('stability: a message is stable once every member received it (min of a column)', (t) => {

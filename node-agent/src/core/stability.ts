@@ -26,6 +26,18 @@ export function contiguousSeqCount(counts: readonly number[]): number {
 }
 
 /**
+ * Highest global sequence number inside per-sender trims (every sender r's first trims[r] messages),
+ * or -1 when the trims hold nothing: the last version the ragged-edge cleanup delivers. Unlike
+ * contiguousSeqCount - 1, it counts messages of a sender beyond another sender's missing slots.
+ */
+export function lastSeqInside(trims: readonly number[]): number {
+  const n = trims.length;
+  let last = -1;
+  for (let r = 0; r < n; r++) if (trims[r]! > 0) last = Math.max(last, (trims[r]! - 1) * n + r);
+  return last;
+}
+
+/**
  * Stable prefix of a shard: the sequence numbers every member has received, given each member's
  * received-per-sender row. Equal to contiguousSeqCount of the column-wise minimum.
  */

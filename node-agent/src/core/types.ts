@@ -356,6 +356,12 @@ export interface StateRequestMessage {
 export interface RestartDecision {
   /** The last view the group restarts from (the restart view follows it). */
   lastViewId: number;
+  /**
+   * Views no returning node installed that the planner adopted after the newest installed one (accepted,
+   * possibly committed, view changes), oldest first; the last is view `lastViewId`. Absent in plans
+   * written before this field existed: read as none.
+   */
+  adopted?: View[];
   view: View;
   /** Per shard: the node with the longest valid log, and the version every log is cut to. */
   shards: { shardId: number; source: NodeId | null; truncateTo: Version }[];
@@ -430,7 +436,44 @@ export interface ReplicaConfig {
   brokenRule?: BrokenRule;
 }
 
-export type BrokenRule = 'deliverOrderedOnReceipt' | 'installWithoutMajority' | 'skipRaggedTrim';
+/**
+ * Deliberately broken protocol rules (mutants), for tests only: the simulator's checkers must catch each.
+ *  - deliverOrderedOnReceipt: ordered messages are delivered on receipt, before they are stable;
+ *  - installWithoutMajority: a view is installed without a majority of the previous one;
+ *  - skipRaggedTrim: the ragged-edge cleanup delivers nothing;
+ *  - deliverPastTrim: the cleanup also delivers what this member received beyond the decided trims;
+ *  - noResendBeyondTrim: a sender does not queue its messages beyond its trim again in the next view;
+ *  - restartQuorumFloorHalf: the restart quorum takes floor(n/2) members of a view instead of a majority;
+ *  - restartQuorumOfAdoptedViewOnly: a restart that adopts an accepted view change X out of W checks a
+ *    majority of X only, not of W (the split-brain restart of issue #11);
+ *  - wipedNodeCounts: a node that returns with nothing saved counts toward the restart majority;
+ *  - restartIgnoresAcceptedPlans: the restart leader makes a fresh plan instead of re-proposing the
+ *    plan accepted (maybe committed) with the highest ballot in an earlier attempt of the same restart;
+ *  - spreadEverySuspicion: suspicions spread from every row, also from a member that cannot hear a
+ *    majority (one deaf node then takes the whole group down);
+ *  - leaderIgnoresAcceptedValues: a new view-change leader proposes afresh instead of adopting the
+ *    highest-ballot value its followers accepted (which may have been committed);
+ *  - skipPersistAcceptedChange: a member does not persist the view change it accepts.
+ */
+export const BROKEN_RULES = [
+  'deliverOrderedOnReceipt',
+  'installWithoutMajority',
+  'skipRaggedTrim',
+  'deliverPastTrim',
+  'noResendBeyondTrim',
+  'restartQuorumFloorHalf',
+  'restartQuorumOfAdoptedViewOnly',
+  'wipedNodeCounts',
+  'restartIgnoresAcceptedPlans',
+  'spreadEverySuspicion',
+  'leaderIgnoresAcceptedValues',
+  'skipPersistAcceptedChange',
+] as const;
+
+export type BrokenRule = (typeof BROKEN_RULES)[number];
+
+/** Broken rules of the restart planner (a subset of BrokenRule). */
+export type RestartBrokenRule = Extract<BrokenRule, 'restartQuorumFloorHalf' | 'restartQuorumOfAdoptedViewOnly' | 'wipedNodeCounts' | 'restartIgnoresAcceptedPlans'>;
 
 export const DEFAULT_TIMING = Object.freeze({
   heartbeatTicks: 2,
@@ -544,6 +587,12 @@ export interface Ready {
    * the node starts them empty (a volatile shard whose state was lost, or that it joins with no source).
    */
   resetShards: number[];
+  /**
+   * Accepted sends this node can no longer carry out although it stays up (it no longer sends in the
+   * shard in the view just installed): the driver fails them with a definite error. Every other accepted
+   * send is delivered unless this node fails.
+   */
+  sendsFailed: { shardId: number; payload: Uint8Array; reason: string }[];
 }
 
 /** A snapshot of what the node is doing, for /status, the simulator's trace and tests. */

@@ -191,6 +191,13 @@ export function controlSchemas(l: CodecLimits) {
   });
   const ballot = z.object({ round: count, nodeId });
   const savedTrim = z.object({ viewId, trims, lastVersions: z.array(version).max(l.shardsMax) });
+  const restartDecision = z.object({
+    lastViewId: viewId,
+    adopted: z.array(view).max(l.savedTrimsMax).optional(),
+    view,
+    shards: z.array(z.object({ shardId, source: nodeId.nullable(), truncateTo: version })).max(l.shardsMax),
+    trims: z.array(savedTrim).max(l.savedTrimsMax),
+  });
   const restartReport = z.object({
     nodeId,
     lastView: view,
@@ -201,12 +208,6 @@ export function controlSchemas(l: CodecLimits) {
     incompleteShards: z.array(shardId).max(l.shardsMax).optional(),
     blank: z.boolean().optional(),
     acceptedChange: z.object({ value: viewChangeValue, ballot: count }).nullable().optional(),
-  });
-  const restartDecision = z.object({
-    lastViewId: viewId,
-    view,
-    shards: z.array(z.object({ shardId, source: nodeId.nullable(), truncateTo: version })).max(l.shardsMax),
-    trims: z.array(savedTrim).max(l.savedTrimsMax),
   });
   const messages = {
     joinRequest: z.object({ kind: z.literal('joinRequest'), from: nodeId, incarnation: count }),
