@@ -61,6 +61,8 @@ export interface ClusterStats {
   /** Crashes after which some of the dead incarnation's messages still arrived (lateMessages of them). */
   lateCrashes: number;
   lateMessages: number;
+  /** Crashes inside a Ready: after persisting (all, or a torn prefix of) its records, before sending. */
+  midReadyCrashes: number;
   /** Directed links cut one way only, pairs cut both ways (non-transitive), deaf nodes, process pauses. */
   oneWayCuts: number;
   pairCuts: number;
@@ -110,6 +112,7 @@ export class Cluster {
     majorityFailures: 0,
     wipes: 0,
     lateCrashes: 0,
+    midReadyCrashes: 0,
     lateMessages: 0,
     oneWayCuts: 0,
     pairCuts: 0,
@@ -167,6 +170,10 @@ export class Cluster {
         this.halted = true;
       },
       exited: (node, reason) => this.onExit(node, reason),
+      crashedMidReady: (node, restartAfter, why) => {
+        this.stats.midReadyCrashes++;
+        this.crash(node.id, restartAfter, why);
+      },
       installed: (_node, view) => {
         if (!this.views.has(view.viewId)) this.views.set(view.viewId, view);
       },
@@ -291,6 +298,19 @@ export class Cluster {
         `${restartAfter !== null && !node.left ? `, restarts at t=${this.nowTick + restartAfter}` : ''}`,
     );
     if (options.wipeDisk) this.wipeDisk(id);
+  }
+
+  /**
+   * The node will crash inside its next Ready that persists something (within `withinTicks`): after
+   * writing all its persist records (`torn` false: a crash between persisting and sending) or a prefix
+   * of them (`tornFraction` of them, rounded down: a torn write), before delivering or sending.
+   */
+  armMidReadyCrash(id: NodeId, restartAfter: number | null, options: { tornFraction?: number; withinTicks?: number } = {}): void {
+    const node = this.node(id);
+    if (!node.up) return;
+    const fraction = options.tornFraction;
+    node.armMidReadyCrash((n) => (fraction === undefined ? n : Math.floor(fraction * n)), restartAfter ?? 1_000_000_000, this.nowTick + (options.withinTicks ?? 30));
+    this.trace(id, `CRASH ARMED inside its next Ready that persists (${fraction === undefined ? 'after persisting, before sending' : `a torn write keeping ${Math.round(fraction * 100)}% of its records`})`);
   }
 
   /** Replaces the disk of a node that is down by an empty one (its volume was replaced). */
@@ -452,8 +472,9 @@ export class Cluster {
     this.trace(id, 'HEARS again');
   }
 
-  /** Every network fault ends: partition, cut links, deaf nodes, delay spikes; paused processes resume. */
+  /** Every fault ends: partition, cut links, deaf nodes, delay spikes, armed crashes; paused processes resume. */
   healAll(): void {
+    for (const n of this.nodes.values()) n.disarmMidReadyCrash();
     this.heal();
     if (this.network.cutLinkList().length > 0) this.trace(null, 'every cut link is restored');
     for (const id of this.knownIds()) this.undeafen(id);

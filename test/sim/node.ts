@@ -7,6 +7,7 @@ import { compareVersions } from '../../node-agent/src/core/types.ts';
 import type {
   LogRecord,
   Message,
+  PersistRecord,
   NodeId,
   Ready,
   ReplicaConfig,
@@ -65,6 +66,8 @@ export interface NodeContext {
   violation(text: string): void;
   /** The replica asked to exit; the node is already down when this is called. */
   exited(node: SimNode, reason: string): void;
+  /** The node crashed inside a Ready (see SimNode.armMidReadyCrash): the cluster takes it down. */
+  crashedMidReady?(node: SimNode, restartAfter: number, why: string): void;
   delivered?(event: DeliveryEvent): void;
   installed?(node: SimNode, view: View): void;
   /** Trace changes of status().waiting / wedged after every tick (costs a status() call per tick). */
@@ -100,6 +103,11 @@ export class SimNode {
   private lastWaiting = '';
   /** True while draining the Ready that follows stateTransferred (deliveries released from hold). */
   private releasing = false;
+  /**
+   * Armed crash inside the next Ready that persists something: the process dies after writing `keep` of
+   * its persist records (all of them, or a prefix: a torn write), before delivering or sending anything.
+   */
+  private midReadyCrash: { keep: (count: number) => number; restartAfter: number; until: number } | null = null;
 
   constructor(
     readonly id: NodeId,
@@ -147,6 +155,7 @@ export class SimNode {
 
   /** The process dies: the replica and the volatile application state are gone, the disk stays. */
   stop(reason: string): void {
+    this.midReadyCrash = null;
     this.replica = null;
     this.view = null;
     this.app = new Map();
@@ -273,12 +282,38 @@ export class SimNode {
   }
 
   /** Processes every pending Ready, in the documented order. */
+  /**
+   * The process will die inside its next Ready that persists something (until tick `until`): after the
+   * first `keep(n)` of its n persist records are durable, before any delivery or send. `keep(n) = n` is a
+   * crash between persisting and sending; less is a torn write of the Ready (the store cuts the torn
+   * tail, so a prefix of the records survives).
+   */
+  armMidReadyCrash(keep: (count: number) => number, restartAfter: number, until: number): void {
+    if (this.replica) this.midReadyCrash = { keep, restartAfter, until };
+  }
+
+  disarmMidReadyCrash(): void {
+    this.midReadyCrash = null;
+  }
+
+  get midReadyCrashArmed(): boolean {
+    return this.midReadyCrash !== null && this.midReadyCrash.until >= this.ctx.now();
+  }
+
   private drain(): void {
     let rounds = 0;
     while (this.replica !== null && this.replica.hasReady()) {
       if (++rounds > MAX_READY_ROUNDS) throw new Error(`hasReady() still true after ${MAX_READY_ROUNDS} Ready rounds (livelock)`);
       const replica = this.replica;
       const ready = replica.ready();
+      const armed = this.midReadyCrash;
+      if (armed !== null && armed.until < this.ctx.now()) this.midReadyCrash = null;
+      else if (armed !== null && ready.persist.length > 0 && this.ctx.crashedMidReady) {
+        const keep = Math.max(0, Math.min(ready.persist.length, armed.keep(ready.persist.length)));
+        this.persist(ready.persist.slice(0, keep));
+        this.ctx.crashedMidReady(this, armed.restartAfter, `crash inside a Ready: ${keep} of ${ready.persist.length} persist records written, nothing sent`);
+        return;
+      }
       this.process(ready);
       replica.advance();
       if (ready.exit) {
@@ -289,12 +324,10 @@ export class SimNode {
     }
   }
 
-  private process(ready: Ready): void {
+  /** Makes persist records durable (and records what the checkers need of them). */
+  private persist(records: readonly PersistRecord[]): void {
     const now = this.ctx.now();
-    // 1b. (with persist) shards the node starts empty: clear their application state.
-    for (const shardId of ready.resetShards) this.app.set(shardId, []);
-    // 1. persist
-    for (const record of ready.persist) {
+    for (const record of records) {
       this.disk.apply(record);
       if (record.kind === 'trim') {
         this.ctx.history.trims.push({
@@ -317,6 +350,14 @@ export class SimNode {
         }
       }
     }
+  }
+
+  private process(ready: Ready): void {
+    const now = this.ctx.now();
+    // 1b. (with persist) shards the node starts empty: clear their application state.
+    for (const shardId of ready.resetShards) this.app.set(shardId, []);
+    // 1. persist
+    this.persist(ready.persist);
     // 2. deliver
     for (const d of ready.deliver) {
       const info = this.ctx.shards[d.shardId];

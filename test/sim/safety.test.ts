@@ -256,3 +256,17 @@ test('every broken rule has a test that proves the checkers catch it', (t) => {
   const byScenario: BrokenRule[] = [...mutants.map(([rule]) => rule), 'spreadEverySuspicion'];
   t.deepEqual([...bySeeds, ...byScenario].sort(), [...BROKEN_RULES].sort());
 });
+
+for (const torn of [undefined, 0.5, 0]) {
+  test(`a crash inside a Ready (${torn === undefined ? 'all records persisted, nothing sent' : `a torn write keeping ${torn * 100}% of them`}) loses nothing acknowledged`, (t) => {
+    const sim = new ScriptedSim({ founders: 3, policy: singleShardPolicy('persistent') });
+    t.true(sim.settle(100));
+    const sent: string[] = [];
+    for (let i = 0; i < 30; i++) for (const n of [1, 2, 3]) if (sim.send(n, 0, `m${i}-n${n}`).ok) sent.push(`m${i}-n${n}`);
+    sim.crashInsideNextReady(2, 40, torn);
+    t.true(sim.runUntil(() => !sim.isUp(2), 50), 'node 2 crashed inside a Ready');
+    t.is(sim.cluster.stats.midReadyCrashes, 1);
+    t.true(sim.runUntil(() => sim.isSettled(), 800), sim.unsettledReason());
+    finish(t, sim);
+  });
+}

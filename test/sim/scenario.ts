@@ -16,6 +16,11 @@ export type FaultEvent =
   /** Like crash, but some of what it already sent still arrives, up to `lateTicks` ticks late. */
   | { at: number; kind: 'lateCrash'; downFor: number; lateTicks: number }
   /**
+   * Like crash (same bounds), inside the node's next Ready that persists: after its records are written
+   * (or, `torn`, a prefix of them), before anything is delivered or sent.
+   */
+  | { at: number; kind: 'midReadyCrash'; downFor: number; tornFraction: number | null }
+  /**
    * Like crash, and the node comes back with an empty disk. Same bounds, and the group must be stable
    * (a view installed, nobody restarting or wedged), so the wiped node is never a state's only holder.
    * At most one per seed (this or a total failure's `wipeOne`).
@@ -121,6 +126,7 @@ export function generateScenario(seed: number, overrides: ScenarioOverrides = {}
 export const WEIGHTS: readonly (readonly [FaultEvent['kind'], number])[] = [
   ['crash', 18],
   ['lateCrash', 9],
+  ['midReadyCrash', 8],
   ['wipe', 5],
   ['totalFailure', 6],
   ['majorityFailure', 5],
@@ -174,6 +180,9 @@ function generateEvents(prng: Prng, faultTicks: number): FaultEvent[] {
         break;
       case 'lateCrash':
         events.push({ at: t, kind, downFor: Math.min(room, prng.int(10, 300)), lateTicks: prng.int(1, LATE_TICKS_MAX) });
+        break;
+      case 'midReadyCrash':
+        events.push({ at: t, kind, downFor: Math.min(room, prng.int(10, 300)), tornFraction: prng.chance(0.5) ? prng.next() : null });
         break;
       case 'totalFailure':
       case 'majorityFailure':

@@ -88,6 +88,11 @@ export class ScriptedSim {
   }
 
   /** Replaces the disk of a node that is down by an empty one. */
+  /** The node crashes inside its next Ready that persists (see Cluster.armMidReadyCrash). */
+  crashInsideNextReady(node: NodeId, restartAfter: number | null = null, tornFraction?: number): void {
+    this.cluster.armMidReadyCrash(node, restartAfter, tornFraction === undefined ? {} : { tornFraction });
+  }
+
   wipeDisk(node: NodeId): void {
     this.cluster.wipeDisk(node);
   }

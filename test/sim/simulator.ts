@@ -153,6 +153,7 @@ export function runSeedDetailed(seed: number, options: RunOptions = {}): RunDeta
     majorityFailures: cluster.stats.majorityFailures,
     wipes: cluster.stats.wipes,
     lateCrashes: cluster.stats.lateCrashes,
+    midReadyCrashes: cluster.stats.midReadyCrashes,
     lateMessages: cluster.stats.lateMessages,
     oneWayCuts: cluster.stats.oneWayCuts,
     pairCuts: cluster.stats.pairCuts,
@@ -258,6 +259,20 @@ export class FaultRunner {
           reasons.push(`n${id}: ${why}`);
         }
         this.skip(`${e.kind} skipped (${reasons.join('; ') || 'no running node'})`);
+        return;
+      }
+      case 'midReadyCrash': {
+        const candidates = this.shuffle(c.upIds().filter((id) => !c.node(id).leaving && !c.node(id).midReadyCrashArmed));
+        const reasons: string[] = [];
+        for (const id of candidates) {
+          const why = this.whyNotRemove(id);
+          if (why === null) {
+            c.armMidReadyCrash(id, e.downFor, e.tornFraction === null ? {} : { tornFraction: e.tornFraction });
+            return;
+          }
+          reasons.push(`n${id}: ${why}`);
+        }
+        this.skip(`crash inside a Ready skipped (${reasons.join('; ') || 'no running node'})`);
         return;
       }
       case 'totalFailure': {
@@ -408,7 +423,7 @@ export class FaultRunner {
     const view = c.currentView();
     if (!view) return options.needView ? 'no view is installed' : null;
     // A node that is leaving counts as gone already; a paused or deaf one is about to be.
-    const up = new Set(c.upIds().filter((m) => !c.node(m).leaving && !c.isPaused(m) && !c.network.isDeaf(m)));
+    const up = new Set(c.upIds().filter((m) => !c.node(m).leaving && !c.isPaused(m) && !c.network.isDeaf(m) && !c.node(m).midReadyCrashArmed));
     if (view.members.includes(id)) {
       const down = view.members.filter((m) => m !== id && !up.has(m)).length;
       if ((down + 1) * 2 >= view.members.length) return `${down + 1} of ${view.members.length} members of view ${view.viewId} would be down`;
