@@ -336,7 +336,7 @@ export const GroupSpec = object(
     timing: TimingSpec.default(defaultsOf(TimingSpec)).describe('Failure detection timers.'),
     fsync: oneOf(['fsync', 'os'])
       .default('fsync')
-      .describe('When a persisted update counts as durable: "fsync" after fsync(2) on the log, "os" once written to the operating system (faster; a machine crash may lose recent updates).'),
+      .describe('When a persisted update counts as durable: "fsync" after fsync(2) on the log, "os" once written to the operating system (faster; a machine crash may lose recent updates). Membership and restart state is fsynced under both.'),
     wireLimits: WireLimits.default(defaultsOf(WireLimits)).describe('Frame and message bounds the transport enforces; the same on every member.'),
     sendWindow: integer(1, 65_536, 'a message count from 1 to 65536')
       .default(256)

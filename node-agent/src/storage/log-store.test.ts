@@ -710,3 +710,29 @@ test('durability: a child killed with SIGKILL mid-apply keeps every acknowledged
     store.close();
   }
 });
+
+test('policy os still fsyncs every batch that carries membership or restart-consensus state (a machine crash must not undo a promise)', (t) => {
+  // Under 'os' a machine crash may lose recent log records (documented), but a lost view-change
+  // acceptance, restart promise or view would let the group decide twice (split brain): those batches
+  // are synced whatever the policy. Plain log batches are not.
+  const dir = tempDir(t);
+  const counting = countingFs();
+  const store = LogStore.open(dir, { fsync: 'os', fs: counting.fs });
+  counting.reset();
+  store.apply([logRec(0, 0, 0, 'a'), logRec(0, 0, 1, 'b')]);
+  t.is(counting.fsyncs(), 0, 'log records alone: left to the OS');
+  const controls: PersistRecord[] = [
+    { kind: 'view', view: view(1, [1, 2]) },
+    { kind: 'viewAccepted', accepted: { value: { fromViewId: 1, next: view(2, [1]), trims: [[1]], joined: [], removed: [2], transfers: [], lostShards: [] }, ballot: 0 } },
+    { kind: 'restartPromise', ballot: { round: 1, nodeId: 1 } },
+    { kind: 'restartAccept', ballot: { round: 1, nodeId: 1 }, plan: plan(5) },
+    { kind: 'trim', trim: { viewId: 1, trims: [[1]], lastVersions: [{ viewId: 1, seq: 0 }] } },
+    { kind: 'viewIdSeen', viewId: 9 },
+  ];
+  for (const c of controls) {
+    counting.reset();
+    store.apply([logRec(0, 0, 2 + controls.indexOf(c), 'x'), c]);
+    t.is(counting.fsyncs(), 1, `a batch with a ${c.kind} record is synced`);
+  }
+  store.close();
+});

@@ -29,8 +29,9 @@
 //
 // Replaying the journal from the start, record by record, rebuilds the state. One `apply` call is one batch:
 // its records are encoded into one buffer, written with positional writes at the journal's end, and then
-// (policy 'fsync') fsynced once. Policy 'os' leaves flushing to the OS: a process crash loses nothing, a
-// machine crash may lose the newest batches. A batch that would break a rule (an out-of-order append, a
+// (policy 'fsync') fsynced once. Policy 'os' leaves flushing of log records to the OS: a process crash
+// loses nothing, a machine crash may lose the newest log batches; a batch with any control record (view,
+// trim, view-change acceptance, restart promise or plan, ...) is fsynced under either policy. A batch that would break a rule (an out-of-order append, a
 // record over the size bound) is refused as a whole, before anything is written. (The simulator's Disk
 // applies record by record and stops at the bad one; the driver treats either as fatal.)
 //
@@ -948,7 +949,10 @@ export class LogStore {
     // Write, sync, then take the records into the in-memory state exactly as a replay would.
     try {
       writeFully(this.fs, this.fd, buf, this.size);
-      if (this.policy === 'fsync') this.fs.fsyncSync(this.fd);
+      // Under 'os' a machine crash may lose recent log records (documented), never membership or
+      // restart-consensus state: a lost acceptance or promise could let the group decide twice. Batches
+      // that carry any are synced whatever the policy (they are rare: view changes and restarts).
+      if (this.policy === 'fsync' || staged.some((x) => x.kind !== 'log')) this.fs.fsyncSync(this.fd);
     } catch (e) {
       try {
         this.fs.ftruncateSync(this.fd, this.size);
