@@ -264,7 +264,7 @@ test('a member that reports restarting with quorum pending sets RestartQuorumPen
   const restartReport: RestartReport = { nodeId: 1, lastView, highestViewIdSeen: 4, trims: [], logTails: [], promised: null };
   const plan = planRestart(policy, [restartReport]);
   if (plan.ready) throw new Error('the quorum should not hold');
-  t.is(plan.message, 'restart quorum not met for view 4: 1 of 3 members returned (need 2; waiting for nodes 2, 3); shard kv/1 has no returning member holding its state (former members 3); the restart view would be inadequate: subgroup "kv" shard 1 needs 1 node but only 0 can be assigned (1 members, 1 already serving other shards)');
+  t.is(plan.message, 'restart quorum not met for view 4: 1 of 3 members returned with their saved state (need 2; waiting for nodes 2, 3); shard kv/1 has no returning member holding its state (former members 3); the restart view would be inadequate: subgroup "kv" shard 1 needs 1 node but only 0 can be assigned (1 members, 1 already serving other shards)');
 
   const cluster = settled();
   cluster.deletePods([2, 3]);
@@ -284,6 +284,8 @@ test('a member that reports restarting with quorum pending sets RestartQuorumPen
 test('parseRestartMessage reads the planner\'s and the replica\'s messages', (t) => {
   const cases: [string, ReturnType<typeof parseRestartMessage>][] = [
     ['restart quorum not met for view 2: 1 of 3 members returned (need 2; waiting for node 3)', { members: [3], shards: [] }],
+    ['restart quorum not met for view 2: 1 of 3 members returned with their saved state (need 2; waiting for node 3)', { members: [3], shards: [] }],
+    ['restart quorum not met for view 5: 2 of 5 members of view 4 (the restart adopts view 5, which followed it) returned with their saved state (need 3; waiting for nodes 3, 4, 5)', { members: [3, 4, 5], shards: [] }],
     ['restart quorum holds for view 7; grace period for nodes 4, 5', { members: [4, 5], shards: [] }],
     ['restart quorum holds for view 7; waiting for the restart leader', { members: null, shards: [] }],
     ['restart quorum not met for view 1: shard events/0 has no returning member (former members 2, 3); shard kv/2 has no returning member holding its state (former members 9)',
