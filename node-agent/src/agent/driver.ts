@@ -100,6 +100,11 @@ interface PendingInvoke {
   sent: boolean;
   version: Version | null;
   replies: Map<NodeId, MethodOutcome>;
+  /**
+   * The shard's members in the view this node delivered the request in: they reply. A member that joined
+   * the shard later received the update inside its state transfer, never delivers it, never replies.
+   */
+  repliers: NodeId[] | null;
   startedMs: number;
   resolve(r: InvokeResult): void;
   reject(e: RequestError): void;
@@ -252,7 +257,7 @@ export class Driver {
     }
     return new Promise<InvokeResult>((resolve, reject) => {
       const p: PendingInvoke = {
-        id, shardId: layout.shardId, waitFor, payload, sent: false, version: null, replies: new Map(), startedMs: Date.now(), resolve, reject,
+        id, shardId: layout.shardId, waitFor, payload, sent: false, version: null, replies: new Map(), repliers: null, startedMs: Date.now(), resolve, reject,
       };
       this.pending.set(id, p);
       this.sendQueue.push(p);
@@ -600,7 +605,11 @@ export class Driver {
   private onReply(requestId: number, node: NodeId, version: Version, out: MethodOutcome): void {
     const p = this.pending.get(requestId);
     if (!p) return;
-    if (node === this.me) p.version = version;
+    if (node === this.me) {
+      p.version = version;
+      // Deliveries come before the Ready's view install: this.view is the view of the delivery.
+      p.repliers = [...(this.view?.layout.shards[p.shardId]?.members ?? [])];
+    }
     p.replies.set(node, out);
     this.maybeComplete(p);
   }
@@ -616,12 +625,15 @@ export class Driver {
       p.resolve({ version: p.version, replies: [{ node: this.me, outcome: p.replies.get(this.me)! }], persisted: false });
       return;
     }
-    for (const m of layout.members) if (!p.replies.has(m)) return;
+    // Every member that delivered it in the delivery's view and still serves the shard replies (a member
+    // removed since cannot; one that joined since never delivers it).
+    const repliers = layout.members.filter((m) => p.repliers === null || p.repliers.includes(m));
+    for (const m of repliers) if (!p.replies.has(m)) return;
     const durable = layout.persistent && layout.deliveryMode === 'ordered';
     const persisted = durable && compareVersions(this.persistenceFrontier(p.shardId), p.version) >= 0;
     if (p.waitFor === 'persisted' && durable && !persisted) return;
     this.pending.delete(p.id);
-    const replies = layout.members.map((node) => ({ node, outcome: p.replies.get(node)! }));
+    const replies = repliers.map((node) => ({ node, outcome: p.replies.get(node)! }));
     this.opt.observe?.requestDone?.('ordered', Date.now() - p.startedMs, true);
     p.resolve({ version: p.version, replies, persisted });
   }
