@@ -37,6 +37,8 @@ interface Args {
   jobs: number;
   demo: boolean;
   worker: boolean;
+  /** Seeds with a known, open failure (--known-failure S, repeatable). */
+  knownFailures: Set<number>;
 }
 
 function usage(message: string): never {
@@ -47,7 +49,7 @@ function usage(message: string): never {
 }
 
 function parseArgs(argv: string[]): Args {
-  const args: Args = { seeds: 100, first: null, seed: null, quiet: false, brokenRule: null, jobs: availableParallelism(), demo: false, worker: false };
+  const args: Args = { seeds: 100, first: null, seed: null, quiet: false, brokenRule: null, jobs: availableParallelism(), demo: false, worker: false, knownFailures: new Set() };
   const int = (flag: string, v: string | undefined, min: number): number => {
     if (v === undefined || !/^\d+$/.test(v)) usage(`${flag} needs a whole number`);
     const n = Number(v);
@@ -78,6 +80,12 @@ function parseArgs(argv: string[]): Args {
       case '--jobs':
         args.jobs = int(a, argv[++i], 1);
         break;
+      case '--known-failure': {
+        // A seed with a known, open failure (named in an issue): its violations are reported but not
+        // counted; if it stops failing, that is counted, so the list cannot rot.
+        args.knownFailures.add(int(a, argv[++i], 0));
+        break;
+      }
       case '--demo':
         args.demo = true;
         break;
@@ -140,7 +148,16 @@ async function runRange(args: Args): Promise<number> {
   let worst: { ticks: number; seed: number; from: number | null } = { ticks: 0, seed: first, from: null };
   const faults = new Map<string, number>();
   const step = Math.max(1, Math.ceil(count / 10));
-  const onResult = (r: RunResult): void => {
+  const onResult = (result: RunResult): void => {
+    let r = result;
+    if (args.knownFailures.has(r.seed)) {
+      if (r.violations.length > 0) {
+        console.log(`seed ${r.seed}: known failure (not counted): ${r.violations[0]}`);
+        r = { ...r, violations: [] };
+      } else {
+        r = { ...r, violations: [`seed ${r.seed} is listed with --known-failure but passes now: remove it from the list`] };
+      }
+    }
     done++;
     ticks += r.stats.ticks;
     unavailableSum += r.stats.longestUnavailable;

@@ -1304,8 +1304,18 @@ export class Replica {
     if (this.mode === 'active') {
       const view = this.view!;
       const rank = view.members.indexOf(from);
+      // A member of the restart that missed its commit (or whose report was sent before it) gets the
+      // commit again. A blank report that knows nothing of the plan may come from a node whose disk was
+      // wiped since it installed this view: it must not install the view from the commit (it holds none
+      // of what the view delivered). It is told the group runs: it joins, and its join request removes
+      // its old incarnation (a late report of a member that did accept and install the view changes
+      // nothing: restartActive is ignored once active).
       if (rank >= 0 && this.restartCommitOfView && report.lastView.viewId < this.restartCommitOfView.view.viewId) {
-        this.emit(from, { kind: 'restartCommit', from: this.me, plan: this.restartCommitOfView });
+        if (report.blank !== true || report.highestViewIdSeen >= this.restartCommitOfView.view.viewId) {
+          this.emit(from, { kind: 'restartCommit', from: this.me, plan: this.restartCommitOfView });
+        } else {
+          this.emit(from, { kind: 'restartActive', from: this.me, viewId: view.viewId, leader: this.leaderNode() });
+        }
         return;
       }
       if (rank >= 0) this.suspect(rank); // it lost its in-memory state: remove, it will join again
