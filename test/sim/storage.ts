@@ -1,7 +1,7 @@
 // The simulated disk of one node: what Ready.persist made durable. It survives crashes (the node object
 // is dropped, the disk is kept) and is what a restarted node reads back as its SavedState.
 
-import { compareVersions, savedStateFrom, VERSION_NONE } from '../../node-agent/src/core/types.ts';
+import { compareVersions, rememberViews, savedStateFrom, VERSION_NONE } from '../../node-agent/src/core/types.ts';
 import type {
   AcceptedChange,
   Ballot,
@@ -30,6 +30,8 @@ export class Disk {
   private restartPromised: Ballot | null = null;
   private acceptedChange: AcceptedChange | null = null;
   private restartAccepted: { ballot: Ballot; plan: RestartDecision } | null = null;
+  /** Views installed or known decided just before the last one (see RestartReport.recentViews). */
+  private recentViews: View[] = [];
   /** Shards whose state this node does not hold in full (a transfer was pending). */
   private readonly incompleteShards = new Set<number>();
   /** Number of records applied (for stats). */
@@ -44,6 +46,10 @@ export class Disk {
       case 'view':
         this.lastView = clone(record.view);
         this.highestViewIdSeen = Math.max(this.highestViewIdSeen, record.view.viewId);
+        this.recentViews = rememberViews(this.recentViews, [this.lastView]);
+        return;
+      case 'viewsDecided':
+        this.recentViews = rememberViews(this.recentViews, clone(record.views));
         return;
       case 'trim': {
         const trim = clone(record.trim);
@@ -110,7 +116,7 @@ export class Disk {
     return savedStateFrom(clone({
       lastView: this.lastView, trims: this.trims, highestViewIdSeen: this.highestViewIdSeen, logTails: this.logTails(),
       restartPromised: this.restartPromised, restartAccepted: this.restartAccepted,
-      incompleteShards: [...this.incompleteShards], acceptedChange: this.acceptedChange,
+      incompleteShards: [...this.incompleteShards], acceptedChange: this.acceptedChange, recentViews: this.recentViews,
     }));
   }
 

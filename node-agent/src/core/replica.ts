@@ -1279,6 +1279,7 @@ export class Replica {
       logTails: s.logTails, promised: this.restart!.promised, incompleteShards: s.incompleteShards ?? [],
       ...(s.blank === true ? { blank: true } : {}),
       ...(s.acceptedChange && s.acceptedChange.value.next.viewId > s.lastView.viewId ? { acceptedChange: s.acceptedChange } : {}),
+      ...(s.recentViews !== undefined && s.recentViews.length > 0 ? { recentViews: s.recentViews } : {}),
     };
   }
 
@@ -1506,6 +1507,9 @@ export class Replica {
       // Our own (cut) log is the shard's whole state: clear a stale "incomplete" mark.
       this.out.persist.push({ kind: 'shardState', shardId: s.shardId, complete: true });
     }
+    // The views the plan adopted were decided, and this node never installed them: keep them, so that a
+    // later restart can follow the chain of views from this restart view back to older saved views.
+    if (plan.adopted !== undefined && plan.adopted.length > 0) this.out.persist.push({ kind: 'viewsDecided', views: plan.adopted });
     this.out.persist.push({ kind: 'view', view: plan.view });
     this.mode = 'active';
     this.restart = null;

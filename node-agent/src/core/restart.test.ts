@@ -384,6 +384,35 @@ test('holders follow the chain of views back through an accepted view and a rest
   t.deepEqual(broken.missing.shards.map((s) => s.shardId), [1]);
 });
 
+test('holders follow the chain through the views a restart view\'s installer kept (seed 279)', (t) => {
+  // View 8 (saved by 2, 3, 4) was followed by an accepted-only view 9 that a restart adopted; restart view
+  // 10 (previousViewId 9) was installed by node 1 alone, and the whole group failed at once. No one returning
+  // still reports the accepted value of view 9 (node 1's was superseded by its install), but node 1 kept
+  // view 9 among its recent views (a `viewsDecided` record): kv/1's members hold it through 8, 9 and 10.
+  const view8: View = { viewId: 8, members: [1, 2, 3, 4], layout: layoutFor(kvPolicy, [[1, 2], [3, 4]]) };
+  const view9: View = { viewId: 9, members: [1, 2, 3, 4], layout: layoutFor(kvPolicy, [[1, 2], [3, 4]]), previousViewId: 8 };
+  const view10: View = { viewId: 10, members: [1, 2, 3, 4], layout: layoutFor(kvPolicy, [[1, 2], [3, 4]]), previousViewId: 9 };
+  const at8 = (n: NodeId): RestartReport => report(n, view8, [{ shardId: n <= 2 ? 0 : 1, version: v(8, 2) }], { highestViewIdSeen: 10 });
+  const installer: RestartReport = { ...report(1, view10, [{ shardId: 0, version: v(8, 2) }]), recentViews: [view8, view9, view10] };
+  const plan = ready(planRestart(kvPolicy, [installer, at8(2), at8(3), at8(4)]));
+  t.is(plan.lastView.viewId, 10);
+  t.is(plan.decision.view.viewId, 11);
+  t.is(shardOf(plan, 1).source, 3);
+  // Without the kept views the chain breaks at view 9, as it did in seed 279 (the restart never ended).
+  const broken = notReady(planRestart(kvPolicy, [report(1, view10, [{ shardId: 0, version: v(8, 2) }]), at8(2), at8(3), at8(4)]));
+  t.deepEqual(broken.missing.shards.map((s) => s.shardId), [1]);
+  // A kept view is evidence like an installed one: if node 3 had served kv/1 in view 9 without node 3...
+  const view9Without3: View = { ...view9, members: [1, 2, 4], layout: layoutFor(kvPolicy, [[1, 2], [4]]) };
+  const otherChain: RestartReport = { ...installer, recentViews: [view8, view9Without3, view10] };
+  const plan3 = ready(planRestart(kvPolicy, [otherChain, at8(2), at8(3), at8(4)]));
+  t.is(shardOf(plan3, 1).source, 3, 'node 4 served kv/1 in 9 and 10: it holds it, and 3 (a longer log, as long) is picked by rank');
+  const only3 = notReady(planRestart(kvPolicy, [otherChain, at8(2), at8(3)]));
+  t.deepEqual(only3.missing.shards.map((s) => s.shardId), [1], 'node 3 left kv/1 in view 9: its log may miss acknowledged updates');
+  // ...and two reports that keep different views with one id contradict each other.
+  const conflicting = notReady(planRestart(kvPolicy, [installer, { ...at8(2), recentViews: [view8, view9Without3] }, at8(3), at8(4)]));
+  t.regex(conflicting.message, /view 9 differs between reports: node 1 vs node 2/);
+});
+
 test('a persistent shard nobody holds a log for restarts empty', (t) => {
   const plan = ready(planRestart(kvPolicy, [report(1, view7), report(2, view7), report(3, view7)]));
   t.deepEqual(plan.decision.shards.map((s) => ({ ...s })), [

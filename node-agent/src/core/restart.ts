@@ -78,7 +78,12 @@ export function planRestart(policy: GroupPolicy, reports: RestartReport[], broke
     saving.flatMap((r) => r.trims.map((t) => ({ key: t.viewId, value: t, nodeId: r.nodeId }))),
     sameTrim,
   );
-  for (const [viewId, variants] of views) {
+  // Installed views, and the recent views a report carries (installed, or decided before a restart view).
+  const allViews = groupVariants(
+    saving.flatMap((r) => [r.lastView, ...(r.recentViews ?? [])].map((v) => ({ key: v.viewId, value: v, nodeId: r.nodeId }))),
+    sameView,
+  );
+  for (const [viewId, variants] of allViews) {
     if (variants.length > 1) conflicts.push(`view ${viewId} differs between reports: ${variantNodes(variants)}`);
   }
   for (const [viewId, variants] of trimVariants) {
@@ -169,9 +174,10 @@ export function planRestart(policy: GroupPolicy, reports: RestartReport[], broke
   }
   const byNode = new Map(unique.map((r) => [r.nodeId, r] as const));
   // Views the planner knows, to follow the chain of views back from the last one: installed views the
-  // reports carry, and accepted (possibly committed) view changes, the highest ballot per view id.
+  // reports carry (last and recent ones, and the views decided before a restart view that its installers
+  // kept), and accepted (possibly committed) view changes, the highest ballot per view id.
   const knownViews = new Map<number, View>();
-  for (const r of saving) if (!knownViews.has(r.lastView.viewId)) knownViews.set(r.lastView.viewId, r.lastView);
+  for (const [viewId, variants] of allViews) knownViews.set(viewId, variants[0]!.value);
   for (const v of adopted) knownViews.set(v.viewId, v);
   for (const r of saving) {
     const a = r.acceptedChange;

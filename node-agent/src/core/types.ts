@@ -220,6 +220,12 @@ export interface RestartReport {
   /** The newest view change this node accepted (it may have been committed without this node installing it). */
   acceptedChange?: AcceptedChange | null;
   /**
+   * Views this node installed or knows were decided just before its last view (the views a restart plan
+   * it installed adopted), at most RECENT_VIEWS_KEPT, ascending id: the planner follows the chain of views
+   * back from the last one through them (see restart.ts, `holds`).
+   */
+  recentViews?: View[];
+  /**
    * True for a node that never installed a view (nothing saved but, possibly, its restart-consensus
    * promises): its `lastView` is the empty `BLANK_VIEW`. It counts as a returned member of the last view
    * (it is one, if the view names it) but holds no state and says nothing about which view was last.
@@ -260,6 +266,22 @@ export interface StoredState {
   restartAccepted: { ballot: Ballot; plan: RestartDecision } | null;
   incompleteShards: number[];
   acceptedChange: AcceptedChange | null;
+  /** See `RestartReport.recentViews` (kept by `rememberViews`). */
+  recentViews: View[];
+}
+
+/** How many recent views a store keeps for restart planning (see `RestartReport.recentViews`). */
+export const RECENT_VIEWS_KEPT = 8;
+
+/**
+ * `recent` with `add` merged in (a view replaces a kept one with the same id), ascending by id, only the
+ * RECENT_VIEWS_KEPT highest ids. Pure: both stores (LogStore, the simulator's disk) keep their list with it.
+ */
+export function rememberViews(recent: readonly View[], add: readonly View[]): View[] {
+  const byId = new Map<number, View>();
+  for (const v of recent) byId.set(v.viewId, v);
+  for (const v of add) byId.set(v.viewId, v);
+  return [...byId.values()].sort((a, b) => a.viewId - b.viewId).slice(-RECENT_VIEWS_KEPT);
 }
 
 /**
@@ -281,6 +303,7 @@ export function savedStateFrom(s: StoredState): SavedState | null {
     restartAccepted: s.restartAccepted,
     incompleteShards: [...s.incompleteShards].sort((a, b) => a - b),
     ...(s.acceptedChange && s.acceptedChange.value.next.viewId > s.lastView.viewId ? { acceptedChange: s.acceptedChange } : {}),
+    ...(s.recentViews.length > 0 ? { recentViews: s.recentViews.filter((v) => v.viewId <= s.lastView!.viewId) } : {}),
   };
 }
 
@@ -512,12 +535,19 @@ export interface SavedState {
   blank?: boolean;
   /** The newest view change this node accepted, if it did not install its view (see RestartReport). */
   acceptedChange?: AcceptedChange | null;
+  /** Recent views (see `RestartReport.recentViews`). */
+  recentViews?: View[];
 }
 
 /** Something the driver must make durable before sending the Ready's messages. */
 export type PersistRecord =
   | { kind: 'log'; record: LogRecord }
   | { kind: 'view'; view: View }
+  /**
+   * Views decided just before the view this node is about to install, which it never installed (the views
+   * a restart plan adopted): kept with its recent views, so a later restart can follow the chain of views.
+   */
+  | { kind: 'viewsDecided'; views: View[] }
   | { kind: 'trim'; trim: SavedTrim }
   | { kind: 'viewIdSeen'; viewId: number }
   /** This node accepted a view change (persisted before its row says so: a restart must consider it). */

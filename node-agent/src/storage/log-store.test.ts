@@ -218,6 +218,49 @@ test('an accepted view change survives reopen and compaction until a later view 
   third.close();
 });
 
+test('views decided before a restart view are kept with the recent views across reopen and compaction', (t) => {
+  const dir = tempDir(t);
+  const store = LogStore.open(dir, { fsync: 'fsync' });
+  store.apply([{ kind: 'view', view: view(2, [1, 2, 3]) }]);
+  // a restart plan adopted view 3 (accepted, never installed here); the restart view 4 follows it
+  store.apply([{ kind: 'viewsDecided', views: [view(3, [1, 2])] }, { kind: 'view', view: { ...view(4, [1, 2, 3]), previousViewId: 3 } }]);
+  const ids = (s: LogStore): number[] => (s.savedState()!.recentViews ?? []).map((v) => v.viewId);
+  t.deepEqual(ids(store), [2, 3, 4]);
+  store.close();
+  const again = LogStore.open(dir, { fsync: 'fsync' });
+  t.deepEqual(ids(again), [2, 3, 4]);
+  again.compact();
+  for (let id = 5; id <= 14; id++) again.apply([{ kind: 'view', view: view(id, [1, 2, 3]) }]);
+  t.deepEqual(ids(again), [7, 8, 9, 10, 11, 12, 13, 14], 'the 8 newest are kept');
+  again.compact();
+  again.close();
+  const third = LogStore.open(dir, { fsync: 'fsync' });
+  t.deepEqual(ids(third), [7, 8, 9, 10, 11, 12, 13, 14]);
+  third.close();
+});
+
+test('a format version 1 journal is read and migrated to version 2; an unknown version is refused by name', (t) => {
+  const dir = tempDir(t);
+  const store = LogStore.open(dir, { fsync: 'fsync' });
+  store.apply([{ kind: 'view', view: view(2, [1, 2]) }, logRec(0, 2, 0, 'kept')]);
+  store.close();
+  const file = path.join(dir, JOURNAL_FILE);
+  const setVersion = (version: number): void => {
+    const bytes = nodeFs.readFileSync(file);
+    bytes.writeUInt32LE(version, 8);
+    bytes.writeUInt32LE(crc32Portable(bytes.subarray(0, 12)), 12);
+    nodeFs.writeFileSync(file, bytes);
+  };
+  setVersion(1);
+  const migrated = LogStore.open(dir, { fsync: 'fsync' });
+  t.is(migrated.savedState()!.lastView.viewId, 2);
+  t.deepEqual(migrated.log(0).map((r) => new TextDecoder().decode(r.payload)), ['kept']);
+  migrated.close();
+  t.is(nodeFs.readFileSync(file).readUInt32LE(8), 2, 'rewritten with the current header');
+  setVersion(3);
+  t.throws(() => LogStore.open(dir, { fsync: 'fsync' }), { instanceOf: CorruptionError, message: /unsupported format version 3 \(this build reads 1 and 2\)/ });
+});
+
 test('records over the bounds are refused with a clear error, and nothing is written', (t) => {
   const dir = tempDir(t);
   const store = LogStore.open(dir, { fsync: 'os', maxRecordBytes: 4096 });
@@ -271,6 +314,7 @@ test('property: any valid record sequence gives the same state as the simulator 
     { weight: 6, arbitrary: fc.record({ k: fc.constant('append' as const), shard, bump: fc.boolean(), gap: fc.nat(2), sender: fc.nat(5), payload: fc.uint8Array({ maxLength: 40 }) }) },
     fc.record({ k: fc.constant('rewrite' as const), shard, pick: fc.nat() }),
     fc.record({ k: fc.constant('view' as const), view: viewArb }),
+    fc.record({ k: fc.constant('viewsDecided' as const), views: fc.array(viewArb, { minLength: 1, maxLength: 4 }) }),
     fc.record({ k: fc.constant('trim' as const), trim: trimArb }),
     fc.record({ k: fc.constant('viewIdSeen' as const), viewId: fc.integer({ min: -1, max: 40 }) }),
     { weight: 2, arbitrary: fc.record({ k: fc.constant('truncate' as const), shard: fc.nat(4), pick: fc.nat(), how: fc.constantFrom('existing', 'arbitrary', 'none'), at: version }) },
@@ -331,6 +375,9 @@ test('property: any valid record sequence gives the same state as the simulator 
                 case 'view':
                   r = { kind: 'view', view: it.view };
                   break;
+                case 'viewsDecided':
+                  r = { kind: 'viewsDecided', views: it.views };
+                  break;
                 case 'trim':
                   r = { kind: 'trim', trim: it.trim };
                   break;
@@ -375,7 +422,7 @@ test('property: any valid record sequence gives the same state as the simulator 
         store.close();
       }
     }),
-    { numRuns: 150 },
+    { numRuns: 150, endOnFailure: true },
   );
   t.pass();
 });

@@ -5,17 +5,20 @@
 // API: synchronous (node:fs *Sync calls). The driver runs one event loop and must not send before the
 // records are durable anyway, so a synchronous `apply` is the simplest correct shape.
 //
-// ON-DISK FORMAT (format version 1, all integers little-endian)
+// ON-DISK FORMAT (format version 2, all integers little-endian)
 //
 //   <dir>/journal.dlog        the journal: a file header, then records, append-only
 //   <dir>/journal.dlog.tmp    a rewrite (creation, compaction, import) in progress; deleted on open
 //
-//   file header (16 bytes):  "DRCHJRNL" (8 bytes ASCII) | u32 format version (1) | u32 crc32 of bytes 0..11
+//   file header (16 bytes):  "DRCHJRNL" (8 bytes ASCII) | u32 format version (2) | u32 crc32 of bytes 0..11
+//   (version 1, without record kind 11, is read as well and migrated: `open` rewrites it as version 2, so
+//   that a build that only reads version 1 refuses the file by its header rather than by an unknown record)
 //   record (frame):          u32 body length L (1 <= L <= maxRecordBytes) | u32 crc32 of the body | body
 //   body:                    u8 record kind | encoding of that kind
 //     1 log              binary: u32 shardId | u32 viewId | u64 seq (< 2^53) | u32 sender | payload bytes
 //                        (21 bytes before the payload)
-//     2 view             UTF-8 JSON of the View                       (last installed view; raises highestViewIdSeen)
+//     2 view             UTF-8 JSON of the View                       (last installed view; raises highestViewIdSeen;
+//                                                                     joins the recent views)
 //     3 trim             UTF-8 JSON of the SavedTrim                  (upsert by viewId)
 //     4 viewIdSeen       UTF-8 JSON {viewId}
 //     5 truncate         UTF-8 JSON {shardId, after}                  (drop the shard's records with version > after)
@@ -23,6 +26,9 @@
 //     7 restartPromise   UTF-8 JSON {ballot}
 //     8 restartAccept    UTF-8 JSON {ballot, plan}
 //    10 viewAccepted     UTF-8 JSON {value, ballot}                  (a view change this node accepted)
+//    11 viewsDecided     UTF-8 JSON {views}                           (views decided before the next view record, never
+//                                                                     installed here; join the recent views, the
+//                                                                     RECENT_VIEWS_KEPT highest ids are kept)
 //     9 shardReset       UTF-8 JSON {shardId}                         (the shard has a log, empty from here on;
 //                                                                     written by rewrites, for empty logs only)
 //   crc32 is the IEEE CRC-32 of zlib (node:zlib `crc32` when present, else the table-driven copy below).
@@ -68,7 +74,7 @@
 import * as nodeFs from 'node:fs';
 import * as path from 'node:path';
 import * as zlib from 'node:zlib';
-import { compareVersions, savedStateFrom, VERSION_NONE } from '../core/types.ts';
+import { compareVersions, rememberViews, savedStateFrom, VERSION_NONE } from '../core/types.ts';
 import type { AcceptedChange, Ballot, LogRecord, PersistRecord, RestartDecision, SavedState, SavedTrim, Version, View } from '../core/types.ts';
 
 // ---------------------------------------------------------------------------------------------------------
@@ -129,7 +135,9 @@ export const crc32: (data: Uint8Array) => number =
 export const JOURNAL_FILE = 'journal.dlog';
 const TEMP_SUFFIX = '.tmp';
 const MAGIC = Buffer.from('DRCHJRNL', 'latin1');
-const FORMAT_VERSION = 1;
+const FORMAT_VERSION = 2;
+/** Older format versions `open` reads and migrates. */
+const MIGRATED_FORMAT_VERSIONS: readonly number[] = [1];
 const FILE_HEADER_BYTES = 16;
 const FRAME_HEADER_BYTES = 8;
 /** kind u8 + shardId u32 + viewId u32 + seq u64 + sender u32. */
@@ -160,6 +168,7 @@ const KIND = {
   restartAccept: 8,
   shardReset: 9,
   viewAccepted: 10,
+  viewsDecided: 11,
 } as const;
 type KindName = keyof typeof KIND;
 const KIND_NAMES: (KindName | undefined)[] = [];
@@ -276,6 +285,8 @@ class State {
   restartPromised: Ballot | null = null;
   restartAccepted: { ballot: Ballot; plan: RestartDecision } | null = null;
   acceptedChange: AcceptedChange | null = null;
+  /** Views installed or known decided, the RECENT_VIEWS_KEPT highest ids (see RestartReport.recentViews). */
+  recentViews: View[] = [];
   readonly incompleteShards = new Set<number>();
   /** Records in the journal. */
   records = 0;
@@ -305,6 +316,10 @@ class State {
       case 'view':
         this.lastView = op.view;
         this.highestViewIdSeen = Math.max(this.highestViewIdSeen, op.view.viewId);
+        this.recentViews = rememberViews(this.recentViews, [op.view]);
+        return null;
+      case 'viewsDecided':
+        this.recentViews = rememberViews(this.recentViews, op.views);
         return null;
       case 'trim': {
         const i = this.trims.findIndex((t) => t.viewId === op.trim.viewId);
@@ -363,6 +378,9 @@ class State {
   controlOps(): ControlOp[] {
     const ops: ControlOp[] = [];
     if (this.lastView !== null) ops.push({ kind: 'view', view: this.lastView });
+    // after the view record, so that the kept list comes back exactly (a kept view wins over the last
+    // view with the same id, and the highest ids are kept, as they were)
+    if (this.recentViewsNeedRecord()) ops.push({ kind: 'viewsDecided', views: this.recentViews });
     if (this.highestViewIdSeen > (this.lastView?.viewId ?? -1)) ops.push({ kind: 'viewIdSeen', viewId: this.highestViewIdSeen });
     for (const trim of this.trims) ops.push({ kind: 'trim', trim });
     for (const shardId of [...this.incompleteShards].sort((a, b) => a - b)) ops.push({ kind: 'shardState', shardId, complete: false });
@@ -370,6 +388,11 @@ class State {
     if (this.restartAccepted !== null) ops.push({ kind: 'restartAccept', ...this.restartAccepted });
     if (this.liveAcceptedChange()) ops.push({ kind: 'viewAccepted', accepted: this.acceptedChange! });
     return ops;
+  }
+
+  /** Whether a rewrite needs a viewsDecided record for the recent views (more than the last view record gives). */
+  private recentViewsNeedRecord(): boolean {
+    return this.recentViews.length > 1 || (this.recentViews.length === 1 && this.recentViews[0] !== this.lastView);
   }
 
   /** An accepted view change not superseded by an installed view (only those matter to a restart). */
@@ -382,6 +405,7 @@ class State {
     let n = this.liveLogRecords + this.trims.length + this.incompleteShards.size;
     for (const log of this.logs.values()) if (log.length === 0) n++; // a shardReset keeps an empty log
     if (this.lastView !== null) n++;
+    if (this.recentViewsNeedRecord()) n++;
     if (this.highestViewIdSeen > (this.lastView?.viewId ?? -1)) n++;
     if (this.restartPromised !== null) n++;
     if (this.restartAccepted !== null) n++;
@@ -399,6 +423,11 @@ function isU32(n: unknown): n is number {
 
 function isSafeInt(n: unknown): n is number {
   return typeof n === 'number' && Number.isSafeInteger(n);
+}
+
+/** The shape a view record must have to be read back (the core wrote it; this guards against junk). */
+function isViewShape(v: unknown): boolean {
+  return isObject(v) && isSafeInt(v.viewId) && Array.isArray(v.members) && isObject(v.layout);
 }
 
 function isObject(x: unknown): x is Record<string, unknown> {
@@ -489,6 +518,9 @@ function controlBody(op: ControlOp): Buffer {
     case 'viewAccepted':
       value = op.accepted;
       break;
+    case 'viewsDecided':
+      value = { views: op.views };
+      break;
     case 'shardReset':
       value = { shardId: op.shardId };
       break;
@@ -540,7 +572,9 @@ function decodeBody(body: Buffer, frameOffset: number): Op | string {
   const bad = `${kind} record has an unexpected shape`;
   switch (kind) {
     case 'view':
-      return isSafeInt(v.viewId) && Array.isArray(v.members) && isObject(v.layout) ? { kind, view: v as unknown as View } : bad;
+      return isViewShape(v) ? { kind, view: v as unknown as View } : bad;
+    case 'viewsDecided':
+      return Array.isArray(v.views) && v.views.every(isViewShape) ? { kind, views: v.views as unknown as View[] } : bad;
     case 'trim':
       return isSafeInt(v.viewId) && Array.isArray(v.trims) && Array.isArray(v.lastVersions) ? { kind, trim: v as unknown as SavedTrim } : bad;
     case 'viewIdSeen':
@@ -777,13 +811,30 @@ export class LogStore {
     }
 
     const fd = fs.openSync(file, 'r+');
+    let store: LogStore;
+    let version: number;
     try {
-      const { state, size } = LogStore.replay(fs, fd, file, maxRecordBytes, options.onRecovery);
-      return new LogStore(dir, options, fs, fd, size, state);
+      const replayed = LogStore.replay(fs, fd, file, maxRecordBytes, options.onRecovery);
+      version = replayed.version;
+      store = new LogStore(dir, options, fs, fd, replayed.size, replayed.state);
     } catch (e) {
       fs.closeSync(fd);
       throw e;
     }
+    // An older format version is migrated at once: the rewrite writes the current header.
+    if (version !== FORMAT_VERSION) {
+      try {
+        store.rewrite(null);
+      } catch (e) {
+        try {
+          store.close();
+        } catch {
+          // already failing
+        }
+        throw e;
+      }
+    }
+    return store;
   }
 
   private static replay(
@@ -792,7 +843,7 @@ export class LogStore {
     file: string,
     maxRecordBytes: number,
     onRecovery: ((info: RecoveryInfo) => void) | undefined,
-  ): { state: State; size: number } {
+  ): { state: State; size: number; version: number } {
     const size = fs.fstatSync(fd).size;
     const reader = new FileReader(fs, fd, size);
     if (size < FILE_HEADER_BYTES) throw new CorruptionError(file, 0, `file of ${size} bytes is shorter than the ${FILE_HEADER_BYTES}-byte header`);
@@ -800,7 +851,9 @@ export class LogStore {
     if (!header.subarray(0, 8).equals(MAGIC)) throw new CorruptionError(file, 0, 'not a journal (bad magic)');
     if (header.readUInt32LE(12) !== crc32(header.subarray(0, 12))) throw new CorruptionError(file, 0, 'header checksum mismatch');
     const version = header.readUInt32LE(8);
-    if (version !== FORMAT_VERSION) throw new CorruptionError(file, 8, `unsupported format version ${version} (this build reads ${FORMAT_VERSION})`);
+    if (version !== FORMAT_VERSION && !MIGRATED_FORMAT_VERSIONS.includes(version)) {
+      throw new CorruptionError(file, 8, `unsupported format version ${version} (this build reads ${[...MIGRATED_FORMAT_VERSIONS, FORMAT_VERSION].join(' and ')})`);
+    }
 
     const state = new State();
     let pos = FILE_HEADER_BYTES;
@@ -817,7 +870,7 @@ export class LogStore {
         fs.ftruncateSync(fd, pos);
         fs.fsyncSync(fd);
         onRecovery?.({ droppedBytes, reason: `torn tail at byte offset ${pos} of ${file}: ${frame.reason}; cut ${droppedBytes} bytes` });
-        return { state, size: pos };
+        return { state, size: pos, version };
       }
       const op = decodeBody(frame.body, pos);
       if (typeof op === 'string') throw new CorruptionError(file, pos, op);
@@ -825,7 +878,7 @@ export class LogStore {
       if (err !== null) throw new CorruptionError(file, pos, err);
       pos += FRAME_HEADER_BYTES + frame.len;
     }
-    return { state, size };
+    return { state, size, version };
   }
 
   // -------------------------------------------------------------------------------------------------------
@@ -919,6 +972,10 @@ export class LogStore {
         case 'viewAccepted':
           if (!isObject(rec.accepted) || !isSafeInt(rec.accepted.ballot) || !isObject(rec.accepted.value)) throw new StorageError('viewAccepted record without a value and an integer ballot');
           control({ kind: 'viewAccepted', accepted: rec.accepted });
+          break;
+        case 'viewsDecided':
+          if (!Array.isArray(rec.views) || !rec.views.every(isViewShape)) throw new StorageError('viewsDecided record without a list of views with integer viewIds');
+          if (rec.views.length > 0) control({ kind: 'viewsDecided', views: rec.views });
           break;
         default: {
           const never: never = rec;
@@ -1107,7 +1164,7 @@ export class LogStore {
     return savedStateFrom(structuredClone({
       lastView: s.lastView, trims: s.trims, highestViewIdSeen: s.highestViewIdSeen, logTails: this.logTails(),
       restartPromised: s.restartPromised, restartAccepted: s.restartAccepted,
-      incompleteShards: [...s.incompleteShards], acceptedChange: s.acceptedChange,
+      incompleteShards: [...s.incompleteShards], acceptedChange: s.acceptedChange, recentViews: s.recentViews,
     }));
   }
 

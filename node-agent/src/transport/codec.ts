@@ -21,6 +21,7 @@
 // Encoded parts (`encodeParts`) reference the caller's payload: do not mutate it until it is written.
 
 import { z } from 'zod';
+import { RECENT_VIEWS_KEPT } from '../core/types.ts';
 import type {
   DataMessage, LogRecord, Message, NodeId, Row, RowMessage, Version,
 } from '../core/types.ts';
@@ -208,6 +209,7 @@ export function controlSchemas(l: CodecLimits) {
     incompleteShards: z.array(shardId).max(l.shardsMax).optional(),
     blank: z.boolean().optional(),
     acceptedChange: z.object({ value: viewChangeValue, ballot: count }).nullable().optional(),
+    recentViews: z.array(view).max(RECENT_VIEWS_KEPT).optional(),
   });
   const messages = {
     joinRequest: z.object({ kind: z.literal('joinRequest'), from: nodeId, incarnation: count }),
