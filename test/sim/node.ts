@@ -85,8 +85,9 @@ interface Entry {
 const MAX_READY_ROUNDS = 10_000;
 
 export class SimNode {
-  /** Survives crashes; replaced only by wipeDisk(). */
-  disk = new Disk();
+  /** Survives crashes; replaced only by wipeDisk() (each disk of a node has its own id). */
+  disk: Disk;
+  private disksUsed = 1;
   /** 0 before the first start; each start is a new process lifetime. */
   incarnation = 0;
   replica: ReplicaLike | null = null;
@@ -112,7 +113,9 @@ export class SimNode {
   constructor(
     readonly id: NodeId,
     private readonly ctx: NodeContext,
-  ) {}
+  ) {
+    this.disk = new Disk(this.id * 1000 + this.disksUsed);
+  }
 
   get up(): boolean {
     return this.replica !== null;
@@ -138,7 +141,7 @@ export class SimNode {
     }
     let replica: ReplicaLike;
     try {
-      replica = this.ctx.createReplica(this.ctx.config(this.id), start, prng);
+      replica = this.ctx.createReplica({ ...this.ctx.config(this.id), diskId: this.disk.diskId }, start, prng);
     } catch (e) {
       this.fail(`exception in new Replica(${start.kind}): ${errText(e)}`);
       return;
@@ -150,7 +153,8 @@ export class SimNode {
   /** The node's volume is replaced while it is down: it comes back with an empty disk. */
   wipeDisk(): void {
     if (this.replica) throw new Error(`node ${this.id} is running: wipe its disk only while it is down`);
-    this.disk = new Disk();
+    this.disksUsed++;
+    this.disk = new Disk(this.id * 1000 + this.disksUsed);
   }
 
   /** The process dies: the replica and the volatile application state are gone, the disk stays. */

@@ -23,6 +23,12 @@ export interface DiskLogSnapshot {
 }
 
 export class Disk {
+  /**
+   * @param diskId this disk's identity (ReplicaConfig.diskId; the simulator numbers the disks of a node,
+   * so a wiped disk comes back with a new id); 0: unknown
+   */
+  constructor(readonly diskId = 0) {}
+
   private readonly logs = new Map<number, LogRecord[]>();
   private lastView: View | null = null;
   private trims: SavedTrim[] = [];

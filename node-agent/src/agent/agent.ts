@@ -150,7 +150,7 @@ export class Agent {
     for (const [id, addr] of Object.entries(config.peers)) if (Number(id) !== config.nodeId) peers.set(Number(id), addr);
     this.transport.setPeers(peers);
 
-    const replicaConfig = toReplicaConfig(config, config.group);
+    const replicaConfig = { ...toReplicaConfig(config, config.group), diskId: this.store.diskId };
     if (config.benchApi) this.bench = new BenchProbe(config.nodeId);
     this.driver = new Driver({
       config: replicaConfig,

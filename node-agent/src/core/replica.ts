@@ -159,7 +159,7 @@ export class Replica {
   private leaving = false;
   private waiting: Waiting = { kind: 'none', message: '' };
   /** Leader's queue of join requests (bounded by pendingJoinsMax). */
-  private pendingJoins: { nodeId: NodeId; incarnation: number }[] = [];
+  private pendingJoins: { nodeId: NodeId; incarnation: number; diskId: number }[] = [];
   /** Welcomes this node sent for the current view, to resend on a repeated request. */
   private welcomes = new Map<NodeId, WelcomeMessage>();
   /**
@@ -173,6 +173,8 @@ export class Replica {
 
   // ---- joining ----
   private readonly incarnation: number;
+  /** This node's disk id (ReplicaConfig.diskId; 0: unknown). */
+  private readonly diskId: number;
   private contacts: NodeId[] = [];
   private contactCursor = 0;
   private preferredContact: NodeId | null = null;
@@ -192,6 +194,7 @@ export class Replica {
     this.me = config.nodeId;
     this.prng = prng;
     this.incarnation = prng.int(1, 2 ** 30);
+    this.diskId = config.diskId ?? 0;
     switch (start.kind) {
       case 'bootstrap': {
         const members = [...start.members];
@@ -244,7 +247,7 @@ export class Replica {
         else if (this.mode === 'restarting' && this.restart) this.onRestartViewTraffic(message.from, message.viewId);
         break;
       case 'joinRequest':
-        this.onJoinRequest(message.from, message.incarnation);
+        this.onJoinRequest(message.from, message.incarnation, message.diskId ?? 0);
         break;
       case 'joinRedirect':
         if (this.mode === 'joining') {
@@ -923,11 +926,17 @@ export class Replica {
     // A leaving member that is the last holder of a persistent shard stays until the state has a new home.
     const survivors = live.filter((r) => !this.rows[r]!.leaving || !this.canLeave(r)).map((r) => view.members[r]!);
     const joined: NodeId[] = [];
+    const joinedDisks: number[] = [];
     for (const j of this.pendingJoins) {
       if (joined.length >= this.config.joinsPerViewMax) break;
-      if (!survivors.includes(j.nodeId) && !joined.includes(j.nodeId)) joined.push(j.nodeId);
+      if (!survivors.includes(j.nodeId) && !joined.includes(j.nodeId)) {
+        joined.push(j.nodeId);
+        joinedDisks.push(j.diskId);
+      }
     }
     const members = [...survivors, ...joined];
+    // The disk each member joined or restarted with: survivors keep theirs, joiners bring theirs.
+    const memberDisks = [...survivors.map((m) => view.memberDisks?.[view.members.indexOf(m)] ?? 0), ...joinedDisks];
     if (members.length === 0) return `view ${view.viewId}: every member is leaving or failed`;
     const alloc = allocate(this.config.policy, view.layout, members);
     if (!alloc.adequate) return `next view would be inadequate: ${alloc.reason}; waiting for more nodes to join`;
@@ -965,7 +974,10 @@ export class Replica {
     const removed = view.members.filter((m) => !survivors.includes(m));
     return {
       fromViewId: view.viewId,
-      next: { viewId: view.viewId + 1, members, layout: alloc.layout, previousViewId: view.viewId },
+      next: {
+        viewId: view.viewId + 1, members, layout: alloc.layout, previousViewId: view.viewId,
+        ...(memberDisks.some((d) => d > 0) ? { memberDisks } : {}),
+      },
       trims, joined, removed, transfers, lostShards,
     };
   }
@@ -1031,7 +1043,7 @@ export class Replica {
     for (const w of welcomes) this.admittedIncarnations.set(w.to, w.incarnation);
     this.pendingJoins = this.pendingJoins.filter((p) => !value.next.members.includes(p.nodeId));
     if (this.view!.members[this.leaderRankAmongLive()] !== this.me) this.pendingJoins = [];
-    this.myRow().pendingJoins = this.pendingJoins.map((p) => ({ ...p }));
+    this.myRow().pendingJoins = this.pendingJoins.map((p) => ({ nodeId: p.nodeId, incarnation: p.incarnation }));
   }
 
   private welcomeFor(joiner: NodeId, value: ViewChangeValue): WelcomeMessage {
@@ -1155,7 +1167,7 @@ export class Replica {
   // Joins
   // ======================================================================================
 
-  private onJoinRequest(from: NodeId, incarnation: number): void {
+  private onJoinRequest(from: NodeId, incarnation: number, diskId: number): void {
     if (this.mode === 'restarting') {
       // The group is restarting after a total failure: a joiner with nothing saved may be the only
       // former member of a volatile shard. Tell it, so that it reports (blank) instead of waiting.
@@ -1183,9 +1195,11 @@ export class Replica {
       return;
     }
     const existing = this.pendingJoins.find((p) => p.nodeId === from);
-    if (existing) existing.incarnation = incarnation;
-    else if (this.pendingJoins.length < this.config.pendingJoinsMax) this.pendingJoins.push({ nodeId: from, incarnation });
-    this.myRow().pendingJoins = this.pendingJoins.map((p) => ({ ...p }));
+    if (existing) {
+      existing.incarnation = incarnation;
+      existing.diskId = diskId;
+    } else if (this.pendingJoins.length < this.config.pendingJoinsMax) this.pendingJoins.push({ nodeId: from, incarnation, diskId });
+    this.myRow().pendingJoins = this.pendingJoins.map((p) => ({ nodeId: p.nodeId, incarnation: p.incarnation }));
     this.rowDirty = true;
   }
 
@@ -1207,7 +1221,7 @@ export class Replica {
   }
 
   private sendJoinRequest(to: NodeId): void {
-    this.emit(to, { kind: 'joinRequest', from: this.me, incarnation: this.incarnation });
+    this.emit(to, { kind: 'joinRequest', from: this.me, incarnation: this.incarnation, ...(this.diskId > 0 ? { diskId: this.diskId } : {}) });
   }
 
   private onWelcome(w: WelcomeMessage): void {
@@ -1280,6 +1294,7 @@ export class Replica {
       ...(s.blank === true ? { blank: true } : {}),
       ...(s.acceptedChange && s.acceptedChange.value.next.viewId > s.lastView.viewId ? { acceptedChange: s.acceptedChange } : {}),
       ...(s.recentViews !== undefined && s.recentViews.length > 0 ? { recentViews: s.recentViews } : {}),
+      ...(this.diskId > 0 ? { diskId: this.diskId } : {}),
     };
   }
 

@@ -712,6 +712,34 @@ test('a node back with nothing saved does not count toward the restart majority 
   t.true(planRestart(logPolicy, [report(3, view0)], 'restartQuorumFloorHalf').ready, 'the floor(n/2) mutant takes one of three');
 });
 
+test('a joiner back with nothing saved on the disk it joined with counts for the view that admitted it; a wiped one does not', (t) => {
+  // View 3 = [2, 4]; the change to view 4 admits joiners 1 and 5 (their disks 1001, 5001) and is accepted
+  // by 2 and 4, then everything fails before anyone installs view 4. The joiners come back with nothing
+  // saved. View 4 may have been committed, so its majority is needed: 2 of 4 saved members are not
+  // enough, but a joiner with the very disk view 4 names never installed view 4 and accepted nothing in it.
+  const view3: View = { viewId: 3, members: [2, 4], layout: layoutFor(logPolicy, [[2, 4]]), previousViewId: 2, memberDisks: [2001, 4001] };
+  const view4: View = { viewId: 4, members: [2, 4, 1, 5], layout: layoutFor(logPolicy, [[2, 4, 1, 5]]), previousViewId: 3, memberDisks: [2001, 4001, 1001, 5001] };
+  const change = { fromViewId: 3, next: view4, trims: [[0, 0]], joined: [1, 5], removed: [], transfers: [], lostShards: [] };
+  const saved = (n: NodeId): RestartReport => ({
+    ...report(n, view3, [{ shardId: 0, version: v(3, 4) }], { highestViewIdSeen: 4 }), diskId: n * 1000 + 1, acceptedChange: { value: change, ballot: 0 },
+  });
+  const joiner = (n: NodeId, diskId: number): RestartReport => ({ ...blankReport(n), diskId });
+  const stuck = notReady(planRestart(logPolicy, [saved(2), saved(4)]));
+  t.deepEqual(stuck.missing.majority, { have: 2, need: 3, absent: [1, 5], viewId: 4 });
+  const plan = ready(planRestart(logPolicy, [saved(2), saved(4), joiner(1, 1001)]));
+  t.is(plan.lastView.viewId, 4);
+  t.deepEqual(plan.decision.view.members, [2, 4, 1]);
+  t.deepEqual(plan.decision.view.memberDisks, [2001, 4001, 1001], 'the restart view names the disks its members came back with');
+  t.is(shardOf(plan, 0).source, 2);
+  // Joiner 1's disk was replaced (a new id) and joiner 5 never had one: neither counts.
+  const wiped = notReady(planRestart(logPolicy, [saved(2), saved(4), joiner(1, 1002), { ...blankReport(5) }]));
+  t.deepEqual(wiped.missing.majority, { have: 2, need: 3, absent: [1, 5], viewId: 4 });
+  t.true(planRestart(logPolicy, [saved(2), saved(4), joiner(1, 1002)], 'wipedNodeCounts').ready, 'the mutant counts the wiped disk');
+  // A blank node never counts for a view that does not name its disk (here view 3, which it was never in).
+  const view3Only = notReady(planRestart(logPolicy, [report(2, view3), joiner(1, 1001), joiner(5, 5001)]));
+  t.deepEqual(view3Only.missing.majority, { have: 1, need: 2, absent: [4], viewId: 3 });
+});
+
 test('planStart names the restart a plan belongs to: the newest installed view its chain starts from', (t) => {
   // Plans of one restart decide the same thing (the leader re-proposes an accepted one, see
   // Replica.progressRestart); a plan whose chain adopted X out of W belongs to the restart from W.

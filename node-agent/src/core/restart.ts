@@ -10,7 +10,8 @@
 //     with different members or layout contradict each other (so do two different ragged trims for one
 //     view id): the plan is not ready and says which nodes disagree. One report per node id counts (the
 //     first; later duplicates are ignored).
-//  2. Quorum: (a) a majority of the last view's members returned; (b) every (non-empty) shard of the last
+//  2. Quorum: (a) a majority of the last view's members returned with their saved state (a node back
+//     with nothing saved counts only for a view that names its disk, see View.memberDisks); (b) every (non-empty) shard of the last
 //     view has at least one returning former member; (c) the restart view is adequate. Its members are
 //     every returning node: the last view's members in rank order, then the others by ascending id; its
 //     layout is `allocate(policy, lastView.layout, members)`.
@@ -132,15 +133,27 @@ export function planRestart(policy: GroupPolicy, reports: RestartReport[], broke
   // Rule 2: the quorum. Deciding what follows a view takes a majority of that view: of the newest view a
   // returning node installed, and of every view adopted after it (its successor too may have been
   // decided). Only nodes that saved something count: a node back with an empty disk (it never installed
-  // a view, or its disk was wiped) knows nothing of the decisions it may have taken part in.
+  // a view, or its disk was wiped) knows nothing of the decisions it may have taken part in — unless the
+  // view names the disk it came back with (View.memberDisks): then that disk is the one it joined or
+  // restarted with, it never saved a view, so it never installed this one and accepted nothing in it (a
+  // joiner that failed before installing the view that admitted it). A wiped disk has a new id.
   const returned = new Set(unique.map((r) => r.nodeId));
-  const counted = new Set((brokenRule === 'wipedNodeCounts' ? unique : saving).map((r) => r.nodeId));
+  const saved = new Set(saving.map((r) => r.nodeId));
+  // A blank report counts for a view only if the view names the very disk it came back with: that disk
+  // never saved a view, so the node never installed this one and accepted nothing in it. A wiped disk has
+  // a new id (or none), and may have lost whatever the node accepted.
+  const countsFor = (qv: View, r: RestartReport): boolean => {
+    if (brokenRule === 'wipedNodeCounts' || saved.has(r.nodeId)) return true;
+    const disk = r.diskId ?? 0;
+    return disk > 0 && qv.memberDisks?.[qv.members.indexOf(r.nodeId)] === disk;
+  };
   const quorumViews = brokenRule === 'restartQuorumOfAdoptedViewOnly' ? [lastView] : [installedLast, ...adopted];
   const lastMembers = dedupe(lastView.members);
   let majority: RestartMissing['majority'] = null;
   let majorityView = lastView;
   for (const qv of quorumViews) {
     const members = dedupe(qv.members);
+    const counted = new Set(unique.filter((r) => countsFor(qv, r)).map((r) => r.nodeId));
     const have = members.filter((m) => counted.has(m)).length;
     const need = brokenRule === 'restartQuorumFloorHalf' ? Math.floor(members.length / 2) : Math.floor(members.length / 2) + 1;
     if (have < need) {
@@ -245,7 +258,12 @@ export function planRestart(policy: GroupPolicy, reports: RestartReport[], broke
     highest = Math.max(highest, r.highestViewIdSeen);
     for (const t of r.trims) highest = Math.max(highest, t.viewId);
   }
-  const view: View = { viewId: highest + 1, members, layout: allocation.layout, previousViewId: lastView.viewId };
+  // The disk each member restarts with (0 if it did not say).
+  const memberDisks = members.map((m) => byNode.get(m)?.diskId ?? 0);
+  const view: View = {
+    viewId: highest + 1, members, layout: allocation.layout, previousViewId: lastView.viewId,
+    ...(memberDisks.some((d) => d > 0) ? { memberDisks } : {}),
+  };
 
   // Rule 4: sources and truncation points.
   const trims = mergedTrims;

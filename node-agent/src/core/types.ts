@@ -84,6 +84,13 @@ export interface View {
   layout: Layout;
   /** The view this one followed: viewId - 1 after a view change, the restarted view after a restart. */
   previousViewId?: number;
+  /**
+   * memberDisks[rank]: the disk id (ReplicaConfig.diskId) the member at that rank joined or restarted with,
+   * 0 if unknown. A member back from a total failure with nothing saved on that same disk never installed
+   * this view, so never accepted anything in it: it counts toward this view's restart majority (see
+   * restart.ts). Absent when no member's disk is known.
+   */
+  memberDisks?: number[];
 }
 
 /**
@@ -174,6 +181,8 @@ export interface JoinRequestMessage {
   from: NodeId;
   /** Distinguishes process lifetimes of the same node id. */
   incarnation: number;
+  /** The joiner's disk id (ReplicaConfig.diskId); absent or 0 if unknown. */
+  diskId?: number;
 }
 
 export interface JoinRedirectMessage {
@@ -225,6 +234,8 @@ export interface RestartReport {
    * back from the last one through them (see restart.ts, `holds`).
    */
   recentViews?: View[];
+  /** The reporter's disk id (ReplicaConfig.diskId); absent or 0 if unknown. */
+  diskId?: number;
   /**
    * True for a node that never installed a view (nothing saved but, possibly, its restart-consensus
    * promises): its `lastView` is the empty `BLANK_VIEW`. It counts as a returned member of the last view
@@ -427,6 +438,12 @@ export interface Row {
 /** Configuration of the core; all durations are in ticks. */
 export interface ReplicaConfig {
   nodeId: NodeId;
+  /**
+   * Identity of this node's disk: a random positive number saved when its store was created, so a store
+   * replaced by an empty one (a wiped disk) is told apart from one that never saved a view. 0 or absent:
+   * unknown (such a node, back with nothing saved, never counts toward a restart majority).
+   */
+  diskId?: number;
   policy: GroupPolicy;
   /** Push the own row at least every this many ticks. */
   heartbeatTicks: number;

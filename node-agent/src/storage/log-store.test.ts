@@ -239,6 +239,27 @@ test('views decided before a restart view are kept with the recent views across 
   third.close();
 });
 
+test('a store draws its disk id when it is created and keeps it across reopen and compaction', (t) => {
+  const root = tempDir(t);
+  const a = LogStore.open(subDir(root), { fsync: 'fsync' });
+  const b = LogStore.open(subDir(root), { fsync: 'fsync' });
+  t.true(Number.isSafeInteger(a.diskId) && a.diskId > 0);
+  t.not(a.diskId, b.diskId, 'a replaced (empty) disk has a new identity');
+  b.close();
+  const dir = subDir(root);
+  const c = LogStore.open(dir, { fsync: 'fsync', newDiskId: () => 4242 });
+  t.is(c.diskId, 4242);
+  t.is(c.savedState(), null, 'the disk id alone is not saved state: the node joins as new');
+  c.apply([{ kind: 'view', view: view(1, [1]) }]);
+  c.compact();
+  c.close();
+  const again = LogStore.open(dir, { fsync: 'fsync', newDiskId: () => t.fail('an existing store keeps its id') as never });
+  t.is(again.diskId, 4242);
+  again.close();
+  a.close();
+  t.throws(() => LogStore.open(subDir(root), { fsync: 'fsync', newDiskId: () => 0 }), { instanceOf: StorageError, message: /newDiskId returned 0/ });
+});
+
 test('a format version 1 journal is read and migrated to version 2; an unknown version is refused by name', (t) => {
   const dir = tempDir(t);
   const store = LogStore.open(dir, { fsync: 'fsync' });
@@ -257,6 +278,9 @@ test('a format version 1 journal is read and migrated to version 2; an unknown v
   t.deepEqual(migrated.log(0).map((r) => new TextDecoder().decode(r.payload)), ['kept']);
   migrated.close();
   t.is(nodeFs.readFileSync(file).readUInt32LE(8), 2, 'rewritten with the current header');
+  const reopened = LogStore.open(dir, { fsync: 'fsync' });
+  t.true(reopened.diskId > 0, 'and given a disk id');
+  reopened.close();
   setVersion(3);
   t.throws(() => LogStore.open(dir, { fsync: 'fsync' }), { instanceOf: CorruptionError, message: /unsupported format version 3 \(this build reads 1 and 2\)/ });
 });

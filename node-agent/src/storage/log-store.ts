@@ -26,6 +26,9 @@
 //     7 restartPromise   UTF-8 JSON {ballot}
 //     8 restartAccept    UTF-8 JSON {ballot, plan}
 //    10 viewAccepted     UTF-8 JSON {value, ballot}                  (a view change this node accepted)
+//    12 disk             UTF-8 JSON {diskId}                          (this store's identity: a random positive
+//                                                                     integer, written when the store is created
+//                                                                     or migrated; see ReplicaConfig.diskId)
 //    11 viewsDecided     UTF-8 JSON {views}                           (views decided before the next view record, never
 //                                                                     installed here; join the recent views, the
 //                                                                     RECENT_VIEWS_KEPT highest ids are kept)
@@ -71,6 +74,7 @@
 // Failures: a failed write or fsync leaves the store unusable (every later call throws): after a failed
 // fsync the kernel's view of the file cannot be trusted, so the driver must exit and reopen.
 
+import { randomInt } from 'node:crypto';
 import * as nodeFs from 'node:fs';
 import * as path from 'node:path';
 import * as zlib from 'node:zlib';
@@ -169,6 +173,7 @@ const KIND = {
   shardReset: 9,
   viewAccepted: 10,
   viewsDecided: 11,
+  disk: 12,
 } as const;
 type KindName = keyof typeof KIND;
 const KIND_NAMES: (KindName | undefined)[] = [];
@@ -211,6 +216,8 @@ export interface LogStoreOptions {
   onRecovery?: (info: RecoveryInfo) => void;
   /** File system calls (default node:fs). */
   fs?: StorageFs;
+  /** Draws the disk id of a new store (default: a random integer in [1, 2^48)). */
+  newDiskId?: () => number;
 }
 
 export interface LogStoreStats {
@@ -247,7 +254,8 @@ interface Entry {
 type Op =
   | Exclude<PersistRecord, { kind: 'log' }>
   | { kind: 'log'; shardId: number; viewId: number; seq: number; sender: number; offset: number; length: number }
-  | { kind: 'shardReset'; shardId: number };
+  | { kind: 'shardReset'; shardId: number }
+  | { kind: 'disk'; diskId: number };
 
 type ControlOp = Exclude<Op, { kind: 'log' }>;
 
@@ -287,6 +295,8 @@ class State {
   acceptedChange: AcceptedChange | null = null;
   /** Views installed or known decided, the RECENT_VIEWS_KEPT highest ids (see RestartReport.recentViews). */
   recentViews: View[] = [];
+  /** This store's identity (0 until its disk record is read or written). */
+  diskId = 0;
   readonly incompleteShards = new Set<number>();
   /** Records in the journal. */
   records = 0;
@@ -320,6 +330,9 @@ class State {
         return null;
       case 'viewsDecided':
         this.recentViews = rememberViews(this.recentViews, op.views);
+        return null;
+      case 'disk':
+        this.diskId = op.diskId;
         return null;
       case 'trim': {
         const i = this.trims.findIndex((t) => t.viewId === op.trim.viewId);
@@ -377,6 +390,7 @@ class State {
   /** Control records a rewrite writes for this state, in order (log records follow, per shard). */
   controlOps(): ControlOp[] {
     const ops: ControlOp[] = [];
+    if (this.diskId > 0) ops.push({ kind: 'disk', diskId: this.diskId });
     if (this.lastView !== null) ops.push({ kind: 'view', view: this.lastView });
     // after the view record, so that the kept list comes back exactly (a kept view wins over the last
     // view with the same id, and the highest ids are kept, as they were)
@@ -406,6 +420,7 @@ class State {
     for (const log of this.logs.values()) if (log.length === 0) n++; // a shardReset keeps an empty log
     if (this.lastView !== null) n++;
     if (this.recentViewsNeedRecord()) n++;
+    if (this.diskId > 0) n++;
     if (this.highestViewIdSeen > (this.lastView?.viewId ?? -1)) n++;
     if (this.restartPromised !== null) n++;
     if (this.restartAccepted !== null) n++;
@@ -521,6 +536,9 @@ function controlBody(op: ControlOp): Buffer {
     case 'viewsDecided':
       value = { views: op.views };
       break;
+    case 'disk':
+      value = { diskId: op.diskId };
+      break;
     case 'shardReset':
       value = { shardId: op.shardId };
       break;
@@ -575,6 +593,8 @@ function decodeBody(body: Buffer, frameOffset: number): Op | string {
       return isViewShape(v) ? { kind, view: v as unknown as View } : bad;
     case 'viewsDecided':
       return Array.isArray(v.views) && v.views.every(isViewShape) ? { kind, views: v.views as unknown as View[] } : bad;
+    case 'disk':
+      return isSafeInt(v.diskId) && v.diskId > 0 ? { kind, diskId: v.diskId } : bad;
     case 'trim':
       return isSafeInt(v.viewId) && Array.isArray(v.trims) && Array.isArray(v.lastVersions) ? { kind, trim: v as unknown as SavedTrim } : bad;
     case 'viewIdSeen':
@@ -821,9 +841,15 @@ export class LogStore {
       fs.closeSync(fd);
       throw e;
     }
-    // An older format version is migrated at once: the rewrite writes the current header.
-    if (version !== FORMAT_VERSION) {
+    // A new store gets its disk id, and an older format version is migrated at once (the rewrite writes
+    // the current header, and a disk id: a store from before disk ids gets one now).
+    if (version !== FORMAT_VERSION || store.state.diskId === 0) {
       try {
+        if (store.state.diskId === 0) {
+          const id = (options.newDiskId ?? (() => randomInt(1, 2 ** 48)))();
+          if (!Number.isSafeInteger(id) || id <= 0) throw new StorageError(`newDiskId returned ${id}, not a positive safe integer`);
+          store.state.diskId = id;
+        }
         store.rewrite(null);
       } catch (e) {
         try {
@@ -1156,6 +1182,11 @@ export class LogStore {
 
   // -------------------------------------------------------------------------------------------------------
   // Reading
+
+  /** This store's identity (ReplicaConfig.diskId): drawn when the store was created, never changes. */
+  get diskId(): number {
+    return this.state.diskId;
+  }
 
   /** What a restarted node passes as `{kind: 'restart', saved}`; null when it never saved a view. */
   savedState(): SavedState | null {

@@ -178,7 +178,8 @@ export function controlSchemas(l: CodecLimits) {
     persistent: z.boolean(),
   });
   const layout = z.object({ shards: z.array(shardLayout).max(l.shardsMax) });
-  const view = z.object({ viewId, members: nodeList, layout, previousViewId: viewId.optional() });
+  const diskId = z.int().min(0).max(Number.MAX_SAFE_INTEGER);
+  const view = z.object({ viewId, members: nodeList, layout, previousViewId: viewId.optional(), memberDisks: z.array(diskId).max(l.membersMax).optional() });
   const trims = z.array(z.array(count).max(l.membersMax)).max(l.shardsMax);
   const stateTransferPlan = z.object({ shardId, from: nodeId, to: nodeList, through: version, suffixOnly: z.boolean().optional() });
   const viewChangeValue = z.object({
@@ -210,9 +211,10 @@ export function controlSchemas(l: CodecLimits) {
     blank: z.boolean().optional(),
     acceptedChange: z.object({ value: viewChangeValue, ballot: count }).nullable().optional(),
     recentViews: z.array(view).max(RECENT_VIEWS_KEPT).optional(),
+    diskId: diskId.optional(),
   });
   const messages = {
-    joinRequest: z.object({ kind: z.literal('joinRequest'), from: nodeId, incarnation: count }),
+    joinRequest: z.object({ kind: z.literal('joinRequest'), from: nodeId, incarnation: count, diskId: diskId.optional() }),
     joinRedirect: z.object({ kind: z.literal('joinRedirect'), from: nodeId, leader: nodeId }),
     welcome: z.object({
       kind: z.literal('welcome'), from: nodeId, to: nodeId, view, incarnation: count,
