@@ -262,3 +262,64 @@ test('a late retry of the join request a member was admitted with does not get i
   net.drain(leader);
   t.true(net.tickUntil(() => leader.status().viewId > viewAfterJoin, 200), 'a view change replaced node 4\'s old incarnation');
 });
+
+test('a member taken for failed and re-admitted in the same view change starts over instead of carrying its old-view state', (t) => {
+  // The leader gets a join request for node 3 with another incarnation (a process of node 3 that took the
+  // group for restarting, then running): it suspects node 3 and re-admits it in one change. The running
+  // node 3 sees itself in `removed`: the trims were computed without it, so it must not continue as a
+  // survivor (that broke virtual synchrony in a raw shard, seed 770038704); it exits to rejoin.
+  const exits = new Map<number, string>();
+  const installs: { node: number; viewId: number }[] = [];
+  const net = new Net(founders(), (node, rd) => {
+    if (rd.exit) exits.set(node, rd.exit.reason);
+    if (rd.installView) installs.push({ node, viewId: rd.installView.viewId });
+  });
+  for (let i = 0; i < 20; i++) net.tick();
+  const leader = net.get(1);
+  leader.step({ kind: 'joinRequest', from: 3, incarnation: 987_654 });
+  net.drain(leader);
+  t.true(net.tickUntil(() => exits.has(3), 300), 'node 3 exited');
+  t.regex(exits.get(3)!, /removed from the group in view 1 and re-admitted as a new member: restarting to rejoin/);
+  t.false(installs.some((i) => i.node === 3 && i.viewId >= 1), 'node 3 never installed view 1 as a survivor');
+  t.true(installs.some((i) => i.node === 1 && i.viewId === 1));
+});
+
+test('a blank restarter that joins for a while and restarts again keeps its restart-consensus promise', (t) => {
+  // A node with nothing saved promises ballot 5.1 in a restart, is told the group runs (it joins), then
+  // hears a restart report again and reports as a blank member: its promise still binds it (Paxos).
+  const sent: Message[] = [];
+  const node = new Replica(config(4), { kind: 'join', contacts: [1] }, new Prng(4));
+  const drain = (): void => {
+    node.pushRowIfDirty();
+    while (node.hasReady()) {
+      sent.push(...node.ready().send.map((e) => e.message));
+      node.advance();
+    }
+  };
+  const view = { viewId: 3, members: [1, 2, 4], layout: { shards: [] } };
+  const report = { nodeId: 1, lastView: view, highestViewIdSeen: 3, trims: [], logTails: [], promised: null };
+  node.step({ kind: 'restartReport', from: 1, report });
+  drain();
+  t.is(node.status().mode, 'restarting');
+  node.step({ kind: 'restartPrepare', from: 1, ballot: { round: 5, nodeId: 1 } });
+  drain();
+  node.step({ kind: 'restartActive', from: 2, viewId: 4, leader: 1 });
+  drain();
+  t.is(node.status().mode, 'joining');
+  node.step({ kind: 'restartReport', from: 1, report });
+  drain();
+  t.is(node.status().mode, 'restarting');
+  sent.length = 0;
+  for (let i = 0; i < 40; i++) {
+    node.tick();
+    drain();
+  }
+  const mine = sent.filter((m) => m.kind === 'restartReport' && m.from === 4).at(-1);
+  if (mine?.kind !== 'restartReport') throw new Error('no restart report sent');
+  t.deepEqual(mine.report.promised, { round: 5, nodeId: 1 });
+  // and a prepare under a lower ballot is refused (no promise back)
+  sent.length = 0;
+  node.step({ kind: 'restartPrepare', from: 2, ballot: { round: 4, nodeId: 2 } });
+  drain();
+  t.false(sent.some((m) => m.kind === 'restartPromise'));
+});

@@ -182,6 +182,8 @@ export class Replica {
   private joiningSinceTick = 0;
   /** Started with nothing saved: if the group turns out to be restarting, take part as a blank member. */
   private startedBlank = false;
+  /** The restart-consensus acceptor state of this process, kept while it joins instead (see becomeJoiner). */
+  private restartAcceptor: Pick<SavedState, 'restartPromised' | 'restartAccepted' | 'highestViewIdSeen'> | null = null;
 
   // ---- restarting ----
   private restart: RestartState | null = null;
@@ -1014,6 +1016,13 @@ export class Replica {
       this.exit(this.leaving ? `left the group (view ${value.next.viewId} installed without this node)` : `removed from the group in view ${value.next.viewId}`);
       return;
     }
+    if (value.removed.includes(this.me)) {
+      // Taken for failed (and re-admitted as a joiner, from a join request of ours) in the same change:
+      // the change's trims were computed without us, so carrying our state of the old view over would
+      // break virtual synchrony. Start over as a new process, as a failed member does.
+      this.exit(`removed from the group in view ${value.next.viewId} and re-admitted as a new member: restarting to rejoin`);
+      return;
+    }
     // My own messages beyond the trim were not delivered in the ending view: send them again in the next
     // one (ahead of newer sends), so an accepted send is only lost if its sender fails.
     for (const [shardId, shard] of this.shards) {
@@ -1084,6 +1093,19 @@ export class Replica {
         stateReady = true;
         continues = false;
         this.out.resetShards.push(layout.shardId);
+        // Our own updates ordered in the last view but held for the state we were waiting for were never
+        // applied, and the state they applied to is gone (every member starts empty, also those that
+        // never saw them): they fail with a definite error rather than vanish.
+        if (old !== undefined && wasMember && !old.stateReady) {
+          for (const d of old.held) {
+            if (d.sender === this.me) {
+              this.out.sendsFailed.push({
+                shardId: layout.shardId, payload: d.payload,
+                reason: `the state of shard ${layout.subgroup}/${layout.shardIndex} was lost (its holders failed) before this update could be applied (view ${view.viewId})`,
+              });
+            }
+          }
+        }
       }
       const shard: ShardState = {
         layout,
@@ -1234,16 +1256,17 @@ export class Replica {
   /** A joiner with nothing saved learned that the group is restarting: report as a blank member. */
   private becomeBlankRestarter(): void {
     this.mode = 'restarting';
+    const acceptor = this.restartAcceptor;
     this.restart = {
-      saved: blankSavedState(),
+      saved: blankSavedState(acceptor ?? undefined),
       reports: new Map(),
       reportsVersion: 0,
       planned: null,
       quorumSinceTick: null,
-      promised: null,
-      accepted: null,
+      promised: acceptor?.restartPromised ?? null,
+      accepted: acceptor?.restartAccepted ?? null,
       proposing: null,
-      highestRoundSeen: 0,
+      highestRoundSeen: acceptor?.restartPromised?.round ?? 0,
       waiting: { kind: 'restartQuorum', message: 'restarting (nothing saved): collecting restart reports' },
     };
     this.lastRetryTick = -1_000_000;
@@ -1253,6 +1276,10 @@ export class Replica {
   private becomeJoiner(leader: NodeId): void {
     this.mode = 'joining';
     this.joiningSinceTick = this.tickCount;
+    if (this.restart !== null) {
+      // Our restart-consensus promises and acceptance stay binding (they are on disk too).
+      this.restartAcceptor = { restartPromised: this.restart.promised, restartAccepted: this.restart.accepted, highestViewIdSeen: this.restart.saved.highestViewIdSeen };
+    }
     this.restart = null;
     this.preferredContact = leader;
     this.waiting = { kind: 'joining', message: `joining the running group through node ${leader}` };
@@ -1295,6 +1322,7 @@ export class Replica {
       ...(s.acceptedChange && s.acceptedChange.value.next.viewId > s.lastView.viewId ? { acceptedChange: s.acceptedChange } : {}),
       ...(s.recentViews !== undefined && s.recentViews.length > 0 ? { recentViews: s.recentViews } : {}),
       ...(this.diskId > 0 ? { diskId: this.diskId } : {}),
+      incarnation: this.incarnation,
     };
   }
 
@@ -1526,6 +1554,9 @@ export class Replica {
     // later restart can follow the chain of views from this restart view back to older saved views.
     if (plan.adopted !== undefined && plan.adopted.length > 0) this.out.persist.push({ kind: 'viewsDecided', views: plan.adopted });
     this.out.persist.push({ kind: 'view', view: plan.view });
+    // The members restart with the incarnations they reported: a join request such a member sent while it
+    // briefly took the group for running is a late retry, not a restart of that member.
+    const reported = this.restart.reports;
     this.mode = 'active';
     this.restart = null;
     this.installFresh(plan.view, transfers, false);
@@ -1535,6 +1566,11 @@ export class Replica {
       if (shard && shard.stateReady) shard.lastDelivered = s.truncateTo;
     }
     this.restartCommitOfView = plan;
+    this.admittedIncarnations.clear();
+    for (const m of plan.view.members) {
+      const incarnation = reported.get(m)?.report.incarnation;
+      if (incarnation !== undefined && m !== this.me) this.admittedIncarnations.set(m, incarnation);
+    }
     this.out.transfers.push(...serve);
   }
 

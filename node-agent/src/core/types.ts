@@ -236,6 +236,8 @@ export interface RestartReport {
   recentViews?: View[];
   /** The reporter's disk id (ReplicaConfig.diskId); absent or 0 if unknown. */
   diskId?: number;
+  /** The reporting process's incarnation (see JoinRequestMessage.incarnation). */
+  incarnation?: number;
   /**
    * True for a node that never installed a view (nothing saved but, possibly, its restart-consensus
    * promises): its `lastView` is the empty `BLANK_VIEW`. It counts as a returned member of the last view

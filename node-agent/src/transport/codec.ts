@@ -212,6 +212,7 @@ export function controlSchemas(l: CodecLimits) {
     acceptedChange: z.object({ value: viewChangeValue, ballot: count }).nullable().optional(),
     recentViews: z.array(view).max(RECENT_VIEWS_KEPT).optional(),
     diskId: diskId.optional(),
+    incarnation: count.optional(),
   });
   const messages = {
     joinRequest: z.object({ kind: z.literal('joinRequest'), from: nodeId, incarnation: count, diskId: diskId.optional() }),
