@@ -194,6 +194,8 @@ const FAULT_COUNTS: [string, (s: RunResult['stats']) => number][] = [
   ['total failures', (s) => s.totalFailures],
   ['majority failures', (s) => s.majorityFailures],
   ['disk wipes', (s) => s.wipes],
+  ['machine crashes', (s) => s.machineCrashes],
+  ['corrupted journals', (s) => s.corruptions],
   ['crashes with late messages', (s) => s.lateCrashes],
   ['crashes inside a Ready', (s) => s.midReadyCrashes],
   ['partitions', (s) => s.partitions],
@@ -275,7 +277,7 @@ function emptyStats(): RunResult['stats'] {
   return {
     ticks: 0, faultTicks: 0, settledAt: null, doneAt: null, founders: 0, nodeIds: 0, subgroups: 0, shards: 0, highestViewId: -1,
     installs: 0, deliveries: 0, sends: 0, sendsRefused: 0, persistenceAcks: 0, transfers: 0, crashes: 0, restarts: 0, exits: 0,
-    joins: 0, leaves: 0, partitions: 0, spikes: 0, totalFailures: 0, majorityFailures: 0, wipes: 0, lateCrashes: 0, midReadyCrashes: 0, lateMessages: 0,
+    joins: 0, leaves: 0, partitions: 0, spikes: 0, totalFailures: 0, majorityFailures: 0, wipes: 0, machineCrashes: 0, corruptions: 0, lateCrashes: 0, midReadyCrashes: 0, lateMessages: 0,
     oneWayCuts: 0, pairCuts: 0, deafNodes: 0, pauses: 0, faultsSkipped: 0, messagesSent: 0, messagesDelivered: 0, messagesDropped: 0,
     longestUnavailable: 0, longestUnavailableFrom: null,
   };

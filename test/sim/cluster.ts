@@ -58,6 +58,10 @@ export interface ClusterStats {
   majorityFailures: number;
   /** Disks replaced by empty ones. */
   wipes: number;
+  /** Crashes that lost what was not fsynced (power loss). */
+  machineCrashes: number;
+  /** Journals corrupted while their node was down. */
+  corruptions: number;
   /** Crashes after which some of the dead incarnation's messages still arrived (lateMessages of them). */
   lateCrashes: number;
   lateMessages: number;
@@ -77,6 +81,13 @@ export interface CrashOptions {
   lateTicks?: number;
   /** Its disk is replaced by an empty one: it comes back with nothing saved. */
   wipeDisk?: boolean;
+  /** The machine loses power: what its store did not fsync is lost (see mem-fs.ts). */
+  machine?: boolean;
+  /**
+   * A byte of an early journal record flips while it is down (this value picks which): its store refuses
+   * to open at the restart, and the volume is replaced (an empty disk, as `wipeDisk`).
+   */
+  corruptByte?: number;
 }
 
 export interface Settledness {
@@ -111,6 +122,8 @@ export class Cluster {
     totalFailures: 0,
     majorityFailures: 0,
     wipes: 0,
+    machineCrashes: 0,
+    corruptions: 0,
     lateCrashes: 0,
     midReadyCrashes: 0,
     lateMessages: 0,
@@ -280,7 +293,7 @@ export class Cluster {
   crash(id: NodeId, restartAfter: number | null = null, why = 'crash', options: CrashOptions = {}): void {
     const node = this.node(id);
     if (!node.up) return;
-    node.stop(why);
+    node.stop(why, { machine: options.machine === true });
     this.pausedUntil.delete(id);
     const lost = this.network.crash(id, options.lateTicks ? { lateTicks: options.lateTicks } : {});
     this.stats.crashes++;
@@ -297,7 +310,14 @@ export class Cluster {
       `CRASH (${why}; ${lost.dropped} queued messages lost${options.lateTicks ? `, ${lost.late} already sent still arrive up to ${options.lateTicks} ticks late` : ''})` +
         `${restartAfter !== null && !node.left ? `, restarts at t=${this.nowTick + restartAfter}` : ''}`,
     );
+    if (options.machine) this.stats.machineCrashes++;
     if (options.wipeDisk) this.wipeDisk(id);
+    else if (options.corruptByte !== undefined) {
+      if (node.disk.corrupt(options.corruptByte)) {
+        this.stats.corruptions++;
+        this.trace(id, 'DISK CORRUPTED: a byte of an early journal record flipped');
+      } else this.trace(id, 'disk corruption skipped: the journal has fewer than two records');
+    }
   }
 
   /**
@@ -326,11 +346,11 @@ export class Cluster {
    * Every running node crashes at once; each restarts after `restartAfter(id)` ticks (null: stays down).
    * `wipe`: that node's disk is replaced too.
    */
-  totalFailure(restartAfter: (id: NodeId) => number | null = () => null, wipe: NodeId | null = null): NodeId[] {
+  totalFailure(restartAfter: (id: NodeId) => number | null = () => null, wipe: NodeId | null = null, powerOutage = false): NodeId[] {
     const up = this.upIds();
-    this.trace(null, `TOTAL FAILURE: every running node crashes [${up.join(',')}]${wipe !== null ? `; n${wipe} comes back with an empty disk` : ''}`);
+    this.trace(null, `TOTAL FAILURE${powerOutage ? ' (power outage: unsynced writes are lost)' : ''}: every running node crashes [${up.join(',')}]${wipe !== null ? `; n${wipe} comes back with an empty disk` : ''}`);
     this.stats.totalFailures++;
-    for (const id of up) this.crash(id, restartAfter(id), 'total failure', id === wipe ? { wipeDisk: true } : {});
+    for (const id of up) this.crash(id, restartAfter(id), powerOutage ? 'total failure, machine' : 'total failure', { ...(id === wipe ? { wipeDisk: true } : {}), ...(powerOutage ? { machine: true } : {}) });
     return up;
   }
 
@@ -381,6 +401,12 @@ export class Cluster {
     this.restartAt.delete(id);
     if (node.up || node.left) return;
     this.network.revive(id);
+    const refused = node.disk.open();
+    if (refused !== null) {
+      // The agent would refuse to start on this volume; its operator replaces it (an empty disk).
+      this.trace(id, `STORE REFUSED TO OPEN: ${refused}; its volume is replaced`);
+      this.wipeDisk(id);
+    } else if (node.disk.lastRecovery !== null) this.trace(id, `store recovery: ${node.disk.lastRecovery}`);
     const saved = node.disk.savedState();
     const contacts = this.knownIds().filter((n) => n !== id);
     const start: StartState = saved ? { kind: 'restart', saved, contacts } : { kind: 'join', contacts };

@@ -18,7 +18,9 @@ import type {
   View,
 } from '../../node-agent/src/core/types.ts';
 import type { Prng } from '../../node-agent/src/core/prng.ts';
-import { Disk, StorageError } from './storage.ts';
+import { StorageError as LogStoreError } from '../../node-agent/src/storage/log-store.ts';
+import { StorageError } from './storage.ts';
+import { SimCrash, SimStore } from './sim-store.ts';
 import { decodeText, fmtV, fmtView } from './history.ts';
 import type { AppEntry, DeliveryEvent, History, ShardInfo } from './history.ts';
 
@@ -85,8 +87,11 @@ interface Entry {
 const MAX_READY_ROUNDS = 10_000;
 
 export class SimNode {
-  /** Survives crashes; replaced only by wipeDisk() (each disk of a node has its own id). */
-  disk: Disk;
+  /**
+   * The node's storage: the agent's LogStore over an in-memory file system. Survives crashes (a machine
+   * crash loses what was not fsynced); replaced only by wipeDisk() (each disk of a node has its own id).
+   */
+  disk: SimStore;
   private disksUsed = 1;
   /** 0 before the first start; each start is a new process lifetime. */
   incarnation = 0;
@@ -114,7 +119,12 @@ export class SimNode {
     readonly id: NodeId,
     private readonly ctx: NodeContext,
   ) {
-    this.disk = new Disk(this.id * 1000 + this.disksUsed);
+    this.disk = new SimStore(this.id * 1000 + this.disksUsed, this.storePolicy());
+  }
+
+  /** The simulator's stores sync before they acknowledge, unless the broken rule says otherwise. */
+  private storePolicy(): 'fsync' | 'os' {
+    return this.ctx.config(this.id).brokenRule === 'acknowledgeUnsynced' ? 'os' : 'fsync';
   }
 
   get up(): boolean {
@@ -154,12 +164,14 @@ export class SimNode {
   wipeDisk(): void {
     if (this.replica) throw new Error(`node ${this.id} is running: wipe its disk only while it is down`);
     this.disksUsed++;
-    this.disk = new Disk(this.id * 1000 + this.disksUsed);
+    this.disk = new SimStore(this.id * 1000 + this.disksUsed, this.storePolicy());
   }
 
   /** The process dies: the replica and the volatile application state are gone, the disk stays. */
-  stop(reason: string): void {
+  stop(reason: string, options: { machine?: boolean } = {}): void {
     this.midReadyCrash = null;
+    if (options.machine) this.disk.machineCrash();
+    else this.disk.processCrash();
     this.replica = null;
     this.view = null;
     this.app = new Map();
@@ -314,8 +326,23 @@ export class SimNode {
       if (armed !== null && armed.until < this.ctx.now()) this.midReadyCrash = null;
       else if (armed !== null && ready.persist.length > 0 && this.ctx.crashedMidReady) {
         const keep = Math.max(0, Math.min(ready.persist.length, armed.keep(ready.persist.length)));
-        this.persist(ready.persist.slice(0, keep));
-        this.ctx.crashedMidReady(this, armed.restartAfter, `crash inside a Ready: ${keep} of ${ready.persist.length} persist records written, nothing sent`);
+        if (keep === ready.persist.length) {
+          this.persist(ready.persist);
+          this.ctx.crashedMidReady(this, armed.restartAfter, `crash inside a Ready: all ${keep} persist records written, nothing sent`);
+          return;
+        }
+        // A torn write: the batch's bytes reach the journal up to about the same fraction; the store's
+        // recovery at the next start cuts the torn record. (Nothing was visible to anyone: no history.)
+        this.disk.tearNextWrite(keep / ready.persist.length);
+        const tornBefore = this.disk.tornWrites;
+        try {
+          this.disk.applyBatch(ready.persist);
+        } catch (e) {
+          // the store reports the torn write as a failed write (wrapping the SimCrash)
+          if (!(e instanceof SimCrash) && this.disk.tornWrites === tornBefore) throw e;
+        }
+        this.disk.cancelTear(); // the batch may have written nothing (records that change nothing)
+        this.ctx.crashedMidReady(this, armed.restartAfter, `crash inside a Ready: a torn write of its ${ready.persist.length} persist records (about ${keep} written), nothing sent`);
         return;
       }
       this.process(ready);
@@ -331,8 +358,8 @@ export class SimNode {
   /** Makes persist records durable (and records what the checkers need of them). */
   private persist(records: readonly PersistRecord[]): void {
     const now = this.ctx.now();
+    this.disk.applyBatch(records);
     for (const record of records) {
-      this.disk.apply(record);
       if (record.kind === 'trim') {
         this.ctx.history.trims.push({
           tick: now,
@@ -484,7 +511,7 @@ export class SimNode {
       fn();
       return true;
     } catch (e) {
-      const kind = e instanceof StorageError ? 'storage' : 'exception';
+      const kind = e instanceof StorageError || e instanceof LogStoreError ? 'storage' : 'exception';
       this.fail(`${kind} in ${what}: ${errText(e)}`);
       return false;
     }

@@ -82,6 +82,11 @@ export class ScriptedSim {
     return this.cluster.totalFailure();
   }
 
+  /** Every machine loses power at once: a total failure that also loses what the stores did not fsync. */
+  powerOutage(): NodeId[] {
+    return this.cluster.totalFailure(() => null, null, true);
+  }
+
   /** `nodes` (say a majority of the view) crash at once, the others keep running; down until restarted. */
   crashMany(nodes: NodeId[]): void {
     this.cluster.majorityFailure(nodes);

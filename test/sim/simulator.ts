@@ -152,6 +152,8 @@ export function runSeedDetailed(seed: number, options: RunOptions = {}): RunDeta
     totalFailures: cluster.stats.totalFailures,
     majorityFailures: cluster.stats.majorityFailures,
     wipes: cluster.stats.wipes,
+    machineCrashes: cluster.stats.machineCrashes,
+    corruptions: cluster.stats.corruptions,
     lateCrashes: cluster.stats.lateCrashes,
     midReadyCrashes: cluster.stats.midReadyCrashes,
     lateMessages: cluster.stats.lateMessages,
@@ -212,12 +214,19 @@ export class FaultRunner {
   private leaves = 0;
   private wipes = 0;
   private counter = 0;
+  /**
+   * Draws for the disk faults (machine crash or process crash, corruption or replaced volume), apart from
+   * the schedule's PRNG so that adding them left every seed's schedule as it was.
+   */
+  private readonly diskPrng: Prng;
 
   constructor(
     private readonly cluster: Cluster,
     private readonly scenario: Scenario,
     private readonly prng: Prng,
-  ) {}
+  ) {
+    this.diskPrng = new Prng((scenario.seed ^ 0x5eed_d15c) >>> 0);
+  }
 
   /** Called before the cluster runs tick `now`. */
   beforeTick(now: number): void {
@@ -250,9 +259,14 @@ export class FaultRunner {
           const why = e.kind === 'wipe' ? this.whyNotWipe(id) : this.whyNotRemove(id);
           if (why === null) {
             if (e.kind === 'wipe') this.wipes++;
-            c.crash(id, e.downFor, e.kind === 'wipe' ? 'crash, its disk is replaced' : 'crash', {
+            // A lost disk is a replaced volume, or a corrupted journal that its store refuses at the
+            // restart (then the volume is replaced); a crash is a process crash, or a machine crash.
+            const corrupt = e.kind === 'wipe' && this.diskPrng.chance(0.5);
+            const machine = e.kind === 'crash' && this.diskPrng.chance(0.4);
+            c.crash(id, e.downFor, e.kind === 'wipe' ? (corrupt ? 'crash, its journal is corrupted' : 'crash, its disk is replaced') : machine ? 'machine crash' : 'crash', {
               ...(e.kind === 'lateCrash' ? { lateTicks: e.lateTicks } : {}),
-              ...(e.kind === 'wipe' ? { wipeDisk: true } : {}),
+              ...(e.kind === 'wipe' ? (corrupt ? { corruptByte: this.diskPrng.int(0, 1 << 20) } : { wipeDisk: true }) : {}),
+              ...(machine ? { machine: true } : {}),
             });
             return;
           }
@@ -291,7 +305,7 @@ export class FaultRunner {
           if (wipe === null) c.trace(null, `no disk wiped in the total failure (${reasons.join('; ')})`);
           else this.wipes++;
         }
-        c.totalFailure(() => this.prng.int(1, e.staggerMax), wipe);
+        c.totalFailure(() => this.prng.int(1, e.staggerMax), wipe, this.diskPrng.chance(0.5));
         return;
       }
       case 'majorityFailure': {

@@ -510,6 +510,12 @@ export const BROKEN_RULES = [
   'spreadEverySuspicion',
   'leaderIgnoresAcceptedValues',
   'skipPersistAcceptedChange',
+  /**
+   * Not a core rule: the simulator's store acknowledges log records before they are fsynced (LogStore
+   * policy 'os'), so a machine crash can lose acknowledged writes. Proves the machine-crash faults and the
+   * persistence checker see a store that syncs too late.
+   */
+  'acknowledgeUnsynced',
 ] as const;
 
 export type BrokenRule = (typeof BROKEN_RULES)[number];
