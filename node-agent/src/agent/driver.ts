@@ -68,6 +68,15 @@ export interface DriverObserver {
 
 export type WaitFor = 'delivered' | 'persisted';
 
+/**
+ * How a query is answered (ADR 0010). 'linearizable' (the default): after a read barrier — a majority of
+ * the view confirms, after the read arrived, that the view is still current, and the serving member has
+ * delivered every message it had received — so the answer reflects every update acknowledged before the
+ * read began. 'local': from the serving member's replica at once (faster, may be stale), but refused
+ * when that member is not an active member holding the shard's state, or is wedged or in a minority.
+ */
+export type Consistency = 'linearizable' | 'local';
+
 export interface InvokeResult {
   version: Version;
   /** Each member's reply (the members of the shard when the update completed). */
@@ -89,8 +98,41 @@ type AppBody =
   | { t: 'reply'; r: number; v: [number, number]; out: MethodOutcome }
   | { t: 'inv'; id: number; sg: string; sh: number; m: string; a: Json[]; w: WaitFor }
   | { t: 'invDone'; id: number; res?: { v: [number, number]; replies: [NodeId, MethodOutcome][]; p: boolean }; err?: [string, number] }
-  | { t: 'q'; id: number; sg: string; sh: number; m: string; a: Json[] }
-  | { t: 'qDone'; id: number; out?: MethodOutcome; err?: [string, number] };
+  | { t: 'q'; id: number; sg: string; sh: number; m: string; a: Json[]; c?: Consistency }
+  | { t: 'qDone'; id: number; out?: MethodOutcome; err?: [string, number] }
+  /** Read barrier round `id`: is view `v` still current for you? */
+  | { t: 'rb'; id: number; v: number }
+  /** Answer to a read barrier round: the sender's view, and whether it is active and not wedged in it. */
+  | { t: 'rbOk'; id: number; v: number; ok: boolean };
+
+/** A linearizable read waiting for its barrier (ADR 0010). */
+interface PendingRead {
+  shardId: number;
+  method: string;
+  args: Json[];
+  /** The view and the delivered count that answer it (see Replica.readTarget). */
+  target: { viewId: number; seq: number };
+  /** Confirmed by a barrier round that started after the read arrived (in target.viewId). */
+  confirmed: boolean;
+  startedMs: number;
+  resolve(out: MethodOutcome): void;
+  reject(e: RequestError): void;
+}
+
+/** One round of the read barrier: the majority of the view that confirmed it is still current. */
+interface BarrierRound {
+  id: number;
+  viewId: number;
+  members: NodeId[];
+  acks: Set<NodeId>;
+  readers: PendingRead[];
+  sentMs: number;
+}
+
+/** A barrier round that gets no majority within this time is asked again (lost frames). */
+const BARRIER_RESEND_MS = 500;
+/** Bound of the reads waiting for a barrier on one node. */
+const PENDING_READS_MAX = 10_000;
 
 interface PendingInvoke {
   id: number;
@@ -135,6 +177,12 @@ export class Driver {
   private readonly pending = new Map<number, PendingInvoke>();
   private readonly sendQueue: PendingInvoke[] = [];
   private readonly remote = new Map<number, PendingRemote>();
+  /** Linearizable reads confirmed by a round, waiting for their delivery target (or for a round). */
+  private reads: PendingRead[] = [];
+  /** Reads that arrived since the current round started: the next round confirms them. */
+  private readsAwaitingRound: PendingRead[] = [];
+  private round: BarrierRound | null = null;
+  private nextRoundId = 1;
   private readonly incomingTransfers = new Map<string, { records: LogRecord[]; bytes: number }>();
   private readonly frontiers = new Map<number, Version>();
   private unsubscribe: (() => void) | null = null;
@@ -176,6 +224,10 @@ export class Driver {
     this.sendQueue.length = 0;
     for (const r of this.remote.values()) r.reject(err);
     this.remote.clear();
+    for (const r of [...this.reads, ...this.readsAwaitingRound, ...(this.round?.readers ?? [])]) r.reject(err);
+    this.reads = [];
+    this.readsAwaitingRound = [];
+    this.round = null;
   }
 
   /** Graceful leave: the replica leaves the group; the exit follows once the view without it is installed. */
@@ -230,16 +282,133 @@ export class Driver {
     return this.forward<InvokeResult>(layout, 'ordered', { t: 'inv', id: 0, sg: subgroup, sh: shardIndex, m: method, a: args, w: waitFor });
   }
 
-  /** Read-only query answered by one member of the shard (this node if it serves the shard). */
-  query(subgroup: string, shardIndex: number, method: string, args: Json[]): Promise<MethodOutcome> {
+  /**
+   * Read-only query answered by one member of the shard (this node if it serves the shard), linearizable
+   * by default (see Consistency).
+   */
+  query(subgroup: string, shardIndex: number, method: string, args: Json[], consistency: Consistency = 'linearizable'): Promise<MethodOutcome> {
     if (this.stopped) return Promise.reject(new RequestError('agent stopping', 503));
     const layout = this.shardLayout(subgroup, shardIndex);
     if (!layout) return Promise.reject(this.noShard(subgroup, shardIndex));
     const type = this.opt.types.get(subgroup);
     if (!type || !type.queries.includes(method)) return Promise.reject(new RequestError(`${method} is not a query of subgroup ${subgroup}`, 400));
-    const host = this.hosts.get(layout.shardId);
-    if (host && this.serves(layout.shardId)) return Promise.resolve(host.query(method, args));
-    return this.forward<MethodOutcome>(layout, 'query', { t: 'q', id: 0, sg: subgroup, sh: shardIndex, m: method, a: args });
+    if (layout.members.includes(this.me) && this.serves(layout.shardId)) return this.queryHere(layout.shardId, method, args, consistency);
+    return this.forward<MethodOutcome>(layout, 'query', { t: 'q', id: 0, sg: subgroup, sh: shardIndex, m: method, a: args, c: consistency });
+  }
+
+  /** A query this member answers itself (never forwarded again: no loops). */
+  private queryHere(shardId: number, method: string, args: Json[], consistency: Consistency): Promise<MethodOutcome> {
+    const host = this.hosts.get(shardId);
+    const target = this.replica.readTarget(shardId);
+    if ('refused' in target || !host) return Promise.reject(new RequestError(`cannot answer a read: ${'refused' in target ? target.refused : `node ${this.me} holds no object of shard ${shardId}`}`, 503));
+    if (consistency === 'local') {
+      if (this.replica.status().wedged) return Promise.reject(new RequestError(`cannot answer a local read: node ${this.me} is wedged (a view change is under way)`, 503));
+      return Promise.resolve(host.query(method, args));
+    }
+    if (this.reads.length + this.readsAwaitingRound.length >= PENDING_READS_MAX) {
+      return Promise.reject(new RequestError(`too many reads waiting for their barrier (${PENDING_READS_MAX})`, 503));
+    }
+    return new Promise<MethodOutcome>((resolve, reject) => {
+      this.readsAwaitingRound.push({ shardId, method, args, target, confirmed: false, startedMs: Date.now(), resolve, reject });
+      this.startBarrierRound();
+    });
+  }
+
+  /**
+   * Starts a barrier round for the reads that arrived since the last one started, if none is running: ask
+   * every other member of the view whether the view is still current for it.
+   */
+  private startBarrierRound(): void {
+    if (this.round !== null || this.readsAwaitingRound.length === 0 || this.stopped) return;
+    const view = this.replica.currentView();
+    if (!view) return;
+    const round: BarrierRound = {
+      id: this.nextRoundId++, viewId: view.viewId, members: [...view.members], acks: new Set([this.me]),
+      readers: this.readsAwaitingRound, sentMs: Date.now(),
+    };
+    this.readsAwaitingRound = [];
+    this.round = round;
+    for (const m of round.members) if (m !== this.me) this.sendApp(m, { t: 'rb', id: round.id, v: round.viewId });
+    this.checkRound();
+  }
+
+  private checkRound(): void {
+    const waiting = this.replica.status().waiting;
+    if (waiting.kind === 'minority' && this.reads.length + this.readsAwaitingRound.length + (this.round?.readers.length ?? 0) > 0) {
+      // No barrier can complete here: every waiting read fails now rather than at its timeout.
+      const err = new RequestError(`cannot answer a read: node ${this.me} is in a minority: ${waiting.message}`, 503);
+      for (const r of [...this.reads, ...this.readsAwaitingRound, ...(this.round?.readers ?? [])]) r.reject(err);
+      this.reads = [];
+      this.readsAwaitingRound = [];
+      this.round = null;
+      return;
+    }
+    const round = this.round;
+    if (round === null) return;
+    const view = this.replica.currentView();
+    if (!view || view.viewId !== round.viewId) {
+      // The view changed under the round: its reads start over in the new view.
+      this.round = null;
+      this.rebarrier(round.readers);
+      return;
+    }
+    if (round.acks.size * 2 <= round.members.length) {
+      if (Date.now() - round.sentMs >= BARRIER_RESEND_MS) {
+        round.sentMs = Date.now();
+        for (const m of round.members) if (!round.acks.has(m)) this.sendApp(m, { t: 'rb', id: round.id, v: round.viewId });
+      }
+      return;
+    }
+    this.round = null;
+    for (const r of round.readers) {
+      if (r.target.viewId === round.viewId) {
+        r.confirmed = true;
+        this.reads.push(r);
+      } else this.rebarrier([r]);
+    }
+    this.answerReads();
+    this.startBarrierRound();
+  }
+
+  /** Reads whose view changed before they were answered: a new target in the new view, a new round. */
+  private rebarrier(readers: PendingRead[]): void {
+    for (const r of readers) {
+      const target = this.replica.readTarget(r.shardId);
+      if ('refused' in target) {
+        // Not a member holding the state any more (or in a minority): the client asks again.
+        r.reject(new RequestError(`cannot answer a read: ${target.refused}`, 503));
+        continue;
+      }
+      r.target = target;
+      r.confirmed = false;
+      this.readsAwaitingRound.push(r);
+    }
+    this.startBarrierRound();
+  }
+
+  /** Answers every confirmed read whose shard delivered its target. */
+  private answerReads(): void {
+    if (this.reads.length === 0) return;
+    const still: PendingRead[] = [];
+    const moved: PendingRead[] = [];
+    for (const r of this.reads) {
+      const d = this.replica.deliveredInView(r.shardId);
+      const host = this.hosts.get(r.shardId);
+      if (d === null || d.viewId !== r.target.viewId || !host) moved.push(r);
+      else if (d.seq >= r.target.seq) {
+        this.opt.observe?.requestDone?.('query', Date.now() - r.startedMs, true);
+        r.resolve(host.query(r.method, r.args));
+      } else still.push(r);
+    }
+    this.reads = still;
+    if (moved.length > 0) this.rebarrier(moved);
+  }
+
+  private onBarrierAck(from: NodeId, id: number, viewId: number, ok: boolean): void {
+    const round = this.round;
+    if (round === null || round.id !== id || viewId !== round.viewId || !ok || !round.members.includes(from)) return;
+    round.acks.add(from);
+    this.checkRound();
   }
 
   private noShard(subgroup: string, shardIndex: number): RequestError {
@@ -321,6 +490,15 @@ export class Driver {
       this.remote.delete(id);
       r.reject(new RequestError(`forwarded request timed out after ${this.requestTimeoutMs} ms`, 504));
     }
+    const expired = (r: PendingRead): boolean => {
+      if (now - r.startedMs < this.requestTimeoutMs) return false;
+      r.reject(new RequestError(`read timed out after ${this.requestTimeoutMs} ms waiting for its barrier (${this.replica.status().waiting.message || 'no view change in progress'})`, 504));
+      return true;
+    };
+    this.reads = this.reads.filter((r) => !expired(r));
+    this.readsAwaitingRound = this.readsAwaitingRound.filter((r) => !expired(r));
+    if (this.round) this.round.readers = this.round.readers.filter((r) => !expired(r));
+    this.checkRound();
   }
 
   /** Starts the benchmark load generator (benchApi only). */
@@ -410,6 +588,8 @@ export class Driver {
         this.pumpBench();
         this.replica.pushRowIfDirty();
       }
+      this.checkRound();
+      this.answerReads();
       this.opt.transport.flush?.();
     } catch (e) {
       this.fatal(e);
@@ -694,9 +874,21 @@ export class Driver {
           this.sendApp(from, { t: 'qDone', id, err: [`${body.m} is not a query of subgroup ${body.sg}`, 400] });
           return;
         }
-        this.sendApp(from, { t: 'qDone', id, out: host.query(body.m, body.a) });
+        // (A peer from before consistency levels sends none: it gets the default, a linearizable answer.)
+        this.queryHere(layout.shardId, body.m, Array.isArray(body.a) ? body.a : [], body.c === 'local' ? 'local' : 'linearizable').then(
+          (out) => this.sendApp(from, { t: 'qDone', id, out }),
+          (e: unknown) => this.sendApp(from, { t: 'qDone', id, err: errPair(e) }),
+        );
         break;
       }
+      case 'rb': {
+        const s = this.replica.status();
+        this.sendApp(from, { t: 'rbOk', id: body.id, v: s.viewId, ok: s.mode === 'active' && !s.wedged && s.viewId === body.v });
+        break;
+      }
+      case 'rbOk':
+        this.onBarrierAck(from, body.id, body.v, body.ok === true);
+        break;
       case 'qDone': {
         const r = this.remote.get(body.id);
         if (!r) return;

@@ -7,6 +7,7 @@
 //   GET    /v1/subgroups                             subgroups, types, shards and their members
 //   GET    /v1/kv/{subgroup}?prefix=P&limit=N        list keys by prefix (every shard)
 //   GET    /v1/kv/{subgroup}/{key}[?version=V.S]     read (latest, or as of version V.S)
+//          reads and queries take ?consistency=linearizable (default) | local (see Consistency in driver.ts)
 //   PUT    /v1/kv/{subgroup}/{key}[?wait=delivered]  write the body (text) as the value
 //   DELETE /v1/kv/{subgroup}/{key}
 //   POST   /v1/subgroups/{sg}/shards/{i}/ordered/{method}   body: JSON array of arguments
@@ -20,7 +21,7 @@ import { shardForKey } from '../objects/kv.ts';
 import type { Json, MethodOutcome } from '../objects/replicated.ts';
 import type { Version } from '../core/types.ts';
 import { RequestError } from './driver.ts';
-import type { InvokeResult, WaitFor } from './driver.ts';
+import type { Consistency, InvokeResult, WaitFor } from './driver.ts';
 import type { Agent } from './agent.ts';
 
 class HttpError extends Error {
@@ -165,7 +166,8 @@ async function handle(agent: Agent, req: http.IncomingMessage, res: http.ServerR
       if (method !== 'GET') throw new HttpError(405, `${method} is not allowed on /v1/kv/${subgroup} (GET lists keys)`);
       const prefix = url.searchParams.get('prefix') ?? '';
       const limit = Number(url.searchParams.get('limit') ?? '1000');
-      const lists = await Promise.all(Array.from({ length: shards }, (_, i) => agent.driver.query(subgroup, i, 'list', [prefix, limit])));
+      const consistency = parseConsistency(url.searchParams.get('consistency'));
+      const lists = await Promise.all(Array.from({ length: shards }, (_, i) => agent.driver.query(subgroup, i, 'list', [prefix, limit], consistency)));
       const items = lists.flatMap((o) => outcomeValue(o) as Json[]) as { key: string }[];
       items.sort((a, b) => (a.key < b.key ? -1 : a.key > b.key ? 1 : 0));
       return send(res, 200, { items: items.slice(0, Number.isInteger(limit) && limit > 0 ? limit : 1000) });
@@ -176,9 +178,10 @@ async function handle(agent: Agent, req: http.IncomingMessage, res: http.ServerR
     switch (method) {
       case 'GET': {
         const version = url.searchParams.get('version');
+        const consistency = parseConsistency(url.searchParams.get('consistency'));
         const out = version === null
-          ? await agent.driver.query(subgroup, shard, 'get', [key])
-          : await agent.driver.query(subgroup, shard, 'getAt', [key, parseVersion(version) as unknown as Json]);
+          ? await agent.driver.query(subgroup, shard, 'get', [key], consistency)
+          : await agent.driver.query(subgroup, shard, 'getAt', [key, parseVersion(version) as unknown as Json], consistency);
         const value = outcomeValue(out);
         if (value === null) throw new HttpError(404, `key ${JSON.stringify(key)} not found${version ? ` at version ${version}` : ''}`);
         return send(res, 200, { ...(value as Record<string, Json>), shard });
@@ -221,9 +224,16 @@ async function handle(agent: Agent, req: http.IncomingMessage, res: http.ServerR
       return send(res, 200, invokeJson(r));
     }
     if (parts[5] === 'query') {
-      const out = await agent.driver.query(subgroup, shard, parts[6]!, args);
+      const out = await agent.driver.query(subgroup, shard, parts[6]!, args, parseConsistency(url.searchParams.get('consistency')));
       return send(res, 200, { value: outcomeValue(out) });
     }
   }
   throw new HttpError(404, `no route ${route}`);
+}
+
+/** The `consistency` query parameter: linearizable (the default) or local. */
+function parseConsistency(v: string | null): Consistency {
+  if (v === null || v === 'linearizable') return 'linearizable';
+  if (v === 'local') return 'local';
+  throw new HttpError(400, `consistency ${JSON.stringify(v)} is not one of linearizable, local`);
 }

@@ -414,6 +414,30 @@ export class Replica {
     };
   }
 
+  /**
+   * The barrier of a linearizable read of an ordered shard arriving now (ADR 0010): the view, and how many
+   * of the shard's global sequence numbers this node must have delivered in it before it answers — every
+   * message it has received from every sender (a write acknowledged before the read began was received
+   * by every member of its shard). Null, with the reason, when this node cannot serve such a read: not an
+   * active member holding the shard's state, or in a minority (it would wait for nothing).
+   */
+  readTarget(shardId: number): { viewId: number; seq: number } | { refused: string } {
+    if (this.mode !== 'active' || !this.view) return { refused: `node ${this.me} is ${this.mode}, not in a view` };
+    const shard = this.shards.get(shardId);
+    if (!shard) return { refused: `node ${this.me} is not a member of shard ${shardId} in view ${this.view.viewId}` };
+    if (!shard.stateReady) return { refused: `node ${this.me} is waiting for the state of shard ${shardId}` };
+    if (this.waiting.kind === 'minority') return { refused: `node ${this.me} is in a minority: ${this.waiting.message}` };
+    if (shard.layout.deliveryMode !== 'ordered') return { viewId: this.view.viewId, seq: 0 };
+    return { viewId: this.view.viewId, seq: contiguousSeqCount(this.myRow().received[shardId]!) };
+  }
+
+  /** Global sequence numbers of the shard delivered in the current view, or null if not a member. */
+  deliveredInView(shardId: number): { viewId: number; seq: number } | null {
+    const shard = this.shards.get(shardId);
+    if (this.mode !== 'active' || !this.view || !shard) return null;
+    return { viewId: this.view.viewId, seq: shard.deliveredSeq };
+  }
+
   /** The current view (null while joining or restarting). */
   currentView(): View | null {
     return this.view;

@@ -1,0 +1,85 @@
+// Linearizable and local reads (ADR 0010) through three agents in one process, over TCP.
+
+import test from 'ava';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { loadAgentConfig } from '../config/load.ts';
+import { Agent } from './agent.ts';
+import { RequestError } from './driver.ts';
+import { silentLogger } from './logger.ts';
+import { freePort } from '../util/ports.ts';
+
+const manifest = `
+apiVersion: derecho.dev/v1alpha1
+kind: DerechoGroup
+metadata: { name: reads-test }
+spec:
+  members: 3
+  subgroups:
+    - { name: kv, type: kv, shards: 1, minNodesPerShard: 3, maxNodesPerShard: 3, reservedNodeIds: [[1, 2, 3]] }
+  tls: { mode: hmac }
+  timing: { tickMs: 20, heartbeatMs: 40, suspectMs: 400 }
+  restart: { graceSeconds: 0.5 }
+`;
+
+async function until<T>(what: string, f: () => T | null | undefined | false | Promise<T | null | undefined | false>, timeoutMs = 15_000): Promise<T> {
+  const t0 = Date.now();
+  for (;;) {
+    const v = await f();
+    if (v) return v;
+    if (Date.now() - t0 > timeoutMs) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 20));
+  }
+}
+
+test('reads are linearizable by default: answered after a majority confirms the view; a member cut off from the majority refuses them, and local reads once it knows', async (t) => {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'derecho-reads-'));
+  const agents: Agent[] = [];
+  t.teardown(async () => {
+    for (const a of agents) await a.close();
+    fs.rmSync(dir, { recursive: true, force: true });
+  });
+  fs.writeFileSync(path.join(dir, 'group.yaml'), manifest);
+  fs.writeFileSync(path.join(dir, 'secret'), 'a-test-secret-of-32-bytes-length');
+  const ports = await Promise.all(Array.from({ length: 6 }, () => freePort()));
+  const peers = Object.fromEntries([1, 2, 3].map((n) => [String(n), `127.0.0.1:${ports[n - 1]}`]));
+  for (const n of [1, 2, 3]) {
+    const file = path.join(dir, `agent-${n}.yaml`);
+    fs.writeFileSync(file, JSON.stringify({
+      nodeId: n, groupFile: 'group.yaml', dataDir: path.join(dir, `data-${n}`),
+      listen: { host: '127.0.0.1', peerPort: ports[n - 1], httpPort: ports[n + 2] },
+      peers, auth: { hmacSecretFile: path.join(dir, 'secret') }, logLevel: 'error',
+    }));
+    agents.push(await Agent.create(loadAgentConfig({ file, env: {} }), { log: silentLogger }));
+  }
+  await until('every agent ready', () => agents.every((a) => a.notReadyReason() === null));
+  const [a1, a2, a3] = agents as [Agent, Agent, Agent];
+
+  // A write acknowledged through node 1 is seen by a read that starts after it, at every member.
+  for (let i = 0; i < 20; i++) {
+    await a1.driver.invoke('kv', 0, 'put', ['k', `v${i}`], 'delivered');
+    for (const a of [a2, a3]) {
+      const out = await a.driver.query('kv', 0, 'get', ['k']);
+      t.true(out.ok && (out.value as { value: string }).value === `v${i}`, `read of write ${i} at node ${a === a2 ? 2 : 3}: ${JSON.stringify(out)}`);
+    }
+  }
+  // Many reads at once share barrier rounds and all see the last write.
+  const many = await Promise.all(Array.from({ length: 200 }, (_, i) => agents[i % 3]!.driver.query('kv', 0, 'get', ['k'])));
+  t.true(many.every((o) => o.ok && (o.value as { value: string }).value === 'v19'));
+  const local = await a3.driver.query('kv', 0, 'get', ['k'], 'local');
+  t.true(local.ok && (local.value as { value: string }).value === 'v19', 'a local read answers from the replica');
+
+  // Nodes 2 and 3 fail: node 1 cannot confirm its view with a majority. A linearizable read waits, and
+  // fails as soon as node 1 knows it is in a minority; a local read is refused from then on too.
+  await a2.close();
+  await a3.close();
+  const pending = a1.driver.query('kv', 0, 'get', ['k']).then(() => 'answered', (e: unknown) => e);
+  const outcome = await pending;
+  t.true(outcome instanceof RequestError, `the read failed (${String(outcome)})`);
+  t.is((outcome as RequestError).status, 503);
+  t.regex((outcome as RequestError).message, /minority/);
+  const localErr = await a1.driver.query('kv', 0, 'get', ['k'], 'local').then(() => null, (e: unknown) => e as RequestError);
+  t.is(localErr?.status, 503);
+  t.regex(localErr?.message ?? '', /minority/);
+});
