@@ -2,10 +2,7 @@
 // device stops start-up (exit code 2), "auto" without a device runs over TCP and says so (log, /status).
 
 import test from 'ava';
-import fs from 'node:fs';
 import http from 'node:http';
-import os from 'node:os';
-import path from 'node:path';
 import { loadAgentConfig } from '../config/load.ts';
 import { ConfigError } from '../config/errors.ts';
 import { FakeFabric } from '../transport/rdma/fake-verbs.ts';
@@ -13,7 +10,7 @@ import { loadNativeVerbs } from '../transport/rdma/native-verbs.ts';
 import { Agent } from './agent.ts';
 import { createLogger, silentLogger } from './logger.ts';
 import { EXIT_CONFIG, runAgent } from './main.ts';
-import { freePort } from '../util/ports.ts';
+import { groupConfigs, until } from './test-group.ts';
 
 function manifest(transport: string, members: number): string {
   return `
@@ -31,16 +28,6 @@ spec:
 `;
 }
 
-async function until<T>(what: string, f: () => T | null | undefined | false | Promise<T | null | undefined | false>, timeoutMs = 15_000): Promise<T> {
-  const t0 = Date.now();
-  for (;;) {
-    const v = await f();
-    if (v) return v;
-    if (Date.now() - t0 > timeoutMs) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 20));
-  }
-}
-
 function getJson(port: number, p: string): Promise<Record<string, unknown>> {
   return new Promise((resolve, reject) => {
     http.get({ host: '127.0.0.1', port, path: p }, (res) => {
@@ -53,22 +40,8 @@ function getJson(port: number, p: string): Promise<Record<string, unknown>> {
 
 /** Config files of `members` agents in a fresh directory. */
 async function configs(t: { teardown(f: () => void): void }, transport: string, members: number) {
-  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'derecho-transport-'));
-  t.teardown(() => fs.rmSync(dir, { recursive: true, force: true }));
-  fs.writeFileSync(path.join(dir, 'group.yaml'), manifest(transport, members));
-  fs.writeFileSync(path.join(dir, 'secret'), 'a-test-secret-of-32-bytes-length');
-  const ports = await Promise.all(Array.from({ length: 2 * members }, () => freePort()));
-  const peers = Object.fromEntries(Array.from({ length: members }, (_, i) => [String(i + 1), `127.0.0.1:${ports[i]}`]));
-  const files = Array.from({ length: members }, (_, i) => {
-    const file = path.join(dir, `agent-${i + 1}.yaml`);
-    fs.writeFileSync(file, JSON.stringify({
-      nodeId: i + 1, groupFile: 'group.yaml', dataDir: path.join(dir, `data-${i + 1}`),
-      listen: { host: '127.0.0.1', peerPort: ports[i], httpPort: ports[members + i] },
-      peers, auth: { hmacSecretFile: path.join(dir, 'secret') }, logLevel: 'error',
-    }));
-    return file;
-  });
-  return { files, httpPorts: ports.slice(members) };
+  const { files, httpPorts } = await groupConfigs(t, manifest(transport, members), members, 'derecho-transport-');
+  return { files, httpPorts };
 }
 
 test('a group runs over the RDMA transport: ordered updates and state-table rows over verbs (in-memory fabric)', async (t) => {

@@ -1,15 +1,12 @@
 // Three agents in one process with a custom replicated type: the library API end to end over TCP.
 
 import test from 'ava';
-import fs from 'node:fs';
-import os from 'node:os';
-import path from 'node:path';
 import { Counter } from '../../../examples/custom-type/counter.ts';
 import { loadAgentConfig } from '../config/load.ts';
 import { DerechoClient } from '../client/client.ts';
 import { Agent } from './agent.ts';
 import { silentLogger } from './logger.ts';
-import { freePort } from '../util/ports.ts';
+import { groupConfigs, until } from './test-group.ts';
 
 const manifest = `
 apiVersion: derecho.dev/v1alpha1
@@ -26,37 +23,13 @@ spec:
   restart: { graceSeconds: 0.5 }
 `;
 
-async function until<T>(what: string, f: () => T | null | undefined | false | Promise<T | null | undefined | false>, timeoutMs = 15_000): Promise<T> {
-  const t0 = Date.now();
-  for (;;) {
-    const v = await f();
-    if (v) return v;
-    if (Date.now() - t0 > timeoutMs) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 20));
-  }
-}
-
 test('a custom type: ordered calls return every member\'s reply, queries and versions, persistence callbacks', async (t) => {
-  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'derecho-lib-'));
+  const { files, httpPorts } = await groupConfigs(t, manifest, 3, 'derecho-lib-');
   const agents: Agent[] = [];
   t.teardown(async () => {
     for (const a of agents) await a.close();
-    fs.rmSync(dir, { recursive: true, force: true });
   });
-  fs.writeFileSync(path.join(dir, 'group.yaml'), manifest);
-  fs.writeFileSync(path.join(dir, 'secret'), 'a-test-secret-of-32-bytes-length');
-  const ports = await Promise.all(Array.from({ length: 6 }, () => freePort()));
-  const peers = Object.fromEntries([1, 2, 3].map((n) => [String(n), `127.0.0.1:${ports[n - 1]}`]));
-  for (const n of [1, 2, 3]) {
-    const file = path.join(dir, `agent-${n}.yaml`);
-    fs.writeFileSync(file, JSON.stringify({
-      nodeId: n, groupFile: 'group.yaml', dataDir: path.join(dir, `data-${n}`),
-      listen: { host: '127.0.0.1', peerPort: ports[n - 1], httpPort: ports[n + 2] },
-      peers, auth: { hmacSecretFile: path.join(dir, 'secret') }, logLevel: 'error',
-    }));
-    const config = loadAgentConfig({ file, env: {} });
-    agents.push(await Agent.create(config, { types: { 'custom:counter': Counter }, log: silentLogger }));
-  }
+  for (const file of files) agents.push(await Agent.create(loadAgentConfig({ file, env: {} }), { types: { 'custom:counter': Counter }, log: silentLogger }));
   await until('every agent ready', () => agents.every((a) => a.notReadyReason() === null));
 
   // Ordered calls from every member, concurrently: one total order, each member replies.
@@ -86,13 +59,13 @@ test('a custom type: ordered calls return every member\'s reply, queries and ver
   t.deepEqual(bad.replies.map((x) => x.outcome), [1, 2, 3].map(() => ({ ok: false, error: 'name must be a non-empty string', status: 400 })));
 
   // The typed client over HTTP, through a node that does not serve the key's shard.
-  const client = new DerechoClient({ endpoints: [`http://127.0.0.1:${ports[3]}`] });
+  const client = new DerechoClient({ endpoints: [`http://127.0.0.1:${httpPorts[0]}`] });
   const kv = client.kv('kv');
   const keys = Array.from({ length: 8 }, (_, i) => `k${i}`);
   const writes = await Promise.all(keys.map((k) => kv.put(k, `v-${k}`)));
   t.true(writes.every((w) => w.persisted));
   t.true(new Set(writes.map((w) => w.shard)).size === 2, 'keys spread over both shards');
-  const via3 = new DerechoClient({ endpoints: [`http://127.0.0.1:${ports[5]}`] }).kv('kv');
+  const via3 = new DerechoClient({ endpoints: [`http://127.0.0.1:${httpPorts[2]}`] }).kv('kv');
   for (const k of keys) t.is((await via3.get(k))?.value, `v-${k}`);
   const first = writes[0]!;
   await kv.put('k0', 'changed');

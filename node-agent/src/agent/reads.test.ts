@@ -1,14 +1,11 @@
 // Linearizable and local reads (ADR 0010) through three agents in one process, over TCP.
 
 import test from 'ava';
-import fs from 'node:fs';
-import os from 'node:os';
-import path from 'node:path';
 import { loadAgentConfig } from '../config/load.ts';
 import { Agent } from './agent.ts';
 import { RequestError } from './driver.ts';
 import { silentLogger } from './logger.ts';
-import { freePort } from '../util/ports.ts';
+import { groupConfigs, until } from './test-group.ts';
 
 const manifest = `
 apiVersion: derecho.dev/v1alpha1
@@ -23,36 +20,13 @@ spec:
   restart: { graceSeconds: 0.5 }
 `;
 
-async function until<T>(what: string, f: () => T | null | undefined | false | Promise<T | null | undefined | false>, timeoutMs = 15_000): Promise<T> {
-  const t0 = Date.now();
-  for (;;) {
-    const v = await f();
-    if (v) return v;
-    if (Date.now() - t0 > timeoutMs) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 20));
-  }
-}
-
 test('reads are linearizable by default: answered after a majority confirms the view; a member cut off from the majority refuses them, and local reads once it knows', async (t) => {
-  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'derecho-reads-'));
+  const { files } = await groupConfigs(t, manifest, 3, 'derecho-reads-');
   const agents: Agent[] = [];
   t.teardown(async () => {
     for (const a of agents) await a.close();
-    fs.rmSync(dir, { recursive: true, force: true });
   });
-  fs.writeFileSync(path.join(dir, 'group.yaml'), manifest);
-  fs.writeFileSync(path.join(dir, 'secret'), 'a-test-secret-of-32-bytes-length');
-  const ports = await Promise.all(Array.from({ length: 6 }, () => freePort()));
-  const peers = Object.fromEntries([1, 2, 3].map((n) => [String(n), `127.0.0.1:${ports[n - 1]}`]));
-  for (const n of [1, 2, 3]) {
-    const file = path.join(dir, `agent-${n}.yaml`);
-    fs.writeFileSync(file, JSON.stringify({
-      nodeId: n, groupFile: 'group.yaml', dataDir: path.join(dir, `data-${n}`),
-      listen: { host: '127.0.0.1', peerPort: ports[n - 1], httpPort: ports[n + 2] },
-      peers, auth: { hmacSecretFile: path.join(dir, 'secret') }, logLevel: 'error',
-    }));
-    agents.push(await Agent.create(loadAgentConfig({ file, env: {} }), { log: silentLogger }));
-  }
+  for (const file of files) agents.push(await Agent.create(loadAgentConfig({ file, env: {} }), { log: silentLogger }));
   await until('every agent ready', () => agents.every((a) => a.notReadyReason() === null));
   const [a1, a2, a3] = agents as [Agent, Agent, Agent];
 
