@@ -418,8 +418,8 @@ export class Replica {
    * The barrier of a linearizable read of an ordered shard arriving now (ADR 0010): the view, and how many
    * of the shard's global sequence numbers this node must have delivered in it before it answers — every
    * message it has received from every sender (a write acknowledged before the read began was received
-   * by every member of its shard). Null, with the reason, when this node cannot serve such a read: not an
-   * active member holding the shard's state, or in a minority (it would wait for nothing).
+   * by every member of its shard). `refused`, with the reason, when this node cannot serve such a read: not
+   * an active member holding the shard's state, or in a minority (it would wait for nothing).
    */
   readTarget(shardId: number): { viewId: number; seq: number } | { refused: string } {
     if (this.mode !== 'active' || !this.view) return { refused: `node ${this.me} is ${this.mode}, not in a view` };
@@ -1076,6 +1076,11 @@ export class Replica {
     for (const w of welcomes) this.admittedIncarnations.set(w.to, w.incarnation);
     this.pendingJoins = this.pendingJoins.filter((p) => !value.next.members.includes(p.nodeId));
     if (this.view!.members[this.leaderRankAmongLive()] !== this.me) this.pendingJoins = [];
+    this.publishPendingJoins();
+  }
+
+  /** The leader's queue of joiners goes into its row (without their disk ids), so every member can welcome them. */
+  private publishPendingJoins(): void {
     this.myRow().pendingJoins = this.pendingJoins.map((p) => ({ nodeId: p.nodeId, incarnation: p.incarnation }));
   }
 
@@ -1245,7 +1250,7 @@ export class Replica {
       existing.incarnation = incarnation;
       existing.diskId = diskId;
     } else if (this.pendingJoins.length < this.config.pendingJoinsMax) this.pendingJoins.push({ nodeId: from, incarnation, diskId });
-    this.myRow().pendingJoins = this.pendingJoins.map((p) => ({ nodeId: p.nodeId, incarnation: p.incarnation }));
+    this.publishPendingJoins();
     this.rowDirty = true;
   }
 
