@@ -98,8 +98,8 @@ type AppBody =
   | { t: 'reply'; r: number; v: [number, number]; out: MethodOutcome }
   | { t: 'inv'; id: number; sg: string; sh: number; m: string; a: Json[]; w: WaitFor }
   | { t: 'invDone'; id: number; res?: { v: [number, number]; replies: [NodeId, MethodOutcome][]; p: boolean }; err?: [string, number] }
-  | { t: 'q'; id: number; sg: string; sh: number; m: string; a: Json[]; c?: Consistency }
-  | { t: 'qDone'; id: number; out?: MethodOutcome; err?: [string, number] }
+  | { t: 'q'; id: number; sg: string; sh: number; m: string; a: Json[]; c?: Consistency; mv?: [number, number] }
+  | { t: 'qDone'; id: number; out?: MethodOutcome; err?: [string, number]; rv?: [number, number] }
   /** Read barrier round `id`: is view `v` still current for you? */
   | { t: 'rb'; id: number; v: number }
   /** Answer to a read barrier round: the sender's view, and whether it is active and not wedged in it. */
@@ -110,13 +110,21 @@ interface PendingRead {
   shardId: number;
   method: string;
   args: Json[];
+  /** The answer must reflect at least this version of the shard (read-your-writes), or be refused. */
+  minVersion: Version;
   /** The view and the delivered count that answer it (see Replica.readTarget). */
   target: { viewId: number; seq: number };
   /** Confirmed by a barrier round that started after the read arrived (in target.viewId). */
   confirmed: boolean;
   startedMs: number;
-  resolve(out: MethodOutcome): void;
+  resolve(r: ReadResult): void;
   reject(e: RequestError): void;
+}
+
+/** A query's answer and the version of the shard it reflects (the answering member's last delivery). */
+export interface ReadResult {
+  outcome: MethodOutcome;
+  reflects: Version;
 }
 
 /** One round of the read barrier: the majority of the view that confirmed it is still current. */
@@ -287,31 +295,52 @@ export class Driver {
    * by default (see Consistency).
    */
   query(subgroup: string, shardIndex: number, method: string, args: Json[], consistency: Consistency = 'linearizable'): Promise<MethodOutcome> {
+    return this.read(subgroup, shardIndex, method, args, consistency).then((r) => r.outcome);
+  }
+
+  /**
+   * A query with the version of the shard its answer reflects. `minVersion`: the answer must reflect at
+   * least that version (a version the client already saw: read-your-writes and monotonic reads across
+   * members, for local reads; a linearizable read always does), else it is refused with a 503.
+   */
+  read(subgroup: string, shardIndex: number, method: string, args: Json[], consistency: Consistency = 'linearizable', minVersion: Version = VERSION_NONE): Promise<ReadResult> {
     if (this.stopped) return Promise.reject(new RequestError('agent stopping', 503));
     const layout = this.shardLayout(subgroup, shardIndex);
     if (!layout) return Promise.reject(this.noShard(subgroup, shardIndex));
     const type = this.opt.types.get(subgroup);
     if (!type || !type.queries.includes(method)) return Promise.reject(new RequestError(`${method} is not a query of subgroup ${subgroup}`, 400));
-    if (layout.members.includes(this.me) && this.serves(layout.shardId)) return this.queryHere(layout.shardId, method, args, consistency);
-    return this.forward<MethodOutcome>(layout, 'query', { t: 'q', id: 0, sg: subgroup, sh: shardIndex, m: method, a: args, c: consistency });
+    if (layout.members.includes(this.me) && this.serves(layout.shardId)) return this.queryHere(layout.shardId, method, args, consistency, minVersion);
+    return this.forward<ReadResult>(layout, 'query', {
+      t: 'q', id: 0, sg: subgroup, sh: shardIndex, m: method, a: args, c: consistency,
+      ...(compareVersions(minVersion, VERSION_NONE) > 0 ? { mv: [minVersion.viewId, minVersion.seq] as [number, number] } : {}),
+    });
   }
 
   /** A query this member answers itself (never forwarded again: no loops). */
-  private queryHere(shardId: number, method: string, args: Json[], consistency: Consistency): Promise<MethodOutcome> {
+  private queryHere(shardId: number, method: string, args: Json[], consistency: Consistency, minVersion: Version): Promise<ReadResult> {
     const host = this.hosts.get(shardId);
     const target = this.replica.readTarget(shardId);
     if ('refused' in target || !host) return Promise.reject(new RequestError(`cannot answer a read: ${'refused' in target ? target.refused : `node ${this.me} holds no object of shard ${shardId}`}`, 503));
     if (consistency === 'local') {
       if (this.replica.status().wedged) return Promise.reject(new RequestError(`cannot answer a local read: node ${this.me} is wedged (a view change is under way)`, 503));
-      return Promise.resolve(host.query(method, args));
+      return this.answer(shardId, host, method, args, minVersion);
     }
     if (this.reads.length + this.readsAwaitingRound.length >= PENDING_READS_MAX) {
       return Promise.reject(new RequestError(`too many reads waiting for their barrier (${PENDING_READS_MAX})`, 503));
     }
-    return new Promise<MethodOutcome>((resolve, reject) => {
-      this.readsAwaitingRound.push({ shardId, method, args, target, confirmed: false, startedMs: Date.now(), resolve, reject });
+    return new Promise<ReadResult>((resolve, reject) => {
+      this.readsAwaitingRound.push({ shardId, method, args, minVersion, target, confirmed: false, startedMs: Date.now(), resolve, reject });
       this.startBarrierRound();
     });
+  }
+
+  /** Answers from the object, with the version it reflects; refused if that is below `minVersion`. */
+  private answer(shardId: number, host: ObjectHost, method: string, args: Json[], minVersion: Version): Promise<ReadResult> {
+    const reflects = this.replica.status().shards.find((s) => s.shardId === shardId)?.delivered ?? VERSION_NONE;
+    if (compareVersions(reflects, minVersion) < 0) {
+      return Promise.reject(new RequestError(`node ${this.me} has delivered shard ${shardId} up to ${reflects.viewId}.${reflects.seq}, below minVersion ${minVersion.viewId}.${minVersion.seq}: ask again, or read linearizably`, 503));
+    }
+    return Promise.resolve({ outcome: host.query(method, args), reflects });
   }
 
   /**
@@ -397,7 +426,7 @@ export class Driver {
       if (d === null || d.viewId !== r.target.viewId || !host) moved.push(r);
       else if (d.seq >= r.target.seq) {
         this.opt.observe?.requestDone?.('query', Date.now() - r.startedMs, true);
-        r.resolve(host.query(r.method, r.args));
+        this.answer(r.shardId, host, r.method, r.args, r.minVersion).then(r.resolve, r.reject);
       } else still.push(r);
     }
     this.reads = still;
@@ -875,8 +904,9 @@ export class Driver {
           return;
         }
         // (A peer from before consistency levels sends none: it gets the default, a linearizable answer.)
-        this.queryHere(layout.shardId, body.m, Array.isArray(body.a) ? body.a : [], body.c === 'local' ? 'local' : 'linearizable').then(
-          (out) => this.sendApp(from, { t: 'qDone', id, out }),
+        const minVersion = Array.isArray(body.mv) && body.mv.length === 2 ? { viewId: Number(body.mv[0]), seq: Number(body.mv[1]) } : VERSION_NONE;
+        this.queryHere(layout.shardId, body.m, Array.isArray(body.a) ? body.a : [], body.c === 'local' ? 'local' : 'linearizable', minVersion).then(
+          (r) => this.sendApp(from, { t: 'qDone', id, out: r.outcome, rv: [r.reflects.viewId, r.reflects.seq] }),
           (e: unknown) => this.sendApp(from, { t: 'qDone', id, err: errPair(e) }),
         );
         break;
@@ -895,7 +925,9 @@ export class Driver {
         this.remote.delete(body.id);
         if (body.out) {
           this.opt.observe?.requestDone?.('query', Date.now() - r.startedMs, true);
-          r.resolve(body.out);
+          // (A peer from before read versions sends none: the answer says it reflects nothing known.)
+          const reflects = Array.isArray(body.rv) && body.rv.length === 2 ? { viewId: Number(body.rv[0]), seq: Number(body.rv[1]) } : VERSION_NONE;
+          r.resolve({ outcome: body.out, reflects } satisfies ReadResult);
         } else r.reject(new RequestError(body.err?.[0] ?? 'remote failure', body.err?.[1] ?? 502));
         break;
       }

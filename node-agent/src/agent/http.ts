@@ -8,6 +8,8 @@
 //   GET    /v1/kv/{subgroup}?prefix=P&limit=N        list keys by prefix (every shard)
 //   GET    /v1/kv/{subgroup}/{key}[?version=V.S]     read (latest, or as of version V.S)
 //          reads and queries take ?consistency=linearizable (default) | local (see Consistency in driver.ts)
+//          and ?minVersion=V.S (the answer must reflect at least that version, else 503); their answers
+//          carry `reflects`, the version of the shard they reflect (per shard index for a list)
 //   PUT    /v1/kv/{subgroup}/{key}[?wait=delivered]  write the body (text) as the value
 //   DELETE /v1/kv/{subgroup}/{key}
 //   POST   /v1/subgroups/{sg}/shards/{i}/ordered/{method}   body: JSON array of arguments
@@ -167,10 +169,10 @@ async function handle(agent: Agent, req: http.IncomingMessage, res: http.ServerR
       const prefix = url.searchParams.get('prefix') ?? '';
       const limit = Number(url.searchParams.get('limit') ?? '1000');
       const consistency = parseConsistency(url.searchParams.get('consistency'));
-      const lists = await Promise.all(Array.from({ length: shards }, (_, i) => agent.driver.query(subgroup, i, 'list', [prefix, limit], consistency)));
-      const items = lists.flatMap((o) => outcomeValue(o) as Json[]) as { key: string }[];
+      const lists = await Promise.all(Array.from({ length: shards }, (_, i) => agent.driver.read(subgroup, i, 'list', [prefix, limit], consistency)));
+      const items = lists.flatMap((r) => outcomeValue(r.outcome) as Json[]) as { key: string }[];
       items.sort((a, b) => (a.key < b.key ? -1 : a.key > b.key ? 1 : 0));
-      return send(res, 200, { items: items.slice(0, Number.isInteger(limit) && limit > 0 ? limit : 1000) });
+      return send(res, 200, { items: items.slice(0, Number.isInteger(limit) && limit > 0 ? limit : 1000), reflects: lists.map((r) => r.reflects) });
     }
     if (parts.length !== 4) throw new HttpError(404, `no route ${route} (keys with "/" must be URL-encoded)`);
     const key = parts[3]!;
@@ -179,12 +181,13 @@ async function handle(agent: Agent, req: http.IncomingMessage, res: http.ServerR
       case 'GET': {
         const version = url.searchParams.get('version');
         const consistency = parseConsistency(url.searchParams.get('consistency'));
-        const out = version === null
-          ? await agent.driver.query(subgroup, shard, 'get', [key], consistency)
-          : await agent.driver.query(subgroup, shard, 'getAt', [key, parseVersion(version) as unknown as Json], consistency);
-        const value = outcomeValue(out);
-        if (value === null) throw new HttpError(404, `key ${JSON.stringify(key)} not found${version ? ` at version ${version}` : ''}`);
-        return send(res, 200, { ...(value as Record<string, Json>), shard });
+        const minVersion = parseMinVersion(url.searchParams.get('minVersion'));
+        const r = version === null
+          ? await agent.driver.read(subgroup, shard, 'get', [key], consistency, minVersion)
+          : await agent.driver.read(subgroup, shard, 'getAt', [key, parseVersion(version) as unknown as Json], consistency, minVersion);
+        const value = outcomeValue(r.outcome);
+        if (value === null) throw new HttpError(404, `key ${JSON.stringify(key)} not found${version ? ` at version ${version}` : ''} (read reflects version ${r.reflects.viewId}.${r.reflects.seq})`);
+        return send(res, 200, { ...(value as Record<string, Json>), shard, reflects: r.reflects });
       }
       case 'PUT': {
         const body = await readBody(req, agent.payloadBytesMax());
@@ -224,8 +227,8 @@ async function handle(agent: Agent, req: http.IncomingMessage, res: http.ServerR
       return send(res, 200, invokeJson(r));
     }
     if (parts[5] === 'query') {
-      const out = await agent.driver.query(subgroup, shard, parts[6]!, args, parseConsistency(url.searchParams.get('consistency')));
-      return send(res, 200, { value: outcomeValue(out) });
+      const r = await agent.driver.read(subgroup, shard, parts[6]!, args, parseConsistency(url.searchParams.get('consistency')), parseMinVersion(url.searchParams.get('minVersion')));
+      return send(res, 200, { value: outcomeValue(r.outcome), reflects: r.reflects });
     }
   }
   throw new HttpError(404, `no route ${route}`);
@@ -236,4 +239,9 @@ function parseConsistency(v: string | null): Consistency {
   if (v === null || v === 'linearizable') return 'linearizable';
   if (v === 'local') return 'local';
   throw new HttpError(400, `consistency ${JSON.stringify(v)} is not one of linearizable, local`);
+}
+
+/** The `minVersion` query parameter ("V.S"), or none. */
+function parseMinVersion(v: string | null): Version {
+  return v === null ? { viewId: -1, seq: -1 } : parseVersion(v);
 }

@@ -6,6 +6,8 @@ import { Agent } from './agent.ts';
 import { RequestError } from './driver.ts';
 import { silentLogger } from './logger.ts';
 import { groupConfigs, until } from './test-group.ts';
+import { DerechoClient, DerechoError } from '../client/client.ts';
+import { compareVersions } from '../core/types.ts';
 
 const manifest = `
 apiVersion: derecho.dev/v1alpha1
@@ -21,7 +23,7 @@ spec:
 `;
 
 test('reads are linearizable by default: answered after a majority confirms the view; a member cut off from the majority refuses them, and local reads once it knows', async (t) => {
-  const { files } = await groupConfigs(t, manifest, 3, 'derecho-reads-');
+  const { files, httpPorts } = await groupConfigs(t, manifest, 3, 'derecho-reads-');
   const agents: Agent[] = [];
   t.teardown(async () => {
     for (const a of agents) await a.close();
@@ -43,6 +45,24 @@ test('reads are linearizable by default: answered after a majority confirms the 
   t.true(many.every((o) => o.ok && (o.value as { value: string }).value === 'v19'));
   const local = await a3.driver.query('kv', 0, 'get', ['k'], 'local');
   t.true(local.ok && (local.value as { value: string }).value === 'v19', 'a local read answers from the replica');
+
+  // Every answer says which version of the shard it reflects, at least the last write's; minVersion asks
+  // for at least a version already seen (a local read behind it is refused).
+  const last = await a1.driver.invoke('kv', 0, 'put', ['k', 'last'], 'delivered');
+  const seen = await a2.driver.read('kv', 0, 'get', ['k']);
+  t.true(compareVersions(seen.reflects, last.version) >= 0, `reflects ${JSON.stringify(seen.reflects)} >= the write's ${JSON.stringify(last.version)}`);
+  const ahead = { viewId: last.version.viewId + 5, seq: 0 };
+  const behind = await a3.driver.read('kv', 0, 'get', ['k'], 'local', ahead).then(() => null, (e: unknown) => e as RequestError);
+  t.is(behind?.status, 503);
+  t.regex(behind?.message ?? '', /below minVersion/);
+  // Over HTTP with the typed client: the consistency and minVersion parameters, and `reflects`.
+  const kv = new DerechoClient({ endpoints: [`http://127.0.0.1:${httpPorts[1]}`] }).kv('kv');
+  const item = await kv.get('k', undefined, { consistency: 'local', minVersion: last.version });
+  t.is(item?.value, 'last');
+  t.true(item?.reflects !== undefined && compareVersions(item.reflects, last.version) >= 0);
+  t.is((await kv.get('k'))?.value, 'last');
+  const refused = await kv.get('k', undefined, { consistency: 'local', minVersion: ahead }).then(() => null, (e: unknown) => e);
+  t.true(refused instanceof DerechoError, String(refused));
 
   // Nodes 2 and 3 fail: node 1 cannot confirm its view with a majority. A linearizable read waits, and
   // fails as soon as node 1 knows it is in a minority; a local read is refused from then on too.

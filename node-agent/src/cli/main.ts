@@ -96,18 +96,21 @@ const COMMANDS: CommandSpec[] = [
     summary: 'put, get, delete and list keys of a kv subgroup',
     usage: [
       'derecho kv put KEY VALUE        (VALUE "-": read it from stdin)',
-      'derecho kv get KEY [--version V.S]',
+      'derecho kv get KEY [--version V.S] [--consistency linearizable|local]',
       'derecho kv del KEY',
-      'derecho kv ls [PREFIX]',
+      'derecho kv ls [PREFIX] [--consistency linearizable|local]',
     ],
     description: [
       'Talks to the running group over its HTTP API (any member; the agent routes a key to its shard).',
       'Writes return once every member of the key\'s shard has applied and persisted them, with their',
       'version viewId.seq; `get --version V.S` reads a key as of that version.',
+      'Reads are linearizable (they see every write acknowledged before they began); `--consistency local`',
+      'answers from the member\'s own replica, faster but possibly behind.',
     ],
     options: [
       { long: 'subgroup', short: 's', value: 'NAME', help: 'the kv subgroup (default: the first subgroup of type kv in the manifest)' },
       { long: 'version', value: 'V.S', help: 'get: the value as of version V.S (e.g. 0.3)' },
+      { long: 'consistency', value: 'MODE', help: 'get, ls: linearizable (default) or local' },
       { long: 'json', help: 'print the agent\'s JSON answer' },
       STATE_DIR, GROUP, FILE_PICK, HELP,
     ],
@@ -664,6 +667,12 @@ async function cmdKv(parsed: Parsed, command: CommandSpec): Promise<number> {
   const versionOption = stringOption(parsed, 'version');
   if (versionOption !== undefined && action !== 'get') throw new UsageError('--version goes with kv get', command);
   const version = versionOption !== undefined ? parseVersion(versionOption, command) : undefined;
+  const consistencyOption = stringOption(parsed, 'consistency');
+  if (consistencyOption !== undefined && action !== 'get' && action !== 'ls') throw new UsageError('--consistency goes with kv get and kv ls', command);
+  if (consistencyOption !== undefined && consistencyOption !== 'linearizable' && consistencyOption !== 'local') {
+    throw new UsageError(`--consistency ${JSON.stringify(consistencyOption)}: use linearizable or local`, command);
+  }
+  const readOptions = consistencyOption === undefined ? undefined : { consistency: consistencyOption as 'linearizable' | 'local' };
 
   const state = oneGroup(parsed, command);
   const kvSubgroups = state.subgroups.filter((subgroup) => subgroup.type === 'kv');
@@ -690,7 +699,7 @@ async function cmdKv(parsed: Parsed, command: CommandSpec): Promise<number> {
         return 0;
       }
       case 'get': {
-        const item = await kv.get(key, version);
+        const item = await kv.get(key, version, readOptions);
         if (item === null) {
           err(`derecho kv get: key ${JSON.stringify(key)} not found in ${subgroup}${version ? ` as of version ${versionText(version)}` : ''}`);
           return 1;
@@ -711,7 +720,7 @@ async function cmdKv(parsed: Parsed, command: CommandSpec): Promise<number> {
       }
       default: {
         const prefix = args[0] ?? '';
-        const items = await kv.list(prefix);
+        const items = await kv.list(prefix, 1000, readOptions);
         if (json) {
           out(JSON.stringify(items));
           return 0;

@@ -19,6 +19,25 @@ export interface KvItem {
   key: string;
   value: string;
   version: Version;
+  /** The version of the key's shard this answer reflects (absent in a list). */
+  reflects?: Version;
+}
+
+/**
+ * How a read is answered (see the README's consistency section): `linearizable` (default) reflects every
+ * update acknowledged before the read began; `local` answers from the serving member's replica. With
+ * `minVersion` (a version already seen, e.g. a write's or a read's `reflects`) the answer reflects at least it.
+ */
+export interface ReadOptions {
+  consistency?: 'linearizable' | 'local';
+  minVersion?: Version;
+}
+
+function readQuery(o: ReadOptions | undefined, first: string): string {
+  const parts: string[] = [];
+  if (o?.consistency) parts.push(`consistency=${o.consistency}`);
+  if (o?.minVersion) parts.push(`minVersion=${o.minVersion.viewId}.${o.minVersion.seq}`);
+  return parts.length === 0 ? '' : first + parts.join('&');
 }
 
 export interface WriteResult {
@@ -82,8 +101,8 @@ export class DerechoClient {
   }
 
   /** Calls a read-only query of any replicated type. */
-  query(subgroup: string, shard: number, method: string, args: unknown[]): Promise<unknown> {
-    const path = `/v1/subgroups/${encodeURIComponent(subgroup)}/shards/${shard}/query/${encodeURIComponent(method)}`;
+  query(subgroup: string, shard: number, method: string, args: unknown[], options?: ReadOptions): Promise<unknown> {
+    const path = `/v1/subgroups/${encodeURIComponent(subgroup)}/shards/${shard}/query/${encodeURIComponent(method)}${readQuery(options, '?')}`;
     return this.request('POST', path, JSON.stringify(args)).then((r) => (r.body as { value: unknown }).value);
   }
 
@@ -141,8 +160,8 @@ export class KvClient {
   }
 
   /** The latest value (or the value as of `version`); null if absent. */
-  async get(key: string, version?: Version): Promise<KvItem | null> {
-    const q = version ? `?version=${version.viewId}.${version.seq}` : '';
+  async get(key: string, version?: Version, options?: ReadOptions): Promise<KvItem | null> {
+    const q = version ? `?version=${version.viewId}.${version.seq}${readQuery(options, '&')}` : readQuery(options, '?');
     const r = await this.client.request('GET', this.path(key) + q, undefined, [200, 404]);
     return r.status === 404 ? null : (r.body as KvItem);
   }
@@ -154,8 +173,8 @@ export class KvClient {
   }
 
   /** Keys starting with `prefix`, across every shard, sorted. */
-  async list(prefix = '', limit = 1000): Promise<KvItem[]> {
-    const r = await this.client.request('GET', `/v1/kv/${encodeURIComponent(this.subgroup)}?prefix=${encodeURIComponent(prefix)}&limit=${limit}`);
+  async list(prefix = '', limit = 1000, options?: Pick<ReadOptions, 'consistency'>): Promise<KvItem[]> {
+    const r = await this.client.request('GET', `/v1/kv/${encodeURIComponent(this.subgroup)}?prefix=${encodeURIComponent(prefix)}&limit=${limit}${readQuery(options, '&')}`);
     return (r.body as { items: KvItem[] }).items;
   }
 }
