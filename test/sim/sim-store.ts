@@ -53,7 +53,7 @@ export class SimStore {
     }
   }
 
-  private get open_(): LogStore {
+  private get opened(): LogStore {
     if (this.store === null) {
       const error = this.open();
       if (error !== null) throw new Error(`the store does not open: ${error}`);
@@ -101,7 +101,7 @@ export class SimStore {
   applyBatch(records: readonly PersistRecord[]): void {
     if (records.length === 0) return;
     this.writes++;
-    this.open_.apply([...records]);
+    this.opened.apply([...records]);
   }
 
   apply(record: PersistRecord): void {
@@ -109,31 +109,31 @@ export class SimStore {
   }
 
   savedState(): SavedState | null {
-    return this.open_.savedState();
+    return this.opened.savedState();
   }
 
   log(shardId: number): LogRecord[] {
-    return this.open_.hasLog(shardId) ? this.open_.log(shardId) : [];
+    return this.opened.hasLog(shardId) ? this.opened.log(shardId) : [];
   }
 
   hasLog(shardId: number): boolean {
-    return this.open_.hasLog(shardId);
+    return this.opened.hasLog(shardId);
   }
 
   shardIds(): number[] {
-    return this.open_.shardIds();
+    return this.opened.shardIds();
   }
 
   logTails(): { shardId: number; version: Version }[] {
-    return this.open_.logTails();
+    return this.opened.logTails();
   }
 
   exportShard(shardId: number, through: Version): LogRecord[] {
-    return this.open_.exportShard(shardId, through);
+    return this.opened.exportShard(shardId, through);
   }
 
   importShard(shardId: number, records: readonly LogRecord[]): void {
-    this.open_.importShard(shardId, [...records]);
+    this.opened.importShard(shardId, [...records]);
   }
 
   /** The logs as they are (opening the journal if needed; empty if it does not open). */
