@@ -12,8 +12,33 @@ export function portFree(port: number, host = '127.0.0.1'): Promise<boolean> {
   });
 }
 
-/** A port the kernel considers free on `host` now (bind port 0, read it, release it). */
-export function freePort(host = '127.0.0.1'): Promise<number> {
+/**
+ * Ports `freePort` draws from: below Linux's default ephemeral range (32768-60999), so that no outgoing
+ * connection of any process can take the port between `freePort` and the listen that follows it (a port
+ * from bind(0) is an ephemeral one, and tests running side by side collided on them: EADDRINUSE).
+ */
+export const FREE_PORT_MIN = 20_000;
+export const FREE_PORT_MAX = 32_000;
+
+/**
+ * A port free on `host` now: a random one of [FREE_PORT_MIN, FREE_PORT_MAX] that binds (random, so that
+ * processes picking ports at once rarely pick the same), else one the kernel picks (bind port 0).
+ */
+export async function freePort(host = '127.0.0.1'): Promise<number> {
+  for (let attempt = 0; attempt < 50; attempt++) {
+    const port = FREE_PORT_MIN + Math.floor(Math.random() * (FREE_PORT_MAX - FREE_PORT_MIN + 1));
+    if (!handedOut.has(port) && (await portFree(port, host))) {
+      handedOut.add(port);
+      return port;
+    }
+  }
+  return kernelPort(host);
+}
+
+/** Ports this process handed out already (two calls never return the same port). */
+const handedOut = new Set<number>();
+
+function kernelPort(host: string): Promise<number> {
   return new Promise((resolve, reject) => {
     const server = net.createServer();
     server.once('error', reject);
