@@ -1241,7 +1241,9 @@ export class LogStore {
       journalBytes: this.size,
       journalRecords: s.records,
       liveRecords: live,
-      deadRecords: s.records - live,
+      // never negative: a rewrite can take more records than the journal holds (views written out of id
+      // order take a viewsDecided and a viewIdSeen record beside the last view where the journal had two)
+      deadRecords: Math.max(0, s.records - live),
       liveLogRecords: s.liveLogRecords,
       liveLogBytes: s.liveLogBytes,
       compactions: this.compactions,
