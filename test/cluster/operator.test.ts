@@ -408,7 +408,8 @@ test('leader election: a leader that dies without releasing the Lease is replace
     await y.stop({ release: false });
   });
   x.start();
-  await waitFor('x to lead', () => x.isLeader(), { timeoutMs: 10_000 });
+  // a first acquisition waits only for the API server (slow on a loaded 2-core CI machine)
+  await waitFor('x to lead', () => x.isLeader(), { timeoutMs: 30_000 });
   y.start();
   let both = 0;
   const sampler = setInterval(() => {

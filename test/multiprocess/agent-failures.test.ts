@@ -81,6 +81,43 @@ test.serial('kill -9 of one member: the others continue in a new view, and it re
   t.deepEqual(cluster.unexpectedExits(), [], 'no agent exited on its own');
 });
 
+test.serial('kill -9 of the only member of kv shard 1, restarted at once: it rejoins with its own log as the shard\'s source, both shards take writes again within seconds, no other member restarts', async (t) => {
+  t.timeout(90_000);
+  const cluster = await Cluster.create(t, { start: [1, 2, 3], timing: FAST_DETECTION_TIMING });
+  const formed = await cluster.waitForView([1, 2, 3]);
+  const pids = new Map(formed.map((s) => [s.nodeId, s.pid]));
+  const keys = [keyInShard('only-holder', 0), keyInShard('only-holder', 1)];
+  for (let i = 0; i < 5; i++) for (const key of keys) await cluster.putOk(1, `${key}-${i}`, `before ${i}`);
+  // Let node 3's row (with its disk id) reach the others, as it always has in a running group.
+  await sleep(300);
+  await cluster.kill(3);
+  const killedAt = Date.now();
+  cluster.start(3); // what a supervisor does
+  // Writes to both shards, through node 1, until each succeeds again.
+  const firstOk = await Promise.all(keys.map(async (key) => {
+    for (let i = 0; ; i++) {
+      const r = await cluster.put(1, `${key}-after-${i}`, 'after the kill', 'kv').catch(() => null);
+      if (r?.status === 200) return Date.now() - killedAt;
+      if (Date.now() - killedAt > 30_000) throw new Error(`no write to ${key} acknowledged within 30 s: ${r?.text ?? 'no answer'}`);
+      await sleep(50);
+    }
+  }));
+  t.log(`writes to kv shard 0 and 1 acknowledged again ${firstOk[0]} ms and ${firstOk[1]} ms after the kill -9 of node 3 (suspectMs ${FAST_DETECTION_TIMING.suspectMs})`);
+  const back = await cluster.waitForView([1, 2, 3], [1, 2, 3], 15_000);
+  t.deepEqual(back.map((s) => s.layout.map((l) => [l.subgroup, l.shardIndex, [...l.members].sort()]))[0], [['kv', 0, [1, 2]], ['kv', 1, [3]], ['events', 0, [1, 2, 3]]]);
+  for (const s of back) if (s.nodeId !== 3) t.is(s.pid, pids.get(s.nodeId)!, `node ${s.nodeId} kept running (no total restart)`);
+  t.deepEqual(cluster.unexpectedExits(), [], 'no member exited on its own');
+  for (const key of keys) {
+    for (let i = 0; i < 5; i++) {
+      const r = await cluster.get(1, `${key}-${i}`);
+      t.is(r.status, 200, r.text);
+      t.is(r.body.value, `before ${i}`, 'every write made before the kill is there');
+    }
+  }
+  // The issue's target on the example layout is 3 s; the loaded CI machine gets more room.
+  t.true(Math.max(...firstOk) < 10_000, `write gap ${Math.max(...firstOk)} ms`);
+});
+
 test.serial('total failure: every member killed; with all back the group recovers every acknowledged write; with too few back it waits and says for whom', async (t) => {
   t.timeout(90_000);
   const cluster = await Cluster.create(t, { start: [1, 2, 3], timing: FAST_DETECTION_TIMING });

@@ -3,6 +3,7 @@
 
 import test from 'ava';
 import type { ExecutionContext } from 'ava';
+import { DEFAULT_TIMING } from '../../node-agent/src/core/types.ts';
 import type { GroupPolicy, NodeId } from '../../node-agent/src/core/types.ts';
 import { ScriptedSim, singleShardPolicy } from './scripted.ts';
 
@@ -312,3 +313,86 @@ test('healAll ends every network fault and resumes paused processes', (t) => {
   t.true(sim.settle(1500), sim.unsettledReason());
   finish(t, sim);
 });
+
+// The layout of examples/kv-group.yaml: node 3 is the only member of kv shard 1.
+const exampleLayout: GroupPolicy = {
+  subgroups: [
+    { name: 'kv', shards: 2, minNodesPerShard: 1, maxNodesPerShard: 2, deliveryMode: 'ordered', persistent: true, reservedNodeIds: [[1, 2], [3]] },
+    { name: 'events', shards: 1, minNodesPerShard: 2, maxNodesPerShard: 3, deliveryMode: 'ordered', persistent: true, reservedNodeIds: [[1, 2, 3]] },
+  ],
+};
+
+test('the only holder of a persistent shard crashes and restarts: it rejoins with its own log as the shard\'s source, without a total restart', (t) => {
+  const sim = new ScriptedSim({ founders: 3, policy: exampleLayout, seed: 41 });
+  t.true(sim.settle(200), sim.unsettledReason());
+  t.deepEqual(sim.view()!.layout.shards.map((s) => s.members), [[1, 2], [3], [1, 2, 3]]);
+  const before = sendMany(sim, [3], 1, 6, 'only-holder');
+  const events = sendMany(sim, [1, 2, 3], 2, 2, 'ev');
+  t.true(sim.runUntil(() => allApplied(sim, [3], 1, before) && allApplied(sim, [1, 2, 3], 2, events), 300));
+  const lastSeq = Math.max(...sim.deliveries({ node: 3, shardId: 1 }).map((d) => d.version.seq));
+  t.true(sim.runUntil(() => sim.history.acks.some((a) => a.shardId === 1 && a.version.seq >= lastSeq), 100), 'shard 1 writes acknowledged as persisted');
+  const viewBefore = sim.view()!.viewId;
+  const crashedAt = sim.now;
+  sim.crash(3, 5);
+  // Back in a view with node 3 serving shard 1 again, well before a wedged member would exit.
+  t.true(sim.runUntil(() => (sim.status(3)?.mode === 'active' && sim.view()!.viewId > viewBefore && sim.view()!.members.includes(3) && sim.isSettled()), 150), sim.unsettledReason());
+  t.log(`node 3 back in view ${sim.view()!.viewId} ${sim.now - crashedAt} ticks after its crash`);
+  const incarnations = (n: NodeId): Set<number> => new Set(sim.history.installs.filter((i) => i.node === n).map((i) => i.incarnation));
+  t.true([1, 2].every((n) => incarnations(n).size === 1), 'nodes 1 and 2 never restarted: no total restart');
+  t.true([1, 2].every((n) => sim.status(n)?.mode === 'active'));
+  t.deepEqual(sim.view()!.layout.shards.map((s) => s.members), [[1, 2], [3], [1, 2, 3]]);
+  t.true(allApplied(sim, [3], 1, before), 'node 3\'s shard-1 state holds every write made before the crash');
+  const after = sendMany(sim, [3], 1, 3, 'after');
+  const eventsAfter = sendMany(sim, [1, 2, 3], 2, 1, 'ev-after');
+  t.true(sim.runUntil(() => allApplied(sim, [3], 1, after) && allApplied(sim, [1, 2, 3], 2, eventsAfter), 300), 'both subgroups take writes again');
+  finish(t, sim);
+});
+
+test('the only holder of a persistent shard comes back with a wiped disk: the shard waits (its state is gone), and the broken rule that takes it as the source loses acknowledged writes', (t) => {
+  const run = (brokenRule?: 'returningHolderUnchecked'): { sim: ScriptedSim; before: string[]; crashedAt: number } => {
+    const sim = new ScriptedSim({ founders: 3, policy: exampleLayout, seed: 42, ...(brokenRule ? { brokenRule } : {}), timing: { wedgedExitTicks: 2000 } });
+    t.true(sim.settle(200), sim.unsettledReason());
+    const before = sendMany(sim, [3], 1, 4, 'lost-with-the-disk');
+    t.true(sim.runUntil(() => allApplied(sim, [3], 1, before), 300));
+    const lastSeq = Math.max(...sim.deliveries({ node: 3, shardId: 1 }).map((d) => d.version.seq));
+    t.true(sim.runUntil(() => sim.history.acks.some((a) => a.shardId === 1 && a.version.seq >= lastSeq), 100));
+    const crashedAt = sim.now;
+    sim.crash(3, 5, { wipeDisk: true });
+    sim.tick(300);
+    return { sim, before, crashedAt };
+  };
+  const good = run();
+  t.false(good.sim.view()!.members.includes(3) && good.sim.history.installs.some((i) => i.tick > good.crashedAt), 'no view admits the wiped node as the holder');
+  t.deepEqual(good.sim.check(), [], 'no safety violation while the shard waits');
+  const broken = run('returningHolderUnchecked');
+  t.true(broken.sim.history.installs.some((i) => i.tick > broken.crashedAt && i.view.members.includes(3)), 'the mutant admits the wiped node');
+  const violations = broken.sim.check();
+  t.log(violations.slice(0, 3).join('\n'));
+  t.true(violations.some((v) => /persist/.test(v)), 'the persistence checker catches the lost acknowledged writes');
+});
+
+for (const fault of ['pause', 'partition'] as const) {
+  test(`the only holder of a persistent shard ${fault === 'pause' ? 'paused past the suspicion timeout' : 'cut off in a minority'}: when it is back it exits at once (a majority suspects it) and rejoins as the shard's returning holder`, (t) => {
+    const sim = new ScriptedSim({ founders: 3, policy: exampleLayout, seed: fault === 'pause' ? 43 : 44 });
+    t.true(sim.settle(200), sim.unsettledReason());
+    sim.tick(20); // rows exchanged: the leader knows node 3's disk (its row says it; the founding view does not)
+    const before = sendMany(sim, [3], 1, 5, `${fault}-before`);
+    t.true(sim.runUntil(() => allApplied(sim, [3], 1, before), 300));
+    const viewBefore = sim.view()!.viewId;
+    if (fault === 'pause') sim.pause(3, 60);
+    else sim.partition([[1, 2], [3]]);
+    sim.tick(60);
+    t.true(sim.view()!.viewId === viewBefore, 'the others wait for shard 1\'s only holder (no view without it)');
+    const backAt = sim.now;
+    if (fault === 'partition') sim.heal();
+    const limit = DEFAULT_TIMING.wedgedExitTicks / 4;
+    t.true(sim.runUntil(() => sim.status(3)?.mode === 'active' && sim.view()!.viewId > viewBefore && sim.view()!.members.includes(3) && sim.isSettled(), limit), sim.unsettledReason());
+    t.log(`node 3 back in view ${sim.view()!.viewId} ${sim.now - backAt} ticks after the ${fault} ended (a wedged member exits after ${DEFAULT_TIMING.wedgedExitTicks})`);
+    const incarnations = (n: NodeId): Set<number> => new Set(sim.history.installs.filter((i) => i.node === n).map((i) => i.incarnation));
+    t.true([1, 2].every((n) => incarnations(n).size === 1), 'nodes 1 and 2 never restarted');
+    t.true(allApplied(sim, [3], 1, before));
+    const after = sendMany(sim, [3], 1, 2, `${fault}-after`);
+    t.true(sim.runUntil(() => allApplied(sim, [3], 1, after), 300));
+    finish(t, sim);
+  });
+}

@@ -15,7 +15,7 @@ import { allocate } from './allocation.ts';
 import { Prng } from './prng.ts';
 import { planRestart, planStart, truncationFor } from './restart.ts';
 import type { RestartPlan } from './restart.ts';
-import { contiguousSeqCount, globalSeq, lastSeqInside, persistenceFrontier, seqOwner, stableSeqCount } from './stability.ts';
+import { contiguousSeqCount, globalSeq, lastSeqInside, persistenceFrontier, seqOwner, stableSeqCount, trimsThrough } from './stability.ts';
 import { cloneRow, emptyRow, RowMonitor } from './state-table.ts';
 import type {
   Ballot,
@@ -31,6 +31,7 @@ import type {
   RestartDecision,
   RestartReport,
   Row,
+  HeldLogs,
   SavedState,
   SavedTrim,
   SendResult,
@@ -159,7 +160,7 @@ export class Replica {
   private leaving = false;
   private waiting: Waiting = { kind: 'none', message: '' };
   /** Leader's queue of join requests (bounded by pendingJoinsMax). */
-  private pendingJoins: { nodeId: NodeId; incarnation: number; diskId: number }[] = [];
+  private pendingJoins: { nodeId: NodeId; incarnation: number; diskId: number; holds: HeldLogs | null }[] = [];
   /** Welcomes this node sent for the current view, to resend on a repeated request. */
   private welcomes = new Map<NodeId, WelcomeMessage>();
   /**
@@ -183,6 +184,8 @@ export class Replica {
   /** Started with nothing saved: if the group turns out to be restarting, take part as a blank member. */
   private startedBlank = false;
   /** The restart-consensus acceptor state of this process, kept while it joins instead (see becomeJoiner). */
+  /** What this process restarted with and joins with instead (JoinRequestMessage.holds); null: nothing. */
+  private joinHolds: HeldLogs | null = null;
   private restartAcceptor: Pick<SavedState, 'restartPromised' | 'restartAccepted' | 'highestViewIdSeen'> | null = null;
 
   // ---- restarting ----
@@ -249,7 +252,7 @@ export class Replica {
         else if (this.mode === 'restarting' && this.restart) this.onRestartViewTraffic(message.from, message.viewId);
         break;
       case 'joinRequest':
-        this.onJoinRequest(message.from, message.incarnation, message.diskId ?? 0);
+        this.onJoinRequest(message.from, message.incarnation, message.diskId ?? 0, message.holds ?? null);
         break;
       case 'joinRedirect':
         if (this.mode === 'joining') {
@@ -809,6 +812,18 @@ export class Replica {
       for (let j = 0; j < other.suspected.length; j++) if (other.suspected[j] && j !== this.myRank) this.suspect(j);
     }
     if (inMinority.length > 0 && this.hasMajority(this.liveRanks().length - inMinority.length)) for (const r of inMinority) this.suspect(r);
+    // A majority of the view suspects us (suspicions never go back within a view): no next view can
+    // include this process. Exit now so the supervisor restarts us and we join again, instead of waiting
+    // wedged for a view change that cannot come (e.g. after a pause or a healed partition, while the
+    // others wait for us as the only holder of a shard: we come back as its returning holder).
+    let suspectedBy = 0;
+    for (let r = 0; r < this.rows.length; r++) {
+      if (r !== this.myRank && this.rows[r]!.suspected[this.myRank] && this.tickCount - this.lastHeardTick[r]! <= this.config.suspectTicks) suspectedBy++;
+    }
+    if (suspectedBy * 2 > view.members.length) {
+      this.exit(`suspected by ${suspectedBy} of the ${view.members.length} members of view ${view.viewId}: the next view cannot include this process; restarting to rejoin`);
+      return;
+    }
     const changeWanted = row.suspected.some((s) => s) || this.pendingJoins.length > 0 ||
       this.rows.some((o, r) => (o.leaving && this.canLeave(r)) || o.wedged || o.promisedBallot >= 0 || o.committed);
     if (changeWanted) this.wedge();
@@ -962,16 +977,26 @@ export class Replica {
     }
     const members = [...survivors, ...joined];
     // The disk each member joined or restarted with: survivors keep theirs, joiners bring theirs.
-    const memberDisks = [...survivors.map((m) => view.memberDisks?.[view.members.indexOf(m)] ?? 0), ...joinedDisks];
+    const memberDisks = [...survivors.map((m) => this.diskOf(view.members.indexOf(m))), ...joinedDisks];
     if (members.length === 0) return `view ${view.viewId}: every member is leaving or failed`;
     const alloc = allocate(this.config.policy, view.layout, members);
     if (!alloc.adequate) return `next view would be inadequate: ${alloc.reason}; waiting for more nodes to join`;
     const trims: number[][] = [];
+    /** Persistent shards none of whose members is left, and the returning holder whose log becomes their state. */
+    const returned = new Map<number, NodeId>();
     for (const shard of view.layout.shards) {
       const liveMembers = shard.members.map((m) => view.members.indexOf(m)).filter((r) => liveSet.has(r));
       if (liveMembers.length === 0) {
         if (shard.persistent && shard.deliveryMode === 'ordered') {
-          return `shard ${shard.subgroup}/${shard.shardIndex} has no reachable member (its persisted state is with ${shard.members.join(', ')}); waiting for them or for a total restart`;
+          const back = this.returningSource(shard, joined);
+          if (back === null || !alloc.layout.shards[shard.shardId]!.members.includes(back.nodeId)) {
+            return `shard ${shard.subgroup}/${shard.shardIndex} has no reachable member (its persisted state is with ${shard.members.join(', ')}); waiting for them or for a total restart`;
+          }
+          returned.set(shard.shardId, back.nodeId);
+          // Its log is the shard's history: everything delivered in this view is in it (a member persists
+          // what it delivers before anything else sees the delivery), and nothing more was delivered.
+          trims.push(back.version.viewId === view.viewId ? trimsThrough(back.version.seq, shard.senders.length) : shard.senders.map(() => 0));
+          continue;
         }
         trims.push(shard.senders.map(() => 0));
         continue;
@@ -987,6 +1012,8 @@ export class Replica {
         const r = view.members.indexOf(m);
         return r >= 0 && liveSet.has(r) && old.members.includes(m) && this.rows[r]!.stateReady[next.shardId] === true;
       });
+      const source = returned.get(next.shardId);
+      if (source !== undefined) holders.push(source);
       const to = next.members.filter((m) => !holders.includes(m));
       if (to.length === 0) continue;
       if (holders.length === 0) {
@@ -1006,6 +1033,35 @@ export class Replica {
       },
       trims, joined, removed, transfers, lostShards,
     };
+  }
+
+  /**
+   * The returning holder of a persistent shard none of whose members is left: a joiner admitted in this
+   * change that restarted with the very disk this view names for it (View.memberDisks), whose last
+   * installed view is this one and whose log of the shard is complete. Every member of the shard must be
+   * back so (its log holds every update any member delivered here; with several, the longest is the
+   * source, the others get it by state transfer). Null when the shard must wait (or a total restart).
+   */
+  private returningSource(shard: ShardLayout, joined: readonly NodeId[]): { nodeId: NodeId; version: Version } | null {
+    const view = this.view!;
+    const unchecked = this.config.brokenRule === 'returningHolderUnchecked';
+    let best: { nodeId: NodeId; version: Version } | null = null;
+    for (const m of shard.members) {
+      const rank = view.members.indexOf(m);
+      const disk = this.diskOf(rank);
+      const j = joined.includes(m) ? this.pendingJoins.find((p) => p.nodeId === m) : undefined;
+      if (!j) return null;
+      if (!unchecked && (disk === 0 || j.diskId !== disk || j.holds === null || j.holds.lastViewId !== view.viewId)) return null;
+      const held = j.holds?.shards.find((x) => x.shardId === shard.shardId) ?? (unchecked ? { shardId: shard.shardId, version: VERSION_NONE } : undefined);
+      if (!held) return null;
+      if (best === null || compareVersions(held.version, best.version) > 0) best = { nodeId: m, version: held.version };
+    }
+    return best;
+  }
+
+  /** The disk the member at `rank` runs with in this view: as the view names it, else as its row says. */
+  private diskOf(rank: number): number {
+    return this.view!.memberDisks?.[rank] || this.rows[rank]!.diskId;
   }
 
   /** Install the decided transition out of the current view. */
@@ -1087,7 +1143,9 @@ export class Replica {
   private welcomeFor(joiner: NodeId, value: ViewChangeValue): WelcomeMessage {
     let incarnation = 0;
     for (const row of this.rows) for (const j of row.pendingJoins) if (j.nodeId === joiner) incarnation = j.incarnation;
-    return { kind: 'welcome', from: this.me, to: joiner, view: value.next, incarnation, transfers: value.transfers.filter((t) => t.to.includes(joiner)) };
+    // The plans it receives by, and those it is the source of (a returning holder, see proposeValue).
+    const transfers = value.transfers.filter((t) => t.to.includes(joiner) || t.from === joiner);
+    return { kind: 'welcome', from: this.me, to: joiner, view: value.next, incarnation, transfers };
   }
 
   /** Set up the table and shard state for a newly installed view. */
@@ -1101,6 +1159,7 @@ export class Replica {
     this.welcomes = new Map();
     const n = view.members.length;
     this.rows = view.members.map(() => emptyRow(n, view.layout));
+    this.myRow().diskId = this.diskId;
     this.lastHeardTick = view.members.map(() => this.tickCount);
     this.retransmitWatch = new Map();
     this.lastDecidedReply = new Map();
@@ -1218,7 +1277,7 @@ export class Replica {
   // Joins
   // ======================================================================================
 
-  private onJoinRequest(from: NodeId, incarnation: number, diskId: number): void {
+  private onJoinRequest(from: NodeId, incarnation: number, diskId: number, holds: HeldLogs | null): void {
     if (this.mode === 'restarting') {
       // The group is restarting after a total failure: a joiner with nothing saved may be the only
       // former member of a volatile shard. Tell it, so that it reports (blank) instead of waiting.
@@ -1249,7 +1308,8 @@ export class Replica {
     if (existing) {
       existing.incarnation = incarnation;
       existing.diskId = diskId;
-    } else if (this.pendingJoins.length < this.config.pendingJoinsMax) this.pendingJoins.push({ nodeId: from, incarnation, diskId });
+      existing.holds = holds;
+    } else if (this.pendingJoins.length < this.config.pendingJoinsMax) this.pendingJoins.push({ nodeId: from, incarnation, diskId, holds });
     this.publishPendingJoins();
     this.rowDirty = true;
   }
@@ -1272,7 +1332,11 @@ export class Replica {
   }
 
   private sendJoinRequest(to: NodeId): void {
-    this.emit(to, { kind: 'joinRequest', from: this.me, incarnation: this.incarnation, ...(this.diskId > 0 ? { diskId: this.diskId } : {}) });
+    this.emit(to, {
+      kind: 'joinRequest', from: this.me, incarnation: this.incarnation,
+      ...(this.diskId > 0 ? { diskId: this.diskId } : {}),
+      ...(this.joinHolds !== null ? { holds: this.joinHolds } : {}),
+    });
   }
 
   private onWelcome(w: WelcomeMessage): void {
@@ -1280,6 +1344,14 @@ export class Replica {
     this.mode = 'active';
     this.out.persist.push({ kind: 'view', view: w.view });
     this.installFresh(w.view, w.transfers, false);
+    // Admitted as the source of shards whose holders were all gone (see proposeValue, `returningSource`):
+    // our log is their state; the shard's other new members get it from us.
+    for (const held of this.joinHolds?.shards ?? []) {
+      const shard = this.shards.get(held.shardId);
+      if (shard && shard.stateReady && compareVersions(held.version, shard.lastDelivered) > 0) shard.lastDelivered = held.version;
+    }
+    for (const plan of w.transfers) if (plan.from === this.me) for (const to of plan.to) this.out.transfers.push({ to, shardId: plan.shardId, through: plan.through });
+    this.joinHolds = null;
   }
 
   /** A joiner with nothing saved learned that the group is restarting: report as a blank member. */
@@ -1308,6 +1380,7 @@ export class Replica {
     if (this.restart !== null) {
       // Our restart-consensus promises and acceptance stay binding (they are on disk too).
       this.restartAcceptor = { restartPromised: this.restart.promised, restartAccepted: this.restart.accepted, highestViewIdSeen: this.restart.saved.highestViewIdSeen };
+      this.joinHolds = heldLogsOf(this.restart.saved, this.me);
     }
     this.restart = null;
     this.preferredContact = leader;
@@ -1644,4 +1717,17 @@ function validRowShape(row: Row, view: View): boolean {
   }
   return Array.isArray(row.persisted) && row.persisted.length === view.layout.shards.length &&
     Array.isArray(row.stateReady) && row.stateReady.length === view.layout.shards.length;
+}
+
+/**
+ * What a restarted node holds for a join (JoinRequestMessage.holds): its last view and the tails of the
+ * logs of the persistent shards it served there in full. Null for a node that never installed a view.
+ */
+export function heldLogsOf(saved: SavedState, me: NodeId): HeldLogs | null {
+  if (saved.blank) return null;
+  const incomplete = new Set(saved.incompleteShards ?? []);
+  const shards = saved.lastView.layout.shards
+    .filter((x) => x.persistent && x.deliveryMode === 'ordered' && x.members.includes(me) && !incomplete.has(x.shardId))
+    .map((x) => ({ shardId: x.shardId, version: saved.logTails.find((t) => t.shardId === x.shardId)?.version ?? VERSION_NONE }));
+  return { lastViewId: saved.lastView.viewId, shards };
 }

@@ -1,6 +1,6 @@
 import test from 'ava';
 import fc from 'fast-check';
-import { columnMin, contiguousSeqCount, globalSeq, lastSeqInside, persistenceFrontier, seqOwner, stableSeqCount } from './stability.ts';
+import { columnMin, contiguousSeqCount, globalSeq, lastSeqInside, persistenceFrontier, seqOwner, stableSeqCount, trimsThrough } from './stability.ts';
 
 // Naive references: enumerate global sequence numbers one by one.
 function naiveContiguous(counts: number[]): number {
@@ -83,4 +83,21 @@ test('persistence frontier is the minimum persisted count', (t) => {
   t.is(persistenceFrontier([5, 3, 9]), 3);
   t.is(persistenceFrontier([]), 0);
   fc.assert(fc.property(fc.array(fc.nat(100), { minLength: 1 }), (xs) => persistenceFrontier(xs) === Math.min(...xs)));
+});
+
+test('trimsThrough: the trims of exactly the sequence numbers 0..seq, the inverse of lastSeqInside', (t) => {
+  t.deepEqual(trimsThrough(-1, 3), [0, 0, 0]);
+  t.deepEqual(trimsThrough(0, 3), [1, 0, 0]);
+  t.deepEqual(trimsThrough(4, 3), [2, 2, 1]);
+  t.deepEqual(trimsThrough(5, 1), [6]);
+  fc.assert(
+    fc.property(fc.integer({ min: -1, max: 500 }), fc.integer({ min: 1, max: 9 }), (seq, n) => {
+      // naive: count each sender's slots among 0..seq one by one
+      const naive = new Array<number>(n).fill(0);
+      for (let g = 0; g <= seq; g++) naive[seqOwner(g, n).senderRank]!++;
+      const trims = trimsThrough(seq, n);
+      return JSON.stringify(trims) === JSON.stringify(naive) && lastSeqInside(trims) === seq && contiguousSeqCount(trims) === seq + 1;
+    }),
+  );
+  t.pass();
 });

@@ -38,6 +38,16 @@ export function lastSeqInside(trims: readonly number[]): number {
 }
 
 /**
+ * Per-sender trims holding exactly the global sequence numbers 0..seq (seq -1: nothing): the inverse of
+ * lastSeqInside for a gap-free prefix. Sender r's messages at or below seq number floor((seq - r) / n) + 1.
+ */
+export function trimsThrough(seq: number, senderCount: number): number[] {
+  const out: number[] = [];
+  for (let r = 0; r < senderCount; r++) out.push(seq >= r ? Math.floor((seq - r) / senderCount) + 1 : 0);
+  return out;
+}
+
+/**
  * Stable prefix of a shard: the sequence numbers every member has received, given each member's
  * received-per-sender row. Equal to contiguousSeqCount of the column-wise minimum.
  */

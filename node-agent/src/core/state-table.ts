@@ -33,6 +33,7 @@ export function emptyRow(memberCount: number, layout: Layout): Row {
     accepted: null,
     committed: false,
     pendingJoins: [],
+    diskId: 0,
   };
 }
 

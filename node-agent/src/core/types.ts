@@ -183,6 +183,18 @@ export interface JoinRequestMessage {
   incarnation: number;
   /** The joiner's disk id (ReplicaConfig.diskId); absent or 0 if unknown. */
   diskId?: number;
+  /**
+   * A joiner that restarted with saved state: the last view it installed and the tails of the logs it holds
+   * in full there. The leader may make it the source of a persistent shard none of whose members is left
+   * (it was the shard's only holder), instead of waiting for a total restart (see Replica.proposeValue).
+   */
+  holds?: HeldLogs;
+}
+
+/** What a restarted joiner holds (JoinRequestMessage.holds). */
+export interface HeldLogs {
+  lastViewId: number;
+  shards: { shardId: number; version: Version }[];
 }
 
 export interface JoinRedirectMessage {
@@ -435,6 +447,11 @@ export interface Row {
   committed: boolean;
   /** Join requests this member (as leader) has queued, so every member can welcome them. Bounded. */
   pendingJoins: { nodeId: NodeId; incarnation: number }[];
+  /**
+   * The disk this member runs with (ReplicaConfig.diskId; 0: unknown). Constant. The leader names it in
+   * the next view (View.memberDisks) when the current view does not, and checks a returning holder by it.
+   */
+  diskId: number;
 }
 
 /** Configuration of the core; all durations are in ticks. */
@@ -495,7 +512,10 @@ export interface ReplicaConfig {
  *    majority (one deaf node then takes the whole group down);
  *  - leaderIgnoresAcceptedValues: a new view-change leader proposes afresh instead of adopting the
  *    highest-ballot value its followers accepted (which may have been committed);
- *  - skipPersistAcceptedChange: a member does not persist the view change it accepts.
+ *  - skipPersistAcceptedChange: a member does not persist the view change it accepts;
+ *  - returningHolderUnchecked: the leader makes any returning former member of a shard with no member
+ *    left its source, without checking that it came back with the disk the view names for it, its last
+ *    view and a complete log (a wiped or stale disk then becomes the shard's state).
  */
 export const BROKEN_RULES = [
   'deliverOrderedOnReceipt',
@@ -510,6 +530,7 @@ export const BROKEN_RULES = [
   'spreadEverySuspicion',
   'leaderIgnoresAcceptedValues',
   'skipPersistAcceptedChange',
+  'returningHolderUnchecked',
   /**
    * Not a core rule: the simulator's store acknowledges log records before they are fsynced (LogStore
    * policy 'os'), so a machine crash can lose acknowledged writes. Proves the machine-crash faults and the

@@ -215,7 +215,10 @@ export function controlSchemas(l: CodecLimits) {
     incarnation: count.optional(),
   });
   const messages = {
-    joinRequest: z.object({ kind: z.literal('joinRequest'), from: nodeId, incarnation: count, diskId: diskId.optional() }),
+    joinRequest: z.object({
+      kind: z.literal('joinRequest'), from: nodeId, incarnation: count, diskId: diskId.optional(),
+      holds: z.object({ lastViewId: viewId, shards: z.array(z.object({ shardId, version })).max(l.shardsMax) }).optional(),
+    }),
     joinRedirect: z.object({ kind: z.literal('joinRedirect'), from: nodeId, leader: nodeId }),
     welcome: z.object({
       kind: z.literal('welcome'), from: nodeId, to: nodeId, view, incarnation: count,
@@ -669,6 +672,7 @@ export class Codec {
       w.varint(j.nodeId, `row: pendingJoins[${i}].nodeId`, u32Max);
       w.varint(j.incarnation, `row: pendingJoins[${i}].incarnation`);
     });
+    w.varint(r.diskId ?? 0, 'row: diskId');
     if (acceptedJson) {
       w.varint(acceptedJson.byteLength, 'row: accepted');
       w.bytes(acceptedJson);
@@ -711,6 +715,7 @@ export class Codec {
     for (let i = 0; i < joins; i++) {
       pendingJoins[i] = { nodeId: rd.varint(`pendingJoins[${i}].nodeId`, u32Max), incarnation: rd.varint(`pendingJoins[${i}].incarnation`) };
     }
+    const diskId = rd.varint('diskId');
     let accepted: Row['accepted'] = null;
     if (flags & 8) {
       const n = rd.len('accepted length', body.byteLength, 'the body size');
@@ -725,7 +730,7 @@ export class Codec {
       row: {
         pushCount, heartbeat, suspected, leaving: (flags & 1) !== 0, wedged: (flags & 2) !== 0, received,
         delivered, persisted, stateReady, promisedBallot, acceptedBallot, accepted, committed: (flags & 4) !== 0,
-        pendingJoins,
+        pendingJoins, diskId,
       },
     };
   }

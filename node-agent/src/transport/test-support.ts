@@ -68,6 +68,7 @@ export function arbitraries(l: CodecLimits) {
     accepted: fc.option(viewChangeValue, { nil: null, freq: 3 }),
     committed: fc.boolean(),
     pendingJoins: fc.array(fc.record({ nodeId, incarnation: count }), { maxLength: cap(l.pendingJoinsMax, 4) }),
+    diskId: fc.oneof(fc.constant(0), count),
   });
   const payload = fc.uint8Array({ maxLength: cap(l.payloadBytesMax, 64) });
   const record: fc.Arbitrary<LogRecord> = fc.record({ shardId, version, sender: nodeId, payload });
@@ -142,6 +143,7 @@ export function sampleMessages(from: number): WireMessage[] {
     pushCount: 42, heartbeat: 40, suspected: [false, false, true], leaving: false, wedged: true,
     received: [[5, 4, 4], [7]], delivered: [13, 7], persisted: [12, 0], stateReady: [true, true],
     promisedBallot: 0, acceptedBallot: 0, accepted: value, committed: false, pendingJoins: [{ nodeId: 4, incarnation: 77 }],
+    diskId: 3001,
   };
   return [
     { kind: 'data', from, viewId: 3, shardId: 0, senderRank: 1, index: 17, payload: new Uint8Array([1, 2, 3, 250]) },
