@@ -24,6 +24,18 @@ export interface GroupConfig {
   transport?: 'tcp' | 'rdma';
   /** Address the agents listen on and reach each other at (default 127.0.0.1; RDMA needs the NIC's address). */
   host?: string;
+  /** Also a `kv` subgroup (one shard on every member, persistent as the bench subgroup) for read runs. */
+  kv?: boolean;
+}
+
+export interface ReadRunResult {
+  consistency: 'linearizable' | 'local';
+  /** Reads answered per second, all members together. */
+  readsPerSec: number;
+  errors: number;
+  latencyMs: { p50: number; p99: number } | null;
+  concurrencyPerMember: number;
+  seconds: number;
 }
 
 export interface RunSpec {
@@ -84,7 +96,10 @@ export class BenchGroup {
         subgroups: [{
           name: 'bench', type: 'log', minNodesPerShard: members, maxNodesPerShard: members, reservedNodeIds: [ids],
           deliveryMode: mode, persistent: persistence !== null && mode === 'ordered',
-        }],
+        }, ...(this.config.kv ? [{
+          name: 'kv', type: 'kv', minNodesPerShard: members, maxNodesPerShard: members, reservedNodeIds: [ids],
+          deliveryMode: 'ordered', persistent: persistence !== null,
+        }] : [])],
         tls: { mode: 'hmac' },
         fsync: persistence ?? 'os',
         sendWindow,
@@ -185,6 +200,34 @@ export class BenchGroup {
       cpuSecondsPerGB: cpu / (deliveredBytes / 1e9),
       latencyMs: lat.length === 0 ? null : { p50: median(lat.map((l) => l.p50)), p99: Math.max(...lat.map((l) => l.p99)) },
       persisted: durable,
+    };
+  }
+
+  /** Writes one key of the kv subgroup (GroupConfig.kv) through the first member. */
+  async put(key: string, value: string): Promise<void> {
+    const r = await fetch(`${this.http[0]}/v1/kv/kv/${encodeURIComponent(key)}`, { method: 'PUT', body: value });
+    if (r.status !== 200) throw new Error(`PUT ${key}: HTTP ${r.status} ${await r.text()}`);
+  }
+
+  /**
+   * Read load on every member at once (each runs `concurrency` closed loops of Driver.read of `key` in the
+   * kv subgroup, in process: the protocol's cost without an HTTP client in the way); summed throughput.
+   */
+  async reads(key: string, consistency: 'linearizable' | 'local', concurrency: number, durationMs: number): Promise<ReadRunResult> {
+    const body = { subgroup: 'kv', shard: 0, method: 'get', args: [key], consistency, concurrency, durationMs };
+    const all = await Promise.all(this.http.map(async (u) => {
+      const r = await fetch(`${u}/v1/bench/reads`, { method: 'POST', body: JSON.stringify(body) });
+      if (r.status !== 200) throw new Error(`${u}/v1/bench/reads: HTTP ${r.status} ${await r.text()}`);
+      return (await r.json()) as { reads: number; errors: number; firstError: string | null; seconds: number; readsPerSec: number; latencyMs: { p50: number; p99: number } | null };
+    }));
+    const lat = all.map((x) => x.latencyMs).filter((x) => x !== null);
+    const errors = all.reduce((n, x) => n + x.errors, 0);
+    if (all.every((x) => x.reads === 0)) throw new Error(`no read answered: ${all.find((x) => x.firstError)?.firstError ?? 'no error either'}`);
+    return {
+      consistency, concurrencyPerMember: concurrency, errors,
+      readsPerSec: all.reduce((n, x) => n + x.readsPerSec, 0),
+      seconds: Math.max(...all.map((x) => x.seconds)),
+      latencyMs: lat.length === 0 ? null : { p50: median(lat.map((l) => l.p50)), p99: Math.max(...lat.map((l) => l.p99)) },
     };
   }
 

@@ -177,3 +177,25 @@ export function etcdPut(tools: EtcdTools, endpoints: string[], valueBytes: numbe
   const requestsPerSec = Number(rps[1]);
   return { requestsPerSec, bytesPerSec: requestsPerSec * valueBytes, latencyMs: p50 !== null && p99 !== null ? { p50, p99 } : null, total, clients };
 }
+
+/**
+ * `benchmark range KEY --consistency=l|s`: linearizable (ReadIndex through the leader) or serializable
+ * (the member's local state) reads of one key; parses its summary.
+ */
+export function etcdRange(tools: EtcdTools, endpoints: string[], key: string, consistency: 'l' | 's', total: number, clients: number): EtcdPutResult {
+  const conns = Math.min(clients, 32);
+  const out = run(tools.benchmark, [
+    `--endpoints=${endpoints.join(',')}`, `--conns=${conns}`, `--clients=${clients}`,
+    'range', key, `--consistency=${consistency}`, `--total=${total}`,
+  ]);
+  const rps = /Requests\/sec:\s*([\d.]+)/.exec(out);
+  if (!rps) throw new Error(`cannot read etcd benchmark output:\n${out.slice(-1500)}`);
+  const pct = (p: string): number | null => {
+    const m = new RegExp(`${p}% in ([\\d.]+) secs`).exec(out);
+    return m ? Number(m[1]) * 1000 : null;
+  };
+  const p50 = pct('50');
+  const p99 = pct('99');
+  const requestsPerSec = Number(rps[1]);
+  return { requestsPerSec, bytesPerSec: 0, latencyMs: p50 !== null && p99 !== null ? { p50, p99 } : null, total, clients };
+}

@@ -8,7 +8,8 @@
 //   --host ADDR             address the agents listen on and reach each other at (default 127.0.0.1; with
 //                           --transport rdma the first non-loopback IPv4 address: rdmacm needs the RDMA NIC's)
 //   --only derecho,etcd,loopback    run only these parts
-//   --series TEXT           only the derecho series whose name contains TEXT (e.g. "one sender", latency)
+//   --series TEXT           only the derecho series whose name contains TEXT (e.g. "one sender", latency,
+//                           reads: linearizable and local reads of a 1 KiB value, beside etcd's range reads)
 //   --cpu-prof DIR          agents write V8 CPU profiles into DIR (open them in Chrome DevTools)
 //   --out DIR               where results/*.json and the chart go (default bench/results)
 //
@@ -20,8 +21,8 @@ import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { BenchGroup } from './derecho-group.ts';
-import type { GroupConfig, RunResult } from './derecho-group.ts';
-import { EtcdCluster, ensureEtcdTools, etcdPut } from './etcd.ts';
+import type { GroupConfig, ReadRunResult, RunResult } from './derecho-group.ts';
+import { EtcdCluster, ensureEtcdTools, etcdPut, etcdRange } from './etcd.ts';
 import type { EtcdPutResult, EtcdTools } from './etcd.ts';
 import { measureLoopback } from './loopback.ts';
 import type { LoopbackResult } from './loopback.ts';
@@ -173,12 +174,14 @@ async function main(): Promise<void> {
   const results: {
     startedAt: string; host: { cpus: number; cpuModel: string; memGiB: number; node: string }; options: Omit<Options, 'only'> & { only: string[] };
     loopback: LoopbackResult | null; derecho: DerechoRow[]; latency: { derecho: RunResult | null; etcd: EtcdPutResult | null }; etcd: EtcdRow[]; etcdNotes: string[];
+    reads: { derecho: ReadRunResult[]; etcd: { consistency: 'linearizable' | 'serializable'; result: EtcdPutResult }[]; errors: string[] };
     ratios: { name: string; value: number | null; target: string; met: boolean | null }[];
   } = {
     startedAt: started.toISOString(),
     host: { cpus: os.cpus().length, cpuModel: os.cpus()[0]?.model ?? 'unknown', memGiB: Math.round(os.totalmem() / 2 ** 30), node: process.version },
     options: { ...o, only: [...o.only] },
     loopback: null, derecho: [], latency: { derecho: null, etcd: null }, etcd: [], etcdNotes: [], ratios: [],
+    reads: { derecho: [], etcd: [], errors: [] },
   };
   try {
     // 1. The limit.
@@ -212,6 +215,23 @@ async function main(): Promise<void> {
         results.latency.derecho = await derechoRun(work, o, { series: 'latency', label: 'latency', members: 3, mode: 'ordered', persistence: null, senders: 'one', sizeBytes: KiB, result: null }, 1000, o.quick ? 2 : 4);
       } catch (e) {
         log(`  failed: ${e instanceof Error ? e.message : String(e)}`);
+      }
+      if (o.series === null || 'reads'.includes(o.series)) {
+        // Reads of one 1 KiB key on a persistent (fsync) 3-member group, every member serving readers.
+        log('derecho: reads of a 1 KiB value, linearizable and local, 64 readers per member');
+        const group = await BenchGroup.start(work, { members: 3, mode: 'ordered', persistence: 'fsync', payloadBytesMax: MiB, sendWindow: windowFor(KiB), transport: o.transport, host: o.host ?? '127.0.0.1', kv: true });
+        try {
+          await group.put('bench-read', 'v'.repeat(KiB));
+          for (const consistency of ['linearizable', 'local'] as const) {
+            try {
+              results.reads.derecho.push(await group.reads('bench-read', consistency, 64, (o.quick ? 1.5 : o.durationS) * 1000));
+            } catch (e) {
+              results.reads.errors.push(`derecho ${consistency} reads: ${e instanceof Error ? e.message : String(e)}`);
+            }
+          }
+        } finally {
+          await group.stop();
+        }
       }
     }
     // 3. etcd.
@@ -253,6 +273,21 @@ async function main(): Promise<void> {
             results.etcd.push(row);
           }
         }
+        if (tools.goEtcd && (o.series === null || 'reads'.includes(o.series))) {
+          log('etcd (Go-built), fsync: range reads, linearizable and serializable, 192 clients');
+          const cluster = await EtcdCluster.start(tools.goEtcd, work, { noFsync: false, maxRequestBytes: 4 * MiB });
+          try {
+            for (const [consistency, flag] of [['linearizable', 'l'], ['serializable', 's']] as const) {
+              try {
+                results.reads.etcd.push({ consistency, result: etcdRange(tools, cluster.endpoints, 'bench-read', flag, o.quick ? 30_000 : 100_000, 192) });
+              } catch (e) {
+                results.reads.errors.push(`etcd ${consistency} range: ${e instanceof Error ? e.message.slice(0, 300) : String(e)}`);
+              }
+            }
+          } finally {
+            await cluster.stop();
+          }
+        }
       }
     }
   } finally {
@@ -275,6 +310,10 @@ async function main(): Promise<void> {
   const latencyUs = results.latency.derecho?.latencyMs ? results.latency.derecho.latencyMs.p50 * 1000 : null;
   ratio('1 KiB latency p50 ÷ loopback round trip p50 paced at 1000/s (same load)', latencyUs, results.loopback?.roundTripPacedUs.p50, '<= 3', (x) => x <= 3);
   ratio('1 KiB latency p50 ÷ loopback round trip p50 back to back', latencyUs, results.loopback?.roundTripUs.p50, '<= 3', (x) => x <= 3);
+  const dr = (c: 'linearizable' | 'local'): number | undefined => results.reads.derecho.find((r) => r.consistency === c)?.readsPerSec;
+  const er = (c: 'linearizable' | 'serializable'): number | undefined => results.reads.etcd.find((r) => r.consistency === c)?.result.requestsPerSec;
+  ratio('linearizable reads/s ÷ etcd linearizable range/s', dr('linearizable'), er('linearizable'), '>= 1', (x) => x >= 1);
+  ratio('local reads/s ÷ etcd serializable range/s', dr('local'), er('serializable'), '>= 1', (x) => x >= 1);
 
   // Report.
   const lines: string[] = [];
@@ -301,6 +340,12 @@ async function main(): Promise<void> {
     }
     if (results.latency.etcd?.latencyMs) lines.push('', `etcd put latency, 1 KiB, one client: p50 ${results.latency.etcd.latencyMs.p50.toFixed(2)} ms, p99 ${results.latency.etcd.latencyMs.p99.toFixed(2)} ms`);
     for (const n of results.etcdNotes) lines.push(`note: ${n}`);
+  }
+  if (results.reads.derecho.length > 0 || results.reads.etcd.length > 0 || results.reads.errors.length > 0) {
+    lines.push('', '| reads of one key, 3 members | reads/s | p50 ms | p99 ms |', '|---|---:|---:|---:|');
+    for (const r of results.reads.derecho) lines.push(`| derecho-ts ${r.consistency} (in-process, ${r.concurrencyPerMember} readers per member) | ${fmtRate(r.readsPerSec)} | ${r.latencyMs?.p50.toFixed(2) ?? ''} | ${r.latencyMs?.p99.toFixed(2) ?? ''} |`);
+    for (const r of results.reads.etcd) lines.push(`| etcd ${r.consistency} range (benchmark tool, ${r.result.clients} clients) | ${fmtRate(r.result.requestsPerSec)} | ${r.result.latencyMs?.p50.toFixed(2) ?? ''} | ${r.result.latencyMs?.p99.toFixed(2) ?? ''} |`);
+    for (const e of results.reads.errors) lines.push(`note: ${e}`);
   }
   lines.push('', '| ratio | value | target | met |', '|---|---:|---:|---|');
   for (const r of results.ratios) lines.push(`| ${r.name} | ${r.value === null ? 'n/a' : r.value.toFixed(2)} | ${r.target} | ${r.met === null ? 'n/a' : r.met ? 'yes' : 'no'} |`);

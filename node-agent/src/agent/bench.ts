@@ -146,3 +146,57 @@ export class BenchProbe {
     };
   }
 }
+
+export interface BenchReadSpec {
+  /** Concurrent readers (each issues its next read when the previous one is answered). */
+  concurrency: number;
+  durationMs: number;
+}
+
+export interface BenchReadResult {
+  reads: number;
+  errors: number;
+  firstError: string | null;
+  seconds: number;
+  readsPerSec: number;
+  latencyMs: { p50: number; p99: number } | null;
+  cpuSeconds: number;
+}
+
+/**
+ * Read load for `npm run bench`: `concurrency` closed loops calling `read` (a Driver.read of one shard,
+ * the same path an HTTP GET takes after parsing) for `durationMs`; read throughput and latency.
+ */
+export async function benchReads(read: () => Promise<unknown>, spec: BenchReadSpec): Promise<BenchReadResult> {
+  const cpu0 = process.cpuUsage();
+  const t0 = nowMs();
+  const end = t0 + spec.durationMs;
+  const latencies: number[] = [];
+  let reads = 0;
+  let errors = 0;
+  let firstError: string | null = null;
+  const loop = async (): Promise<void> => {
+    while (nowMs() < end) {
+      const s = nowMs();
+      try {
+        await read();
+        reads++;
+        if (latencies.length < LATENCY_SAMPLES_MAX) latencies.push(nowMs() - s);
+      } catch (e) {
+        errors++;
+        firstError ??= e instanceof Error ? e.message : String(e);
+        await new Promise((r) => setTimeout(r, 5)); // a refused read (view change) is not retried in a hot loop
+      }
+    }
+  };
+  await Promise.all(Array.from({ length: spec.concurrency }, loop));
+  const seconds = (nowMs() - t0) / 1000;
+  const sorted = Float64Array.from(latencies).sort();
+  const pct = (q: number): number => sorted[Math.min(sorted.length - 1, Math.floor(q * sorted.length))]!;
+  const cpu = process.cpuUsage(cpu0);
+  return {
+    reads, errors, firstError, seconds, readsPerSec: reads / seconds,
+    latencyMs: sorted.length === 0 ? null : { p50: pct(0.5), p99: pct(0.99) },
+    cpuSeconds: (cpu.user + cpu.system) / 1e6,
+  };
+}

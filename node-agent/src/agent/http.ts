@@ -25,6 +25,7 @@ import type { Version } from '../core/types.ts';
 import { RequestError } from './driver.ts';
 import type { Consistency, InvokeResult, WaitFor } from './driver.ts';
 import type { Agent } from './agent.ts';
+import { benchReads } from './bench.ts';
 
 class HttpError extends Error {
   constructor(readonly status: number, message: string) {
@@ -140,6 +141,27 @@ async function handle(agent: Agent, req: http.IncomingMessage, res: http.ServerR
     if (!bench) throw new HttpError(404, 'the bench API is off (set benchApi: true in the agent config)');
     // ?latency=0: counters only (the percentiles sort every sample; pollers leave them for the end).
     if (method === 'GET' && parts[2] === 'stats') return send(res, 200, bench.snapshot(url.searchParams.get('latency') !== '0'));
+    if (method === 'POST' && parts[2] === 'reads') {
+      // Read load (npm run bench): {subgroup, shard, method, args, consistency, concurrency, durationMs}.
+      const body = JSON.parse((await readBody(req, 64 * 1024)).toString('utf8') || '{}') as Record<string, unknown>;
+      const subgroup = String(body.subgroup ?? '');
+      const shard = Number(body.shard ?? 0);
+      if (!agent.driver.shardLayout(subgroup, shard)) throw new HttpError(503, `no shard ${subgroup}/${shard} in the current view`);
+      const count = (v: unknown, name: string, min: number, max: number): number => {
+        if (typeof v !== 'number' || !Number.isInteger(v) || v < min || v > max) throw new HttpError(400, `${name} ${JSON.stringify(v)} is not an integer in [${min}, ${max}]`);
+        return v;
+      };
+      const readMethod = String(body.method ?? 'get');
+      const args = (Array.isArray(body.args) ? body.args : []) as Json[];
+      const consistency = parseConsistency(typeof body.consistency === 'string' ? body.consistency : null);
+      const readOnce = (): Promise<void> => agent.driver.read(subgroup, shard, readMethod, args, consistency).then((r) => {
+        if (!r.outcome.ok) throw new Error(r.outcome.error);
+      });
+      const result = await benchReads(readOnce, {
+        concurrency: count(body.concurrency ?? 16, 'concurrency', 1, 4096), durationMs: count(body.durationMs ?? 2000, 'durationMs', 1, 600_000),
+      });
+      return send(res, 200, result as unknown as Json);
+    }
     if (method === 'POST' && (parts[2] === 'reset' || parts[2] === 'send')) {
       const body = JSON.parse((await readBody(req, 64 * 1024)).toString('utf8') || '{}') as Record<string, unknown>;
       const subgroup = String(body.subgroup ?? '');
