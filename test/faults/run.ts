@@ -469,16 +469,23 @@ export async function runOnce(options: RunOptions): Promise<RunReport> {
       });
       if (report.lostWrites.length > 0) report.violations.push(`${report.lostWrites.length} acknowledged writes not found at their version on a member of their shard`);
 
-      // ---- Final reads: every key on every member of its shard, as ok gets after everything.
+      // ---- Final reads: every key on every member of its shard, one after the other (and the first member
+      // again), as ok gets after everything: a member that diverged makes the history flip-flop, which
+      // the checker rejects, besides the members' disagreement reported here.
       const finalKeys = [...new Set([...keys.map((k) => k.key), ...history.filter((op) => op.kind === 'put' || op.kind === 'delete').map((op) => op.key)])].sort();
+      let last = now();
       for (const key of finalKeys) {
         const shard = shardForKey(key, L.kv.shards);
-        const reads = await Promise.all(shardMembers(L.kv.subgroup, shard).map((node) => kvGet(ctx, FINAL_PROCESS_BASE + node, { node, url: cluster.member(node).url }, key, shard, 'local')));
-        const at = now();
-        for (const op of reads) {
+        const members = shardMembers(L.kv.subgroup, shard);
+        const reads: HistoryOp[] = [];
+        for (const node of members.length > 1 ? [...members, members[0]!] : members) {
+          const op = await kvGet(ctx, FINAL_PROCESS_BASE + node, { node, url: cluster.member(node).url }, key, shard, 'local');
+          // Sequential reads after everything: each at an instant of its own (the checker takes equal times as concurrent).
+          last = Math.max(now(), Math.round((last + 0.1) * 10) / 10);
           op.final = true;
-          op.invokeMs = at;
-          op.completeMs = at;
+          op.invokeMs = last;
+          op.completeMs = last;
+          reads.push(op);
           if (op.outcome === 'ok') history.push(op);
           else report.disagreements.push(`final read of ${key} on node ${op.node} failed: ${op.error ?? op.status}`);
         }
@@ -603,16 +610,28 @@ async function checkLog(cluster: FaultCluster, subgroup: string, members: number
   const reference = lists[0]!;
   result.entries = reference.length;
   const canon = (l: { entry: unknown; version: Version }[]): string => JSON.stringify(l.map((e) => [e.entry, e.version.viewId, e.version.seq]));
+  const appends = history.filter((op) => op.kind === 'append');
+  const byEntry = new Map(appends.map((op) => [op.value, op]));
+  const show = (e: { index: number; entry: unknown; version: Version }): string => {
+    const op = typeof e.entry === 'string' ? byEntry.get(e.entry) : undefined;
+    return `${JSON.stringify(e.entry)} at index ${e.index} version ${showVersion(e.version)}${op ? ` (its append: ${op.outcome})` : ''}`;
+  };
   for (let i = 1; i < lists.length; i++) {
     if (canon(lists[i]!) !== canon(reference)) {
       result.membersAgree = false;
       const a = lists[i]!;
-      const at = a.findIndex((e, j) => JSON.stringify(e.entry) !== JSON.stringify(reference[j]?.entry));
-      violations.push(`the ${subgroup} log differs between node ${members[0]} (${reference.length} entries) and node ${members[i]} (${a.length} entries)${at >= 0 ? `, first at index ${at}` : ''}`);
+      let at = 0;
+      while (at < a.length && at < reference.length && JSON.stringify([a[at]!.entry, a[at]!.version]) === JSON.stringify([reference[at]!.entry, reference[at]!.version])) at++;
+      const entries = (l: typeof a): Set<string> => new Set(l.map((e) => JSON.stringify(e.entry)));
+      const inA = entries(a);
+      const inRef = entries(reference);
+      const onlyRef = reference.filter((e) => !inA.has(JSON.stringify(e.entry))).map(show);
+      const onlyA = a.filter((e) => !inRef.has(JSON.stringify(e.entry))).map(show);
+      const first = `node ${members[0]} has ${reference[at] ? show(reference[at]!) : 'nothing'}, node ${members[i]} has ${a[at] ? show(a[at]!) : 'nothing'}`;
+      violations.push(`the ${subgroup} log differs between node ${members[0]} (${reference.length} entries) and node ${members[i]} (${a.length} entries) from index ${at}: ${first}`
+        + `${onlyRef.length > 0 ? `; only on node ${members[0]}: ${onlyRef.slice(0, 5).join(', ')}` : ''}${onlyA.length > 0 ? `; only on node ${members[i]}: ${onlyA.slice(0, 5).join(', ')}` : ''}`);
     }
   }
-  const appends = history.filter((op) => op.kind === 'append');
-  const byEntry = new Map(appends.map((op) => [op.value, op]));
   result.acked = appends.filter((op) => op.outcome === 'ok').length;
   // Every member's copy on its own: the copies may differ, and each must hold every acknowledged append.
   for (const [i, list] of lists.entries()) {
