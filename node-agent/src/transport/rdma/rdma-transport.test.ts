@@ -337,9 +337,10 @@ test('the completion queue bounds the number of RDMA paths', async (t) => {
   const b = await h.start(2);
   const c = await h.start(3);
   h.mesh(a, b, c);
-  await waitFor('one path', () => a.t.connected(2), 12_000);
+  // Whichever path is set up first takes the entries (under load node 3's can beat node 2's).
+  await waitFor('one path', () => a.t.connected(2) || a.t.connected(3), 12_000);
   await waitFor('refusal', () => a.errors.some((e) => /completion queue of 100 entries has 33 free, this path needs 67/.test(e.message)), 12_000);
-  t.false(a.t.connected(3));
+  t.true(a.t.connected(2) !== a.t.connected(3), 'one path, not two');
   t.is(a.t.metrics.connectionsOpen, 1);
 });
 
