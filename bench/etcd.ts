@@ -166,6 +166,12 @@ export function etcdPut(tools: EtcdTools, endpoints: string[], valueBytes: numbe
     `--endpoints=${endpoints.join(',')}`, `--conns=${conns}`, `--clients=${clients}`,
     'put', '--key-size=16', '--sequential-keys', `--key-space-size=${Math.max(total, 1)}`, `--total=${total}`, `--val-size=${valueBytes}`,
   ]);
+  const summary = benchmarkSummary(out);
+  return { ...summary, bytesPerSec: summary.requestsPerSec * valueBytes, total, clients };
+}
+
+/** Requests/s and the latency percentiles (ms) of the summary etcd's benchmark tool prints. */
+function benchmarkSummary(out: string): { requestsPerSec: number; latencyMs: { p50: number; p99: number } | null } {
   const rps = /Requests\/sec:\s*([\d.]+)/.exec(out);
   if (!rps) throw new Error(`cannot read etcd benchmark output:\n${out.slice(-1500)}`);
   const pct = (p: string): number | null => {
@@ -174,8 +180,7 @@ export function etcdPut(tools: EtcdTools, endpoints: string[], valueBytes: numbe
   };
   const p50 = pct('50');
   const p99 = pct('99');
-  const requestsPerSec = Number(rps[1]);
-  return { requestsPerSec, bytesPerSec: requestsPerSec * valueBytes, latencyMs: p50 !== null && p99 !== null ? { p50, p99 } : null, total, clients };
+  return { requestsPerSec: Number(rps[1]), latencyMs: p50 !== null && p99 !== null ? { p50, p99 } : null };
 }
 
 /**
@@ -188,14 +193,5 @@ export function etcdRange(tools: EtcdTools, endpoints: string[], key: string, co
     `--endpoints=${endpoints.join(',')}`, `--conns=${conns}`, `--clients=${clients}`,
     'range', key, `--consistency=${consistency}`, `--total=${total}`,
   ]);
-  const rps = /Requests\/sec:\s*([\d.]+)/.exec(out);
-  if (!rps) throw new Error(`cannot read etcd benchmark output:\n${out.slice(-1500)}`);
-  const pct = (p: string): number | null => {
-    const m = new RegExp(`${p}% in ([\\d.]+) secs`).exec(out);
-    return m ? Number(m[1]) * 1000 : null;
-  };
-  const p50 = pct('50');
-  const p99 = pct('99');
-  const requestsPerSec = Number(rps[1]);
-  return { requestsPerSec, bytesPerSec: 0, latencyMs: p50 !== null && p99 !== null ? { p50, p99 } : null, total, clients };
+  return { ...benchmarkSummary(out), bytesPerSec: 0, total, clients };
 }
