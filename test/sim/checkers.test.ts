@@ -306,6 +306,29 @@ test('persistence: an acknowledged write missing from an active member\'s log', 
   t.regex(v[0]!, /persisted write lost: shard 0 version 0:1 \('m2' from n2\) was acknowledged durable \(n1#1 reported frontier 0:2 at t=9\), but n2's log at the end does not hold it/);
 });
 
+test('persistence under fsync policy os: a missing write is excused only by a power loss of a member of its shard after it was written', (t) => {
+  const lost = (storage: 'fsync' | 'os', crashes: { tick: number; node: NodeId }[]): string[] => {
+    const h = goodHistory();
+    h.storage = storage;
+    h.machineCrashes = crashes;
+    h.final![1]!.disk[0]!.records = h.final![1]!.disk[0]!.records.filter((r) => r.payload !== 'm2');
+    return checkPersistence(h);
+  };
+  // m2 was written at t=6 by the members of shard 0 in view 0 (n1, n2, n3).
+  t.deepEqual(lost('os', [{ tick: 10, node: 3 }]), [], 'n3 lost power after writing m2: its word is void');
+  t.deepEqual(lost('os', [{ tick: 6, node: 2 }]), []);
+  t.is(lost('os', []).length, 1, 'no machine crash: nothing excuses it');
+  t.is(lost('os', [{ tick: 5, node: 3 }]).length, 1, 'a power loss before m2 was written does not');
+  t.is(lost('os', [{ tick: 10, node: 4 }]).length, 1, 'nor a power loss of a node that was not a member of the shard');
+  t.is(lost('fsync', [{ tick: 10, node: 3 }]).length, 1, 'under fsync a power loss loses nothing acknowledged');
+  // Excused from being missing, never from being changed.
+  const h = goodHistory();
+  h.storage = 'os';
+  h.machineCrashes = [{ tick: 10, node: 3 }];
+  h.final![1]!.disk[0]!.records[1] = entry(0, 1, 3, 'm3');
+  t.regex(checkPersistence(h).join('\n'), /persisted write changed: shard 0 version 0:1 was acknowledged as 'm2' from n2, n2's log holds 'm3' from n3/);
+});
+
 test('persistence: two acknowledged updates at one version', (t) => {
   const h = goodHistory();
   h.durable.push({ tick: 12, node: 2, incarnation: 1, shardId: 0, frontier: { viewId: 0, seq: 2 }, version: { viewId: 0, seq: 1 }, sender: 3, payload: 'm3' });

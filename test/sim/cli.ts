@@ -206,6 +206,8 @@ const FAULT_COUNTS: [string, (s: RunResult['stats']) => number][] = [
   ['delay spikes', (s) => s.spikes],
   ['joins', (s) => s.joins],
   ['leaves', (s) => s.leaves],
+  ['seeds with fsync policy os', (s) => s.storageOs],
+  ['machine crashes under os', (s) => s.machineCrashesOs],
 ];
 
 type ToWorker = { kind: 'run'; seeds: number[] } | { kind: 'exit' };
@@ -279,7 +281,7 @@ function emptyStats(): RunResult['stats'] {
     installs: 0, deliveries: 0, sends: 0, sendsRefused: 0, persistenceAcks: 0, transfers: 0, crashes: 0, restarts: 0, exits: 0,
     joins: 0, leaves: 0, partitions: 0, spikes: 0, totalFailures: 0, majorityFailures: 0, wipes: 0, machineCrashes: 0, corruptions: 0, lateCrashes: 0, midReadyCrashes: 0, lateMessages: 0,
     oneWayCuts: 0, pairCuts: 0, deafNodes: 0, pauses: 0, faultsSkipped: 0, messagesSent: 0, messagesDelivered: 0, messagesDropped: 0,
-    longestUnavailable: 0, longestUnavailableFrom: null,
+    longestUnavailable: 0, longestUnavailableFrom: null, storageOs: 0, machineCrashesOs: 0,
   };
 }
 

@@ -34,6 +34,11 @@ export interface ClusterOptions {
   /** Overrides of DEFAULT_TIMING. */
   timing?: Partial<Timing>;
   brokenRule?: BrokenRule;
+  /**
+   * The stores' fsync policy (default 'fsync'). Under 'os' a machine crash loses the log records the OS
+   * had not flushed; control records (views, acceptances, restart promises and plans) are synced anyway.
+   */
+  storage?: 'fsync' | 'os';
   createReplica?: ReplicaFactory;
   /** Receives one readable line per notable event. */
   trace?: (line: string) => void;
@@ -157,7 +162,7 @@ export class Cluster {
     this.traceFn = options.trace ?? null;
     this.clone = options.cloneMessages ?? true;
     this.exitRestartDelay = options.exitRestartDelay ?? (() => 10);
-    this.history = emptyHistory(options.policy);
+    this.history = emptyHistory(options.policy, options.storage ?? 'fsync');
     this.network = new Network<SimMessage>(netPrng, options.network ?? {}, (line) => this.trace(null, line));
     const timing: Timing = { ...DEFAULT_TIMING, ...(options.timing ?? {}) };
     const createReplica = options.createReplica ?? realReplica;
@@ -166,6 +171,7 @@ export class Cluster {
       shards: this.history.shards,
       history: this.history,
       createReplica,
+      storage: options.storage ?? 'fsync',
       config: (nodeId) => ({
         ...timing,
         nodeId,
@@ -310,7 +316,10 @@ export class Cluster {
       `CRASH (${why}; ${lost.dropped} queued messages lost${options.lateTicks ? `, ${lost.late} already sent still arrive up to ${options.lateTicks} ticks late` : ''})` +
         `${restartAfter !== null && !node.left ? `, restarts at t=${this.nowTick + restartAfter}` : ''}`,
     );
-    if (options.machine) this.stats.machineCrashes++;
+    if (options.machine) {
+      this.stats.machineCrashes++;
+      this.history.machineCrashes.push({ tick: this.nowTick, node: id });
+    }
     if (options.wipeDisk) this.wipeDisk(id);
     else if (options.corruptByte !== undefined) {
       if (node.disk.corrupt(options.corruptByte)) {

@@ -188,9 +188,18 @@ export interface History {
   judgeLiveness: boolean;
   /** Next `order` for installs and transfers. */
   nextOrder: number;
+  /**
+   * The stores' declared fsync policy. Under 'os' log records reach the disk when the OS flushes them,
+   * so a machine crash of a member holding a write may lose it (documented); the persistence checker
+   * then excuses a missing write only when a member of its shard in its view had a machine crash after
+   * it was written (`machineCrashes`).
+   */
+  storage: 'fsync' | 'os';
+  /** Machine crashes (power losses: unsynced bytes lost), alone or in a total failure. */
+  machineCrashes: { tick: number; node: NodeId }[];
 }
 
-export function emptyHistory(policy: GroupPolicy): History {
+export function emptyHistory(policy: GroupPolicy, storage: 'fsync' | 'os' = 'fsync'): History {
   return {
     policy,
     shards: shardInfos(policy),
@@ -209,6 +218,8 @@ export function emptyHistory(policy: GroupPolicy): History {
     final: null,
     judgeLiveness: false,
     nextOrder: 0,
+    storage,
+    machineCrashes: [],
   };
 }
 

@@ -95,6 +95,7 @@ function setup() {
     history,
     createReplica: (_config: ReplicaConfig, start: StartState) => (replica = new Scripted(start)),
     config: (nodeId) => ({ nodeId, policy } as ReplicaConfig),
+    storage: 'fsync',
     wire: (from, to, message) =>
       wire.push({ from, to, message, diskRecords: holder.node!.disk.log(0).length, deliveries: history.deliveries.length, installs: history.installs.length }),
     trace: () => {},

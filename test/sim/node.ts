@@ -61,6 +61,8 @@ export interface NodeContext {
   history: History;
   createReplica: ReplicaFactory;
   config(nodeId: NodeId): ReplicaConfig;
+  /** The stores' fsync policy (see ClusterOptions.storage). */
+  storage: 'fsync' | 'os';
   /** Puts a message on the wire. */
   wire(from: NodeId, to: NodeId, message: SimMessage): void;
   trace(node: NodeId, text: string): void;
@@ -122,9 +124,12 @@ export class SimNode {
     this.disk = new SimStore(this.id * 1000 + this.disksUsed, this.storePolicy());
   }
 
-  /** The simulator's stores sync before they acknowledge, unless the broken rule says otherwise. */
+  /**
+   * The cluster's policy; the broken rule runs 'os' while the history says 'fsync' (the stores claim
+   * to sync before they acknowledge, and do not).
+   */
   private storePolicy(): 'fsync' | 'os' {
-    return this.ctx.config(this.id).brokenRule === 'acknowledgeUnsynced' ? 'os' : 'fsync';
+    return this.ctx.config(this.id).brokenRule === 'acknowledgeUnsynced' ? 'os' : this.ctx.storage;
   }
 
   get up(): boolean {

@@ -69,12 +69,21 @@ export interface Scenario {
   events: FaultEvent[];
   /** Joins stop when this many node ids exist. */
   maxNodes: number;
+  /**
+   * The stores' fsync policy: 'os' in about one seed of four (then a power outage may lose acknowledged
+   * writes, and only writes acknowledged before one may be missing; everything else is checked as usual).
+   */
+  storage: 'fsync' | 'os';
 }
 
 export interface ScenarioOverrides {
   faultTicks?: number;
   livenessTicks?: number;
+  storage?: 'fsync' | 'os';
 }
+
+/** Share of seeds whose stores run with fsync policy 'os'. */
+export const OS_STORAGE_CHANCE = 0.25;
 
 /** Default length of the fault phase (drawn per seed) and of the quiet phase's budget. */
 export const FAULT_TICKS_MIN = 1400;
@@ -120,6 +129,8 @@ export function generateScenario(seed: number, overrides: ScenarioOverrides = {}
     sendChance,
     events: generateEvents(eventPrng, faultTicks),
     maxNodes: founderCount + prng.int(1, 3),
+    // Drawn from its own stream, so that adding it left every other choice of a seed as it was.
+    storage: overrides.storage ?? (new Prng(seed ^ 0x6f5c0a11).chance(OS_STORAGE_CHANCE) ? 'os' : 'fsync'),
   };
 }
 
@@ -301,6 +312,7 @@ export function describeScenario(s: Scenario): string[] {
     `  network: delay 1..${s.network.maxDelayTicks}, long delays ${((s.network.longDelayChance ?? 0) * 100).toFixed(1)}% up to ${s.network.longDelayMaxTicks}; ` +
       `send chance ${s.sendChance}/tick; faults until t=${s.faultTicks}, then up to ${s.livenessTicks} quiet ticks`,
   );
+  lines.push(`  storage: fsync policy '${s.storage}'${s.storage === 'os' ? ' (a machine crash may lose what the OS had not flushed)' : ''}`);
   const counts = new Map<string, number>();
   for (const e of s.events) counts.set(e.kind, (counts.get(e.kind) ?? 0) + 1);
   lines.push(`  schedule: ${[...counts].map(([k, n]) => `${n} ${k}`).join(', ') || 'no faults'}`);

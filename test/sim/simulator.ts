@@ -26,6 +26,8 @@ export interface RunOptions {
    * timings drawn later shift): it only hints at which kind of fault a failing seed needs.
    */
   without?: readonly FaultEvent['kind'][];
+  /** The stores' fsync policy instead of the seed's. */
+  storage?: 'fsync' | 'os';
 }
 
 /** Everything the cluster counts (crashes, restarts, joins, ...) plus the run's own figures. */
@@ -56,6 +58,9 @@ export interface RunStats extends ClusterStats {
    */
   longestUnavailable: number;
   longestUnavailableFrom: number | null;
+  /** 1 when the seed's stores ran with fsync policy 'os'; machine crashes under that policy. */
+  storageOs: number;
+  machineCrashesOs: number;
 }
 
 export interface RunResult {
@@ -80,6 +85,8 @@ export function runSeedDetailed(seed: number, options: RunOptions = {}): RunDeta
   const scenario = generateScenario(seed, {
     ...(options.ticks !== undefined ? { faultTicks: options.ticks } : {}),
     ...(options.livenessTicks !== undefined ? { livenessTicks: options.livenessTicks } : {}),
+    // The broken rule's stores claim to sync and do not: the run is judged as an 'fsync' one.
+    ...(options.brokenRule === 'acknowledgeUnsynced' ? { storage: 'fsync' as const } : options.storage !== undefined ? { storage: options.storage } : {}),
   });
   if (options.without && options.without.length > 0) {
     const without = new Set(options.without);
@@ -93,6 +100,7 @@ export function runSeedDetailed(seed: number, options: RunOptions = {}): RunDeta
     policy: scenario.policy,
     founders: scenario.founders,
     network: scenario.network,
+    storage: scenario.storage,
     ...(options.brokenRule ? { brokenRule: options.brokenRule } : {}),
     ...(options.traceTo ? { trace: options.traceTo } : {}),
     ...(options.createReplica ? { createReplica: options.createReplica } : {}),
@@ -167,6 +175,8 @@ export function runSeedDetailed(seed: number, options: RunOptions = {}): RunDeta
     messagesDropped: net.dropped.partition + net.dropped.cut + net.dropped.down + net.dropped.overflow,
     longestUnavailable: unavailable.ticks,
     longestUnavailableFrom: unavailable.from,
+    storageOs: scenario.storage === 'os' ? 1 : 0,
+    machineCrashesOs: scenario.storage === 'os' ? history.machineCrashes.length : 0,
   };
   return { seed, violations, stats, scenario, cluster, history };
 }
