@@ -1,7 +1,9 @@
-// The one source of randomness of a fault-injection run: a small seeded PRNG (mulberry32). Every random
-// choice of a run (the nemesis schedule, each client's operations and endpoints) comes from streams
-// forked from the run's seed by a label, so a stream does not shift when another one draws more or less
-// (the clients draw as fast as the agents answer; the schedule must not depend on that).
+// The one source of randomness of a fault-injection run: the core's seeded PRNG (core/prng.ts), with
+// named streams. Every random choice of a run (the nemesis schedule, each client's operations and
+// endpoints) comes from streams forked from the run's seed by a label, so a stream does not shift when
+// another one draws more or less (the clients draw as fast as the agents answer; the schedule must not
+// depend on that).
+import { Prng } from '../../node-agent/src/core/prng.ts';
 
 /** FNV-1a (32 bit) of a string: turns a seed and a label into a seed. */
 function hash32(text: string): number {
@@ -14,36 +16,32 @@ function hash32(text: string): number {
 }
 
 export class Rng {
-  private state: number;
+  private readonly prng: Prng;
 
   constructor(readonly seed: number) {
     if (!Number.isInteger(seed) || seed < 0 || seed > 0xffffffff) throw new Error(`seed ${seed} is not an integer from 0 to 4294967295`);
-    this.state = seed >>> 0;
+    this.prng = new Prng(seed);
   }
 
   /** Uniform in [0, 1). */
   next(): number {
-    this.state = (this.state + 0x6d2b79f5) >>> 0;
-    let t = this.state;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+    return this.prng.next();
   }
 
   /** Uniform integer in [lo, hi] (inclusive). */
   int(lo: number, hi: number): number {
     if (hi < lo) throw new Error(`Rng.int(${lo}, ${hi}): empty range`);
-    return lo + Math.floor(this.next() * (hi - lo + 1));
+    return this.prng.int(lo, hi);
   }
 
   /** True with probability p. */
   chance(p: number): boolean {
-    return this.next() < p;
+    return this.prng.chance(p);
   }
 
   pick<T>(items: readonly T[]): T {
     if (items.length === 0) throw new Error('Rng.pick from an empty list');
-    return items[this.int(0, items.length - 1)]!;
+    return this.prng.pick(items);
   }
 
   /** A shuffled copy (Fisher-Yates). */
