@@ -16,7 +16,7 @@ const exe = path.join(dir, 'pure_test');
 
 function main() {
   const flags = ['-std=c++17', '-Wall', '-Wextra', '-Werror', '-g', '-O1', '-fsanitize=address,undefined', '-fno-sanitize-recover=all', '-fno-omit-frame-pointer'];
-  const sources = ['src/region_table.cc', 'src/completion_record.cc', 'test/pure_test.cc'].map((f) => path.join(here, f));
+  const sources = ['src/region_table.cc', 'src/completion_record.cc', 'src/queue_limits.cc', 'test/pure_test.cc'].map((f) => path.join(here, f));
   const build = spawnSync(cxx, [...flags, ...sources, '-o', exe], { stdio: 'inherit' });
   if (build.status !== 0) {
     console.error(`native: building the sanitized C++ unit tests with ${cxx} failed (exit ${build.status ?? build.error?.message})`);

@@ -28,6 +28,7 @@
 #include <napi.h>
 
 #include "completion_record.h"
+#include "queue_limits.h"
 #include "region_table.h"
 
 using namespace derecho_rdma;
@@ -36,7 +37,6 @@ namespace {
 
 constexpr size_t kRegionsMax = 4096;
 constexpr size_t kCompletionBatchMax = 256;
-constexpr uint32_t kCqEntriesDefault = 65536;
 
 std::string errnoText(int err) { return std::string(std::strerror(err)) + " (errno " + std::to_string(err) + ")"; }
 
@@ -78,6 +78,19 @@ const char* cmEventName(rdma_cm_event_type t) {
 
 // ---- devices() ----------------------------------------------------------------------------------
 
+/** The device's limits the addon sizes its queues by: numbers (all fit a double exactly), max_mr_size a bigint. */
+Napi::Object LimitsOf(Napi::Env env, const ibv_device_attr& a) {
+  Napi::Object o = Napi::Object::New(env);
+  o.Set("maxQueuePairs", a.max_qp);
+  o.Set("maxQueuePairWorkRequests", a.max_qp_wr);
+  o.Set("maxCompletionQueues", a.max_cq);
+  o.Set("maxCompletionQueueEntries", a.max_cqe);
+  o.Set("maxMemoryRegions", a.max_mr);
+  o.Set("maxMemoryRegionBytes", Napi::BigInt::New(env, static_cast<uint64_t>(a.max_mr_size)));
+  o.Set("maxScatterGatherEntries", a.max_sge);
+  return o;
+}
+
 Napi::Value Devices(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   Napi::Array out = Napi::Array::New(env);
@@ -114,8 +127,7 @@ Napi::Value Devices(const Napi::CallbackInfo& info) {
           port.Set("activeMtuBytes", 128 << pa.active_mtu);
           ports.Set(ports.Length(), port);
         }
-        d.Set("maxQueuePairs", attr.max_qp);
-        d.Set("maxMemoryRegionBytes", static_cast<double>(attr.max_mr_size));
+        d.Set("limits", LimitsOf(env, attr));
       }
       ibv_close_device(ctx);
     }
@@ -168,6 +180,8 @@ class Device : public Napi::ObjectWrap<Device> {
       InstanceMethod("postWrite", &Device::PostWrite),
       InstanceMethod("postRecv", &Device::PostRecv),
       InstanceMethod("close", &Device::Close),
+      InstanceMethod("limits", &Device::Limits),
+      InstanceMethod("completionQueueEntries", &Device::CompletionQueueEntries),
     });
   }
 
@@ -180,8 +194,7 @@ class Device : public Napi::ObjectWrap<Device> {
     if (info.Length() < 2 || !info[0].IsString() || !info[1].IsFunction()) {
       throw Napi::TypeError::New(env, "new Device(name: string, onEvent: function, cqEntries?: number)");
     }
-    uint32_t cqEntries = info.Length() > 2 && info[2].IsNumber() ? U32(info, 2, "cqEntries") : kCqEntriesDefault;
-    if (cqEntries < 16) throw Napi::RangeError::New(env, "cqEntries must be at least 16");
+    uint32_t cqRequested = info.Length() > 2 && info[2].IsNumber() ? U32(info, 2, "cqEntries") : 0;
     name_ = info[0].As<Napi::String>().Utf8Value();
     int count = 0;
     errno = 0;
@@ -200,12 +213,16 @@ class Device : public Napi::ObjectWrap<Device> {
     rdma_free_devices(contexts);  // the contexts themselves stay open for rdmacm
     if (ctx_ == nullptr) throw Napi::Error::New(env, "no RDMA device named " + name_ + " (devices: " + names + ")");
     name_ = ibv_get_device_name(ctx_->device);
+    if (ibv_query_device(ctx_, &attr_) != 0) throw errorOf(env, "RDMA device " + name_ + ": ibv_query_device", errno);
+    QueueSize cq = completionQueueEntries(cqRequested, attr_.max_cqe, name_);
+    if (!cq.ok) throw Napi::RangeError::New(env, cq.error);
+    cqEntries_ = cq.entries;
     pd_ = ibv_alloc_pd(ctx_);
     if (pd_ == nullptr) throw errorOf(env, "RDMA device " + name_ + ": ibv_alloc_pd", errno);
     channel_ = ibv_create_comp_channel(ctx_);
     if (channel_ == nullptr) { int e = errno; Teardown(); throw errorOf(env, "RDMA device " + name_ + ": ibv_create_comp_channel", e); }
-    cq_ = ibv_create_cq(ctx_, static_cast<int>(cqEntries), nullptr, channel_, 0);
-    if (cq_ == nullptr) { int e = errno; Teardown(); throw errorOf(env, "RDMA device " + name_ + ": ibv_create_cq", e); }
+    cq_ = ibv_create_cq(ctx_, static_cast<int>(cqEntries_), nullptr, channel_, 0);
+    if (cq_ == nullptr) { int e = errno; Teardown(); throw errorOf(env, "RDMA device " + name_ + ": ibv_create_cq of " + std::to_string(cqEntries_) + " entries (max_cqe " + std::to_string(attr_.max_cqe) + ")", e); }
     if (ibv_req_notify_cq(cq_, 0) != 0) { int e = errno; Teardown(); throw errorOf(env, "RDMA device " + name_ + ": ibv_req_notify_cq", e); }
     cmChannel_ = rdma_create_event_channel();
     if (cmChannel_ == nullptr) { int e = errno; Teardown(); throw errorOf(env, "RDMA device " + name_ + ": rdma_create_event_channel", e); }
@@ -350,7 +367,7 @@ class Device : public Napi::ObjectWrap<Device> {
       d->cmType = ev->event;
       d->cmId = ev->id;
       d->listenId = ev->listen_id;
-      d->cmStatus = ev->status;
+      d->cmStatus = ev->status < 0 ? -ev->status : ev->status;  // errors come as -errno (or a reject reason)
       if (ev->param.conn.private_data && ev->param.conn.private_data_len > 0) {
         const auto* p = static_cast<const uint8_t*>(ev->param.conn.private_data);
         d->privateData.assign(p, p + ev->param.conn.private_data_len);
@@ -523,6 +540,8 @@ class Device : public Napi::ObjectWrap<Device> {
     CheckOpen(env, "register");
     uint64_t len = Safe(info, 0, "bytes");
     if (len == 0) throw Napi::RangeError::New(env, "register: bytes must be at least 1");
+    std::string tooBig = memoryRegionProblem(len, attr_.max_mr_size, name_);
+    if (!tooBig.empty()) throw Napi::RangeError::New(env, "register: " + tooBig);
     void* mem = nullptr;
     if (posix_memalign(&mem, 4096, len) != 0) throw Napi::Error::New(env, "register: cannot allocate " + std::to_string(len) + " bytes");
     std::memset(mem, 0, len);
@@ -604,6 +623,8 @@ class Device : public Napi::ObjectWrap<Device> {
     uint32_t port = U32(info, 1, "port");
     std::vector<uint8_t> pd = Bytes(info, 2);
     uint32_t sendDepth = U32(info, 3, "sendDepth"), recvDepth = U32(info, 4, "recvDepth");
+    std::string depth = queuePairProblem(sendDepth, recvDepth, attr_.max_qp_wr, name_);
+    if (!depth.empty()) throw Napi::RangeError::New(env, "RDMA connect: " + depth);
     sockaddr_storage addr;
     std::string err;
     if (!ResolveAddress(host, port, &addr, &err)) throw Napi::Error::New(env, "RDMA connect: " + err);
@@ -631,8 +652,11 @@ class Device : public Napi::ObjectWrap<Device> {
     CheckOpen(env, "accept");
     Conn& c = ConnArg(info, 0);
     std::vector<uint8_t> pd = Bytes(info, 1);
-    c.sendDepth = static_cast<int>(U32(info, 2, "sendDepth"));
-    c.recvDepth = static_cast<int>(U32(info, 3, "recvDepth"));
+    uint32_t sendDepth = U32(info, 2, "sendDepth"), recvDepth = U32(info, 3, "recvDepth");
+    std::string depth = queuePairProblem(sendDepth, recvDepth, attr_.max_qp_wr, name_);
+    if (!depth.empty()) throw Napi::RangeError::New(env, "RDMA accept: " + depth);
+    c.sendDepth = static_cast<int>(sendDepth);
+    c.recvDepth = static_cast<int>(recvDepth);
     std::string err = CreateQp(c);
     if (!err.empty()) throw Napi::Error::New(env, "RDMA accept: " + err);
     rdma_conn_param p;
@@ -730,7 +754,15 @@ class Device : public Napi::ObjectWrap<Device> {
     return info.Env().Undefined();
   }
 
+  // limits(): what ibv_query_device reported when the device was opened (see LimitsOf)
+  Napi::Value Limits(const Napi::CallbackInfo& info) { return LimitsOf(info.Env(), attr_); }
+
+  // completionQueueEntries(): the size of the completion queue every connection shares
+  Napi::Value CompletionQueueEntries(const Napi::CallbackInfo& info) { return Napi::Number::New(info.Env(), cqEntries_); }
+
   std::string name_;
+  ibv_device_attr attr_{};
+  uint32_t cqEntries_ = 0;
   ibv_context* ctx_ = nullptr;
   ibv_pd* pd_ = nullptr;
   ibv_comp_channel* channel_ = nullptr;

@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "../src/completion_record.h"
+#include "../src/queue_limits.h"
 #include "../src/region_table.h"
 
 using namespace derecho_rdma;
@@ -130,7 +131,30 @@ static void completionBatchBound() {
   CHECK(!none.append(r));
 }
 
+// Issue 13: the addon asked every device for a 65,536-entry completion queue; Soft-RoCE allows 32,767
+// (max_cqe), so ibv_create_cq failed with EINVAL. Queues are sized from what the device reports.
+static void queueLimits() {
+  QueueSize rxe = completionQueueEntries(0, 32767, "rxe0");
+  CHECK(rxe.ok && rxe.entries == 32767);
+  QueueSize big = completionQueueEntries(0, 4194303, "mlx5_0");
+  CHECK(big.ok && big.entries == kCqEntriesDefault);
+  QueueSize asked = completionQueueEntries(4096, 32767, "rxe0");
+  CHECK(asked.ok && asked.entries == 4096);
+  QueueSize over = completionQueueEntries(65536, 32767, "rxe0");
+  CHECK(!over.ok);
+  CHECK(over.error == "completionQueueEntries 65536 is over what RDMA device rxe0 allows (max_cqe 32767)");
+  CHECK(!completionQueueEntries(8, 32767, "rxe0").ok);
+  CHECK(!completionQueueEntries(0, 4, "tiny").ok);
+  CHECK(queuePairProblem(268, 528, 16384, "rxe0").empty());
+  std::string qp = queuePairProblem(268, 20000, 16384, "rxe0");
+  CHECK(qp.find("max_qp_wr 16384") != std::string::npos);
+  CHECK(!queuePairProblem(0, 1, 16384, "rxe0").empty());
+  CHECK(memoryRegionProblem(1 << 20, UINT64_MAX, "mlx5_0").empty());
+  CHECK(memoryRegionProblem((1ULL << 32) + 1, 1ULL << 32, "rxe0").find("max_mr_size 4294967296") != std::string::npos);
+}
+
 int main() {
+  queueLimits();
   regionTableBounds();
   regionTableLifecycle();
   completionRecordRoundTrip();

@@ -44,6 +44,8 @@ export interface ConformanceOptions {
   defaults?: Partial<TcpTransportOptions>;
   /** Run serially (a shared device). */
   serial?: boolean;
+  /** The address every node listens on and is dialed at (default 127.0.0.1; RDMA CM needs the device's). */
+  host?: string;
 }
 
 export async function waitFor(what: string, cond: () => boolean, ms = 5000): Promise<void> {
@@ -91,7 +93,7 @@ export function sameBytes(a: Uint8Array | null | undefined, b: Uint8Array | null
 }
 
 /** Transports started by a test; closed whatever happens. */
-export function harness(t: ExecutionContext, make: TransportFactory, defaults: Partial<TcpTransportOptions> = {}) {
+export function harness(t: ExecutionContext, make: TransportFactory, defaults: Partial<TcpTransportOptions> = {}, listenHost = host) {
   const nodes: AgentTransport[] = [];
   const all: ConformanceNode[] = [];
   t.teardown(async () => {
@@ -109,9 +111,9 @@ export function harness(t: ExecutionContext, make: TransportFactory, defaults: P
     all.push(node);
     tr.onMessage((from, m) => node.got.push({ from, m }));
     tr.onError((e) => node.errors.push(e));
-    const a = await tr.listen(host, port);
+    const a = await tr.listen(listenHost, port);
     node.port = a.port;
-    node.addr = `${host}:${a.port}`;
+    node.addr = `${listenHost}:${a.port}`;
     return node;
   };
   const mesh = (...ns: ConformanceNode[]) => {
@@ -136,7 +138,7 @@ export function registerConformance(o: ConformanceOptions): void {
     }
     const run = async (t: ExecutionContext): Promise<void> => {
       t.timeout(timeoutMs);
-      await body(t, harness(t, o.make, o.defaults));
+      await body(t, harness(t, o.make, o.defaults, o.host));
     };
     if (o.serial) test.serial(full, run);
     else test(full, run);

@@ -11,10 +11,51 @@
 //   - rdmacm: listen on a port, connect with private data, connectRequest / accept / reject,
 //     established, disconnected (also when the other side disconnects or closes);
 //   - errors: a failed write puts both queue pairs in error; later posts complete as flushed.
+//   - the device's limits (max_cqe, max_qp_wr, max_mr_size): a queue or region over them is refused as
+//     the addon refuses it (RXE_LIMITS are Soft-RoCE's); an address the fabric calls unroutable fails route
+//     resolution with ENODEV, as RDMA CM does for an address no RDMA device serves.
 // Local bounds checks throw RangeError as the addon does.
 
-import type { CmEvent, CmEventType, Completion, RegisteredRegion, Verbs, VerbsDevice, VerbsDeviceInfo, VerbsEvent } from './verbs.ts';
-import { WcOpcode } from './verbs.ts';
+import type { CmEvent, CmEventType, Completion, RegisteredRegion, Verbs, VerbsDevice, VerbsDeviceInfo, VerbsDeviceLimits, VerbsEvent } from './verbs.ts';
+import { completionQueueEntriesDefault, WcOpcode } from './verbs.ts';
+
+/** Limits like a ConnectX adapter's (the fake's default). */
+export const HCA_LIMITS: Readonly<VerbsDeviceLimits> = Object.freeze({
+  maxQueuePairs: 131072,
+  maxQueuePairWorkRequests: 32768,
+  maxCompletionQueues: 16777216,
+  maxCompletionQueueEntries: 4194303,
+  maxMemoryRegions: 16777216,
+  maxMemoryRegionBytes: (1n << 64n) - 1n,
+  maxScatterGatherEntries: 30,
+});
+
+/** Soft-RoCE's (rdma_rxe) limits, as ibv_devinfo -v reports them. */
+export const RXE_LIMITS: Readonly<VerbsDeviceLimits> = Object.freeze({
+  maxQueuePairs: 65536,
+  maxQueuePairWorkRequests: 16384,
+  maxCompletionQueues: 16384,
+  maxCompletionQueueEntries: 32767,
+  maxMemoryRegions: 262144,
+  maxMemoryRegionBytes: (1n << 64n) - 1n,
+  maxScatterGatherEntries: 32,
+});
+
+export interface FakeFabricOptions {
+  /** Every device's limits (default HCA_LIMITS). */
+  limits?: Partial<VerbsDeviceLimits>;
+  /** Hosts whose route resolution fails with ENODEV (a routeError event, status 19). Default: none. */
+  unroutable?: (host: string) => boolean;
+}
+
+/** The addon's checks of a queue pair's depths against max_qp_wr (native/src/queue_limits.cc). */
+function queuePairProblem(sendDepth: number, recvDepth: number, limits: VerbsDeviceLimits, device: string): string | null {
+  const deeper = Math.max(sendDepth, recvDepth);
+  if (deeper > limits.maxQueuePairWorkRequests) {
+    return `a queue pair of send depth ${sendDepth} and receive depth ${recvDepth} is over what RDMA device ${device} allows (max_qp_wr ${limits.maxQueuePairWorkRequests}; lower ringSlots)`;
+  }
+  return null;
+}
 
 const statusFlushed = 5;
 const statusRemoteAccess = 10;
@@ -64,6 +105,13 @@ export class FakeFabric {
   private nextPort = 20000;
   private readonly ops: WriteOp[] = [];
   private opsScheduled = false;
+  readonly limits: Readonly<VerbsDeviceLimits>;
+  readonly unroutable: (host: string) => boolean;
+
+  constructor(options: FakeFabricOptions = {}) {
+    this.limits = Object.freeze({ ...HCA_LIMITS, ...options.limits });
+    this.unroutable = options.unroutable ?? (() => false);
+  }
 
   /** A node's verbs with the given devices (none: a node without RDMA hardware). */
   verbs(deviceNames: string[] = ['fake0']): Verbs {
@@ -71,13 +119,21 @@ export class FakeFabric {
       devices: (): VerbsDeviceInfo[] => deviceNames.map((name, i) => ({
         name, guid: (0xfa4e0000 + i).toString(16).padStart(16, '0'),
         ports: [{ port: 1, state: 'active', linkLayer: 'Ethernet', activeMtuBytes: 4096 }],
+        limits: { ...this.limits },
       })),
-      open: (name: string, onEvent: (e: VerbsEvent) => void, completionQueueEntries: number): VerbsDevice => {
+      open: (name: string, onEvent: (e: VerbsEvent) => void, completionQueueEntries?: number): VerbsDevice => {
         if (deviceNames.length === 0) throw new Error(`RDMA device ${name}: no RDMA devices on this node`);
         const chosen = name === '' ? deviceNames[0]! : name;
         if (!deviceNames.includes(chosen)) throw new Error(`no RDMA device named ${name} (devices: ${deviceNames.join(', ')})`);
-        if (!Number.isInteger(completionQueueEntries) || completionQueueEntries < 16) throw new RangeError('cqEntries must be at least 16');
-        return new FakeDevice(this, chosen, onEvent);
+        const maxCqe = this.limits.maxCompletionQueueEntries;
+        let entries: number;
+        if (completionQueueEntries === undefined) entries = Math.min(completionQueueEntriesDefault, maxCqe);
+        else {
+          if (!Number.isInteger(completionQueueEntries) || completionQueueEntries < 16) throw new RangeError(`completionQueueEntries ${completionQueueEntries} is below the minimum of 16`);
+          if (completionQueueEntries > maxCqe) throw new RangeError(`completionQueueEntries ${completionQueueEntries} is over what RDMA device ${chosen} allows (max_cqe ${maxCqe})`);
+          entries = completionQueueEntries;
+        }
+        return new FakeDevice(this, chosen, onEvent, entries);
       },
     };
   }
@@ -177,11 +233,23 @@ class FakeDevice implements VerbsDevice {
   private completions: Completion[] = [];
   private flushScheduled = false;
 
-  constructor(private readonly fabric: FakeFabric, readonly name: string, private readonly onEvent: (e: VerbsEvent) => void) {}
+  readonly limits: VerbsDeviceLimits;
+
+  constructor(
+    private readonly fabric: FakeFabric,
+    readonly name: string,
+    private readonly onEvent: (e: VerbsEvent) => void,
+    readonly completionQueueEntries: number,
+  ) {
+    this.limits = { ...fabric.limits };
+  }
 
   register(bytes: number): RegisteredRegion {
     this.checkOpen('register');
     if (!Number.isSafeInteger(bytes) || bytes < 1) throw new RangeError('register: bytes must be at least 1');
+    if (BigInt(bytes) > this.limits.maxMemoryRegionBytes) {
+      throw new RangeError(`register: a memory region of ${bytes} bytes is over what RDMA device ${this.name} allows (max_mr_size ${this.limits.maxMemoryRegionBytes})`);
+    }
     const region = this.fabric.allocate(this, this.nextHandle++, bytes);
     this.regions.set(region.handle, region);
     return { handle: region.handle, buffer: region.buffer, addr: region.addr, rkey: region.rkey };
@@ -202,14 +270,22 @@ class FakeDevice implements VerbsDevice {
     return { connId: conn.id, port: conn.listenPort };
   }
 
-  connect(_host: string, port: number, privateData: Uint8Array, sendDepth: number, recvDepth: number): number {
+  connect(host: string, port: number, privateData: Uint8Array, sendDepth: number, recvDepth: number): number {
     this.checkOpen('connect');
     if (privateData.byteLength > 56) throw new RangeError('privateData is over 56 bytes (the rdmacm limit for RC connections)');
+    const depth = queuePairProblem(sendDepth, recvDepth, this.limits, this.name);
+    if (depth) throw new RangeError(`RDMA connect: ${depth}`);
     const conn = this.newConn(false);
     conn.sendDepth = sendDepth;
     conn.recvDepth = recvDepth;
     setImmediate(() => {
       if (conn.state !== 'connecting') return;
+      if (this.fabric.unroutable(host)) {
+        // rdma_resolve_route: No such device
+        conn.state = 'error';
+        this.cm('routeError', conn.id, 0, new Uint8Array(0), 19);
+        return;
+      }
       const listener = this.fabric.listenerAt(port);
       if (!listener || listener.state === 'closed') {
         conn.state = 'error';
@@ -229,6 +305,8 @@ class FakeDevice implements VerbsDevice {
     this.checkOpen('accept');
     const conn = this.conn(connId);
     if (conn.state !== 'requested') throw new Error(`RDMA accept: connection ${connId} has no pending request`);
+    const depth = queuePairProblem(sendDepth, recvDepth, this.limits, this.name);
+    if (depth) throw new RangeError(`RDMA accept: ${depth}`);
     conn.sendDepth = sendDepth;
     conn.recvDepth = recvDepth;
     conn.state = 'open';

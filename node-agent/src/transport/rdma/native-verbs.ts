@@ -1,11 +1,12 @@
 // Loads the native addon (native/build/Release/derecho_rdma.node) as a `Verbs`, or says clearly why not.
 
-import { existsSync } from 'node:fs';
+import { existsSync, readdirSync, readFileSync } from 'node:fs';
+import { networkInterfaces } from 'node:os';
 import { createRequire } from 'node:module';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { decodeCompletions } from './verbs.ts';
-import type { CmEvent, RegisteredRegion, Verbs, VerbsDevice, VerbsDeviceInfo, VerbsEvent } from './verbs.ts';
+import { decodeCompletions, isLoopbackHost, UnroutableAddressError, unroutableReason } from './verbs.ts';
+import type { CmEvent, RegisteredRegion, Verbs, VerbsDevice, VerbsDeviceInfo, VerbsDeviceLimits, VerbsEvent } from './verbs.ts';
 
 interface AddonDevice {
   register(bytes: number): RegisteredRegion;
@@ -18,11 +19,13 @@ interface AddonDevice {
   postWrite(connId: number, wrId: number, handle: number, offset: number, length: number, remoteAddr: bigint, rkey: number, imm?: number | null): void;
   postRecv(connId: number, wrId: number, count: number): void;
   close(): void;
+  limits(): VerbsDeviceLimits;
+  completionQueueEntries(): number;
 }
 
 interface Addon {
   devices(): VerbsDeviceInfo[];
-  Device: new (name: string, onEvent: (kind: string, payload: unknown) => void, cqEntries: number) => AddonDevice;
+  Device: new (name: string, onEvent: (kind: string, payload: unknown) => void, cqEntries?: number) => AddonDevice;
   completionRecordBytes: number;
 }
 
@@ -54,7 +57,7 @@ export function loadNativeVerbs(file = addonPath): LoadResult {
 function wrap(addon: Addon): Verbs {
   return {
     devices: () => addon.devices(),
-    open(name: string, onEvent: (e: VerbsEvent) => void, completionQueueEntries: number): VerbsDevice {
+    open(name: string, onEvent: (e: VerbsEvent) => void, completionQueueEntries?: number): VerbsDevice {
       const dev = new addon.Device(name, (kind, payload) => {
         try {
           if (kind === 'completions') onEvent({ kind: 'completions', completions: decodeCompletions(payload as ArrayBuffer) });
@@ -68,13 +71,26 @@ function wrap(addon: Addon): Verbs {
             throw e;
           });
         }
-      }, completionQueueEntries);
+      }, ...(completionQueueEntries === undefined ? [] : [completionQueueEntries]));
+      // RDMA CM binds and routes only over an interface an RDMA device serves: a loopback address would
+      // listen where no peer can reach it, or fail route resolution (ENODEV) on every dial.
+      const refuseLoopback = (what: string, host: string): void => {
+        if (isLoopbackHost(host)) throw new UnroutableAddressError(host, `RDMA ${what} ${host}: ${unroutableReason(host)}`);
+      };
       return {
         name: name || 'first device',
+        limits: dev.limits(),
+        completionQueueEntries: dev.completionQueueEntries(),
         register: (bytes) => dev.register(bytes),
         deregister: (handle) => dev.deregister(handle),
-        listen: (host, port) => dev.listen(host, port),
-        connect: (host, port, privateData, sendDepth, recvDepth) => dev.connect(host, port, privateData, sendDepth, recvDepth),
+        listen: (host, port) => {
+          refuseLoopback('listen on', host);
+          return dev.listen(host, port);
+        },
+        connect: (host, port, privateData, sendDepth, recvDepth) => {
+          refuseLoopback('connect to', host);
+          return dev.connect(host, port, privateData, sendDepth, recvDepth);
+        },
         accept: (connId, privateData, sendDepth, recvDepth) => dev.accept(connId, privateData, sendDepth, recvDepth),
         reject: (connId) => dev.reject(connId),
         disconnect: (connId) => dev.disconnect(connId),
@@ -84,4 +100,40 @@ function wrap(addon: Addon): Verbs {
       };
     },
   };
+}
+
+/**
+ * The IP addresses of the network interfaces an RDMA device's port serves (RoCE: the netdev behind its GID
+ * table, from sysfs), IPv4 first: the addresses RDMA CM can listen on and be dialed at for this device.
+ * Empty when sysfs does not say (InfiniBand without IPoIB, no such device).
+ */
+export function rdmaDeviceAddresses(device: string, port = 1, sysfs = '/sys/class/infiniband'): string[] {
+  let netdevs: string[];
+  try {
+    netdevs = readdirSync(`${sysfs}/${device}/ports/${port}/gid_attrs/ndevs`, { withFileTypes: true })
+      .filter((e) => e.isFile())
+      .map((e) => e.name);
+  } catch {
+    return [];
+  }
+  const names = new Set<string>();
+  for (const index of netdevs) {
+    try {
+      const name = readFileSync(`${sysfs}/${device}/ports/${port}/gid_attrs/ndevs/${index}`, 'utf8').trim();
+      if (name) names.add(name);
+    } catch {
+      // an unused GID entry reads as an error (EINVAL)
+    }
+  }
+  const all = networkInterfaces();
+  const v4: string[] = [];
+  const v6: string[] = [];
+  for (const name of names) {
+    for (const a of all[name] ?? []) {
+      if (a.internal) continue;
+      if (a.family === 'IPv4') v4.push(a.address);
+      else if (!a.address.startsWith('fe80')) v6.push(a.address);
+    }
+  }
+  return [...new Set([...v4, ...v6])];
 }

@@ -5,13 +5,14 @@ import { registerConformance, harness, data, waitFor, secret, host } from '../tr
 import type { TcpTransportOptions } from '../tcp-transport.ts';
 import { TcpTransport } from '../tcp-transport.ts';
 import { Codec } from '../codec.ts';
-import { FakeFabric } from './fake-verbs.ts';
+import { FakeFabric, RXE_LIMITS } from './fake-verbs.ts';
 import { DEFAULT_GEOMETRY, ImmKind, imm } from './lanes.ts';
 import { sampleMessages } from '../test-support.ts';
-import { loadNativeVerbs } from './native-verbs.ts';
+import { loadNativeVerbs, rdmaDeviceAddresses } from './native-verbs.ts';
 import { RdmaTransport, parseControl as parseControlForTest } from './rdma-transport.ts';
 import type { RdmaTransportOptions } from './rdma-transport.ts';
-import { decodeCompletions } from './verbs.ts';
+import { decodeCompletions, isLoopbackHost, UnroutableAddressError } from './verbs.ts';
+import type { Verbs } from './verbs.ts';
 
 const fast = { setupCheckMs: 10, setupRetryDelayMs: 20 };
 
@@ -41,11 +42,21 @@ registerConformance({
 
 const native = loadNativeVerbs();
 const devices = native.ok ? native.verbs.devices() : [];
-const realSkip = !native.ok ? native.reason : devices.length === 0 ? 'no RDMA device on this node (ibv_get_device_list lists none)' : null;
+// RDMA CM routes only over an interface the device serves, never loopback: the device's own address (or
+// DERECHO_RDMA_ADDRESS).
+const realHost = process.env['DERECHO_RDMA_ADDRESS'] ?? (devices[0] ? rdmaDeviceAddresses(devices[0].name)[0] : undefined);
+const realSkip = !native.ok
+  ? native.reason
+  : devices.length === 0
+    ? 'no RDMA device on this node (ibv_get_device_list lists none)'
+    : realHost === undefined
+      ? `RDMA device ${devices[0]!.name} serves no network interface with an IP address (set DERECHO_RDMA_ADDRESS)`
+      : null;
 registerConformance({
-  name: `rdma (device ${devices[0]?.name ?? 'none'})`,
+  name: `rdma (device ${devices[0]?.name ?? 'none'}${realHost ? ` at ${realHost}` : ''})`,
   skipReason: realSkip,
   serial: true,
+  ...(realHost ? { host: realHost } : {}),
   make: (options) => new RdmaTransport({ ...options, ...fast, verbs: (native as { ok: true; verbs: import('./verbs.ts').Verbs }).verbs, deviceName: devices[0]?.name ?? '' } as RdmaTransportOptions),
 });
 
@@ -325,6 +336,88 @@ test('setup messages are validated: geometry bounds, addresses, sessions', (t) =
   t.throws(() => new RdmaTransport({ nodeId: 1, secret, verbs: new FakeFabric().verbs(), geometry: { ringSlotBytes: 8 } }), { message: /RDMA geometry: ringSlotBytes 8/ });
   t.throws(() => new RdmaTransport({ nodeId: 1, secret, verbs: new FakeFabric().verbs([]) }), { message: /no RDMA devices on this node/ });
   t.throws(() => new RdmaTransport({ nodeId: 1, secret, verbs: new FakeFabric().verbs(['mlx5_0']), deviceName: 'mlx5_9' }), { message: /no RDMA device named mlx5_9 \(devices: mlx5_0\)/ });
+});
+
+// ---- issue 13: what Soft-RoCE showed on real verbs -------------------------------------------------
+
+test('the completion queue is sized within the device\'s max_cqe: on Soft-RoCE (32,767) paths open; asking for more names the limit', async (t) => {
+  t.timeout(20_000);
+  const fab = new FakeFabric({ limits: RXE_LIMITS });
+  const info = fab.verbs(['rxe0']).devices()[0]!;
+  t.is(info.limits?.maxCompletionQueueEntries, 32767);
+  t.is(typeof info.limits?.maxMemoryRegionBytes, 'bigint', 'max_mr_size is a u64: a bigint, not a lossy number');
+  const h = rdmaHarness(t, fab);
+  const a = await h.start(1);
+  const b = await h.start(2);
+  t.is((a.t as RdmaTransport).device.completionQueueEntries, 32767, 'the default (65536) capped at max_cqe');
+  h.mesh(a, b);
+  await waitFor('path open', () => a.t.connected(2) && b.t.connected(1), 10_000);
+  t.true(a.t.send(2, data(1, 7)));
+  await waitFor('delivered', () => b.got.length > 0);
+  t.throws(() => new RdmaTransport({ nodeId: 3, secret, verbs: fab.verbs(['rxe0']), completionQueueEntries: 65536 }), {
+    message: /completionQueueEntries 65536 is over what RDMA device rxe0 allows \(max_cqe 32767\)/,
+  });
+  // A geometry whose queue pairs are deeper than max_qp_wr (16,384) is refused when the transport is made.
+  t.throws(() => new RdmaTransport({ nodeId: 3, secret, verbs: fab.verbs(['rxe0']), geometry: { ringSlots: 8192, ringSlotBytes: 4096 } }), {
+    message: /need queue pairs \d+ deep, over what RDMA device rxe0 allows \(max_qp_wr 16384\)/,
+  });
+});
+
+/** Dials of `a` (node 1) to node 2 fail as unroutable; checks the failure is said once, clearly, and not retried. */
+async function unroutableDial(t: ExecutionContext, verbsFor: (fab: FakeFabric) => Verbs, fab: FakeFabric, expected: RegExp): Promise<void> {
+  const h = harness(t, (options: TcpTransportOptions) => new RdmaTransport({ ...options, ...fast, verbs: verbsFor(fab) } as RdmaTransportOptions));
+  const a = await h.start(1);
+  const b = await h.start(2);
+  h.mesh(a, b);
+  await waitFor('the failure is reported', () => a.errors.some((e) => expected.test(e.message)), 5_000);
+  const failures = (a.t as RdmaTransport).metrics.rdmaSetupFailures;
+  // Retries would come every 20..640 ms here (setupRetryDelayMs 20, doubling): none in a second.
+  await new Promise((r) => setTimeout(r, 1000));
+  t.is((a.t as RdmaTransport).metrics.rdmaSetupFailures, failures, 'no retry to an address that cannot work');
+  t.is(a.errors.filter((e) => expected.test(e.message)).length, 1, a.errors.map((e) => e.message).join('\n'));
+  t.false(a.t.connected(2));
+  // Frames to it are dropped as unreachable (no path can open), on both sides, instead of waiting forever.
+  const before = a.t.metrics.dropsUnreachable;
+  t.false(a.t.send(2, data(1, 1)));
+  t.is(a.t.metrics.dropsUnreachable, before + 1);
+  await waitFor('the peer gave up too', () => !b.t.send(1, data(2, 1)), 5_000);
+  // A new address for the peer is tried again: frames to it wait for the path again.
+  a.t.setPeers({ 2: `127.0.0.2:${b.port}` });
+  t.true(a.t.send(2, data(1, 2)), 'a new address is tried again');
+}
+
+test('an address RDMA CM cannot route (route resolution: ENODEV) fails once with the cause, and is not dialed again', async (t) => {
+  t.timeout(20_000);
+  const fab = new FakeFabric({ unroutable: (h) => isLoopbackHost(h) });
+  await unroutableDial(t, (f) => f.verbs(), fab, /no RDMA route to n2 at 127\.0\.0\.1 \(routeError, ENODEV\): 127\.0\.0\.1 is a loopback address, which RDMA CM does not route/);
+});
+
+test('a loopback address refused by the verbs layer at connect fails once with the cause, and is not dialed again', async (t) => {
+  t.timeout(20_000);
+  const fab = new FakeFabric();
+  // As native-verbs.ts does for the addon: connect refuses a loopback host before RDMA CM tries it.
+  const refusing = (f: FakeFabric): Verbs => {
+    const v = f.verbs();
+    return {
+      devices: v.devices,
+      open: (name, onEvent, entries) => {
+        const d = v.open(name, onEvent, entries);
+        const connect = d.connect.bind(d);
+        return Object.assign(d, {
+          connect: (h: string, ...rest: [number, Uint8Array, number, number]) => {
+            if (isLoopbackHost(h)) throw new UnroutableAddressError(h, `RDMA connect to ${h}: loopback`);
+            return connect(h, ...rest);
+          },
+        });
+      },
+    };
+  };
+  await unroutableDial(t, refusing, fab, /RDMA connect to 127\.0\.0\.1: loopback/);
+});
+
+test('loopback addresses are recognized', (t) => {
+  for (const h of ['127.0.0.1', '127.1.2.3', '::1', '[::1]', 'localhost', '::ffff:127.0.0.1']) t.true(isLoopbackHost(h), h);
+  for (const h of ['10.0.2.15', '192.168.1.1', '::ffff:10.0.0.1', 'fe80::1', 'node-1.peers.ns.svc', '0.0.0.0']) t.false(isLoopbackHost(h), h);
 });
 
 test('the completion queue bounds the number of RDMA paths', async (t) => {

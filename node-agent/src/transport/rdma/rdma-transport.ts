@@ -41,7 +41,7 @@ import {
   immKind, immValue, immValueMask, recvDepthFor, ringSlotOffset, rowSlotOffset, slotHeaderBytes,
 } from './lanes.ts';
 import type { LaneGeometry } from './lanes.ts';
-import { WcOpcode, wcStatusName } from './verbs.ts';
+import { UnroutableAddressError, unroutableReason, unroutableStatuses, WcOpcode, wcStatusName } from './verbs.ts';
 import type { CmEvent, Completion, RegisteredRegion, Verbs, VerbsDevice, VerbsEvent } from './verbs.ts';
 
 export interface RdmaTransportOptions extends TcpTransportOptions {
@@ -66,7 +66,8 @@ export interface RdmaTransportOptions extends TcpTransportOptions {
   /**
    * Entries of the device's one completion queue, shared by every RDMA path: a path needs its send plus
    * receive queue depth (about 2 x (ringSlots + rowSlots) of both sides), and a path that would not fit is
-   * refused. Default 65536.
+   * refused. Default 65536 capped at the device's max_cqe (Soft-RoCE allows 32,767); a larger explicit
+   * value is refused, naming the device's limit.
    */
   completionQueueEntries?: number;
 }
@@ -100,7 +101,7 @@ type ControlMessage =
   | { t: 'offer'; session: string; addr: string; rkey: number; geometry: LaneGeometry }
   | { t: 'answer'; session: string; addr: string; rkey: number; geometry: LaneGeometry; rdmaPort: number }
   | { t: 'ready'; session: string }
-  | { t: 'reset'; session: string; reason: string };
+  | { t: 'reset'; session: string; reason: string; unroutable?: true };
 
 type PeerState = 'idle' | 'offered' | 'answered' | 'connecting' | 'established' | 'open';
 
@@ -127,6 +128,12 @@ interface RdmaPeer {
   retryAt: number;
   attempts: number;
   everOpen: boolean;
+  /**
+   * RDMA CM cannot reach the peer at `host` (a loopback address, or no RDMA device on the route): no more
+   * dials to that address, and without tcpFallback its frames are dropped as unreachable instead of
+   * waiting for a path that cannot open. Cleared when the peer's address changes or it offers again.
+   */
+  unroutable: { host: string; why: string } | null;
   // sending
   queue: Outgoing[];
   queuedFrames: number;
@@ -204,7 +211,7 @@ export function parseControl(json: string): ControlMessage | string {
     case 'ready':
       return { t: 'ready', session };
     case 'reset':
-      return { t: 'reset', session, reason: typeof o['reason'] === 'string' ? o['reason'].slice(0, 200) : '' };
+      return { t: 'reset', session, reason: typeof o['reason'] === 'string' ? o['reason'].slice(0, 200) : '', ...(o['unroutable'] === true ? { unroutable: true as const } : {}) };
     case 'offer':
     case 'answer': {
       const g = geometryOf();
@@ -266,7 +273,6 @@ export class RdmaTransport {
   constructor(options: RdmaTransportOptions) {
     const { verbs, deviceName, rdmaPort, geometry, tcpFallback, setupCheckMs, setupRetryDelayMs, setupTimeoutMs, completionQueueEntries, ...tcpOptions } = options;
     this.setupTimeoutMs = setupTimeoutMs ?? 10_000;
-    this.completionQueueEntries = completionQueueEntries ?? 65536;
     this.nodeId = options.nodeId;
     this.geometry = { ...DEFAULT_GEOMETRY, ...geometry };
     const problem = geometryProblem(this.geometry);
@@ -317,7 +323,15 @@ export class RdmaTransport {
       deliver: (origin, message) => this.deliver(origin, message),
       closing: () => this.closing !== null,
     });
-    this.device = verbs.open(deviceName ?? '', (e) => this.onVerbsEvent(e), this.completionQueueEntries);
+    this.device = verbs.open(deviceName ?? '', (e) => this.onVerbsEvent(e), completionQueueEntries);
+    this.completionQueueEntries = this.device.completionQueueEntries;
+    // A path between two nodes of this geometry needs these queue depths: refuse a geometry the device
+    // cannot serve now, not at every setup attempt.
+    const deepest = Math.max(this.sendDepthFor(this.geometry), recvDepthFor(this.geometry, this.geometry));
+    if (deepest > this.device.limits.maxQueuePairWorkRequests) {
+      this.device.close();
+      throw new RangeError(`RDMA geometry: ringSlots ${this.geometry.ringSlots} and rowSlots ${this.geometry.rowSlots} need queue pairs ${deepest} deep, over what RDMA device ${this.device.name} allows (max_qp_wr ${this.device.limits.maxQueuePairWorkRequests})`);
+    }
     this.control.onMessage((from, m) => this.onControlTransport(from, m));
     this.control.onError((e) => this.report(e));
     this.control.onDrain((peer) => {
@@ -356,6 +370,7 @@ export class RdmaTransport {
     for (const [id, addr] of this.control.peerAddresses()) this.peerHosts.set(id, parseAddress(addr).host);
     for (const peer of [...this.peers.values()]) {
       if (!this.peerHosts.has(peer.id) && !this.control.connected(peer.id)) this.removePeer(peer, 'removed from the peer map');
+      else if (peer.unroutable && this.peerHosts.has(peer.id) && this.peerHosts.get(peer.id) !== peer.unroutable.host) peer.unroutable = null;
     }
   }
 
@@ -503,8 +518,9 @@ export class RdmaTransport {
   private reachable(to: NodeId): RdmaPeer | null {
     if (to === this.nodeId) return null;
     const known = this.peerHosts.has(to) || this.control.connected(to);
-    if (!known) return this.peers.get(to) ?? null;
-    return this.peer(to);
+    const peer = known ? this.peer(to) : (this.peers.get(to) ?? null);
+    if (peer?.unroutable && !this.tcpFallback) return null;
+    return peer;
   }
 
   private peer(id: NodeId): RdmaPeer {
@@ -512,7 +528,7 @@ export class RdmaTransport {
     if (!p) {
       p = {
         id, state: 'idle', session: null, connId: null, recvArea: null, staging: null, remote: null, peerReady: false, recvsPosted: false,
-        sendDepth: 0, setupStartedAt: 0, cqEntries: 0, retryAt: 0, attempts: 0, everOpen: false,
+        sendDepth: 0, setupStartedAt: 0, cqEntries: 0, retryAt: 0, attempts: 0, everOpen: false, unroutable: null,
         queue: [], queuedFrames: 0, queuedBytes: 0, current: null, pendingRow: null,
         rowNext: 0, rowCredits: 0, ringNext: 0, ringCredits: 0, sendsOutstanding: 0, blocked: false,
         ringRead: 0, assembly: [], assemblyBytes: 0, releasedRing: 0, releasedRow: 0, recvsToRepost: 0,
@@ -542,6 +558,7 @@ export class RdmaTransport {
     for (const id of this.control.connectedPeers()) {
       if (id === this.nodeId) continue;
       const peer = this.peer(id);
+      if (peer.unroutable && peer.unroutable.host === this.hostOf(id)) continue;
       if (peer.state === 'idle' && this.nodeId < id && now >= peer.retryAt) this.offer(peer);
     }
     for (const peer of [...this.peers.values()]) {
@@ -608,6 +625,7 @@ export class RdmaTransport {
           return;
         }
         this.teardown(peer, 'the peer offered a new RDMA session', false, true);
+        peer.unroutable = null;
         try {
           const area = this.receiveArea(peer);
           this.stagingArea(peer, parsed.geometry);
@@ -641,7 +659,8 @@ export class RdmaTransport {
           this.byConn.set(connId, peer);
           peer.state = 'connecting';
         } catch (e) {
-          this.setupFailed(peer, `cannot dial the RDMA path: ${e instanceof Error ? e.message : String(e)}`, true);
+          if (e instanceof UnroutableAddressError) this.markUnroutable(peer, e.host, e.message);
+          else this.setupFailed(peer, `cannot dial the RDMA path: ${e instanceof Error ? e.message : String(e)}`, true);
         }
         return;
       }
@@ -653,6 +672,7 @@ export class RdmaTransport {
       case 'reset':
         if (peer.session !== parsed.session || peer.state === 'idle') return;
         this.teardown(peer, `the peer reset the RDMA path: ${parsed.reason}`, false);
+        if (parsed.unroutable) this.markUnroutable(peer, this.hostOf(peer.id) ?? '', `n${peer.id} cannot reach this node over RDMA: ${parsed.reason}`, false);
         return;
     }
   }
@@ -702,10 +722,35 @@ export class RdmaTransport {
       case 'timewaitExit':
       case 'other':
         return;
-      default:
-        if (peer.state === 'open') this.teardown(peer, `RDMA connection ${e.type}${e.status ? ` (status ${e.status})` : ''}`, true);
+      default: {
+        const host = this.hostOf(peer.id);
+        if ((e.type === 'addrError' || e.type === 'routeError') && unroutableStatuses.has(e.status) && host !== null) {
+          this.markUnroutable(peer, host, `no RDMA route to n${peer.id} at ${host} (${e.type}, ${e.status === 19 ? 'ENODEV' : 'EADDRNOTAVAIL'}): ${unroutableReason(host)}`);
+        } else if (peer.state === 'open') this.teardown(peer, `RDMA connection ${e.type}${e.status ? ` (status ${e.status})` : ''}`, true);
         else this.setupFailed(peer, `RDMA connection ${e.type}${e.status ? ` (status ${e.status})` : ''}`, true);
+      }
     }
+  }
+
+  /**
+   * RDMA CM can never reach `peer` at `host`: says so once (an error naming the cause), ends the attempt,
+   * tells the peer (so it stops waiting too) and stops dialing that address; without tcpFallback the
+   * frames queued for the peer are dropped as unreachable, as are later ones, instead of waiting forever.
+   */
+  private markUnroutable(peer: RdmaPeer, host: string, why: string, notifyPeer = true): void {
+    this.metrics.rdmaSetupFailures++;
+    this.report({ kind: 'connect', peer: peer.id, remote: host, message: why });
+    if (notifyPeer && peer.session && this.control.connected(peer.id)) this.sendControl(peer.id, { t: 'reset', session: peer.session, reason: why.slice(0, 200), unroutable: true });
+    this.teardown(peer, why, false, true);
+    peer.unroutable = { host, why };
+    if (!this.tcpFallback && peer.queuedFrames + (peer.pendingRow ? 1 : 0) > 0) {
+      this.metrics.dropsUnreachable += peer.queuedFrames + (peer.pendingRow ? 1 : 0);
+      peer.queue = [];
+      peer.queuedFrames = 0;
+      peer.queuedBytes = 0;
+      peer.pendingRow = null;
+    }
+    this.log(`RDMA path to n${peer.id} given up: ${why}`);
   }
 
   private onConnectRequest(e: CmEvent): void {

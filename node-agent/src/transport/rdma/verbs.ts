@@ -11,13 +11,63 @@ export interface VerbsPortInfo {
   activeMtuBytes: number;
 }
 
+/**
+ * What ibv_query_device reports (the subset the transport sizes by). Devices differ widely: a ConnectX
+ * allows millions of completion queue entries, Soft-RoCE (rxe) 32,767; every queue is sized within these.
+ */
+export interface VerbsDeviceLimits {
+  maxQueuePairs: number;
+  /** max_qp_wr: the deepest send or receive queue of one queue pair. */
+  maxQueuePairWorkRequests: number;
+  maxCompletionQueues: number;
+  /** max_cqe: the most entries of one completion queue. */
+  maxCompletionQueueEntries: number;
+  maxMemoryRegions: number;
+  /** max_mr_size: a u64 (often 2^64 - 1), so a bigint, never a lossy number. */
+  maxMemoryRegionBytes: bigint;
+  maxScatterGatherEntries: number;
+}
+
 export interface VerbsDeviceInfo {
   name: string;
   /** Node GUID, 16 hex digits. */
   guid: string;
   ports: VerbsPortInfo[];
+  /** Absent when the device could not be queried. */
+  limits?: VerbsDeviceLimits;
   /** The device is listed but could not be opened. */
   error?: string;
+}
+
+/** Completion queue entries asked for when the transport names no size (capped at the device's max_cqe). */
+export const completionQueueEntriesDefault = 65536;
+
+/**
+ * An address RDMA CM can never use: a loopback address (RDMA CM routes only over a network interface an
+ * RDMA device serves), or one whose route resolution failed with ENODEV / EADDRNOTAVAIL (no RDMA device on
+ * that route). Trying again does not help: the transport reports it once and stops dialing that address.
+ */
+export class UnroutableAddressError extends Error {
+  constructor(readonly host: string, message: string) {
+    super(message);
+    this.name = 'UnroutableAddressError';
+  }
+}
+
+/** 127.0.0.0/8, ::1, "localhost" (and IPv4-mapped loopback). */
+export function isLoopbackHost(host: string): boolean {
+  const h = host.toLowerCase().replace(/^\[|\]$/g, '');
+  return h === 'localhost' || h === '::1' || /^(::ffff:)?127\.\d{1,3}\.\d{1,3}\.\d{1,3}$/.test(h);
+}
+
+/** Statuses of addrError / routeError events that mean "no RDMA device on this route": ENODEV, EADDRNOTAVAIL. */
+export const unroutableStatuses: ReadonlySet<number> = new Set([19, 99]);
+
+/** Why RDMA CM cannot use `host`, for an error message. */
+export function unroutableReason(host: string): string {
+  return isLoopbackHost(host)
+    ? `${host} is a loopback address, which RDMA CM does not route: give the nodes the address of the network interface the RDMA device serves (rdma link show; e.g. rxe0 on eth0)`
+    : `no RDMA device serves the route to ${host} (is the RDMA device bound to the interface with that address? rdma link show)`;
 }
 
 /** Memory registered with the device's protection domain, shared with JavaScript without copies. */
@@ -80,13 +130,21 @@ export type VerbsEvent =
 /** An open device: one protection domain, one completion queue, one polling thread. */
 export interface VerbsDevice {
   readonly name: string;
+  /** The device's limits (queried when it was opened). */
+  readonly limits: VerbsDeviceLimits;
+  /** Entries of the completion queue every connection shares (what open() asked for, or the default). */
+  readonly completionQueueEntries: number;
   /** Registers `bytes` zeroed bytes (page aligned) for local and remote write. */
   register(bytes: number): RegisteredRegion;
   /** Removes the registration (the memory lives until its ArrayBuffer is collected). False if unknown. */
   deregister(handle: number): boolean;
-  /** rdmacm listener; port 0 picks one. */
+  /** rdmacm listener; port 0 picks one. Throws UnroutableAddressError for an address RDMA CM cannot use. */
   listen(host: string, port: number): { connId: number; port: number };
-  /** Dials: address and route resolution, a queue pair, then rdma_connect with `privateData`. */
+  /**
+   * Dials: address and route resolution, a queue pair, then rdma_connect with `privateData`. Throws
+   * UnroutableAddressError for an address RDMA CM cannot use; a route found missing later comes as an
+   * addrError / routeError event with a status of `unroutableStatuses`.
+   */
   connect(host: string, port: number, privateData: Uint8Array, sendDepth: number, recvDepth: number): number;
   accept(connId: number, privateData: Uint8Array, sendDepth: number, recvDepth: number): void;
   reject(connId: number): void;
@@ -107,10 +165,11 @@ export interface Verbs {
   /** Devices of this node (none without RDMA hardware or without the kernel's RDMA subsystem). */
   devices(): VerbsDeviceInfo[];
   /**
-   * Opens a device by name ('' = the first) with one completion queue of `completionQueueEntries` shared by
-   * every connection; events arrive on the main thread.
+   * Opens a device by name ('' = the first) with one completion queue shared by every connection, of
+   * `completionQueueEntries` (refused, naming max_cqe, when over the device's limit) or, when absent,
+   * completionQueueEntriesDefault capped at the device's max_cqe. Events arrive on the main thread.
    */
-  open(name: string, onEvent: (e: VerbsEvent) => void, completionQueueEntries: number): VerbsDevice;
+  open(name: string, onEvent: (e: VerbsEvent) => void, completionQueueEntries?: number): VerbsDevice;
 }
 
 /** Size of one completion record of the addon (native/src/completion_record.h). */
