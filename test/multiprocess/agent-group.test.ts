@@ -135,6 +135,14 @@ test('a 3-member group forms, orders concurrent appends identically everywhere, 
   }
   const unknown = await cluster.request(1, 'GET', '/nope');
   t.is(unknown.status, 404);
+  // A subgroup that does not exist, or is not a kv: the client's mistake (4xx, naming it), not a server error.
+  const noSubgroup = await cluster.put(1, 'k', 'v', 'nosuch');
+  t.is(noSubgroup.status, 404, noSubgroup.text);
+  t.regex(noSubgroup.text, /no subgroup \\"nosuch\\" \(subgroups: kv, events\)/);
+  t.is((await cluster.get(2, 'k', 'nosuch')).status, 404);
+  const notKv = await cluster.put(1, 'k', 'v', 'events');
+  t.is(notKv.status, 400, notKv.text);
+  t.regex(notKv.text, /subgroup events has type log, not kv/);
 
   // Nothing changed the view meanwhile, and no agent exited.
   const final = (await cluster.statuses()) as AgentStatus[];

@@ -173,6 +173,10 @@ export interface ManifestOptions {
   timing?: { tickMs: number; heartbeatMs: number; suspectMs: number };
   graceSeconds?: number;
   fsync?: 'fsync' | 'os';
+  /** spec.transport (default tcp). */
+  transport?: 'tcp' | 'rdma' | 'auto';
+  /** spec.wireLimits (default: the schema's). */
+  wireLimits?: { payloadBytesMax?: number; frameBytesMax?: number };
 }
 
 /**
@@ -200,6 +204,8 @@ export function manifest(options: ManifestOptions = {}): Record<string, unknown>
       restart: { graceSeconds: options.graceSeconds ?? 0.5, quorumTimeoutSeconds: 300 },
       timing: options.timing ?? TEST_TIMING,
       fsync: options.fsync ?? 'fsync',
+      ...(options.transport ? { transport: options.transport } : {}),
+      ...(options.wireLimits ? { wireLimits: options.wireLimits } : {}),
     },
   };
 }
@@ -261,6 +267,8 @@ export interface ClusterOptions extends ManifestOptions {
   supervise?: boolean;
   /** Start these nodes at once (default: none; call start()). */
   start?: number[];
+  /** The address the agents listen on (peers and HTTP; default 127.0.0.1; RDMA needs the device's). */
+  host?: string;
 }
 
 export class Cluster {
@@ -285,6 +293,7 @@ export class Cluster {
     const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'derecho-mp-'));
     const members = options.members ?? 3;
     const cluster = new Cluster(t, dir, members, options);
+    const host = options.host ?? HOST;
     t.teardown(() => cluster.teardown());
     fs.writeFileSync(cluster.manifestFile, YAML.stringify(manifest(options)));
     fs.writeFileSync(cluster.secretFile, randomBytes(32), { mode: 0o600 });
@@ -297,16 +306,16 @@ export class Cluster {
         dataDir: path.join(dir, `node-${id}`),
         configFile: path.join(dir, `agent-${id}.yaml`),
         logFile: path.join(dir, `node-${id}.log`),
-        url: `http://${HOST}:${httpPort}`,
+        url: `http://${host.includes(':') ? `[${host}]` : host}:${httpPort}`,
         child: null, exits: [], starts: 0, supervisorRestarts: 0,
       });
     }
-    const peers = Object.fromEntries([...cluster.nodes.values()].map((n) => [String(n.id), `${HOST}:${n.peerPort}`]));
+    const peers = Object.fromEntries([...cluster.nodes.values()].map((n) => [String(n.id), `${host.includes(':') ? `[${host}]` : host}:${n.peerPort}`]));
     for (const n of cluster.nodes.values()) {
       fs.writeFileSync(n.configFile, YAML.stringify({
         nodeId: n.id,
         groupFile: cluster.manifestFile,
-        listen: { host: HOST, peerPort: n.peerPort, httpPort: n.httpPort },
+        listen: { host, peerPort: n.peerPort, httpPort: n.httpPort },
         dataDir: n.dataDir,
         peers,
         auth: { hmacSecretFile: cluster.secretFile },

@@ -17,7 +17,7 @@ import { createAgentTransport } from '../transport/select.ts';
 import type { TransportChoice } from '../transport/select.ts';
 import type { TcpTransportOptions } from '../transport/tcp-transport.ts';
 import { BenchProbe } from './bench.ts';
-import { Driver } from './driver.ts';
+import { Driver, RequestError } from './driver.ts';
 import { createHttpServer, listenHttp } from './http.ts';
 import { createLogger } from './logger.ts';
 import type { Logger } from './logger.ts';
@@ -258,8 +258,8 @@ export class Agent {
 
   shardCount(subgroup: string, type?: string): number {
     const sg = this.config.group.spec.subgroups.find((s) => s.name === subgroup);
-    if (!sg) throw Object.assign(new Error(`no subgroup ${JSON.stringify(subgroup)} (subgroups: ${this.config.group.spec.subgroups.map((s) => s.name).join(', ')})`), { status: 404 });
-    if (type !== undefined && sg.type !== type) throw Object.assign(new Error(`subgroup ${subgroup} has type ${sg.type}, not ${type}`), { status: 400 });
+    if (!sg) throw new RequestError(`no subgroup ${JSON.stringify(subgroup)} (subgroups: ${this.config.group.spec.subgroups.map((s) => s.name).join(', ')})`, 404);
+    if (type !== undefined && sg.type !== type) throw new RequestError(`subgroup ${subgroup} has type ${sg.type}, not ${type}`, 400);
     return sg.shards;
   }
 
