@@ -27,7 +27,7 @@ import type { EtcdPutResult, EtcdTools } from './etcd.ts';
 import { measureLoopback } from './loopback.ts';
 import type { LoopbackResult } from './loopback.ts';
 import { throughputChart } from './chart.ts';
-import { loadNativeVerbs } from '../node-agent/src/transport/rdma/native-verbs.ts';
+import { loadNativeVerbs, rdmaDeviceAddresses } from '../node-agent/src/transport/rdma/native-verbs.ts';
 import { pickDevice } from '../node-agent/src/transport/select.ts';
 
 const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
@@ -165,7 +165,8 @@ async function main(): Promise<void> {
     const devices = native.verbs.devices();
     const picked = pickDevice(devices, process.env['DERECHO_RDMA_DEVICE']);
     if ('problem' in picked) throw new Error(`--transport rdma: ${picked.problem}; run the bench on a node with an RDMA NIC (docs/rdma.md)`);
-    o.host ??= Object.values(os.networkInterfaces()).flat().find((a) => a && a.family === 'IPv4' && !a.internal)?.address ?? null;
+    // The address of the interface the device serves (RDMA CM routes only there), else any non-loopback IPv4.
+    o.host ??= rdmaDeviceAddresses(picked.name)[0] ?? Object.values(os.networkInterfaces()).flat().find((a) => a && a.family === 'IPv4' && !a.internal)?.address ?? null;
     if (o.host === null) throw new Error('--transport rdma: no non-loopback IPv4 address found for rdmacm; give the RDMA NIC\'s address with --host');
     log(`transport rdma: device ${picked.name}, agents on ${o.host}`);
   }
