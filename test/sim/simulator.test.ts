@@ -208,6 +208,7 @@ test('fsync policy os: in about one seed of four; a machine crash loses the unsy
       const what = `${storage}, ${machine ? 'machine' : 'process'} crash`;
       const cluster = new Cluster({ seed: 3, policy: singleShardPolicy('persistent'), founders: [1, 2, 3], storage, network: { maxDelayTicks: 2, longDelayChance: 0 }, traceWaiting: false });
       cluster.start();
+      for (let i = 0; i < 100 && !cluster.settledness().settled; i++) cluster.tick(); // the founders confirm view 0
       for (let i = 0; i < 20; i++) {
         t.true(cluster.send(1 + (i % 3), 0, `w${i}`).ok, what);
         cluster.run(2);

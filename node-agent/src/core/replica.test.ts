@@ -14,8 +14,15 @@ function config(nodeId: number, over: Partial<ReplicaConfig> = {}): ReplicaConfi
   return { ...DEFAULT_TIMING, nodeId, policy, ...over };
 }
 
+/** Founders 1, 2, 3 that exchanged their foundingHellos and installed view 0 (their Readys consumed). */
 function founders(over: Partial<ReplicaConfig> = {}): Replica[] {
-  return [1, 2, 3].map((id) => new Replica(config(id, over), { kind: 'bootstrap', members: [1, 2, 3] }, new Prng(id)));
+  const replicas = [1, 2, 3].map((id) => new Replica(config(id, over), { kind: 'bootstrap', members: [1, 2, 3] }, new Prng(id)));
+  const net = new Net(replicas);
+  net.drainAll();
+  for (let i = 0; i < 5 && net.inflight.length > 0; i++) net.hop();
+  if (!replicas.every((r) => r.status().mode === 'active')) throw new Error('the founders did not install view 0');
+  net.inflight = [];
+  return replicas;
 }
 
 /**
@@ -98,6 +105,54 @@ test('founders install view 0 with the allocated layout', (t) => {
   t.is(status.viewId, 0);
   t.deepEqual(status.members, [1, 2, 3]);
   t.deepEqual(status.shards.map((s) => s.members), [[1, 2, 3]]);
+});
+
+test('founding: view 0 is installed only once every founder confirmed it; a lost hello is sent again', (t) => {
+  const rs = [1, 2, 3].map((id) => new Replica(config(id), { kind: 'bootstrap', members: [1, 2, 3] }, new Prng(id)));
+  const net = new Net(rs);
+  net.crashed.add(3); // node 3 is not up yet: what it is sent is lost
+  net.drainAll();
+  for (let i = 0; i < 3; i++) net.hop();
+  for (const r of rs) t.is(r.status().mode, 'joining', 'nobody installs view 0 while a founder is silent');
+  t.regex(net.get(1).status().waiting.message, /^founding: waiting for founding member\(s\) 3 to confirm view 0$/);
+  net.crashed.delete(3);
+  t.true(net.tickUntil(() => rs.every((r) => r.status().mode === 'active' && r.status().viewId === 0), 50), rs.map((r) => r.status().waiting.message).join('; '));
+  t.deepEqual(net.get(3).status().members, [1, 2, 3]);
+});
+
+test('founding: a founder whose peers already run the group joins it instead of founding a view 0 of its own', (t) => {
+  // Nodes 1 and 2 founded a group of [1, 2] and run in it; node 3 starts with a manifest that makes it a
+  // founder of [1, 2, 3] (issue 15: a wrong founding count). It must never install a view 0 of its own.
+  const policy2: GroupPolicy = { subgroups: [{ name: 'kv', shards: 1, minNodesPerShard: 1, maxNodesPerShard: 3, deliveryMode: 'ordered', persistent: true }] };
+  const running = [1, 2].map((id) => new Replica(config(id, { policy: policy2 }), { kind: 'bootstrap', members: [1, 2] }, new Prng(id)));
+  const installsOf3: number[] = [];
+  const net = new Net(running, (node, ready) => {
+    if (node === 3 && ready.installView) installsOf3.push(ready.installView.viewId);
+  });
+  net.drainAll();
+  t.true(net.tickUntil(() => running.every((r) => r.status().mode === 'active'), 20));
+  const late = new Replica(config(3, { policy: policy2 }), { kind: 'bootstrap', members: [1, 2, 3] }, new Prng(3));
+  net.add(late);
+  net.drain(late);
+  t.is(late.status().mode, 'joining', 'no view 0 of its own at the start');
+  t.true(net.tickUntil(() => late.status().mode === 'active', 200), late.status().waiting.message);
+  // It was admitted by the running group (a view after 0 that contains it), never in a view 0 of its own.
+  t.deepEqual(installsOf3, [1]);
+  t.true(late.status().viewId > 0, `view ${late.status().viewId}`);
+  t.deepEqual(net.get(1).status().members, late.status().members);
+  t.true(late.status().members.includes(3));
+});
+
+test('founding: a founder that meets a restarting group reports as a blank member; one with another founder list waits and says why', (t) => {
+  const a = new Replica(config(1), { kind: 'bootstrap', members: [1, 2, 3] }, new Prng(1));
+  a.step({ kind: 'foundingHello', from: 2, members: [1, 2, 3, 4] });
+  a.assertInvariants();
+  t.is(a.status().mode, 'joining');
+  t.regex(a.status().waiting.message, /node 2 founds a group of \[1, 2, 3, 4\], this node one of \[1, 2, 3\]: the members' manifests differ/);
+  const b = new Replica(config(1), { kind: 'bootstrap', members: [1, 2, 3] }, new Prng(1));
+  b.step({ kind: 'restartReport', from: 2, report: { nodeId: 2, lastView: { viewId: 4, members: [2, 3], layout: { shards: [] } }, highestViewIdSeen: 4, trims: [], logTails: [], promised: null } as never });
+  b.assertInvariants();
+  t.is(b.status().mode, 'restarting', 'a blank member of the restarting group, never a founder of a new one');
 });
 
 test('a founder list that cannot host the policy is refused with the allocator\'s reason', (t) => {

@@ -183,6 +183,13 @@ export class Replica {
   private joiningSinceTick = 0;
   /** Started with nothing saved: if the group turns out to be restarting, take part as a blank member. */
   private startedBlank = false;
+  /**
+   * Founding (start kind bootstrap, mode 'joining'): view 0 waits until every other founder confirmed it
+   * founds the same group (a foundingHello with the same members, or view-0 traffic). Evidence that the
+   * group already exists ends it: the node joins instead. Null once view 0 is installed or abandoned.
+   * Invariant: non-null only in mode 'joining', and `confirmed` only grows, within `view.members`.
+   */
+  private founding: { view: View; confirmed: Set<NodeId> } | null = null;
   /** The restart-consensus acceptor state of this process, kept while it joins instead (see becomeJoiner). */
   /** What this process restarted with and joins with instead (JoinRequestMessage.holds); null: nothing. */
   private joinHolds: HeldLogs | null = null;
@@ -207,10 +214,14 @@ export class Replica {
         if (new Set(members).size !== members.length) throw new Error(`bootstrap: duplicate member ids in [${members.join(', ')}]`);
         const alloc = allocate(config.policy, null, members);
         if (!alloc.adequate) throw new Error(`bootstrap: the founding members cannot host the policy: ${alloc.reason}`);
-        this.mode = 'active';
         const view: View = { viewId: 0, members, layout: alloc.layout };
-        this.out.persist.push({ kind: 'view', view });
-        this.installFresh(view, [], true);
+        this.mode = 'joining';
+        this.startedBlank = true;
+        this.contacts = members.filter((m) => m !== this.me);
+        this.founding = { view, confirmed: new Set([this.me]) };
+        this.waiting = { kind: 'joining', message: `founding: waiting for founding member(s) ${this.contacts.join(', ')} to confirm view 0` };
+        if (this.contacts.length === 0) this.installFounding();
+        else this.sendFoundingHellos();
         break;
       }
       case 'join':
@@ -250,11 +261,20 @@ export class Replica {
       case 'data':
         if (this.mode === 'active') this.onViewMessage(message);
         else if (this.mode === 'restarting' && this.restart) this.onRestartViewTraffic(message.from, message.viewId);
+        else if (this.founding) {
+          // A founder's view-0 traffic: it installed view 0, so it heard from every founder, us included.
+          if (message.viewId === 0 && this.founding.view.members.includes(message.from)) this.confirmFounder(message.from);
+          else if (message.viewId > 0) this.abandonFounding(`node ${message.from} is already in view ${message.viewId}`, null);
+        }
+        break;
+      case 'foundingHello':
+        this.onFoundingHello(message.from, message.members);
         break;
       case 'joinRequest':
         this.onJoinRequest(message.from, message.incarnation, message.diskId ?? 0, message.holds ?? null);
         break;
       case 'joinRedirect':
+        if (this.founding) this.abandonFounding(`node ${message.from} answered that the group runs, led by node ${message.leader}`, message.leader);
         if (this.mode === 'joining') {
           this.preferredContact = message.leader;
           this.sendJoinRequest(message.leader);
@@ -267,6 +287,7 @@ export class Replica {
         this.onViewDecided(message.value);
         break;
       case 'restartReport':
+        if (this.founding) this.abandonFounding(`node ${message.from} is restarting the group`, null);
         if (this.mode === 'joining' && this.startedBlank) this.becomeBlankRestarter();
         this.onRestartReport(message.from, message.report);
         break;
@@ -447,6 +468,10 @@ export class Replica {
   }
 
   assertInvariants(): void {
+    if (this.founding) {
+      if (this.mode !== 'joining') throw new Error('invariant: a founding replica is joining until view 0 is installed');
+      if (![...this.founding.confirmed].every((m) => this.founding!.view.members.includes(m))) throw new Error('invariant: only founders confirm view 0');
+    }
     if (this.mode === 'active') {
       if (!this.view || this.myRank < 0 || this.view.members[this.myRank] !== this.me) throw new Error('invariant: an active replica has a view that contains it');
       const row = this.myRow();
@@ -1315,6 +1340,14 @@ export class Replica {
   }
 
   private tickJoining(): void {
+    if (this.founding) {
+      if (this.tickCount - this.joiningSinceTick > this.config.wedgedExitTicks) {
+        this.exit(`view 0 not confirmed within ${this.config.wedgedExitTicks} ticks (${this.waiting.message})`);
+        return;
+      }
+      if (this.tickCount - this.lastRetryTick >= this.config.retryTicks) this.sendFoundingHellos();
+      return;
+    }
     if (this.tickCount - this.joiningSinceTick > this.config.wedgedExitTicks) {
       // Nobody admitted us: perhaps every member is itself restarting. Start over (restart if we have
       // saved state, so we can count toward a restart quorum).
@@ -1329,6 +1362,68 @@ export class Replica {
       to = this.contacts[this.contactCursor++ % this.contacts.length]!;
     }
     this.sendJoinRequest(to);
+  }
+
+  // ---- founding (ADR 0012) ----
+
+  private sendFoundingHellos(): void {
+    const f = this.founding!;
+    this.lastRetryTick = this.tickCount;
+    for (const m of f.view.members) if (!f.confirmed.has(m)) this.emit(m, { kind: 'foundingHello', from: this.me, members: [...f.view.members] });
+  }
+
+  private onFoundingHello(from: NodeId, members: NodeId[]): void {
+    if (this.founding) {
+      const f = this.founding;
+      if (!f.view.members.includes(from)) return;
+      if (members.length !== f.view.members.length || members.some((m, i) => m !== f.view.members[i])) {
+        this.waiting = { kind: 'joining', message: `founding: node ${from} founds a group of [${members.join(', ')}], this node one of [${f.view.members.join(', ')}]: the members' manifests differ` };
+        return;
+      }
+      // Answer, so that it confirms us even if our earlier hello was lost.
+      this.emit(from, { kind: 'foundingHello', from: this.me, members: [...f.view.members] });
+      this.confirmFounder(from);
+      return;
+    }
+    if (this.mode === 'active') {
+      const view = this.view!;
+      // Still in the view 0 it founds: it just has not heard from us (our hello was lost). Otherwise the group
+      // runs: it must join, not found a view 0 of its own.
+      if (view.viewId === 0 && view.members.includes(from) && members.length === view.members.length && members.every((m, i) => m === view.members[i])) {
+        this.emit(from, { kind: 'foundingHello', from: this.me, members: [...view.members] });
+      } else {
+        const leader = view.members.find((_, rank) => !this.myRow().suspected[rank]) ?? this.me;
+        this.emit(from, { kind: 'joinRedirect', from: this.me, leader });
+      }
+    } else if (this.mode === 'restarting') {
+      this.emit(from, { kind: 'restartReport', from: this.me, report: this.myRestartReport() });
+    }
+  }
+
+  private confirmFounder(from: NodeId): void {
+    const f = this.founding!;
+    f.confirmed.add(from);
+    const missing = f.view.members.filter((m) => !f.confirmed.has(m));
+    if (missing.length === 0) this.installFounding();
+    else this.waiting = { kind: 'joining', message: `founding: waiting for founding member(s) ${missing.join(', ')} to confirm view 0` };
+  }
+
+  private installFounding(): void {
+    const view = this.founding!.view;
+    this.founding = null;
+    this.startedBlank = false;
+    this.mode = 'active';
+    this.out.persist.push({ kind: 'view', view });
+    this.installFresh(view, [], true);
+  }
+
+  /** The group exists already (active or restarting): join it as a new member (`leader`: where to ask). */
+  private abandonFounding(why: string, leader: NodeId | null): void {
+    this.founding = null;
+    this.preferredContact = leader;
+    this.joiningSinceTick = this.tickCount;
+    this.lastRetryTick = -1_000_000;
+    this.waiting = { kind: 'joining', message: `joining instead of founding: ${why}` };
   }
 
   private sendJoinRequest(to: NodeId): void {

@@ -153,7 +153,8 @@ export type Message =
   | RestartAcceptMessage
   | RestartAcceptedMessage
   | RestartCommitMessage
-  | StateRequestMessage;
+  | StateRequestMessage
+  | FoundingHelloMessage;
 
 /** A push of the sender's own row of the shared state table for `viewId`. */
 export interface RowMessage {
@@ -201,6 +202,18 @@ export interface JoinRedirectMessage {
   kind: 'joinRedirect';
   from: NodeId;
   leader: NodeId;
+}
+
+/**
+ * A founding member, before it installs view 0: "I am founding a group of `members`". View 0 is installed
+ * only once every other founder said so (or sent view-0 traffic); an answer from a member that is already
+ * active (a joinRedirect) or restarting (a restartReport) shows the group exists, and the node joins it
+ * instead of founding a view 0 of its own (ADR 0012).
+ */
+export interface FoundingHelloMessage {
+  kind: 'foundingHello';
+  from: NodeId;
+  members: NodeId[];
 }
 
 /** Sent to a joining node: the view it is now a member of. */

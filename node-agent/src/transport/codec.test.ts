@@ -52,7 +52,7 @@ test('every sample message round-trips (the fixtures the transport tests use)', 
     t.deepEqual(plain(r.message), plain(m));
     kinds.add(m.kind);
   }
-  t.is(kinds.size, 17); // 14 core kinds + stateTransfer, app, block
+  t.is(kinds.size, 18); // 15 core kinds + stateTransfer, app, block
 });
 
 test('data: fixed 30-byte header, payload decoded as a view into the frame (no copy)', (t) => {

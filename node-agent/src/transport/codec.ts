@@ -84,6 +84,7 @@ export const FrameType = Object.freeze({
   restartAccepted: 0x19,
   restartCommit: 0x1a,
   stateRequest: 0x1b,
+  foundingHello: 0x1c,
   // Connection handshake (tcp-transport.ts); never decoded as messages.
   authHello: 0x70,
   authChallenge: 0x71,
@@ -104,6 +105,7 @@ const controlTypes: Record<ControlKind, number> = {
   restartAccepted: FrameType.restartAccepted,
   restartCommit: FrameType.restartCommit,
   stateRequest: FrameType.stateRequest,
+  foundingHello: FrameType.foundingHello,
 };
 const controlKindOfType = new Map<number, ControlKind>(
   (Object.entries(controlTypes) as [ControlKind, number][]).map(([k, t]) => [t, k]),
@@ -237,6 +239,7 @@ export function controlSchemas(l: CodecLimits) {
     restartAccepted: z.object({ kind: z.literal('restartAccepted'), from: nodeId, ballot }),
     restartCommit: z.object({ kind: z.literal('restartCommit'), from: nodeId, plan: restartDecision }),
     stateRequest: z.object({ kind: z.literal('stateRequest'), from: nodeId, shardId, viewId }),
+    foundingHello: z.object({ kind: z.literal('foundingHello'), from: nodeId, members: z.array(nodeId).min(1).max(l.membersMax) }),
   } satisfies Record<ControlKind, z.ZodType>;
   return {
     version, view, viewChangeValue, stateTransferPlan, ballot, savedTrim, restartReport, restartDecision, messages,

@@ -100,6 +100,7 @@ export function arbitraries(l: CodecLimits) {
     restartAccepted: fc.record({ kind: k('restartAccepted'), from: nodeId, ballot }),
     restartCommit: fc.record({ kind: k('restartCommit'), from: nodeId, plan: decision }),
     stateRequest: fc.record({ kind: k('stateRequest'), from: nodeId, shardId, viewId }),
+    foundingHello: fc.record({ kind: k('foundingHello'), from: nodeId, members: fc.array(nodeId, { minLength: 1, maxLength: cap(l.membersMax, 6) }) }),
     app: fc.record({ kind: k('app'), from: nodeId, body: fc.uint8Array({ maxLength: 64 }) }),
     block: fc
       .record({ from: nodeId, origin: nodeId, messageId: fc.nat(), blockCount: fc.integer({ min: 1, max: 1000 }), members, bytes: fc.uint8Array({ maxLength: 64 }) })
@@ -166,6 +167,7 @@ export function sampleMessages(from: number): WireMessage[] {
     { kind: 'restartAccepted', from, ballot: { round: 3, nodeId: 1 } },
     { kind: 'restartCommit', from, plan },
     { kind: 'stateRequest', from, shardId: 1, viewId: 3 },
+    { kind: 'foundingHello', from, members: [1, 2, 3] },
     { kind: 'app', from, body: new Uint8Array([123, 125]) },
     { kind: 'block', from, origin: 2, messageId: 9, blockIndex: 1, blockCount: 3, totalBytes: 10, members: [2, 1, 3], bytes: new Uint8Array([1, 2, 3, 4]) },
   ];
