@@ -564,6 +564,32 @@ test('deleting the group stops the pods, keeps retained volumes, and drops the f
   t.true(cluster.objects.has('PersistentVolumeClaim/kv-demo-1-data'));
 });
 
+test('a group re-created over volumes left by an earlier one keeps spec.members as its founding count (issue 15: a volume of node 4 made 4 founders)', (t) => {
+  // The earlier group grew to 4 members, shrank to 3 and was deleted: its retained volumes 1..4 stay.
+  const old = settled({ members: 4 });
+  runUntilSettled(old);
+  old.group = { ...old.group, metadata: { ...old.group.metadata, deletionTimestamp: NOW } };
+  old.step();
+  old.step();
+  const volumes = [...old.objects.values()].filter((o) => o.kind === 'PersistentVolumeClaim');
+  t.deepEqual(volumes.map((v) => v.metadata.name).sort(), ['kv-demo-1-data', 'kv-demo-2-data', 'kv-demo-3-data', 'kv-demo-4-data']);
+  // A new group of the same name, 3 members: no ConfigMap, no status, four volumes.
+  const cluster = new Cluster(kvDemo({ members: 3 }));
+  for (const v of volumes) cluster.objects.set(`PersistentVolumeClaim/${v.metadata.name}`, v);
+  const first = cluster.step();
+  const configMap = first.objects.find((o) => o.kind === 'ConfigMap')!;
+  t.like(configMap.metadata.annotations, { [ANNOTATION.foundingMembers]: '3', [ANNOTATION.members]: '3' });
+  t.regex((configMap as KubeObject & { data: Record<string, string> }).data['group.yaml']!, /\n {2}members: 3\n/, 'node 4, added later, joins: it is not a founder');
+  t.deepEqual(cluster.podIds(), [1, 2, 3]);
+  t.is(first.status.foundingMembers, 3);
+  // Scaling to 4 later adds node 4 as a joiner (on its old volume), the founding count unchanged.
+  runUntilSettled(cluster);
+  cluster.setSpec({ members: 4 });
+  runUntilSettled(cluster);
+  t.deepEqual(cluster.podIds(), [1, 2, 3, 4]);
+  t.like(cluster.objects.get('ConfigMap/kv-demo-config')!.metadata.annotations, { [ANNOTATION.foundingMembers]: '3', [ANNOTATION.members]: '4' });
+});
+
 test('deleting a group with storage.retention "delete" deletes its volumes before the finalizer goes', (t) => {
   const cluster = settled({ storage: { size: '1Gi', retention: 'delete' } });
   cluster.group = { ...cluster.group, metadata: { ...cluster.group.metadata, deletionTimestamp: NOW } };

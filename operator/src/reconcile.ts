@@ -255,14 +255,17 @@ function indexObserved(observed: ObservedObjects, name: string): Observed {
   };
 }
 
-/** The recorded founding and current member counts (ConfigMap annotations, else the previous status). */
+/**
+ * The recorded founding and current member counts (ConfigMap annotations, else the previous status).
+ * Never inferred from volumes: retained volumes outlive their group, and a group re-created over them is a
+ * new group whose founding count is its spec (a volume of a node that joined the earlier group later made
+ * that node a "founder" - issue 15). Running pods of the group, if any, say how many members it has.
+ */
 function recordedCounts(observed: Observed, previous: DerechoGroupStatus | null): { founding: number | null; current: number | null } {
   const annotations = observed.configMap?.metadata.annotations ?? {};
-  const ids = [...observed.pods.keys(), ...observed.pvcs.keys()];
-  const highest = ids.length > 0 ? Math.max(...ids) : null;
-  const highestPod = observed.pods.size > 0 ? Math.max(...observed.pods.keys()) : highest;
+  const highestPod = observed.pods.size > 0 ? Math.max(...observed.pods.keys()) : null;
   return {
-    founding: positiveInt(annotations[ANNOTATION.foundingMembers]) ?? positiveInt(previous?.foundingMembers) ?? highest,
+    founding: positiveInt(annotations[ANNOTATION.foundingMembers]) ?? positiveInt(previous?.foundingMembers) ?? null,
     current: positiveInt(annotations[ANNOTATION.members]) ?? positiveInt(previous?.currentMembers) ?? highestPod,
   };
 }
