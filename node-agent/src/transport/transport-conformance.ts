@@ -48,8 +48,14 @@ export interface ConformanceOptions {
   host?: string;
 }
 
+/**
+ * Every wait and test timeout of the transport tests is multiplied by this: DERECHO_TEST_TIME_SCALE (default
+ * 1). scripts/rdma-vm.sh sets it for its guest, where qemu's software emulation makes everything 10-30x slower.
+ */
+export const timeScale = Math.max(1, Number(process.env['DERECHO_TEST_TIME_SCALE'] ?? '1') || 1);
+
 export async function waitFor(what: string, cond: () => boolean, ms = 5000): Promise<void> {
-  const deadline = Date.now() + ms;
+  const deadline = Date.now() + ms * timeScale;
   while (!cond()) {
     if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
     await new Promise((r) => setTimeout(r, 5));
@@ -137,7 +143,7 @@ export function registerConformance(o: ConformanceOptions): void {
       return;
     }
     const run = async (t: ExecutionContext): Promise<void> => {
-      t.timeout(timeoutMs);
+      t.timeout(timeoutMs * timeScale);
       await body(t, harness(t, o.make, o.defaults, o.host));
     };
     if (o.serial) test.serial(full, run);

@@ -30,10 +30,13 @@ export const HCA_LIMITS: Readonly<VerbsDeviceLimits> = Object.freeze({
   maxScatterGatherEntries: 30,
 });
 
-/** Soft-RoCE's (rdma_rxe) limits, as ibv_devinfo -v reports them. */
+/**
+ * Soft-RoCE's (rdma_rxe) limits: max_cqe, max_qp_wr and max_mr_size as the Linux 6.1 rxe0 of
+ * scripts/rdma-vm.sh reports them; the others approximate.
+ */
 export const RXE_LIMITS: Readonly<VerbsDeviceLimits> = Object.freeze({
   maxQueuePairs: 65536,
-  maxQueuePairWorkRequests: 16384,
+  maxQueuePairWorkRequests: 1048576,
   maxCompletionQueues: 16384,
   maxCompletionQueueEntries: 32767,
   maxMemoryRegions: 262144,

@@ -1,7 +1,7 @@
 import test from 'ava';
 import type { ExecutionContext } from 'ava';
 import type { WireMessage } from '../codec.ts';
-import { registerConformance, harness, data, waitFor, secret, host } from '../transport-conformance.ts';
+import { registerConformance, harness, data, waitFor, secret, host, timeScale } from '../transport-conformance.ts';
 import type { TcpTransportOptions } from '../tcp-transport.ts';
 import { TcpTransport } from '../tcp-transport.ts';
 import { Codec } from '../codec.ts';
@@ -124,7 +124,7 @@ function rdmaHarness(t: ExecutionContext, fab: FakeFabric, extra: Partial<RdmaTr
 }
 
 test('rows are one-sided writes into row slots; rows waiting for a slot are coalesced to the newest', async (t) => {
-  t.timeout(10_000);
+  t.timeout(10_000 * timeScale);
   const fab = new FakeFabric();
   const h = rdmaHarness(t, fab, { geometry: { rowSlots: 2 } });
   const a = await h.start(1);
@@ -146,7 +146,7 @@ test('rows are one-sided writes into row slots; rows waiting for a slot are coal
 });
 
 test('small frames queued in one turn travel together: one write with immediate carries many frames', async (t) => {
-  t.timeout(10_000);
+  t.timeout(10_000 * timeScale);
   const fab = new FakeFabric();
   const h = rdmaHarness(t, fab);
   const a = await h.start(1);
@@ -179,7 +179,7 @@ test('small frames queued in one turn travel together: one write with immediate 
 });
 
 test('close() writes what is queued (as credits come back) before tearing the paths down', async (t) => {
-  t.timeout(10_000);
+  t.timeout(10_000 * timeScale);
   const fab = new FakeFabric();
   const h = rdmaHarness(t, fab, { geometry: { ringSlots: 2, ringSlotBytes: 256 } });
   const a = await h.start(1, { closeTimeoutMs: 8000 });
@@ -197,7 +197,7 @@ test('close() writes what is queued (as credits come back) before tearing the pa
 });
 
 test('a frame larger than the whole ring travels in fragments as credits come back; bounded in-flight', async (t) => {
-  t.timeout(20_000);
+  t.timeout(20_000 * timeScale);
   const fab = new FakeFabric();
   const geometry = { ringSlots: 8, ringSlotBytes: 1024 };
   const h = rdmaHarness(t, fab, { geometry });
@@ -220,7 +220,7 @@ test('a frame larger than the whole ring travels in fragments as credits come ba
 });
 
 test('transport rdma: frames wait for the RDMA path (bounded), never go over TCP; tcpFallback sends them over TCP', async (t) => {
-  t.timeout(10_000);
+  t.timeout(10_000 * timeScale);
   const fab = new FakeFabric();
   const strict = rdmaHarness(t, fab);
   const a = await strict.start(1);
@@ -258,7 +258,7 @@ test('transport rdma: frames wait for the RDMA path (bounded), never go over TCP
 });
 
 test('a QP failure (remote access error) tears the path down, reports it, and the pair sets up a new one', async (t) => {
-  t.timeout(10_000);
+  t.timeout(10_000 * timeScale);
   const fab = new FakeFabric();
   const h = rdmaHarness(t, fab);
   const a = await h.start(1);
@@ -277,7 +277,7 @@ test('a QP failure (remote access error) tears the path down, reports it, and th
 });
 
 test('connect requests without the session answered over the authenticated connection are refused', async (t) => {
-  t.timeout(10_000);
+  t.timeout(10_000 * timeScale);
   const fab = new FakeFabric();
   const h = rdmaHarness(t, fab);
   const a = await h.start(1);
@@ -298,7 +298,7 @@ test('connect requests without the session answered over the authenticated conne
 });
 
 test('malformed immediates and out-of-bounds fragment lengths from a peer drop its path, not the process', async (t) => {
-  t.timeout(10_000);
+  t.timeout(10_000 * timeScale);
   const fab = new FakeFabric();
   const h = rdmaHarness(t, fab);
   const a = await h.start(1);
@@ -341,7 +341,7 @@ test('setup messages are validated: geometry bounds, addresses, sessions', (t) =
 // ---- issue 13: what Soft-RoCE showed on real verbs -------------------------------------------------
 
 test('the completion queue is sized within the device\'s max_cqe: on Soft-RoCE (32,767) paths open; asking for more names the limit', async (t) => {
-  t.timeout(20_000);
+  t.timeout(20_000 * timeScale);
   const fab = new FakeFabric({ limits: RXE_LIMITS });
   const info = fab.verbs(['rxe0']).devices()[0]!;
   t.is(info.limits?.maxCompletionQueueEntries, 32767);
@@ -357,8 +357,9 @@ test('the completion queue is sized within the device\'s max_cqe: on Soft-RoCE (
   t.throws(() => new RdmaTransport({ nodeId: 3, secret, verbs: fab.verbs(['rxe0']), completionQueueEntries: 65536 }), {
     message: /completionQueueEntries 65536 is over what RDMA device rxe0 allows \(max_cqe 32767\)/,
   });
-  // A geometry whose queue pairs are deeper than max_qp_wr (16,384) is refused when the transport is made.
-  t.throws(() => new RdmaTransport({ nodeId: 3, secret, verbs: fab.verbs(['rxe0']), geometry: { ringSlots: 8192, ringSlotBytes: 4096 } }), {
+  // A geometry whose queue pairs are deeper than the device's max_qp_wr is refused when the transport is made.
+  const shallow = new FakeFabric({ limits: { ...RXE_LIMITS, maxQueuePairWorkRequests: 16384 } });
+  t.throws(() => new RdmaTransport({ nodeId: 3, secret, verbs: shallow.verbs(['rxe0']), geometry: { ringSlots: 8192, ringSlotBytes: 4096 } }), {
     message: /need queue pairs \d+ deep, over what RDMA device rxe0 allows \(max_qp_wr 16384\)/,
   });
 });
@@ -387,13 +388,13 @@ async function unroutableDial(t: ExecutionContext, verbsFor: (fab: FakeFabric) =
 }
 
 test('an address RDMA CM cannot route (route resolution: ENODEV) fails once with the cause, and is not dialed again', async (t) => {
-  t.timeout(20_000);
+  t.timeout(20_000 * timeScale);
   const fab = new FakeFabric({ unroutable: (h) => isLoopbackHost(h) });
   await unroutableDial(t, (f) => f.verbs(), fab, /no RDMA route to n2 at 127\.0\.0\.1 \(routeError, ENODEV\): 127\.0\.0\.1 is a loopback address, which RDMA CM does not route/);
 });
 
 test('a loopback address refused by the verbs layer at connect fails once with the cause, and is not dialed again', async (t) => {
-  t.timeout(20_000);
+  t.timeout(20_000 * timeScale);
   const fab = new FakeFabric();
   // As native-verbs.ts does for the addon: connect refuses a loopback host before RDMA CM tries it.
   const refusing = (f: FakeFabric): Verbs => {
@@ -421,7 +422,7 @@ test('loopback addresses are recognized', (t) => {
 });
 
 test('the completion queue bounds the number of RDMA paths', async (t) => {
-  t.timeout(30_000); // generous: under CPU contention (CI, a simulator beside) the 3-node mesh took over 5 s
+  t.timeout(30_000 * timeScale); // generous: under CPU contention (CI, a simulator beside) the 3-node mesh took over 5 s
   const fab = new FakeFabric();
   const geometry = { ringSlots: 16, rowSlots: 1 };
   // One path needs 2 x (16 + 1) + 8 receive + 16 + 1 + 8 send = 67 entries: 100 hold one path, not two.
