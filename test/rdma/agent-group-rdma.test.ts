@@ -15,7 +15,7 @@ const MiB = 1 << 20;
 // Under qemu's software emulation (no KVM) everything is 10-30x slower: an agent takes tens of seconds to
 // start, and a tight failure detector would remove members that are only slow. Generous timing and waits;
 // a kill is still detected within suspectMs.
-const TIMING = { tickMs: 50, heartbeatMs: 250, suspectMs: 8000 };
+const TIMING = { tickMs: 50, heartbeatMs: 500, suspectMs: 30_000 };
 const SLOW_MS = 300_000;
 const overTcp = process.env['DERECHO_RDMA_GROUP_TRANSPORT'] === 'tcp';
 const native = loadNativeVerbs();
