@@ -30,16 +30,13 @@ export const HCA_LIMITS: Readonly<VerbsDeviceLimits> = Object.freeze({
   maxScatterGatherEntries: 30,
 });
 
-/**
- * Soft-RoCE's (rdma_rxe) limits: max_cqe, max_qp_wr and max_mr_size as the Linux 6.1 rxe0 of
- * scripts/rdma-vm.sh reports them; the others approximate.
- */
+/** Soft-RoCE's (rdma_rxe) limits, as devices() reports them for the Linux 6.1 rxe0 of scripts/rdma-vm.sh. */
 export const RXE_LIMITS: Readonly<VerbsDeviceLimits> = Object.freeze({
-  maxQueuePairs: 65536,
+  maxQueuePairs: 1048560,
   maxQueuePairWorkRequests: 1048576,
-  maxCompletionQueues: 16384,
+  maxCompletionQueues: 1048576,
   maxCompletionQueueEntries: 32767,
-  maxMemoryRegions: 262144,
+  maxMemoryRegions: 524287,
   maxMemoryRegionBytes: (1n << 64n) - 1n,
   maxScatterGatherEntries: 32,
 });

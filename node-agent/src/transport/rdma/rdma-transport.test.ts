@@ -393,27 +393,53 @@ test('an address RDMA CM cannot route (route resolution: ENODEV) fails once with
   await unroutableDial(t, (f) => f.verbs(), fab, /no RDMA route to n2 at 127\.0\.0\.1 \(routeError, ENODEV\): 127\.0\.0\.1 is a loopback address, which RDMA CM does not route/);
 });
 
+/** Fake verbs that refuse loopback hosts as native-verbs.ts does for the addon (at connect, and at listen if asked). */
+function refusingLoopback(f: FakeFabric, at: { listen: boolean }): Verbs {
+  const v = f.verbs();
+  return {
+    devices: v.devices,
+    open: (name, onEvent, entries) => {
+      const d = v.open(name, onEvent, entries);
+      const connect = d.connect.bind(d);
+      const listen = d.listen.bind(d);
+      return Object.assign(d, {
+        connect: (h: string, ...rest: [number, Uint8Array, number, number]) => {
+          if (isLoopbackHost(h)) throw new UnroutableAddressError(h, `RDMA connect to ${h}: loopback`);
+          return connect(h, ...rest);
+        },
+        listen: (h: string, port: number) => {
+          if (at.listen && isLoopbackHost(h)) throw new UnroutableAddressError(h, `RDMA listen on ${h}: loopback`);
+          return listen(h, port);
+        },
+      });
+    },
+  };
+}
+
 test('a loopback address refused by the verbs layer at connect fails once with the cause, and is not dialed again', async (t) => {
   t.timeout(20_000 * timeScale);
+  await unroutableDial(t, (f) => refusingLoopback(f, { listen: false }), new FakeFabric(), /RDMA connect to 127\.0\.0\.1: loopback/);
+});
+
+test('an unroutable listen address: transport rdma refuses to start, naming it; transport auto runs over TCP only', async (t) => {
+  t.timeout(20_000 * timeScale);
   const fab = new FakeFabric();
-  // As native-verbs.ts does for the addon: connect refuses a loopback host before RDMA CM tries it.
-  const refusing = (f: FakeFabric): Verbs => {
-    const v = f.verbs();
-    return {
-      devices: v.devices,
-      open: (name, onEvent, entries) => {
-        const d = v.open(name, onEvent, entries);
-        const connect = d.connect.bind(d);
-        return Object.assign(d, {
-          connect: (h: string, ...rest: [number, Uint8Array, number, number]) => {
-            if (isLoopbackHost(h)) throw new UnroutableAddressError(h, `RDMA connect to ${h}: loopback`);
-            return connect(h, ...rest);
-          },
-        });
-      },
-    };
-  };
-  await unroutableDial(t, refusing, fab, /RDMA connect to 127\.0\.0\.1: loopback/);
+  const strict = new RdmaTransport({ nodeId: 1, secret, verbs: refusingLoopback(fab, { listen: true }), log: () => {} });
+  await t.throwsAsync(strict.listen(host, 0), { message: /cannot listen for RDMA connections on 127\.0\.0\.1:0: RDMA listen on 127\.0\.0\.1: loopback/ });
+  await strict.close();
+  // auto: node 2 cannot use RDMA; node 1 (the dialer) offers, is told so once, and both talk over TCP.
+  const h = harness(t, (options: TcpTransportOptions) => new RdmaTransport({
+    ...options, ...fast, tcpFallback: true, verbs: options.nodeId === 2 ? refusingLoopback(fab, { listen: true }) : fab.verbs(),
+  } as RdmaTransportOptions));
+  const a = await h.start(1);
+  const b = await h.start(2);
+  h.mesh(a, b);
+  await waitFor('node 1 told that node 2 has no RDMA', () => a.errors.some((e) => /n2 cannot reach this node over RDMA: RDMA listen on 127\.0\.0\.1: loopback/.test(e.message)));
+  t.true(b.logs.some((l) => /no RDMA paths, every frame goes over TCP: RDMA listen on 127\.0\.0\.1: loopback/.test(l)), b.logs.join('\n'));
+  t.true(a.t.send(2, data(1, 3)));
+  t.true(b.t.send(1, data(2, 4)));
+  await waitFor('frames both ways over TCP', () => a.got.length > 0 && b.got.length > 0);
+  t.is((a.t as RdmaTransport).metrics.rdmaSetupFailures, 1, 'offered once, not again');
 });
 
 test('loopback addresses are recognized', (t) => {

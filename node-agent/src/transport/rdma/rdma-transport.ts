@@ -265,6 +265,8 @@ export class RdmaTransport {
   private closed = false;
   private readonly closeTimeoutMs: number;
   private wrId = 1;
+  /** Why this node cannot use RDMA at all (its listen address is unroutable; transport auto): TCP only. */
+  private rdmaUnusable: string | null = null;
   private readonly completionQueueEntries: number;
   /** Completion queue entries the open or opening paths may use (their send + receive depths). */
   private cqEntriesInUse = 0;
@@ -343,7 +345,10 @@ export class RdmaTransport {
   // Public API (the same surface as TcpTransport's, as the agent and the driver use it)
   // ==========================================================================================
 
-  /** Listens on the TCP control port and on an rdmacm port (announced to peers). */
+  /**
+   * Listens on the TCP control port and on an rdmacm port (announced to peers). An address RDMA CM cannot
+   * use fails (transport rdma), or, with tcpFallback (transport auto), leaves this node on TCP only.
+   */
   async listen(host: string, port: number): Promise<{ host: string; port: number }> {
     if (this.closing) throw new Error('transport is closed');
     const bound = await this.control.listen(host, port);
@@ -352,6 +357,11 @@ export class RdmaTransport {
       this.listenerId = l.connId;
       this.rdmaPort = l.port;
     } catch (e) {
+      if (e instanceof UnroutableAddressError && this.tcpFallback) {
+        this.rdmaUnusable = e.message;
+        this.log(`no RDMA paths, every frame goes over TCP: ${e.message}`);
+        return bound;
+      }
       throw new Error(`RDMA device ${this.device.name}: cannot listen for RDMA connections on ${host}:${this.rdmaPortWanted}: ${e instanceof Error ? e.message : String(e)}`);
     }
     this.log(`rdmacm listening on ${host}:${this.rdmaPort} (device ${this.device.name})`);
@@ -622,6 +632,10 @@ export class RdmaTransport {
         if (this.nodeId < from) {
           this.metrics.protocolErrors++;
           this.report({ kind: 'protocol', peer: from, remote: '', message: `RDMA offer from n${from}, but the lower id (this node) dials` });
+          return;
+        }
+        if (this.rdmaUnusable !== null) {
+          this.sendControl(from, { t: 'reset', session: parsed.session, reason: this.rdmaUnusable.slice(0, 200), unroutable: true });
           return;
         }
         this.teardown(peer, 'the peer offered a new RDMA session', false, true);
