@@ -413,6 +413,47 @@ test('holders follow the chain through the views a restart view\'s installer kep
   t.regex(conflicting.message, /view 9 differs between reports: node 1 vs node 2/);
 });
 
+test('a shard whose only member was still receiving its state when the group failed restarts from the former holder (seed 646)', (t) => {
+  // View 2: kv/0 = [5]. View 3 admitted node 1 to kv/0 = [1, 5]; view 4 moved node 5 to kv/1, leaving
+  // node 1 alone in kv/0, still waiting for the state from node 5 when everything failed. Nothing of kv/0
+  // was acknowledged in view 4 (node 1 persisted none of it): node 5, which served kv/0 through view 3
+  // and installed view 4, holds every acknowledged update.
+  const view2: View = { viewId: 2, members: [2, 3, 5], layout: layoutFor(kvPolicy, [[5], [2, 3]]) };
+  const view3: View = { viewId: 3, members: [2, 3, 1, 5], layout: layoutFor(kvPolicy, [[1, 5], [2, 3]]), previousViewId: 2 };
+  const view4: View = { viewId: 4, members: [2, 3, 1, 5], layout: layoutFor(kvPolicy, [[1], [2, 3, 5]]), previousViewId: 3 };
+  const waiting: RestartReport = { ...report(1, view4, [{ shardId: 0, version: v(0, 4) }]), incompleteShards: [0], recentViews: [view3] };
+  const former = report(5, view4, [{ shardId: 0, version: v(2, 1) }, { shardId: 1, version: v(2, 5) }]);
+  const others = [report(2, view4, [{ shardId: 1, version: v(2, 5) }]), report(3, view4, [{ shardId: 1, version: v(2, 5) }])];
+  const plan = ready(planRestart(kvPolicy, [waiting, former, ...others]));
+  t.is(shardOf(plan, 0).source, 5);
+  t.deepEqual(shardOf(plan, 0).truncateTo, v(2, 1));
+  t.deepEqual(truncationFor(plan.decision, v(0, 4), 0).needsSuffixFrom, 5, 'node 1 fetches the state it was waiting for');
+
+  // Without node 1 nothing shows that view 4 added nothing to kv/0: node 5 left kv/0 there, so its log may
+  // miss what was acknowledged in view 4.
+  t.deepEqual(notReady(planRestart(kvPolicy, [former, ...others])).missing.shards.map((s) => s.shardId), [0]);
+  // Node 1 waiting, but saved view 3 only: it never installed view 4, which shows the same.
+  const at3: RestartReport = { ...report(1, view3, [{ shardId: 0, version: v(0, 4) }]), incompleteShards: [0] };
+  t.is(shardOf(ready(planRestart(kvPolicy, [at3, former, ...others])), 0).source, 5);
+  // Node 1 not waiting (it had the state and saved view 4): it is the holder, node 5 is not needed.
+  t.is(shardOf(ready(planRestart(kvPolicy, [report(1, view4, [{ shardId: 0, version: v(4, 2) }]), ...others])), 0).source, 1);
+  // Node 5 had not served kv/0 in view 3 (node 1 alone did): its view-2 log may miss updates of view 3.
+  const view3b: View = { ...view3, layout: layoutFor(kvPolicy, [[1], [2, 3, 5]]) };
+  const view4b: View = { ...view4, layout: layoutFor(kvPolicy, [[1], [2, 3, 5]]) };
+  const waitingB: RestartReport = { ...report(1, view4b, [{ shardId: 0, version: v(0, 4) }]), incompleteShards: [0], recentViews: [view3b] };
+  const formerB = report(5, view4b, [{ shardId: 0, version: v(2, 1) }, { shardId: 1, version: v(2, 5) }]);
+  const othersB = [report(2, view4b, [{ shardId: 1, version: v(2, 5) }]), report(3, view4b, [{ shardId: 1, version: v(2, 5) }])];
+  t.deepEqual(notReady(planRestart(kvPolicy, [waitingB, formerB, ...othersB])).missing.shards.map((s) => s.shardId), [0]);
+  // Node 5 was removed in between (view 4 without it, then re-admitted in view 5): it may have missed view
+  // 3's last updates, so it does not count.
+  const view4c: View = { viewId: 4, members: [2, 3, 1], layout: layoutFor(kvPolicy, [[1], [2, 3]]), previousViewId: 3 };
+  const view5c: View = { viewId: 5, members: [2, 3, 1, 5], layout: layoutFor(kvPolicy, [[1], [2, 3, 5]]), previousViewId: 4 };
+  const waitingC: RestartReport = { ...report(1, view5c, [{ shardId: 0, version: v(0, 4) }]), incompleteShards: [0], recentViews: [view3, view4c] };
+  const formerC = report(5, view5c, [{ shardId: 0, version: v(2, 1) }, { shardId: 1, version: v(2, 5) }]);
+  const othersC = [report(2, view5c, [{ shardId: 1, version: v(2, 5) }]), report(3, view5c, [{ shardId: 1, version: v(2, 5) }])];
+  t.deepEqual(notReady(planRestart(kvPolicy, [waitingC, formerC, ...othersC])).missing.shards.map((s) => s.shardId), [0]);
+});
+
 test('a persistent shard nobody holds a log for restarts empty', (t) => {
   const plan = ready(planRestart(kvPolicy, [report(1, view7), report(2, view7), report(3, view7)]));
   t.deepEqual(plan.decision.shards.map((s) => ({ ...s })), [
@@ -522,6 +563,7 @@ const scenarioArb: fc.Arbitrary<Scenario> = fc
           { selector: (x) => x.shardId, maxLength: PROP_SHARDS },
         ),
         promised: fc.option(fc.record({ round: fc.nat({ max: 3 }), nodeId: fc.constantFrom(...NODE_IDS) })),
+        incompleteShards: fc.subarray([0, 1, 2, 3], { maxLength: 2 }),
       });
     return fc.tuple(...reporters.map(one)).map((reports) => ({ reports, trims }));
   });
@@ -543,8 +585,25 @@ function referenceQuorum(policy: GroupPolicy, reports: RestartReport[]) {
       if (r.lastView.viewId === lastView.viewId) return true;
       return r.lastView.viewId === (lastView.previousViewId ?? lastView.viewId - 1) && r.lastView.layout.shards[shardId]!.members.includes(m);
     });
-  const uncovered = lastView.layout.shards.filter((s) =>
-    s.members.length > 0 && s.members.every((m) => !holder(m, s.shardId, s.persistent && s.deliveryMode === 'ordered')));
+  // If no member of a persistent shard holds it, but one returned having persisted nothing of it in the
+  // last view (it saved that view while waiting for the shard's state, or saved an older one), the
+  // shard's members of the view before count: one that saved that view, or that served the shard there
+  // and installed the last view as a member.
+  const prevId = lastView.previousViewId ?? lastView.viewId - 1;
+  const prevView = reports.find((r) => r.lastView.viewId === prevId)?.lastView;
+  const idle = (shardId: number): boolean =>
+    lastView.layout.shards[shardId]!.members.some((m) => reports.some((r) => r.nodeId === m &&
+      (r.lastView.viewId < lastView.viewId || (r.lastView.viewId === lastView.viewId && (r.incompleteShards ?? []).includes(shardId)))));
+  const earlierHolder = (shardId: number): boolean =>
+    prevView !== undefined && prevView.layout.shards[shardId]!.members.some((m) => reports.some((r) => r.nodeId === m &&
+      !(r.incompleteShards ?? []).includes(shardId) &&
+      (r.lastView.viewId === prevId || (r.lastView.viewId === lastView.viewId && lastView.members.includes(m)))));
+  const uncovered = lastView.layout.shards.filter((s) => {
+    if (s.members.length === 0) return false;
+    const persistent = s.persistent && s.deliveryMode === 'ordered';
+    if (s.members.some((m) => holder(m, s.shardId, persistent))) return false;
+    return !(persistent && idle(s.shardId) && earlierHolder(s.shardId));
+  });
   const b = uncovered.length === 0;
   const members = [...returnedMembers, ...ids.filter((n) => !lastView.members.includes(n)).sort((x, y) => x - y)];
   const allocation = allocate(policy, lastView.layout, members);
@@ -596,7 +655,8 @@ test('property: the source holds the greatest valid tail and truncateTo respects
       for (const shard of decision.view.layout.shards) {
         const entry = decision.shards.find((s) => s.shardId === shard.shardId);
         if (entry === undefined) return false;
-        const holders = reports.flatMap((r) =>
+        // A node still waiting for the shard's state is never its source.
+        const holders = reports.filter((r) => !(r.incompleteShards ?? []).includes(shard.shardId)).flatMap((r) =>
           r.logTails.filter((x) => x.shardId === shard.shardId).map((x) => ({ nodeId: r.nodeId, valid: referenceValid(x.version, shard.shardId, allTrims) })),
         );
         if (!shard.persistent || shard.deliveryMode !== 'ordered' || holders.length === 0) {

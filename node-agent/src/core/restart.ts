@@ -12,7 +12,8 @@
 //     first; later duplicates are ignored).
 //  2. Quorum: (a) a majority of the last view's members returned with their saved state (a node back
 //     with nothing saved counts only for a view that names its disk, see View.memberDisks); (b) every (non-empty) shard of the last
-//     view has at least one returning former member; (c) the restart view is adequate. Its members are
+//     view has at least one returning former member holding its state (for a persistent shard, one
+//     that holds every acknowledged update: see `holds` and `covered` below); (c) the restart view is adequate. Its members are
 //     every returning node: the last view's members in rank order, then the others by ascending id; its
 //     layout is `allocate(policy, lastView.layout, members)`.
 //  3. The restart view id is one above every view id ever seen (last view, highestViewIdSeen, trims).
@@ -196,19 +197,41 @@ export function planRestart(policy: GroupPolicy, reports: RestartReport[], broke
     const a = r.acceptedChange;
     if (a && !knownViews.has(a.value.next.viewId)) knownViews.set(a.value.next.viewId, a.value.next);
   }
-  const holds = (node: NodeId, shard: ShardLayout): boolean => {
+  // Whether `node` holds every acknowledged update of `shard` up to the end of `anchor` (a view on the
+  // chain back from the last view).
+  const holds = (node: NodeId, shard: ShardLayout, anchor: View): boolean => {
     const r = byNode.get(node);
     if (!r) return false;
     // A volatile shard restarts empty: any returning former member will do, even one with nothing saved.
     if (!shard.persistent || shard.deliveryMode !== 'ordered') return true;
     if (r.blank === true) return false;
+    // An "incomplete" mark stays until the node holds the shard's whole state again (a state transfer
+    // completed, or a restart made its own log the shard's state), even if it left the shard meanwhile.
     if ((r.incompleteShards ?? []).includes(shard.shardId)) return false;
-    // Follow the chain of views back from the last one (each view names the one it followed; restart
+    const saved = r.lastView.viewId;
+    if (saved > anchor.viewId) {
+      // It installed a view after `anchor`: it holds the shard through the end of `anchor` if it served
+      // it there and was a member of every view of the chain from there to the view it saved (it took
+      // part in each view's end, persisting the ragged-edge deliveries, and was never removed and
+      // re-admitted with a log that had missed some).
+      if (anchor.layout.shards[shard.shardId]?.members.includes(node) !== true) return false;
+      let v = lastView;
+      let reached = false;
+      for (let steps = 0; steps <= knownViews.size && v.viewId > anchor.viewId; steps++) {
+        if (v.viewId === saved) reached = sameView(v, r.lastView);
+        if (v.viewId <= saved && !v.members.includes(node)) return false;
+        const prevId = v.previousViewId ?? v.viewId - 1;
+        const prev = knownViews.get(prevId);
+        if (prev === undefined || prev.viewId >= v.viewId) return false;
+        v = prev;
+      }
+      return reached && v.viewId === anchor.viewId;
+    }
+    // Follow the chain of views back from the anchor (each view names the one it followed; restart
     // views skip ids) to the view this node saved. In every view of the chain after it, the node served
     // the shard without installing that view: nothing could be acknowledged there without it. What was
     // acknowledged in its own last view, it persisted itself.
-    const saved = r.lastView.viewId;
-    let v = lastView;
+    let v = anchor;
     for (let steps = 0; steps <= knownViews.size; steps++) {
       if (v.viewId === saved) return steps === 0 || r.lastView.layout.shards[shard.shardId]?.members.includes(node) === true;
       if (v.viewId < saved || v.layout.shards[shard.shardId]?.members.includes(node) !== true) return false;
@@ -219,8 +242,35 @@ export function planRestart(policy: GroupPolicy, reports: RestartReport[], broke
     }
     return false;
   };
+  // Whether a returning node holds the shard's acknowledged state. If no member of the shard in a view
+  // holds it, but one of them returned showing that it persisted nothing of the shard in that view (it
+  // saved that very view while still waiting for the shard's state, or it never installed the view),
+  // nothing of the shard was acknowledged there (an update is acknowledged once every member of the
+  // shard persisted it): the shard's acknowledged state is the one it had at the end of the view
+  // before, and the holders of that count. (Seed 646: the group failed while a new member was still
+  // receiving the state of a shard it alone served; the former holder had moved to another shard.)
+  const covered = (shard: ShardLayout): boolean => {
+    let anchor = lastView;
+    for (let steps = 0; steps <= knownViews.size; steps++) {
+      const members = anchor.layout.shards[shard.shardId]?.members ?? [];
+      if (members.some((m) => holds(m, shard, anchor))) return true;
+      if (!shard.persistent || shard.deliveryMode !== 'ordered') return false;
+      const at = anchor;
+      const idle = members.some((m) => {
+        const r = byNode.get(m);
+        if (r === undefined || r.blank === true) return false;
+        if (r.lastView.viewId < at.viewId) return true; // it never installed the view
+        return sameView(r.lastView, at) && (r.incompleteShards ?? []).includes(shard.shardId);
+      });
+      if (!idle) return false;
+      const prev = knownViews.get(anchor.previousViewId ?? anchor.viewId - 1);
+      if (prev === undefined || prev.viewId >= anchor.viewId) return false;
+      anchor = prev;
+    }
+    return false;
+  };
   const shards = sortedShards(lastView.layout.shards)
-    .filter((s) => s.members.length > 0 && !s.members.some((m) => holds(m, s)))
+    .filter((s) => s.members.length > 0 && !covered(s))
     .map((s) => ({ shardId: s.shardId, subgroup: s.subgroup, shardIndex: s.shardIndex, formerMembers: [...s.members] }));
 
   const members = [
