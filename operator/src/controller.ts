@@ -608,6 +608,8 @@ export class Controller {
   /** What a group's last update event carried, to ignore status-only updates. */
   private readonly seenGroups = new Map<string, string>();
   private readonly phases = new Map<string, string>();
+  /** Groups whose last status says Stuck=True (a restart waiting past spec.restart.quorumTimeoutSeconds). */
+  private readonly stuck = new Set<string>();
   private eventCounter = 0;
 
   constructor(private readonly options: ControllerOptions) {
@@ -744,6 +746,7 @@ export class Controller {
   private forgetGroup(key: string): void {
     this.expectations.delete(key);
     this.phases.delete(key);
+    this.stuck.delete(key);
     this.updatePhaseGauge();
     const { namespace } = splitKey(key);
     for (const k of [...this.applied.keys()]) if (k.startsWith(`${key}|`)) this.applied.delete(k);
@@ -939,6 +942,8 @@ export class Controller {
       }
     }
     this.phases.set(key, output.status.phase ?? 'Unknown');
+    if (output.status.conditions?.some((c) => c.type === 'Stuck' && c.status === 'True')) this.stuck.add(key);
+    else this.stuck.delete(key);
     this.updatePhaseGauge();
 
     // 5. The finalizer goes last, once reconcile lets the group go.
@@ -1082,5 +1087,6 @@ export class Controller {
     for (const phase of this.phases.values()) counts.set(phase, (counts.get(phase) ?? 0) + 1);
     this.metrics.groups.reset();
     for (const [phase, count] of counts) this.metrics.groups.set({ phase }, count);
+    this.metrics.stuckGroups.set(this.stuck.size);
   }
 }

@@ -23,6 +23,8 @@ export interface OperatorMetrics {
   /** Watch (re)starts by resource and reason. */
   watchRestarts: client.Counter<'resource' | 'reason'>;
   groups: client.Gauge<'phase'>;
+  /** Groups whose restart after a total failure waits longer than spec.restart.quorumTimeoutSeconds (condition Stuck). */
+  stuckGroups: client.Gauge;
 }
 
 export function createOperatorMetrics(opts: { defaultMetrics?: boolean; labels?: Record<string, string> } = {}): OperatorMetrics {
@@ -45,6 +47,7 @@ export function createOperatorMetrics(opts: { defaultMetrics?: boolean; labels?:
     leader: new client.Gauge({ name: 'derecho_operator_leader', help: '1 while this instance holds the leader Lease (only the leader reconciles)', registers }),
     watchRestarts: new client.Counter({ name: 'derecho_operator_watch_restarts_total', help: 'Watches restarted, by resource and reason', labelNames: ['resource', 'reason'], registers }),
     groups: new client.Gauge({ name: 'derecho_operator_groups', help: 'DerechoGroups by the phase in their last status', labelNames: ['phase'], registers }),
+    stuckGroups: new client.Gauge({ name: 'derecho_operator_groups_stuck', help: 'DerechoGroups whose restart after a total failure has waited longer than spec.restart.quorumTimeoutSeconds (condition Stuck=True)', registers }),
   };
 }
 

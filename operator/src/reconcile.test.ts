@@ -68,7 +68,7 @@ test('a new group creates three pods, three PVCs, two services, a ConfigMap, a S
   t.deepEqual([...new Set(output.objects.map((o) => o.kind))], ['ConfigMap', 'Secret', 'Service', 'PodDisruptionBudget', 'NetworkPolicy', 'PersistentVolumeClaim', 'Pod']);
   t.is(output.status.phase, 'Creating');
   t.deepEqual(conditionSummary(output.status), {
-    Ready: 'False Creating', Progressing: 'True Creating', Degraded: 'False AsExpected', RestartQuorumPending: 'False NotRestarting', SpecAccepted: 'True Accepted',
+    Ready: 'False Creating', Progressing: 'True Creating', Degraded: 'False AsExpected', RestartQuorumPending: 'False NotRestarting', Stuck: 'False NotRestarting', SpecAccepted: 'True Accepted',
   });
   t.deepEqual(output.events.map((e) => `${e.type} ${e.reason}: ${e.message}`), [
     'Normal PodsCreated: creating 3 founding member pod(s) (nodes 1, 2, 3) together: they form view 0 once all are connected',
@@ -196,7 +196,7 @@ test('a group whose members are all active in one view is Running, with the view
   ]);
   t.deepEqual(status.members![2], { nodeId: 3, pod: 'kv-demo-3', ready: true, mode: 'active', viewId: 0, delivered: { 'kv/1': '0.7', 'events/0': '0.7' }, persisted: { 'kv/1': '0.6', 'events/0': '0.6' } });
   t.deepEqual(conditionSummary(status), {
-    Ready: 'True AllMembersReady', Progressing: 'False Reconciled', Degraded: 'False AsExpected', RestartQuorumPending: 'False NotRestarting', SpecAccepted: 'True Accepted',
+    Ready: 'True AllMembersReady', Progressing: 'False Reconciled', Degraded: 'False AsExpected', RestartQuorumPending: 'False NotRestarting', Stuck: 'False NotRestarting', SpecAccepted: 'True Accepted',
   });
   t.like(status, { observedGeneration: 1, desiredMembers: 3, currentMembers: 3, foundingMembers: 3, selector: 'app.kubernetes.io/name=derecho,app.kubernetes.io/instance=kv-demo,app.kubernetes.io/component=member' });
   t.deepEqual(outputs.flatMap((o) => o.events.map((e) => e.reason)), ['PodsCreated', 'Ready']);
@@ -279,6 +279,47 @@ test('a member that reports restarting with quorum pending sets RestartQuorumPen
   t.deepEqual(output.objects.filter((o) => o.kind === 'Pod').map((o) => o.metadata.name), ['kv-demo-1', 'kv-demo-2', 'kv-demo-3']);
   t.deepEqual(output.deletes, []);
   t.deepEqual(validateOpenApi(statusSchema, output.status, 'status'), []);
+});
+
+test('a restart waiting longer than spec.restart.quorumTimeoutSeconds is reported Stuck, in plain words, with a Warning', (t) => {
+  const message = 'restart quorum not met for view 4: 1 of 3 members returned with their saved state (need 2; waiting for nodes 2, 3); shard kv/1 has no returning member holding its state (former members 3)';
+  const cluster = settled();
+  cluster.setSpec({ restart: { graceSeconds: 1.5, quorumTimeoutSeconds: 120 } });
+  cluster.deletePods([2, 3]);
+  const at = (seconds: number) => new Date(Date.parse('2026-01-01T00:00:00.000Z') + seconds * 1000).toISOString();
+  const step = (seconds: number) => {
+    const output = reconcile(cluster.input({ reports: { 1: restartingReport(1, message) }, now: at(seconds) }));
+    cluster.group = { ...cluster.group, status: output.status };
+    return output;
+  };
+  const first = step(0);
+  t.like(conditionOf(first.status, 'RestartQuorumPending'), { status: 'True', lastTransitionTime: at(0) });
+  t.like(conditionOf(first.status, 'Stuck'), { status: 'False', reason: 'RestartWaiting', message: 'the restart has waited 0 s; reported stuck after 2 min (spec.restart.quorumTimeoutSeconds)' });
+  t.like(conditionOf(step(119).status, 'Stuck'), { status: 'False', reason: 'RestartWaiting', message: 'the restart has waited 1 min 59 s; reported stuck after 2 min (spec.restart.quorumTimeoutSeconds)' });
+  const stuck = step(125);
+  t.like(conditionOf(stuck.status, 'Stuck'), { status: 'True', reason: 'RestartQuorumTimeout', lastTransitionTime: at(125) });
+  t.is(conditionOf(stuck.status, 'Stuck').message,
+    'the restart after a total failure has waited 2 min 5 s, more than spec.restart.quorumTimeoutSeconds (120 s): shard kv/1 needs one of its former members back (node 3), with its volume; ' +
+    'members not back yet: node 2, node 3. Members keep their logs and keep waiting; bring back the pods (and volumes) named here (see docs/operations.md, "A stuck restart").');
+  t.deepEqual(stuck.events.filter((e) => e.reason === 'RestartStuck').map((e) => e.type), ['Warning']);
+  t.is(stuck.status.phase, 'Restarting');
+  // The Warning is not repeated while it stays stuck; the condition keeps its transition time.
+  const later = step(3 * 3600 + 60);
+  t.deepEqual(later.events.filter((e) => e.reason === 'RestartStuck'), []);
+  t.like(conditionOf(later.status, 'Stuck'), { status: 'True', lastTransitionTime: at(125) });
+  t.regex(conditionOf(later.status, 'Stuck').message, /^the restart after a total failure has waited 3 h 1 min,/);
+  // The restart completes: no longer stuck.
+  cluster.agents = 'active';
+  cluster.step({ now: at(4 * 3600) });
+  const done = cluster.step({ now: at(4 * 3600 + 1) });
+  t.like(conditionOf(done.status, 'Stuck'), { status: 'False', reason: 'NotRestarting' });
+  // quorumTimeoutSeconds 0: never stuck.
+  cluster.setSpec({ restart: { graceSeconds: 1.5, quorumTimeoutSeconds: 0 } });
+  cluster.group = { ...cluster.group, status: first.status };
+  const never = reconcile(cluster.input({ reports: { 1: restartingReport(1, message) }, now: at(86_400 * 30) }));
+  t.like(conditionOf(never.status, 'Stuck'), { status: 'False', reason: 'RestartWaiting' });
+  t.regex(conditionOf(never.status, 'Stuck').message, /no deadline \(spec.restart.quorumTimeoutSeconds: 0\)$/);
+  t.deepEqual(validateOpenApi(statusSchema, stuck.status, 'status'), []);
 });
 
 test('parseRestartMessage reads the planner\'s and the replica\'s messages', (t) => {
@@ -688,7 +729,7 @@ function range(count: number): number[] {
 test('conditions carry observedGeneration and come in a fixed order', (t) => {
   const cluster = settled();
   const status = reconcile(cluster.input()).status;
-  t.deepEqual(status.conditions!.map((c) => c.type), ['Ready', 'Progressing', 'Degraded', 'RestartQuorumPending', 'SpecAccepted']);
+  t.deepEqual(status.conditions!.map((c) => c.type), ['Ready', 'Progressing', 'Degraded', 'RestartQuorumPending', 'Stuck', 'SpecAccepted']);
   t.true(status.conditions!.every((c) => c.observedGeneration === 1));
   t.true(status.conditions!.every((c) => c.lastTransitionTime.endsWith('Z')));
 });

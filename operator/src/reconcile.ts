@@ -18,7 +18,7 @@
 
 import { createHash } from 'node:crypto';
 import { formatIssues } from '../../node-agent/src/config/errors.ts';
-import { DerechoGroupSpec, parseQuantity, toGroupPolicy } from '../../node-agent/src/config/schema.ts';
+import { DerechoGroupSpec, parseQuantity, RESTART_QUORUM_TIMEOUT_SECONDS_DEFAULT, toGroupPolicy } from '../../node-agent/src/config/schema.ts';
 import type { GroupSpec } from '../../node-agent/src/config/schema.ts';
 import { allocate } from '../../node-agent/src/core/allocation.ts';
 import type { Layout, NodeId } from '../../node-agent/src/core/types.ts';
@@ -441,7 +441,7 @@ function plan(ctx: Context, observed: Observed, input: ReconcileInput, spec: Gro
   }
   objects.push(...podObjects);
 
-  const status = buildStatus(ctx, observed, reports, view, { ...counts, desired, next, refusal, scalingNote, outdated, rolled, soleShards, created, auth });
+  const status = buildStatus(ctx, observed, reports, view, { ...counts, desired, next, refusal, scalingNote, outdated, rolled, soleShards, created, auth, quorumTimeoutSeconds: spec.restart.quorumTimeoutSeconds });
   events.push(...conditionEvents(ctx.previous, status));
   const settled = status.phase === 'Running';
   return {
@@ -775,6 +775,8 @@ interface StatusPlan extends Counts {
   soleShards: string[];
   created: NodeId[];
   auth: Auth;
+  /** spec.restart.quorumTimeoutSeconds: a restart pending longer than this is reported stuck (0: never). */
+  quorumTimeoutSeconds: number;
 }
 
 function condition(ctx: Context, type: ConditionType, status: Condition['status'], reason: string, message: string): Condition {
@@ -916,6 +918,11 @@ function buildStatus(ctx: Context, observed: Observed, reports: AgentReports, vi
     conditions.push(condition(ctx, 'RestartQuorumPending', 'False', 'NotRestarting', 'no member is restarting'));
   }
 
+  // Stuck: a restart after a total failure waiting longer than spec.restart.quorumTimeoutSeconds (counted
+  // from when RestartQuorumPending turned True; the agents keep waiting: only a user can bring back the
+  // members, or volumes, the restart needs).
+  conditions.push(stuckCondition(ctx, restart, conditions.find((c) => c.type === 'RestartQuorumPending')!, plan.quorumTimeoutSeconds));
+
   // SpecAccepted
   if (plan.refusal !== null) {
     conditions.push(condition(ctx, 'SpecAccepted', 'False', 'ScalingRefused', `spec.members ${plan.specMembers} is refused, the group stays at ${plan.next} members: ${plan.refusal.join('; ')}`));
@@ -949,6 +956,41 @@ function buildStatus(ctx: Context, observed: Observed, reports: AgentReports, vi
   };
 }
 
+function stuckCondition(ctx: Context, restart: RestartStatus | null, pending: Condition, timeoutSeconds: number): Condition {
+  if (restart === null || pending.status !== 'True') {
+    return condition(ctx, 'Stuck', 'False', 'NotRestarting', 'no restart is waiting');
+  }
+  const waitedSeconds = Math.max(0, (Date.parse(ctx.now) - Date.parse(pending.lastTransitionTime)) / 1000);
+  if (timeoutSeconds === 0 || waitedSeconds < timeoutSeconds) {
+    const deadline = timeoutSeconds === 0 ? 'no deadline (spec.restart.quorumTimeoutSeconds: 0)' : `reported stuck after ${durationText(timeoutSeconds)} (spec.restart.quorumTimeoutSeconds)`;
+    return condition(ctx, 'Stuck', 'False', 'RestartWaiting', `the restart has waited ${durationText(waitedSeconds)}; ${deadline}`);
+  }
+  const needs: string[] = [];
+  if (restart.missingShards.length > 0) {
+    needs.push(...restart.missingShards.map((s) => `shard ${s.subgroup}/${s.shard} needs one of its former members back (${s.formerMembers.map((id) => `node ${id}`).join(' or ')}), with its volume`));
+  }
+  if (restart.missingMembers.length > 0) needs.push(`members not back yet: ${restart.missingMembers.map((id) => `node ${id}`).join(', ')}`);
+  const what = needs.length > 0 ? needs.join('; ') : restart.waitingFor;
+  return condition(ctx, 'Stuck', 'True', 'RestartQuorumTimeout',
+    `the restart after a total failure has waited ${durationText(waitedSeconds)}, more than spec.restart.quorumTimeoutSeconds (${timeoutSeconds} s): ${what}. ` +
+    'Members keep their logs and keep waiting; bring back the pods (and volumes) named here (see docs/operations.md, "A stuck restart").');
+}
+
+/** spec.restart.quorumTimeoutSeconds of a spec that did not validate, if it is a valid value; else the default. */
+function rawQuorumTimeoutSeconds(group: DerechoGroupResource): number {
+  const value = (group.spec as { restart?: { quorumTimeoutSeconds?: unknown } } | null)?.restart?.quorumTimeoutSeconds;
+  return typeof value === 'number' && Number.isInteger(value) && value >= 0 && value <= 86_400 ? value : RESTART_QUORUM_TIMEOUT_SECONDS_DEFAULT;
+}
+
+/** "42 s", "5 min 3 s", "2 h 10 min". */
+function durationText(seconds: number): string {
+  const s = Math.floor(seconds);
+  if (s < 60) return `${s} s`;
+  if (s < 3600) return `${Math.floor(s / 60)} min${s % 60 > 0 ? ` ${s % 60} s` : ''}`;
+  const m = Math.floor((s % 3600) / 60);
+  return `${Math.floor(s / 3600)} h${m > 0 ? ` ${m} min` : ''}`;
+}
+
 /** The view and its shard table: from an active member's report, else kept from the last status. */
 function statusView(view: ReturnType<typeof currentView>, previous: DerechoGroupStatus | null): Pick<DerechoGroupStatus, 'view' | 'shards'> {
   if (view === null) return {};
@@ -972,6 +1014,7 @@ function conditionEvents(previous: DerechoGroupStatus | null, status: DerechoGro
     else if (type === 'Ready' && was?.status === 'True') events.push({ type: 'Warning', reason: 'NotReady', action: 'Observe', message: now.message });
     else if (type === 'Degraded' && now.status === 'True') events.push({ type: 'Warning', reason: now.reason, action: 'Observe', message: now.message });
     else if (type === 'RestartQuorumPending' && now.status === 'True') events.push({ type: 'Warning', reason: 'RestartQuorumPending', action: 'Observe', message: now.message });
+    else if (type === 'Stuck' && now.status === 'True') events.push({ type: 'Warning', reason: 'RestartStuck', action: 'Observe', message: now.message });
     else if (type === 'SpecAccepted' && now.status === 'False') events.push({ type: 'Warning', reason: now.reason, action: 'Refuse', message: now.message });
     else if (type === 'SpecAccepted' && was?.status === 'False') events.push({ type: 'Normal', reason: 'SpecAccepted', action: 'Accept', message: now.message });
   }
@@ -1000,8 +1043,11 @@ function refuseAll(ctx: Context, group: DerechoGroupResource, observed: Observed
     restart !== null
       ? condition(ctx, 'RestartQuorumPending', 'True', /not met/.test(restart.waitingFor) ? 'QuorumNotMet' : 'Restarting', restart.waitingFor)
       : condition(ctx, 'RestartQuorumPending', 'False', 'NotRestarting', 'no member is restarting'),
-    condition(ctx, 'SpecAccepted', 'False', reason, message),
   ];
+  conditions.push(
+    stuckCondition(ctx, restart, conditions[3]!, rawQuorumTimeoutSeconds(group)),
+    condition(ctx, 'SpecAccepted', 'False', reason, message),
+  );
   const rawMembersValue = (group.spec as { members?: unknown } | null)?.members;
   const status: DerechoGroupStatus = {
     observedGeneration: ctx.generation,

@@ -14,7 +14,7 @@ const nodeIds = (description: string) => z.array(z.int().min(1).max(INT32_MAX)).
 // ---------------------------------------------------------------------------------------------------
 // Conditions (metav1.Condition).
 
-export const CONDITION_TYPES = ['Ready', 'Progressing', 'Degraded', 'RestartQuorumPending', 'SpecAccepted'] as const;
+export const CONDITION_TYPES = ['Ready', 'Progressing', 'Degraded', 'RestartQuorumPending', 'Stuck', 'SpecAccepted'] as const;
 export type ConditionType = (typeof CONDITION_TYPES)[number];
 
 export const Condition = z
@@ -91,7 +91,7 @@ export const DerechoGroupStatus = z
     observedGeneration: count(INT64_MAX, 'The metadata.generation this status was computed from.').optional(),
     phase: z.enum(PHASES).optional().describe(`Summary of the group's state: ${PHASES.join(', ')}.`),
     conditions: z.array(Condition).max(16).meta({
-      description: 'Ready, Progressing, Degraded, RestartQuorumPending and SpecAccepted, each in metav1.Condition form.',
+      description: 'Ready, Progressing, Degraded, RestartQuorumPending, Stuck and SpecAccepted, each in metav1.Condition form.',
       'x-kubernetes-list-type': 'map',
       'x-kubernetes-list-map-keys': ['type'],
     }).optional(),

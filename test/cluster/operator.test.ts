@@ -115,6 +115,8 @@ function groupManifest(namespace: string, members: number): KubernetesObject & {
       // Crashes detected in about 1.5 s (still room for a loaded machine: starved for suspectMs, a member is removed).
       timing: { tickMs: 20, heartbeatMs: 40, suspectMs: 1500 },
       fsync: 'os',
+      // A restart waiting longer than this is reported Stuck (the total failure below holds node 3 back).
+      restart: { graceSeconds: 1.5, quorumTimeoutSeconds: 6 },
     },
   };
 }
@@ -348,11 +350,21 @@ test('a DerechoGroup end to end: creation, Ready with view and shards, kill -9, 
   const recreated = await pods();
   t.is(recreated.length, 3, 'all three pods recreated');
   for (const pod of recreated) t.not(pod.metadata?.uid, before.find((p) => p.metadata?.name === pod.metadata?.name)?.metadata?.uid, `${pod.metadata?.name} is a new pod`);
+  // Held back past spec.restart.quorumTimeoutSeconds (6 s): Stuck=True in plain words, a Warning, the metric.
+  const stuck = await waitForGroup('Stuck=True naming node 3 and kv/1', (g) => conditionOf(g, 'Stuck')?.status === 'True', 60_000);
+  t.log(`Stuck ${secondsSince(tTotal)} after deleting every pod: ${conditionOf(stuck, 'Stuck')!.message}`);
+  t.like(conditionOf(stuck, 'Stuck'), { reason: 'RestartQuorumTimeout' });
+  t.regex(conditionOf(stuck, 'Stuck')!.message, /more than spec\.restart\.quorumTimeoutSeconds \(6 s\): shard kv\/1 needs one of its former members back \(node 3\), with its volume/);
+  t.is(stuck.status!.phase, 'Restarting');
+  await waitFor('a Warning RestartStuck Event', async () => (await groupEvents()).some((e) => e.type === 'Warning' && e.reason === 'RestartStuck'), { timeoutMs: 20_000 });
+  t.is(await metricValue(b.metrics.stuckGroups), 1, 'derecho_operator_groups_stuck');
   kubelet.release(`${GROUP}-3`);
   const tRelease = Date.now();
   const restarted = await readyAfter('Ready after the total failure', lastView);
   t.log(`Ready in view ${restarted.status!.view!.id} ${secondsSince(tRelease)} after node 3 was let start (${secondsSince(tTotal)} after the total failure)`);
   t.like(conditionOf(restarted, 'RestartQuorumPending'), { status: 'False' });
+  t.like(conditionOf(restarted, 'Stuck'), { status: 'False', reason: 'NotRestarting' });
+  t.is(await metricValue(b.metrics.stuckGroups), 0, 'derecho_operator_groups_stuck after the restart');
   t.is(restarted.status!.restart, undefined, 'the restart section is gone from the status');
   for (const id of [1, 2, 3]) {
     for (const key of keys) {

@@ -270,13 +270,16 @@ export const TlsSpec = object(
   'an object with mode and secretName',
 );
 
+/** Default of spec.restart.quorumTimeoutSeconds. */
+export const RESTART_QUORUM_TIMEOUT_SECONDS_DEFAULT = 300;
+
 export const RestartSpec = object(
   {
     graceSeconds: decimal(0, 3600, 'a number of seconds from 0 to 3600')
       .default(1.5)
       .describe('After a total failure, once the restart quorum is back, how long to wait for the remaining members of the last view before restarting without them.'),
     quorumTimeoutSeconds: integer(0, 86_400, 'a whole number of seconds from 0 to 86400')
-      .default(300)
+      .default(RESTART_QUORUM_TIMEOUT_SECONDS_DEFAULT)
       .describe('How long restarting members wait for the restart quorum (a majority of the last view and a member of every shard) before the group is reported as stuck; 0 means no deadline. Members never give up their state.'),
   },
   'an object with graceSeconds and quorumTimeoutSeconds',

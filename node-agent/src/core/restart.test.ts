@@ -422,7 +422,7 @@ test('a shard whose only member was still receiving its state when the group fai
   const view3: View = { viewId: 3, members: [2, 3, 1, 5], layout: layoutFor(kvPolicy, [[1, 5], [2, 3]]), previousViewId: 2 };
   const view4: View = { viewId: 4, members: [2, 3, 1, 5], layout: layoutFor(kvPolicy, [[1], [2, 3, 5]]), previousViewId: 3 };
   const waiting: RestartReport = { ...report(1, view4, [{ shardId: 0, version: v(0, 4) }]), incompleteShards: [0], recentViews: [view3] };
-  const former = report(5, view4, [{ shardId: 0, version: v(2, 1) }, { shardId: 1, version: v(2, 5) }]);
+  const former: RestartReport = { ...report(5, view4, [{ shardId: 0, version: v(2, 1) }, { shardId: 1, version: v(2, 5) }]), recentViews: [view2, view3] };
   const others = [report(2, view4, [{ shardId: 1, version: v(2, 5) }]), report(3, view4, [{ shardId: 1, version: v(2, 5) }])];
   const plan = ready(planRestart(kvPolicy, [waiting, former, ...others]));
   t.is(shardOf(plan, 0).source, 5);
