@@ -58,6 +58,9 @@ export const CREATE_CASES: readonly CreateCase[] = [
   { what: 'a frame just big enough', patch: { wireLimits: { payloadBytesMax: 1000, frameBytesMax: 2024 } }, refusal: null },
   { what: 'suspect below two heartbeats', patch: { timing: { heartbeatMs: 600 } }, refusal: 'suspectMs must be at least 2 x heartbeatMs' },
   { what: 'a heartbeat below a tick', patch: { timing: { tickMs: 200 } }, refusal: 'heartbeatMs must be at least tickMs' },
+  { what: 'a volume of size 0', patch: { storage: { size: '0' } }, refusal: 'storage.size must be at least 1Mi' },
+  { what: 'a volume below 1Mi', patch: { storage: { size: '1000Ki' } }, refusal: 'storage.size must be at least 1Mi' },
+  { what: 'a volume of exactly 1Mi', patch: { storage: { size: '1Mi' } }, refusal: null },
 ];
 
 export interface UpdateCase {
@@ -85,6 +88,8 @@ export const UPDATE_CASES: readonly UpdateCase[] = [
   { what: 'setting a storage class', before: {}, after: { storage: { storageClassName: 'fast' } }, refusal: 'storageClassName is immutable' },
   { what: 'dropping a storage class', before: { storage: { storageClassName: 'fast' } }, after: {}, refusal: 'storageClassName is immutable' },
   { what: 'growing the volumes', before: {}, after: { storage: { size: '10Gi' } }, refusal: null },
+  { what: 'shrinking the volumes', before: { storage: { size: '2Gi' } }, after: { storage: { size: '1Gi' } }, refusal: 'storage.size cannot shrink' },
+  { what: 'the same size written another way', before: { storage: { size: '1Gi' } }, after: { storage: { size: '1024Mi' } }, refusal: null },
   { what: 'switching hmac to mutual TLS', before: {}, after: { tls: { mode: 'mutual' } }, refusal: 'tls.mode is immutable' },
   { what: 'changing the TLS secret', before: {}, after: { tls: { mode: 'hmac', secretName: 'other' } }, refusal: null },
   { what: 'changing wire limits', before: {}, after: { wireLimits: { payloadBytesMax: 1000, frameBytesMax: 4096 } }, refusal: 'wireLimits is immutable' },

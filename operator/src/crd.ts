@@ -11,7 +11,7 @@
 
 import { z } from 'zod';
 import YAML from 'yaml';
-import { FRAME_HEADER_BYTES_MIN, GroupSpec, DerechoGroupSpec } from '../../node-agent/src/config/schema.ts';
+import { FRAME_HEADER_BYTES_MIN, GroupSpec, DerechoGroupSpec, MiB, parseQuantity } from '../../node-agent/src/config/schema.ts';
 import type { GroupSpec as GroupSpecValue, SubgroupSpec } from '../../node-agent/src/config/schema.ts';
 import { CRD_API_VERSION, CRD_GROUP, CRD_KIND, CRD_NAME, CRD_PLURAL, CRD_SHORT_NAMES, CRD_SINGULAR, CRD_VERSION } from './kube.ts';
 import type { KubeObject } from './kube.ts';
@@ -177,6 +177,20 @@ export const CEL_RULES: readonly CelRule[] = [
     fieldPath: '.storageClassName',
     reason: 'FieldValueForbidden',
     holds: (self, oldSelf) => self.storageClassName === oldSelf.storageClassName,
+  }),
+  celRule<Storage>('spec.storage', {
+    // The pattern already refuses what is not a quantity (isQuantity keeps CEL from adding an error of its own).
+    rule: "!has(self.size) || !isQuantity(self.size) || !quantity(self.size).isLessThan(quantity('1Mi'))",
+    message: 'storage.size must be at least 1Mi (each member keeps its logs and views there)',
+    fieldPath: '.size',
+    holds: (self) => self.size === undefined || !(parseQuantity(self.size) < MiB),
+  }),
+  celRule<Storage>('spec.storage', {
+    rule: '!has(self.size) || !has(oldSelf.size) || !isQuantity(self.size) || !isQuantity(oldSelf.size) || !quantity(self.size).isLessThan(quantity(oldSelf.size))',
+    message: 'storage.size cannot shrink: a volume can only grow (where its StorageClass allows expansion)',
+    fieldPath: '.size',
+    reason: 'FieldValueForbidden',
+    holds: (self, oldSelf) => self.size === undefined || oldSelf.size === undefined || !(parseQuantity(self.size) < parseQuantity(oldSelf.size)),
   }),
   celRule<Tls>('spec.tls', {
     rule: 'self.mode == oldSelf.mode',

@@ -522,6 +522,35 @@ test('restarting the only member of a persistent shard is a Warning naming the s
   t.deepEqual(types, ['Normal', 'Normal', 'Normal', 'Normal']);
 });
 
+test('changes no agent acts on roll no pod: volume growth, retention, the stuck timeout (issue 15 finding 5)', (t) => {
+  const hashes = (output: ReturnType<typeof reconcile>) =>
+    output.objects.filter((o) => o.kind === 'Pod').map((o) => o.metadata.annotations![ANNOTATION.configHash]);
+  const cluster = settled();
+  const before = hashes(reconcile(cluster.input()));
+  t.is(before.length, 3);
+  for (const patch of [
+    { storage: { size: '2Gi', retention: 'retain' } },
+    { storage: { size: '2Gi', retention: 'delete' } },
+    { restart: { graceSeconds: 1.5, quorumTimeoutSeconds: 60 } },
+  ]) {
+    cluster.setSpec(patch);
+    const output = cluster.step();
+    t.deepEqual(hashes(output), before, JSON.stringify(patch));
+    t.deepEqual(output.deletes, [], JSON.stringify(patch));
+    t.is(output.status.phase, 'Running', JSON.stringify(patch));
+    t.like(conditionOf(output.status, 'Progressing'), { status: 'False', reason: 'Reconciled' });
+    t.false(output.status.members!.some((m) => m.outdated === true));
+  }
+  // The volumes grow (the API server expands them where the StorageClass allows it).
+  const claims = cluster.step().objects.filter((o) => o.kind === 'PersistentVolumeClaim') as (KubeObject & { spec: { resources: { requests: { storage: string } } } })[];
+  t.deepEqual(claims.map((c) => c.spec.resources.requests.storage), ['2Gi', '2Gi', '2Gi']);
+  // A change the agents act on (the failure detector) still rolls them.
+  cluster.setSpec({ timing: { tickMs: 50, heartbeatMs: 100, suspectMs: 2000 } });
+  const rolled = cluster.step();
+  t.like(conditionOf(rolled.status, 'Progressing'), { status: 'True', reason: 'RollingUpdate' });
+  t.deepEqual(rolled.status.members!.map((m) => m.outdated ?? false), [true, true, true]);
+});
+
 test('outdated pods wait while a member is not active', (t) => {
   const cluster = settled();
   cluster.setSpec({ resources: { limits: { memory: '1Gi' } } });

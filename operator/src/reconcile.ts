@@ -377,7 +377,10 @@ function plan(ctx: Context, observed: Observed, input: ReconcileInput, spec: Gro
   const memberIds = range(1, next);
 
   // Objects.
-  const manifestText = toYaml({ apiVersion: CRD_API_VERSION, kind: CRD_KIND, metadata: { name, namespace: ctx.namespace }, spec: { ...spec, members: counts.founding } });
+  const manifestHeader = { apiVersion: CRD_API_VERSION, kind: CRD_KIND, metadata: { name, namespace: ctx.namespace } };
+  const manifestText = toYaml({ ...manifestHeader, spec: { ...spec, members: counts.founding } });
+  // What the pods' config hash covers: changes outside it (storage, the stuck timeout) roll no pod.
+  const agentManifest = { ...manifestHeader, spec: agentRelevantSpec({ ...spec, members: counts.founding }) };
   const auth = authOf(ctx, spec, observed, memberIds, input.random?.hmacKey);
   const objects: KubeObject[] = [
     configMap(ctx, counts.founding, next, manifestText, policy, view, auth),
@@ -398,7 +401,7 @@ function plan(ctx: Context, observed: Observed, input: ReconcileInput, spec: Gro
   for (const id of memberIds) {
     const existing = observed.pods.get(id);
     const peers = existing ? envOf(existing, 'DERECHO_PEERS') : undefined;
-    const desiredPod = pod(ctx, spec, id, next, manifestText, persistentGroup, auth, peers);
+    const desiredPod = pod(ctx, spec, id, next, agentManifest, persistentGroup, auth, peers);
     if (existing === undefined) {
       podObjects.push(desiredPod);
       created.push(id);
@@ -666,7 +669,19 @@ function peersEnv(ctx: Context, nodeId: NodeId, members: number): string {
   return range(1, Math.max(members, nodeId)).filter((id) => id !== nodeId).map((id) => `${id}=${peerHost(ctx.name, ctx.namespace, id)}:${ctx.options.peerPort}`).join(',');
 }
 
-function pod(ctx: Context, spec: GroupSpec, nodeId: NodeId, members: number, manifestText: string, persistent: boolean, auth: Auth, existingPeers: string | undefined): KubeObject {
+/**
+ * The part of the agents' manifest that a running agent acts on: what a pod must be restarted to pick up.
+ * Left out: fields only the operator reads (storage: the volumes; restart.quorumTimeoutSeconds: the Stuck
+ * condition) and fields that reach the pod through its spec (image, resources), so that changing only
+ * those never rolls the group.
+ */
+export function agentRelevantSpec(spec: GroupSpec): Record<string, unknown> {
+  const { storage: _storage, image: _image, resources: _resources, restart, ...rest } = spec;
+  const { quorumTimeoutSeconds: _timeout, ...restartRest } = restart;
+  return { ...rest, restart: restartRest };
+}
+
+function pod(ctx: Context, spec: GroupSpec, nodeId: NodeId, members: number, agentManifest: unknown, persistent: boolean, auth: Auth, existingPeers: string | undefined): KubeObject {
   const { options } = ctx;
   const rdma = spec.transport === 'rdma';
   const resources: Record<string, Record<string, string>> = {};
@@ -753,7 +768,7 @@ function pod(ctx: Context, spec: GroupSpec, nodeId: NodeId, members: number, man
     ],
   };
   // Everything a restart must pick up, except the peer list (fixed when the pod is made; see peersEnv).
-  const configHash = hashOf({ podSpec, manifest: manifestText });
+  const configHash = hashOf({ podSpec, manifest: agentManifest });
   env[3]!.value = existingPeers ?? peersEnv(ctx, nodeId, members);
   return {
     apiVersion: 'v1',

@@ -25,7 +25,7 @@ export const MEMBERS_MAX = 64;
 export const REFERENCE_TICK_MS = 50;
 
 const KiB = 1024;
-const MiB = 1024 * KiB;
+export const MiB = 1024 * KiB;
 
 // ---------------------------------------------------------------------------------------------------
 // Field builders: one error function per field, so every message reads "<value> is not <noun>".
