@@ -91,6 +91,10 @@ export const UPDATE_CASES: readonly UpdateCase[] = [
   { what: 'shrinking the volumes', before: { storage: { size: '2Gi' } }, after: { storage: { size: '1Gi' } }, refusal: 'storage.size cannot shrink' },
   { what: 'the same size written another way', before: { storage: { size: '1Gi' } }, after: { storage: { size: '1024Mi' } }, refusal: null },
   { what: 'switching hmac to mutual TLS', before: {}, after: { tls: { mode: 'mutual' } }, refusal: 'tls.mode is immutable' },
-  { what: 'changing the TLS secret', before: {}, after: { tls: { mode: 'hmac', secretName: 'other' } }, refusal: null },
+  { what: 'naming a TLS secret', before: {}, after: { tls: { mode: 'hmac', secretName: 'other' } }, refusal: 'tls.secretName is immutable' },
+  { what: 'changing the TLS secret', before: { tls: { mode: 'hmac', secretName: 'one' } }, after: { tls: { mode: 'hmac', secretName: 'other' } }, refusal: 'tls.secretName is immutable' },
+  { what: 'keeping the TLS secret', before: { tls: { mode: 'hmac', secretName: 'one' } }, after: { tls: { mode: 'hmac', secretName: 'one' } }, refusal: null },
+  { what: 'switching to RDMA', before: {}, after: { transport: 'rdma' }, refusal: 'transport is immutable' },
+  { what: 'switching auto to tcp', before: { transport: 'auto' }, after: { transport: 'tcp' }, refusal: 'transport is immutable' },
   { what: 'changing wire limits', before: {}, after: { wireLimits: { payloadBytesMax: 1000, frameBytesMax: 4096 } }, refusal: 'wireLimits is immutable' },
 ];

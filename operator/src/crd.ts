@@ -124,6 +124,13 @@ export const CEL_RULES: readonly CelRule[] = [
     holds: (self) => sum(self.subgroups.map((s) => s.shards)) <= self.wireLimits.shardsMax,
   }),
   celRule<Spec>('spec', {
+    rule: '!has(self.transport) || !has(oldSelf.transport) || self.transport == oldSelf.transport',
+    message: 'transport is immutable: members restarted one at a time on another transport could not reach the others; re-create the group to change it',
+    fieldPath: '.transport',
+    reason: 'FieldValueForbidden',
+    holds: (self, oldSelf) => self.transport === oldSelf.transport,
+  }),
+  celRule<Spec>('spec', {
     // new == old ++ (new names not in old): nothing removed, reordered or inserted; new subgroups at the end.
     // (Core CEL only: list indexing helpers such as indexOf or slice cost too much or are not everywhere.)
     rule: 'oldSelf.subgroups.map(o, o.name) + self.subgroups.map(s, s.name).filter(n, !(n in oldSelf.subgroups.map(o, o.name))) == self.subgroups.map(s, s.name)',
@@ -191,6 +198,13 @@ export const CEL_RULES: readonly CelRule[] = [
     fieldPath: '.size',
     reason: 'FieldValueForbidden',
     holds: (self, oldSelf) => self.size === undefined || oldSelf.size === undefined || !(parseQuantity(self.size) < parseQuantity(oldSelf.size)),
+  }),
+  celRule<Tls>('spec.tls', {
+    rule: 'has(self.secretName) == has(oldSelf.secretName) && (!has(self.secretName) || self.secretName == oldSelf.secretName)',
+    message: 'tls.secretName is immutable: members restarted with another Secret could not authenticate the others (rotate keys or certificates inside the same Secret)',
+    fieldPath: '.secretName',
+    reason: 'FieldValueForbidden',
+    holds: (self, oldSelf) => self.secretName === oldSelf.secretName,
   }),
   celRule<Tls>('spec.tls', {
     rule: 'self.mode == oldSelf.mode',
