@@ -36,8 +36,8 @@ import { CRD_API_VERSION, CRD_KIND, CRD_PLURAL, LABEL, memberNodeId, names } fro
 import type { KubeObject, ObjectRef, ObservedPod, ObservedSecret } from './kube.ts';
 import { createOperatorMetrics } from './metrics.ts';
 import type { OperatorMetrics } from './metrics.ts';
-import { DEFAULT_OPTIONS, reconcile } from './reconcile.ts';
-import type { AgentReports, DerechoGroupResource, GroupEvent, ObservedObjects, OperatorOptions, ReconcileOutput } from './reconcile.ts';
+import { DEFAULT_OPTIONS, reconcile, withWriteFailures } from './reconcile.ts';
+import type { AgentReports, DerechoGroupResource, GroupEvent, ObservedObjects, OperatorOptions, ReconcileOutput, WriteFailure } from './reconcile.ts';
 import { parseAgentReport } from './status.ts';
 import type { AgentReport, DerechoGroupStatus } from './status.ts';
 
@@ -909,12 +909,17 @@ export class Controller {
     }
 
     // 2. Server-side apply, in reconcile's order.
+    const failures: WriteFailure[] = [];
+    const failure = (verb: WriteFailure['verb'], kind: string, objectName: string, e: unknown): WriteFailure => ({
+      verb, kind, name: objectName, code: statusCodeOf(e) ?? null, message: errorText(e).replace(/^HTTP \d+: /, ''),
+    });
     for (const object of output.objects) {
       if (!this.active) return;
       try {
         await this.apply(key, object, seenUids.get(`${object.kind}/${object.metadata.name}`));
       } catch (e) {
         errors.push(`apply ${object.kind}/${object.metadata.name}: ${errorText(e)}`);
+        failures.push(failure('apply', object.kind, object.metadata.name, e));
         this.metrics.reconcileErrors.inc({ stage: 'apply' });
       }
     }
@@ -926,9 +931,12 @@ export class Controller {
         await this.delete(key, ref);
       } catch (e) {
         errors.push(`delete ${ref.kind}/${ref.name}: ${errorText(e)}`);
+        failures.push(failure('delete', ref.kind, ref.name, e));
         this.metrics.reconcileErrors.inc({ stage: 'delete' });
       }
     }
+    // Refused writes go into the status and the Events (and no Event reports them as done).
+    output = withWriteFailures(output, failures, group.status ?? null, new Date().toISOString());
 
     // 4. The status, when it changed.
     if (this.active && canonical(output.status) !== canonical(group.status ?? null)) {

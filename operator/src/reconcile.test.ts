@@ -12,8 +12,8 @@ import { derechoGroupSchema } from './crd.ts';
 import { ANNOTATION, LABEL } from './kube.ts';
 import type { KubeObject } from './kube.ts';
 import { validateOpenApi } from './openapi.ts';
-import { agentStatusUrl, parseRestartMessage, reconcile } from './reconcile.ts';
-import type { ReconcileOutput } from './reconcile.ts';
+import { agentStatusUrl, parseRestartMessage, reconcile, withWriteFailures } from './reconcile.ts';
+import type { ReconcileOutput, WriteFailure } from './reconcile.ts';
 import type { Condition, DerechoGroupStatus } from './status.ts';
 import { Cluster, HMAC_KEY, NOW, kvDemo, report, restartingReport } from './test-support.ts';
 
@@ -549,6 +549,34 @@ test('changes no agent acts on roll no pod: volume growth, retention, the stuck 
   const rolled = cluster.step();
   t.like(conditionOf(rolled.status, 'Progressing'), { status: 'True', reason: 'RollingUpdate' });
   t.deepEqual(rolled.status.members!.map((m) => m.outdated ?? false), [true, true, true]);
+});
+
+test('withWriteFailures: refused writes become Progressing=False WriteRefused and Warnings; events claiming them are dropped', (t) => {
+  const output = reconcile(new Cluster(kvDemo()).input());
+  t.true(output.events.some((e) => e.reason === 'PodsCreated'));
+  t.is(withWriteFailures(output, [], null, '2026-01-01T00:00:05.000Z'), output, 'no failure: unchanged');
+  const failures: WriteFailure[] = [
+    { verb: 'apply', kind: 'Pod', name: 'kv-demo-2', code: 403, message: 'pods "kv-demo-2" is forbidden: exceeded quota' },
+    { verb: 'delete', kind: 'Pod', name: 'kv-demo-9', code: null, message: 'socket hang up' },
+  ];
+  const amended = withWriteFailures(output, failures, output.status, '2026-01-01T00:00:05.000Z');
+  t.like(conditionOf(amended.status, 'Progressing'), {
+    status: 'False', reason: 'WriteRefused', lastTransitionTime: '2026-01-01T00:00:05.000Z',
+    message: 'the API server refused 2 writes; retrying with backoff: creating or updating Pod kv-demo-2 was refused (HTTP 403): pods "kv-demo-2" is forbidden: exceeded quota; deleting Pod kv-demo-9 was refused: socket hang up',
+  });
+  t.deepEqual(amended.status.conditions!.map((c) => c.type), output.status.conditions!.map((c) => c.type), 'the other conditions stay, in order');
+  t.false(amended.events.some((e) => e.reason === 'PodsCreated'), 'PodsCreated named kv-demo-2, which was refused');
+  t.deepEqual(amended.events.filter((e) => e.reason === 'WriteRefused').map((e) => `${e.type} ${e.action}: ${e.message}`), [
+    'Warning Apply: creating or updating Pod kv-demo-2 was refused (HTTP 403): pods "kv-demo-2" is forbidden: exceeded quota',
+    'Warning Delete: deleting Pod kv-demo-9 was refused: socket hang up',
+  ]);
+  // Still refused at the next round: the condition keeps its transition time.
+  const again = withWriteFailures(output, failures, amended.status, '2026-01-01T00:00:09.000Z');
+  t.is(conditionOf(again.status, 'Progressing').lastTransitionTime, '2026-01-01T00:00:05.000Z');
+  // A refused ConfigMap does not hide the PodsCreated of pods that were created.
+  const other = withWriteFailures(output, [{ verb: 'apply', kind: 'ConfigMap', name: 'kv-demo-config', code: 422, message: 'invalid' }], null, '2026-01-01T00:00:05.000Z');
+  t.true(other.events.some((e) => e.reason === 'PodsCreated'));
+  t.deepEqual(validateOpenApi(statusSchema, amended.status, 'status'), []);
 });
 
 test('outdated pods wait while a member is not active', (t) => {

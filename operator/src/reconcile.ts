@@ -119,6 +119,22 @@ export interface GroupEvent {
   message: string;
   /** The object concerned when it is not the group itself (a pod). */
   related?: { apiVersion: string; kind: string; name: string; namespace: string };
+  /**
+   * The writes ("Kind/name") the event reports as done: if the API server refuses one, the event is not
+   * recorded (see withWriteFailures), so that "creating pods" is never said of a pod that was refused.
+   */
+  requires?: string[];
+}
+
+/** A write of this round the API server refused (apply or delete). */
+export interface WriteFailure {
+  verb: 'apply' | 'delete';
+  kind: string;
+  name: string;
+  /** HTTP status, when the API server answered. */
+  code: number | null;
+  /** The API server's message (or the transport error). */
+  message: string;
 }
 
 export interface ReconcileOutput {
@@ -440,7 +456,7 @@ function plan(ctx: Context, observed: Observed, input: ReconcileInput, spec: Gro
     const message = !hadView && observed.pods.size === 0
       ? `creating ${created.length} founding member pod(s) (${listIds(created)}) together: they form view 0 once all are connected`
       : `creating pod(s) for ${listIds(created)}${onVolumes.length > 0 ? ` (on existing volume(s) of ${listIds(onVolumes)})` : ''}`;
-    events.push({ type: 'Normal', reason: 'PodsCreated', action: 'Create', message });
+    events.push({ type: 'Normal', reason: 'PodsCreated', action: 'Create', message, requires: created.map((id) => `Pod/${names.pod(name, id)}`) });
   }
   objects.push(...podObjects);
 
@@ -1034,6 +1050,33 @@ function conditionEvents(previous: DerechoGroupStatus | null, status: DerechoGro
     else if (type === 'SpecAccepted' && was?.status === 'False') events.push({ type: 'Normal', reason: 'SpecAccepted', action: 'Accept', message: now.message });
   }
   return events;
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Writes the API server refused.
+
+/**
+ * The output amended with what the controller's writes of it met: each refused apply or delete makes
+ * Progressing=False (reason WriteRefused) say which object and why, in the API server's words, with one
+ * Warning Event (reason WriteRefused) per refused object; events reporting a refused write as done
+ * (`requires`) are dropped. Pure: the controller calls it after writing, before the status.
+ */
+export function withWriteFailures(output: ReconcileOutput, failures: readonly WriteFailure[], previous: DerechoGroupStatus | null, now: string): ReconcileOutput {
+  if (failures.length === 0) return output;
+  const failed = new Set(failures.map((f) => `${f.kind}/${f.name}`));
+  const what = (f: WriteFailure): string =>
+    `${f.verb === 'apply' ? 'creating or updating' : 'deleting'} ${f.kind} ${f.name} was refused${f.code !== null ? ` (HTTP ${f.code})` : ''}: ${f.message}`;
+  const message = `the API server refused ${failures.length === 1 ? 'a write' : `${failures.length} writes`}; retrying with backoff: ${failures.map(what).join('; ')}`;
+  const before = previous?.conditions?.find((c) => c.type === 'Progressing');
+  const generation = output.status.observedGeneration ?? 0;
+  const progressing: Condition = {
+    type: 'Progressing', status: 'False', reason: 'WriteRefused', message: message.slice(0, 32_768), observedGeneration: generation,
+    lastTransitionTime: before !== undefined && before.status === 'False' && before.reason === 'WriteRefused' ? before.lastTransitionTime : now,
+  };
+  const conditions = (output.status.conditions ?? []).map((c) => (c.type === 'Progressing' ? progressing : c));
+  const events = output.events.filter((e) => !(e.requires ?? []).some((key) => failed.has(key)));
+  for (const f of failures) events.push({ type: 'Warning', reason: 'WriteRefused', action: f.verb === 'apply' ? 'Apply' : 'Delete', message: what(f).slice(0, 1024) });
+  return { ...output, status: { ...output.status, conditions }, events };
 }
 
 // ---------------------------------------------------------------------------------------------------

@@ -249,6 +249,40 @@ function fastGroup(name: string, members: number, extra: Record<string, unknown>
   };
 }
 
+test('pods the API server refuses (an RDMA pod under the restricted Pod Security standard) are reported: Progressing=False WriteRefused with its words, a Warning, no PodsCreated', async (t) => {
+  if (skipped(t)) return;
+  t.timeout(2 * 60_000);
+  const ns = 'derecho-psa';
+  const group = 'rdma-psa';
+  await rest!.apply({ apiVersion: 'v1', kind: 'Namespace', metadata: { name: ns, labels: { 'pod-security.kubernetes.io/enforce': 'restricted' } } },
+    { apiVersion: 'v1', kind: 'Namespace', plural: 'namespaces', namespaced: false }, { fieldManager: 'derecho-test', force: true });
+  const logs: string[] = [];
+  const operator = await runOperator(['--namespace', ns, '--leader-elect=false', '--metrics-port', '0', '--health-port', '0', '--bind-address', '127.0.0.1'], { KUBECONFIG: cp!.kubeconfigPath },
+    { statusUrl: () => null, log: createLogger('info', { op: 'operator-psa' }, (line) => logs.push(line.trimEnd())) });
+  let ok = false;
+  t.teardown(async () => {
+    if (!ok) t.log(`--- operator log (last 60 lines)\n${logs.slice(-60).join('\n')}`);
+    await operator.stop().catch(() => {});
+  });
+  // transport rdma: the pod adds the IPC_LOCK capability (to pin RDMA memory), which "restricted" forbids.
+  await applyGroup(fastGroup(group, 3, { transport: 'rdma' }), ns);
+  const refused = await waitFor('Progressing=False WriteRefused', async () => {
+    const g = await getGroup(ns, group);
+    return conditionOf(g, 'Progressing')?.reason === 'WriteRefused' ? g : false;
+  }, { timeoutMs: 60_000, intervalMs: 200 });
+  const progressing = conditionOf(refused, 'Progressing')!;
+  t.log(`Progressing: ${progressing.message.slice(0, 400)}`);
+  t.is(progressing.status, 'False');
+  t.regex(progressing.message, /creating or updating Pod rdma-psa-1 was refused \(HTTP 403\): pods "rdma-psa-1" is forbidden: violates PodSecurity "restricted:[^"]+": .*IPC_LOCK/);
+  t.is((await listPods(ns, group)).length, 0, 'no pod exists');
+  const events = await rest!.request<{ items: { type: string; reason: string; message: string }[] }>('GET',
+    `/api/v1/namespaces/${ns}/events?fieldSelector=${encodeURIComponent(`involvedObject.name=${group},involvedObject.kind=DerechoGroup`)}`);
+  const refusedEvents = events.items.filter((e) => e.reason === 'WriteRefused');
+  t.true(refusedEvents.length >= 3 && refusedEvents.every((e) => e.type === 'Warning' && /violates PodSecurity/.test(e.message)), JSON.stringify(refusedEvents.map((e) => e.message)));
+  t.deepEqual(events.items.filter((e) => e.reason === 'PodsCreated'), [], 'no event says the refused pods were created');
+  ok = true;
+});
+
 test('mutual TLS: a missing Secret and a missing key are reported in the status; with the certificates the group forms and serves writes', async (t) => {
   if (skipped(t)) return;
   t.timeout(3 * 60_000);
