@@ -90,7 +90,22 @@ export interface ObservedPod extends KubeObject {
     phase?: string;
     podIP?: string;
     conditions?: { type: string; status: string }[];
+    containerStatuses?: {
+      name: string;
+      restartCount?: number;
+      state?: { waiting?: { reason?: string; message?: string }; running?: { startedAt?: string }; terminated?: ContainerTermination };
+      lastState?: { terminated?: ContainerTermination };
+    }[];
   };
+}
+
+/** A container's (last) termination as the kubelet reports it. */
+export interface ContainerTermination {
+  exitCode?: number;
+  signal?: number;
+  reason?: string;
+  /** The termination message (the file at terminationMessagePath, or the end of the log). */
+  message?: string;
 }
 
 export interface ObservedPvc extends KubeObject {

@@ -579,6 +579,31 @@ test('withWriteFailures: refused writes become Progressing=False WriteRefused an
   t.deepEqual(validateOpenApi(statusSchema, amended.status, 'status'), []);
 });
 
+test('a crash-looping member says why, from its container\'s last termination message (issue 15 finding 4)', (t) => {
+  const cluster = settled();
+  const message = 'invalid configuration: spec.transport: "rdma" needs RDMA on this node, but this node has no RDMA device (ibv_get_device_list lists none).';
+  const pod3 = cluster.pods().find((p) => p.metadata.name === 'kv-demo-3')!;
+  pod3.status = {
+    ...pod3.status,
+    containerStatuses: [{ name: 'agent', restartCount: 4, state: { waiting: { reason: 'CrashLoopBackOff', message: 'back-off 40s restarting failed container' } }, lastState: { terminated: { exitCode: 2, reason: 'Error', message } } }],
+  };
+  const output = reconcile(cluster.input({ reports: { ...cluster.reports(), 3: null } }));
+  const row = output.status.members!.find((m) => m.nodeId === 3)!;
+  t.is(row.mode, 'crashLooping');
+  t.is(row.waiting, `the agent keeps failing (CrashLoopBackOff): it restarted 4 times; last exit: code 2: ${message}`);
+  t.like(conditionOf(output.status, 'Degraded'), { status: 'True', reason: 'MembersUnavailable' });
+  t.regex(conditionOf(output.status, 'Degraded').message, /^node 3: the agent keeps failing \(CrashLoopBackOff\): .*needs RDMA on this node/);
+  // Running again after a failure, but not answering yet: the last exit is still said.
+  pod3.status = { ...pod3.status, containerStatuses: [{ name: 'agent', restartCount: 1, state: { running: {} }, lastState: { terminated: { exitCode: 137, signal: 9, message: '' } } }] };
+  const again = reconcile(cluster.input({ reports: { ...cluster.reports(), 3: null } })).status.members!.find((m) => m.nodeId === 3)!;
+  t.like(again, { mode: 'unreachable', waiting: 'the agent does not answer /status (it restarted 1 time; last exit: signal 9)' });
+  // The pod asks the kubelet for that message.
+  const pod = output.objects.find((o) => o.kind === 'Pod') as KubeObject & { spec: { containers: { terminationMessagePolicy?: string }[] } } | undefined;
+  const spec = pod ?? reconcile(new Cluster(kvDemo()).input()).objects.find((o) => o.kind === 'Pod') as KubeObject & { spec: { containers: { terminationMessagePolicy?: string }[] } };
+  t.is(spec.spec.containers[0]!.terminationMessagePolicy, 'FallbackToLogsOnError');
+  t.deepEqual(validateOpenApi(statusSchema, output.status, 'status'), []);
+});
+
 test('outdated pods wait while a member is not active', (t) => {
   const cluster = settled();
   cluster.setSpec({ resources: { limits: { memory: '1Gi' } } });

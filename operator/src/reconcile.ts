@@ -177,6 +177,30 @@ function podIsFinished(pod: ObservedPod): boolean {
   return pod.status?.phase === 'Failed' || pod.status?.phase === 'Succeeded';
 }
 
+/** The agent container's status, as the kubelet reports it. */
+function agentContainer(pod: ObservedPod): NonNullable<NonNullable<ObservedPod['status']>['containerStatuses']>[number] | undefined {
+  const statuses = pod.status?.containerStatuses ?? [];
+  return statuses.find((c) => c.name === 'agent') ?? statuses[0];
+}
+
+/** "it restarted 4 times; last exit: code 2: <its termination message>", or null if it never stopped. */
+function lastExit(pod: ObservedPod): string | null {
+  const container = agentContainer(pod);
+  const terminated = container?.lastState?.terminated;
+  if (container === undefined || terminated === undefined) return null;
+  const restarts = container.restartCount ?? 0;
+  const message = (terminated.message ?? '').trim().replace(/\s*\n\s*/g, ' | ');
+  const how = terminated.signal !== undefined ? `signal ${terminated.signal}` : `code ${terminated.exitCode ?? '?'}`;
+  return `it restarted ${restarts} time${restarts === 1 ? '' : 's'}; last exit: ${how}${message ? `: ${message.length > 1500 ? `${message.slice(0, 1500)}...` : message}` : ''}`;
+}
+
+/** What a member whose agent keeps failing says (CrashLoopBackOff), or null. */
+function crashLoop(pod: ObservedPod): string | null {
+  const waiting = agentContainer(pod)?.state?.waiting;
+  if (waiting?.reason !== 'CrashLoopBackOff') return null;
+  return `the agent keeps failing (CrashLoopBackOff): ${lastExit(pod) ?? 'no exit recorded'}`;
+}
+
 function podIsReady(pod: ObservedPod | undefined): boolean {
   return pod?.status?.conditions?.some((condition) => condition.type === 'Ready' && condition.status === 'True') === true;
 }
@@ -759,6 +783,9 @@ function pod(ctx: Context, spec: GroupSpec, nodeId: NodeId, members: number, age
           { name: 'peer', containerPort: options.peerPort, protocol: 'TCP' },
           { name: 'http', containerPort: options.httpPort, protocol: 'TCP' },
         ],
+        // Why the agent stopped (it writes /dev/termination-log; else the end of its log) shows in the pod's
+        // lastState and in the group's status (a crash-looping member says why).
+        terminationMessagePolicy: 'FallbackToLogsOnError',
         readinessProbe: { httpGet: { path: '/readyz', port: 'http' }, periodSeconds: 2, timeoutSeconds: 1, failureThreshold: 2 },
         livenessProbe: { httpGet: { path: '/healthz', port: 'http' }, initialDelaySeconds: 10, periodSeconds: 10, timeoutSeconds: 2, failureThreshold: 3 },
         ...(Object.keys(resources).length > 0 ? { resources } : {}),
@@ -843,9 +870,13 @@ function memberRows(ctx: Context, observed: Observed, reports: AgentReports, ids
     } else if (pod.status?.phase !== 'Running') {
       mode = 'starting';
       waiting = `pod ${pod.status?.phase ?? 'Pending'}`;
+    } else if (crashLoop(pod) !== null) {
+      mode = 'crashLooping';
+      waiting = crashLoop(pod)!;
     } else {
       mode = 'unreachable';
-      waiting = 'the agent does not answer /status';
+      const last = lastExit(pod);
+      waiting = `the agent does not answer /status${last !== null ? ` (${last})` : ''}`;
     }
     const ready = report ? report.ready : report === undefined && podIsReady(pod);
     return {

@@ -37,7 +37,7 @@ export type Condition = z.output<typeof Condition>;
 export const PHASES = ['Creating', 'Running', 'Scaling', 'Updating', 'Degraded', 'Restarting', 'Unavailable', 'Invalid', 'Deleting'] as const;
 export type Phase = (typeof PHASES)[number];
 
-export const MEMBER_MODES = ['active', 'joining', 'restarting', 'exited', 'unreachable', 'starting', 'absent'] as const;
+export const MEMBER_MODES = ['active', 'joining', 'restarting', 'exited', 'unreachable', 'crashLooping', 'starting', 'absent'] as const;
 
 const frontiers = (what: string) =>
   z.record(z.string().max(128), z.string().max(64))
@@ -48,7 +48,7 @@ export const MemberStatus = z
     nodeId: z.int().min(1).max(INT32_MAX).describe('Node id of the member (1..members).'),
     pod: z.string().max(253).describe('Name of the member\'s pod.'),
     ready: z.boolean().describe('The agent reports ready: in a view, not wedged, holding the state of every shard it serves.'),
-    mode: z.string().max(32).describe(`What the member is doing: ${MEMBER_MODES.join(', ')} ("unreachable": its pod exists but /status does not answer; "absent": no pod).`),
+    mode: z.string().max(32).describe(`What the member is doing: ${MEMBER_MODES.join(', ')} ("unreachable": its pod exists but /status does not answer; "crashLooping": its agent keeps failing, "waiting" says why; "absent": no pod).`),
     viewId: z.int().min(-1).max(INT64_MAX).describe('View the member is in (-1: none).'),
     delivered: frontiers('Delivered frontier'),
     persisted: frontiers('Persisted frontier (durable on every member of the shard)'),

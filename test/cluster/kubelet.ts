@@ -61,6 +61,8 @@ interface Termination {
   reason: string;
   startedAt: string;
   finishedAt: string;
+  /** The termination message: the file at DERECHO_TERMINATION_MESSAGE_PATH, else (FallbackToLogsOnError) the end of this run's log. */
+  message: string;
 }
 
 interface PodState {
@@ -83,6 +85,8 @@ interface PodState {
   waitingReason: string;
   waitingMessage: string;
   statusChain: Promise<void>;
+  /** Where this run's output starts in the pod's log file. */
+  logStart: number;
 }
 
 export interface KubeletOptions {
@@ -239,7 +243,7 @@ export class MockKubelet {
       state = {
         uid, name, namespace: pod.metadata?.namespace ?? this.options.namespace, pod, phase: 'pending', child: null, childExited: null,
         restarts: 0, startedAt: null, firstStartedAt: null, ready: false, readyFailures: 0, readySince: new Date().toISOString(),
-        lastTermination: null, quickFailures: 0, timer: null, waitingReason: 'ContainerCreating', waitingMessage: '', statusChain: Promise.resolve(),
+        lastTermination: null, quickFailures: 0, timer: null, waitingReason: 'ContainerCreating', waitingMessage: '', statusChain: Promise.resolve(), logStart: 0,
       };
       this.states.set(uid, state);
       if (!pod.spec?.nodeName) void this.bind(state);
@@ -437,6 +441,11 @@ export class MockKubelet {
     for (const [k, v] of Object.entries(process.env)) if (v !== undefined && !k.startsWith('DERECHO_')) childEnv[k] = v;
     Object.assign(childEnv, env);
     const logFile = path.join(this.logDir, `${state.namespace}_${state.name}.log`);
+    // The container's terminationMessagePath, as the kubelet provides it (an empty file per run).
+    const terminationFile = path.join(this.logDir, `${state.namespace}_${state.name}.termination-log`);
+    fs.writeFileSync(terminationFile, '');
+    childEnv.DERECHO_TERMINATION_MESSAGE_PATH = terminationFile;
+    state.logStart = fs.existsSync(logFile) ? fs.statSync(logFile).size : 0;
     const fd = fs.openSync(logFile, 'a');
     let child: ChildProcess;
     try {
@@ -461,17 +470,38 @@ export class MockKubelet {
     this.writeStatus(state);
   }
 
+  /**
+   * As the kubelet does: the termination message file (at most 4096 bytes); if it is empty, the container
+   * failed and its terminationMessagePolicy is FallbackToLogsOnError, the last 80 lines (2048 bytes) of its log.
+   */
+  private terminationMessage(state: PodState, exitCode: number): string {
+    const dir = this.logDir;
+    try {
+      const written = fs.readFileSync(path.join(dir, `${state.namespace}_${state.name}.termination-log`), 'utf8').slice(0, 4096);
+      if (written !== '') return written;
+      const policy = state.pod.spec?.containers?.[0]?.terminationMessagePolicy;
+      if (exitCode === 0 || policy !== 'FallbackToLogsOnError') return '';
+      const log = fs.readFileSync(path.join(dir, `${state.namespace}_${state.name}.log`));
+      const tail = log.subarray(state.logStart).toString('utf8').split('\n').slice(-81).join('\n');
+      return tail.length > 2048 ? tail.slice(-2048) : tail;
+    } catch {
+      return '';
+    }
+  }
+
   private onExit(state: PodState, child: ChildProcess, code: number | null, signal: NodeJS.Signals | null): void {
     if (state.child !== child) return;
     state.child = null;
     const finishedAt = new Date().toISOString();
     const ranMs = state.startedAt ? Date.now() - Date.parse(state.startedAt) : 0;
+    const exitCode = code ?? (signal === 'SIGKILL' ? 137 : signal === 'SIGTERM' ? 143 : 1);
     state.lastTermination = {
-      exitCode: code ?? (signal === 'SIGKILL' ? 137 : signal === 'SIGTERM' ? 143 : 1),
+      exitCode,
       signal,
       reason: code === 0 ? 'Completed' : 'Error',
       startedAt: state.startedAt ?? finishedAt,
       finishedAt,
+      message: this.terminationMessage(state, exitCode),
     };
     if (state.ready) state.readySince = finishedAt;
     state.ready = false;
@@ -583,7 +613,7 @@ export class MockKubelet {
         state: running
           ? { running: { startedAt: state.startedAt } }
           : { waiting: { reason: state.waitingReason, ...(state.waitingMessage ? { message: state.waitingMessage } : {}) } },
-        ...(last !== null ? { lastState: { terminated: { exitCode: last.exitCode, reason: last.reason, startedAt: last.startedAt, finishedAt: last.finishedAt, ...(last.signal ? { signal: last.signal === 'SIGKILL' ? 9 : 15 } : {}) } } } : {}),
+        ...(last !== null ? { lastState: { terminated: { exitCode: last.exitCode, reason: last.reason, startedAt: last.startedAt, finishedAt: last.finishedAt, ...(last.signal ? { signal: last.signal === 'SIGKILL' ? 9 : 15 } : {}), ...(last.message !== '' ? { message: last.message } : {}) } } } : {}),
       }],
     };
   }

@@ -283,6 +283,34 @@ test('pods the API server refuses (an RDMA pod under the restricted Pod Security
   ok = true;
 });
 
+test('a crash-looping member says why in the status: its agent\'s termination message (transport rdma on a node without RDMA)', async (t) => {
+  if (skipped(t)) return;
+  t.timeout(2 * 60_000);
+  const ns = 'derecho-crashloop';
+  const group = 'no-rdma';
+  await createNamespace(ns);
+  const logs: string[] = [];
+  const kubelet = await MockKubelet.start({ kubeConfig: cp!.kubeConfig, namespace: ns, workDir: path.join(workDir, 'kubelet-crashloop'), log: (line) => logs.push(line) });
+  const operator = await runOperator(['--namespace', ns, '--leader-elect=false', '--metrics-port', '0', '--health-port', '0', '--bind-address', '127.0.0.1'], { KUBECONFIG: cp!.kubeconfigPath },
+    { statusUrl: kubelet.statusUrl, log: createLogger('info', { op: 'operator-crashloop' }, (line) => logs.push(line.trimEnd())) });
+  let ok = false;
+  t.teardown(async () => {
+    if (!ok) t.log(`--- operator and kubelet log (last 60 lines)\n${logs.slice(-60).join('\n')}`);
+    await operator.stop().catch(() => {});
+    await kubelet.stop();
+  });
+  await applyGroup(fastGroup(group, 3, { transport: 'rdma' }), ns);
+  const looping = await waitFor('members crash-looping with the reason', async () => {
+    const g = await getGroup(ns, group);
+    return (g.status?.members ?? []).length === 3 && g.status!.members!.every((m) => m.mode === 'crashLooping') ? g : false;
+  }, { timeoutMs: 90_000, intervalMs: 250 });
+  const member = looping.status!.members![0]!;
+  t.log(`node 1: ${member.waiting}`);
+  t.regex(member.waiting ?? '', /^the agent keeps failing \(CrashLoopBackOff\): it restarted \d+ times?; last exit: code 2: invalid configuration: spec\.transport: "rdma" needs RDMA on this node/);
+  t.regex(conditionOf(looping, 'Ready')?.message ?? '', /node 1: the agent keeps failing/);
+  ok = true;
+});
+
 test('mutual TLS: a missing Secret and a missing key are reported in the status; with the certificates the group forms and serves writes', async (t) => {
   if (skipped(t)) return;
   t.timeout(3 * 60_000);

@@ -2,14 +2,17 @@
 // device stops start-up (exit code 2), "auto" without a device runs over TCP and says so (log, /status).
 
 import test from 'ava';
+import { mkdtempSync, readFileSync, writeFileSync, existsSync } from 'node:fs';
 import http from 'node:http';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
 import { loadAgentConfig } from '../config/load.ts';
 import { ConfigError } from '../config/errors.ts';
 import { FakeFabric } from '../transport/rdma/fake-verbs.ts';
 import { loadNativeVerbs } from '../transport/rdma/native-verbs.ts';
 import { Agent } from './agent.ts';
 import { createLogger, silentLogger } from './logger.ts';
-import { EXIT_CONFIG, runAgent } from './main.ts';
+import { EXIT_CONFIG, runAgent, writeTerminationMessage } from './main.ts';
 import { groupConfigs, until } from './test-group.ts';
 
 function manifest(transport: string, members: number): string {
@@ -75,14 +78,18 @@ test('transport: rdma on a node without an RDMA device stops start-up with exit 
     errors.push(String(chunk));
     return true;
   }) as typeof process.stderr.write;
+  // The container's termination message file (created by the kubelet) gets the reason too.
+  const terminationLog = path.join(mkdtempSync(path.join(tmpdir(), 'derecho-term-')), 'termination-log');
+  writeFileSync(terminationLog, '');
   let code: number;
   try {
-    code = await runAgent(['--config', files[0]!], {}, { verbs: new FakeFabric().verbs([]), log: silentLogger });
+    code = await runAgent(['--config', files[0]!], { DERECHO_TERMINATION_MESSAGE_PATH: terminationLog }, { verbs: new FakeFabric().verbs([]), log: silentLogger });
   } finally {
     process.stderr.write = write;
   }
   t.is(code, EXIT_CONFIG);
   t.regex(errors.join(''), /spec\.transport: "rdma" needs RDMA on this node, but this node has no RDMA device \(ibv_get_device_list lists none\)/);
+  t.regex(readFileSync(terminationLog, 'utf8'), /^invalid configuration: spec\.transport: "rdma" needs RDMA on this node, but this node has no RDMA device/);
   // The native addon on this node: no device (or not built) fails the same way, before anything listens.
   const native = loadNativeVerbs();
   if (native.ok && native.verbs.devices().length > 0) return;
@@ -122,4 +129,19 @@ test('transport: auto with an RDMA device uses it, serving peers without RDMA ov
   const s2 = await getJson(httpPorts[1]!, '/status');
   t.like(s1['transport'], { requested: 'auto', kind: 'rdma', device: 'fake0', rdmaPeers: [] });
   t.like(s2['transport'], { requested: 'auto', kind: 'tcp' });
+});
+
+test('the termination message is written only where the kubelet made the file, and at most 4096 bytes', (t) => {
+  const dir = mkdtempSync(path.join(tmpdir(), 'derecho-term-'));
+  const missing = path.join(dir, 'none');
+  writeTerminationMessage('why', { DERECHO_TERMINATION_MESSAGE_PATH: missing });
+  t.false(existsSync(missing), 'no file is created (outside a container /dev/termination-log does not exist)');
+  const file = path.join(dir, 'termination-log');
+  writeFileSync(file, '');
+  writeTerminationMessage('x'.repeat(5000), { DERECHO_TERMINATION_MESSAGE_PATH: file });
+  t.is(readFileSync(file, 'utf8').length, 4096);
+  writeTerminationMessage('the replica exited: removed', { DERECHO_TERMINATION_MESSAGE_PATH: file });
+  t.is(readFileSync(file, 'utf8'), 'the replica exited: removed');
+  writeTerminationMessage('unwritable', { DERECHO_TERMINATION_MESSAGE_PATH: dir });
+  t.pass('a path that cannot be written is ignored');
 });
