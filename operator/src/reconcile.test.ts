@@ -604,6 +604,33 @@ test('a crash-looping member says why, from its container\'s last termination me
   t.deepEqual(validateOpenApi(statusSchema, output.status, 'status'), []);
 });
 
+test('every member ready but not in one view: Ready says where each one is, not "3 of 3 members ready" (issue 15 finding 4)', (t) => {
+  const cluster = settled();
+  const reports = {
+    1: report(1, { viewId: 5, members: [1, 2, 3] }),
+    2: report(2, { viewId: 5, members: [1, 2, 3] }),
+    3: report(3, { viewId: 4, members: [1, 2, 3] }),
+  };
+  const ready = conditionOf(reconcile(cluster.input({ reports })).status, 'Ready');
+  t.like(ready, { status: 'False', reason: 'MembersNotReady', message: 'every member is ready but they are not yet in one view: node 3 in view 4; nodes 1, 2 in view 5' });
+  const notHeld = { 1: report(1, { viewId: 6, members: [1, 2] }), 2: report(2, { viewId: 6, members: [1, 2] }), 3: report(3, { viewId: 6, members: [1, 2] }) };
+  t.is(conditionOf(reconcile(cluster.input({ reports: notHeld })).status, 'Ready').message,
+    'every member is ready but they are not yet in one view: nodes 1, 2, 3 in view 6; view 6 does not hold node 3 yet');
+});
+
+test('the last member of a scale-up still joining: phase Scaling, not Degraded (issue 15 finding 4)', (t) => {
+  const cluster = settled();
+  const inView0 = cluster.reports();
+  cluster.setSpec({ members: 4 });
+  cluster.step();
+  const joining = report(4, { mode: 'joining', viewId: -1, members: [], ready: false, waiting: { kind: 'joining', message: 'joining the running group through node 1' } });
+  const output = reconcile(cluster.input({ reports: { ...inView0, 4: joining } }));
+  t.is(output.status.currentMembers, 4);
+  t.is(output.status.phase, 'Scaling');
+  t.like(conditionOf(output.status, 'Degraded'), { status: 'False' });
+  t.like(conditionOf(output.status, 'Ready'), { status: 'False', reason: 'MembersNotReady' });
+});
+
 test('outdated pods wait while a member is not active', (t) => {
   const cluster = settled();
   cluster.setSpec({ resources: { limits: { memory: '1Gi' } } });

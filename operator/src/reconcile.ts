@@ -928,7 +928,12 @@ function buildStatus(ctx: Context, observed: Observed, reports: AgentReports, vi
   } else if (!everFormed) {
     conditions.push(condition(ctx, 'Ready', 'False', 'Creating', `waiting for the founding members to form view 0 (${readyIds.length} of ${memberIds.length} ready)${notReadyText ? `: ${notReadyText}` : ''}`));
   } else {
-    conditions.push(condition(ctx, 'Ready', 'False', 'MembersNotReady', `${readyIds.length} of ${memberIds.length} members ready${notReadyText ? `: ${notReadyText}` : ''}`));
+    // Every member ready but not all in one view (a view change under way, or the view not yet holding a
+    // new member): say where each one is rather than "3 of 3 members ready".
+    const whereText = readyIds.length === memberIds.length && memberIds.length > 0 ? notInOneViewText(memberIds, reports, liveView) : '';
+    conditions.push(condition(ctx, 'Ready', 'False', 'MembersNotReady', whereText !== ''
+      ? `every member is ready but they are not yet in one view: ${whereText}`
+      : `${readyIds.length} of ${memberIds.length} members ready${notReadyText ? `: ${notReadyText}` : ''}`));
   }
 
   // Progressing
@@ -1000,7 +1005,11 @@ function buildStatus(ctx: Context, observed: Observed, reports: AgentReports, vi
   else if (scaling) phase = 'Scaling';
   else if (plan.outdated.length > 0) phase = 'Updating';
   else if (!memberIds.some((id) => isActive(reports[id]))) phase = 'Unavailable';
-  else if (degraded || !ready) phase = 'Degraded';
+  else if (degraded) phase = 'Degraded';
+  // Not ready only because members added by a scale-up are still joining (the last step of a scale-up,
+  // once the operator's counts already hold the new member): that is scaling, not a degraded group.
+  else if (!ready && memberIds.some((id) => !row(id).ready && !established.includes(id))) phase = 'Scaling';
+  else if (!ready) phase = 'Degraded';
   else phase = 'Running';
 
   return {
@@ -1051,6 +1060,19 @@ function durationText(seconds: number): string {
   if (s < 3600) return `${Math.floor(s / 60)} min${s % 60 > 0 ? ` ${s % 60} s` : ''}`;
   const m = Math.floor((s % 3600) / 60);
   return `${Math.floor(s / 3600)} h${m > 0 ? ` ${m} min` : ''}`;
+}
+
+/** "node 3 in view 4, nodes 1, 2 in view 5 (members 1, 2)": where the members are, when not all in one view. */
+function notInOneViewText(memberIds: NodeId[], reports: AgentReports, view: ReturnType<typeof currentView>): string {
+  const byView = new Map<number, NodeId[]>();
+  for (const id of memberIds) {
+    const viewId = reports[id]?.viewId ?? -1;
+    byView.set(viewId, [...(byView.get(viewId) ?? []), id]);
+  }
+  const parts = [...byView.entries()].sort((a, b) => a[0] - b[0]).map(([viewId, ids]) => `${listIds(ids)} in ${viewId >= 0 ? `view ${viewId}` : 'no view'}`);
+  const outside = view !== null ? memberIds.filter((id) => !view.members.includes(id)) : [];
+  if (outside.length > 0) parts.push(`view ${view!.id} does not hold ${listIds(outside)} yet`);
+  return parts.join('; ');
 }
 
 /** The view and its shard table: from an active member's report, else kept from the last status. */
