@@ -631,6 +631,17 @@ test('the last member of a scale-up still joining: phase Scaling, not Degraded (
   t.like(conditionOf(output.status, 'Ready'), { status: 'False', reason: 'MembersNotReady' });
 });
 
+test('members whose pods are being deleted are not shown running, even while their agents still answer (issue 15 finding 4)', (t) => {
+  const cluster = settled();
+  const stillAnswering = cluster.reports();
+  for (const pod of cluster.pods()) pod.metadata.deletionTimestamp = '2026-01-01T00:10:00.000Z';
+  const status = reconcile(cluster.input({ reports: stillAnswering })).status;
+  t.not(status.phase, 'Running');
+  t.is(status.readyMembers, '0/3');
+  t.deepEqual(status.members!.map((m) => `${m.mode}: ${m.waiting}`), ['absent: pod terminating', 'absent: pod terminating', 'absent: pod terminating']);
+  t.like(conditionOf(status, 'Ready'), { status: 'False' });
+});
+
 test('outdated pods wait while a member is not active', (t) => {
   const cluster = settled();
   cluster.setSpec({ resources: { limits: { memory: '1Gi' } } });

@@ -906,7 +906,13 @@ function restartOf(reports: AgentReports, view: ReturnType<typeof currentView>):
   return { waitingFor: chosen.message, missingMembers, missingShards: parsed.shards, reporting };
 }
 
-function buildStatus(ctx: Context, observed: Observed, reports: AgentReports, view: ReturnType<typeof currentView>, plan: StatusPlan): DerechoGroupStatus {
+function buildStatus(ctx: Context, observed: Observed, agentReports: AgentReports, view: ReturnType<typeof currentView>, plan: StatusPlan): DerechoGroupStatus {
+  // A member whose pod is being deleted is going away: its agent may still answer for the grace period,
+  // but the status must not show it as running (every pod deleted read "Running 3/3" for seconds).
+  const reports: AgentReports = Object.fromEntries(Object.entries(agentReports).map(([id, report]) => {
+    const pod = observed.pods.get(Number(id));
+    return [id, pod !== undefined && podIsTerminating(pod) ? null : report];
+  }));
   const memberIds = range(1, plan.next);
   const extraIds = [...observed.pods.keys()].filter((id) => id > plan.next);
   const rows = memberRows(ctx, observed, reports, [...memberIds, ...extraIds].sort((a, b) => a - b), plan.outdated);
