@@ -922,7 +922,10 @@ function buildStatus(ctx: Context, observed: Observed, agentReports: AgentReport
   const restart = restartOf(reports, view);
   const anyReport = memberIds.some((id) => reports[id] !== null && reports[id] !== undefined);
   const everFormed = view !== null;
-  const notReadyText = memberIds.filter((id) => !row(id).ready).map((id) => `node ${id}: ${row(id).waiting ?? row(id).mode}`).join('; ');
+  // Why a member is not ready, for the conditions: a restarting member's own message (the restart planner's
+  // terms) stays in its row; the conditions say it in plain words once (RestartQuorumPending).
+  const why = (id: NodeId): string => (row(id).mode === 'restarting' ? 'restarting after a total failure' : row(id).waiting ?? row(id).mode);
+  const notReadyText = memberIds.filter((id) => !row(id).ready).map((id) => `node ${id}: ${why(id)}`).join('; ');
   const allInView = liveView !== null && sameSet(liveView.members, memberIds) && memberIds.every((id) => reports[id]?.viewId === liveView.id);
   const conditions: Condition[] = [];
 
@@ -930,7 +933,7 @@ function buildStatus(ctx: Context, observed: Observed, agentReports: AgentReport
   if (readyIds.length === memberIds.length && memberIds.length > 0 && allInView) {
     conditions.push(condition(ctx, 'Ready', 'True', 'AllMembersReady', `all ${memberIds.length} members are ready in view ${liveView!.id}`));
   } else if (restart !== null) {
-    conditions.push(condition(ctx, 'Ready', 'False', 'RestartQuorumPending', `restarting after a total failure: ${restart.waitingFor}`));
+    conditions.push(condition(ctx, 'Ready', 'False', 'RestartQuorumPending', `restarting after a total failure: ${restartText(restart)}`));
   } else if (!everFormed) {
     conditions.push(condition(ctx, 'Ready', 'False', 'Creating', `waiting for the founding members to form view 0 (${readyIds.length} of ${memberIds.length} ready)${notReadyText ? `: ${notReadyText}` : ''}`));
   } else {
@@ -972,19 +975,17 @@ function buildStatus(ctx: Context, observed: Observed, agentReports: AgentReport
   if (plan.auth.problem !== null) {
     conditions.push(condition(ctx, 'Degraded', 'True', 'AuthSecretMissing', plan.auth.problem));
   } else if (everFormed && established.length > 0 && unavailable.length === established.length) {
-    conditions.push(condition(ctx, 'Degraded', 'True', 'NoActiveMember', `no member is active (${unavailable.map((id) => `node ${id}: ${row(id).waiting ?? row(id).mode}`).join('; ')})`));
+    conditions.push(condition(ctx, 'Degraded', 'True', 'NoActiveMember', `no member is active (${unavailable.map((id) => `node ${id}: ${why(id)}`).join('; ')})`));
   } else if (unavailable.length > 0) {
-    conditions.push(condition(ctx, 'Degraded', 'True', 'MembersUnavailable', unavailable.map((id) => `node ${id}: ${row(id).waiting ?? row(id).mode}`).join('; ')));
+    conditions.push(condition(ctx, 'Degraded', 'True', 'MembersUnavailable', unavailable.map((id) => `node ${id}: ${why(id)}`).join('; ')));
   } else {
     conditions.push(condition(ctx, 'Degraded', 'False', 'AsExpected', 'every member that has been in a view is ready'));
   }
 
   // RestartQuorumPending
   if (restart !== null) {
-    const parts = [restart.waitingFor];
-    if (restart.missingMembers.length > 0) parts.push(`missing members: ${restart.missingMembers.join(', ')}`);
-    if (restart.missingShards.length > 0) parts.push(`missing shards: ${restart.missingShards.map((s) => `${s.subgroup}/${s.shard} (former members ${s.formerMembers.join(', ')})`).join(', ')}`);
-    conditions.push(condition(ctx, 'RestartQuorumPending', 'True', /not met/.test(restart.waitingFor) ? 'QuorumNotMet' : 'Restarting', parts.join('; ')));
+    // In plain words; the agents' own wording stays in status.restart.waitingFor and each member's row.
+    conditions.push(condition(ctx, 'RestartQuorumPending', 'True', /not met/.test(restart.waitingFor) ? 'QuorumNotMet' : 'Restarting', restartText(restart)));
   } else if (everFormed && !anyReport && !memberIds.some((id) => isActive(reports[id]))) {
     conditions.push(condition(ctx, 'RestartQuorumPending', 'Unknown', 'NoReports', `no member answers /status; pods missing are recreated on their volumes (${memberIds.filter((id) => !observed.pods.has(id)).length} of ${memberIds.length})`));
   } else {
@@ -1042,15 +1043,31 @@ function stuckCondition(ctx: Context, restart: RestartStatus | null, pending: Co
     const deadline = timeoutSeconds === 0 ? 'no deadline (spec.restart.quorumTimeoutSeconds: 0)' : `reported stuck after ${durationText(timeoutSeconds)} (spec.restart.quorumTimeoutSeconds)`;
     return condition(ctx, 'Stuck', 'False', 'RestartWaiting', `the restart has waited ${durationText(waitedSeconds)}; ${deadline}`);
   }
-  const needs: string[] = [];
-  if (restart.missingShards.length > 0) {
-    needs.push(...restart.missingShards.map((s) => `shard ${s.subgroup}/${s.shard} needs one of its former members back (${s.formerMembers.map((id) => `node ${id}`).join(' or ')}), with its volume`));
-  }
-  if (restart.missingMembers.length > 0) needs.push(`members not back yet: ${restart.missingMembers.map((id) => `node ${id}`).join(', ')}`);
-  const what = needs.length > 0 ? needs.join('; ') : restart.waitingFor;
   return condition(ctx, 'Stuck', 'True', 'RestartQuorumTimeout',
-    `the restart after a total failure has waited ${durationText(waitedSeconds)}, more than spec.restart.quorumTimeoutSeconds (${timeoutSeconds} s): ${what}. ` +
+    `the restart after a total failure has waited ${durationText(waitedSeconds)}, more than spec.restart.quorumTimeoutSeconds (${timeoutSeconds} s): ${restartText(restart)}. ` +
     'Members keep their logs and keep waiting; bring back the pods (and volumes) named here (see docs/operations.md, "A stuck restart").');
+}
+
+/**
+ * What a restart after a total failure waits for, in plain words (no "quorum", "inadequate" or "restart
+ * view"): "nodes 1, 2 are back; shard kv/1 needs one of its former members back (node 3), with its
+ * volume; waiting for node 3".
+ */
+export function restartText(restart: RestartStatus): string {
+  const quorumMet = !/not met/.test(restart.waitingFor);
+  const parts: string[] = [];
+  if (restart.reporting.length > 0) parts.push(`${listIds(restart.reporting)} ${restart.reporting.length === 1 ? 'is' : 'are'} back`);
+  for (const s of restart.missingShards) {
+    parts.push(`shard ${s.subgroup}/${s.shard} needs one of its former members back (${s.formerMembers.map((id) => `node ${id}`).join(' or ')}), with its volume`);
+  }
+  if (restart.missingMembers.length > 0) {
+    parts.push(quorumMet
+      ? `enough members are back; waiting a short grace period for ${listIds(restart.missingMembers)} before restarting without ${restart.missingMembers.length === 1 ? 'it' : 'them'}`
+      : `waiting for ${listIds(restart.missingMembers)}`);
+  } else if (restart.missingShards.length === 0) {
+    parts.push(quorumMet ? 'enough members are back; they are agreeing on the restart' : 'waiting for more members to come back');
+  }
+  return parts.join('; ');
 }
 
 /** spec.restart.quorumTimeoutSeconds of a spec that did not validate, if it is a valid value; else the default. */
@@ -1158,7 +1175,7 @@ function refuseAll(ctx: Context, group: DerechoGroupResource, observed: Observed
     condition(ctx, 'Degraded', rows.some((row) => !row.ready && row.nodeId <= current) ? 'True' : 'False', rows.some((row) => !row.ready && row.nodeId <= current) ? 'MembersUnavailable' : 'AsExpected',
       rows.filter((row) => !row.ready && row.nodeId <= current).map((row) => `node ${row.nodeId}: ${row.waiting ?? row.mode}`).join('; ') || 'every member is ready'),
     restart !== null
-      ? condition(ctx, 'RestartQuorumPending', 'True', /not met/.test(restart.waitingFor) ? 'QuorumNotMet' : 'Restarting', restart.waitingFor)
+      ? condition(ctx, 'RestartQuorumPending', 'True', /not met/.test(restart.waitingFor) ? 'QuorumNotMet' : 'Restarting', restartText(restart))
       : condition(ctx, 'RestartQuorumPending', 'False', 'NotRestarting', 'no member is restarting'),
   ];
   conditions.push(
