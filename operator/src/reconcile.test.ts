@@ -644,6 +644,27 @@ test('members whose pods are being deleted are not shown running, even while the
   t.like(conditionOf(status, 'Ready'), { status: 'False' });
 });
 
+test('a member with the wrong key: Degraded AuthenticationFailed naming it, not a restart after a total failure (issue 15 finding 4)', (t) => {
+  const cluster = settled();
+  const base = cluster.reports();
+  const refused = { peer: 3, remote: '10.0.0.3:40112', message: 'closing connection #7: n3 failed to prove knowledge of the group secret (wrong secret?)', secondsAgo: 1.5 };
+  const reports = {
+    1: { ...report(1, { viewId: 1, members: [1, 2] }), transport: { lastHandshakeFailure: refused } },
+    2: report(2, { viewId: 1, members: [1, 2] }),
+    // Node 3 (wrong key) hears from no one: it takes itself for the survivor of a total failure.
+    3: restartingReport(3, 'restart quorum not met for view 0: 1 of 3 members returned with their saved state (need 2; waiting for nodes 1, 2)'),
+  };
+  const status = reconcile(cluster.input({ reports: { ...base, ...reports } })).status;
+  t.not(status.phase, 'Restarting');
+  t.is(status.restart, undefined);
+  t.like(conditionOf(status, 'RestartQuorumPending'), { status: 'False' });
+  t.like(conditionOf(status, 'Degraded'), { status: 'True', reason: 'AuthenticationFailed' });
+  t.regex(conditionOf(status, 'Degraded').message, /^node 3: cannot authenticate with the other members \(wrong key or certificate\?\): node 1 refuses its connections: closing connection #7: n3 failed to prove knowledge of the group secret \(wrong secret\?\); it reports: restart quorum not met/);
+  // An old failure (a member that has since been fixed) does not count.
+  const old = { ...reports, 1: { ...reports[1], transport: { lastHandshakeFailure: { ...refused, secondsAgo: 600 } } } };
+  t.like(conditionOf(reconcile(cluster.input({ reports: { ...base, ...old } })).status, 'Degraded'), { reason: 'MembersUnavailable' });
+});
+
 test('outdated pods wait while a member is not active', (t) => {
   const cluster = settled();
   cluster.setSpec({ resources: { limits: { memory: '1Gi' } } });

@@ -177,6 +177,30 @@ function podIsFinished(pod: ObservedPod): boolean {
   return pod.status?.phase === 'Failed' || pod.status?.phase === 'Succeeded';
 }
 
+/** How recent an authentication failure must be to explain a member that is not ready. */
+const AUTH_FAILURE_RECENT_SECONDS = 60;
+
+/**
+ * Why member `nodeId` cannot talk to the others, from the authentication failures the agents report
+ * (its own, or its peers' about it), or null: a wrong HMAC key or certificate reads as that, not as a
+ * restart or an unreachable member.
+ */
+function authTrouble(nodeId: NodeId, reports: AgentReports): string | null {
+  const recent = (report: AgentReport | null | undefined) => {
+    const f = report?.transport?.lastHandshakeFailure;
+    return f !== undefined && f !== null && f.secondsAgo <= AUTH_FAILURE_RECENT_SECONDS ? f : null;
+  };
+  const found: string[] = [];
+  for (const [id, report] of Object.entries(reports)) {
+    const f = recent(report);
+    if (f !== null && Number(id) !== nodeId && f.peer === nodeId) found.push(`node ${id} refuses its connections: ${f.message}`);
+  }
+  const own = recent(reports[nodeId]);
+  if (own !== null) found.push(`its connections${own.peer !== null ? ` with node ${own.peer}` : ''} fail authentication: ${own.message}`);
+  // The telling one first (a wrong secret, a certificate for another node) over "the peer hung up".
+  return found.find((text) => !/connection lost during the handshake|handshake timed out/.test(text)) ?? found[0] ?? null;
+}
+
 /** The agent container's status, as the kubelet reports it. */
 function agentContainer(pod: ObservedPod): NonNullable<NonNullable<ObservedPod['status']>['containerStatuses']>[number] | undefined {
   const statuses = pod.status?.containerStatuses ?? [];
@@ -863,7 +887,11 @@ function memberRows(ctx: Context, observed: Observed, reports: AgentReports, ids
     let waiting: string | undefined;
     if (report) {
       mode = report.mode;
-      if (!report.ready) waiting = report.exited ?? report.waiting?.message ?? (report.wedged ? `wedged in view ${report.viewId}` : report.mode);
+      if (!report.ready) {
+        waiting = report.exited ?? report.waiting?.message ?? (report.wedged ? `wedged in view ${report.viewId}` : report.mode);
+        const auth = authTrouble(nodeId, reports);
+        if (auth !== null) waiting = `cannot authenticate with the other members (wrong key or certificate?): ${auth}; it reports: ${waiting}`;
+      }
     } else if (pod === undefined || podIsTerminating(pod)) {
       mode = 'absent';
       waiting = pod === undefined ? 'no pod' : 'pod terminating';
@@ -899,6 +927,9 @@ function restartOf(reports: AgentReports, view: ReturnType<typeof currentView>):
     .map(([id, report]) => ({ id: Number(id), message: report!.waiting?.message ?? report!.restart?.waitingFor ?? 'restarting' }))
     .sort((a, b) => a.id - b.id);
   if (restarting.length === 0) return null;
+  // Members active in a view: the group did not fail as a whole, a restarting member is one that tries to
+  // come back (its row says what it waits for; e.g. it cannot authenticate with the others).
+  if (Object.values(reports).some((report) => report?.mode === 'active')) return null;
   const chosen = restarting.find((entry) => /not met/.test(entry.message)) ?? restarting[0]!;
   const parsed = parseRestartMessage(chosen.message);
   const reporting = restarting.map((entry) => entry.id);
@@ -924,7 +955,7 @@ function buildStatus(ctx: Context, observed: Observed, agentReports: AgentReport
   const everFormed = view !== null;
   // Why a member is not ready, for the conditions: a restarting member's own message (the restart planner's
   // terms) stays in its row; the conditions say it in plain words once (RestartQuorumPending).
-  const why = (id: NodeId): string => (row(id).mode === 'restarting' ? 'restarting after a total failure' : row(id).waiting ?? row(id).mode);
+  const why = (id: NodeId): string => (restart !== null && row(id).mode === 'restarting' ? 'restarting after a total failure' : row(id).waiting ?? row(id).mode);
   const notReadyText = memberIds.filter((id) => !row(id).ready).map((id) => `node ${id}: ${why(id)}`).join('; ');
   const allInView = liveView !== null && sameSet(liveView.members, memberIds) && memberIds.every((id) => reports[id]?.viewId === liveView.id);
   const conditions: Condition[] = [];
@@ -977,7 +1008,8 @@ function buildStatus(ctx: Context, observed: Observed, agentReports: AgentReport
   } else if (everFormed && established.length > 0 && unavailable.length === established.length) {
     conditions.push(condition(ctx, 'Degraded', 'True', 'NoActiveMember', `no member is active (${unavailable.map((id) => `node ${id}: ${why(id)}`).join('; ')})`));
   } else if (unavailable.length > 0) {
-    conditions.push(condition(ctx, 'Degraded', 'True', 'MembersUnavailable', unavailable.map((id) => `node ${id}: ${why(id)}`).join('; ')));
+    const authFailing = unavailable.some((id) => (row(id).waiting ?? '').startsWith('cannot authenticate'));
+    conditions.push(condition(ctx, 'Degraded', 'True', authFailing ? 'AuthenticationFailed' : 'MembersUnavailable', unavailable.map((id) => `node ${id}: ${why(id)}`).join('; ')));
   } else {
     conditions.push(condition(ctx, 'Degraded', 'False', 'AsExpected', 'every member that has been in a view is ready'));
   }

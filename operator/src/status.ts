@@ -141,6 +141,10 @@ export const AgentReport = z.looseObject({
     persistenceFrontier: VersionJson,
     stateReady: z.boolean().optional(),
   })).default([]),
+  transport: z.looseObject({
+    /** The newest connection refused at authentication (wrong HMAC key, a certificate of another CA...). */
+    lastHandshakeFailure: z.object({ peer: z.number().nullable(), remote: z.string(), message: z.string(), secondsAgo: z.number() }).nullable().optional(),
+  }).optional(),
 });
 export type AgentReport = z.output<typeof AgentReport>;
 export type AgentReportInput = z.input<typeof AgentReport>;

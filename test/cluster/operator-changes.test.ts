@@ -311,6 +311,56 @@ test('a crash-looping member says why in the status: its agent\'s termination me
   ok = true;
 });
 
+test('a member restarted with another HMAC key is reported as failing authentication, not as a restart after a total failure', async (t) => {
+  if (skipped(t)) return;
+  t.timeout(3 * 60_000);
+  const ns = 'derecho-wrongkey';
+  const group = 'wrongkey';
+  await createNamespace(ns);
+  const logs: string[] = [];
+  const kubelet = await MockKubelet.start({ kubeConfig: cp!.kubeConfig, namespace: ns, workDir: path.join(workDir, 'kubelet-wrongkey'), log: (line) => logs.push(line) });
+  const operator = await runOperator(['--namespace', ns, '--leader-elect=false', '--metrics-port', '0', '--health-port', '0', '--bind-address', '127.0.0.1'], { KUBECONFIG: cp!.kubeconfigPath },
+    { statusUrl: kubelet.statusUrl, log: createLogger('info', { op: 'operator-wrongkey' }, (line) => logs.push(line.trimEnd())) });
+  let ok = false;
+  t.teardown(async () => {
+    if (!ok) {
+      t.log(`--- operator and kubelet log (last 60 lines)\n${logs.slice(-60).join('\n')}`);
+      t.log(`--- status: ${statusLine(await getGroup(ns, group).catch(() => undefined))}`);
+      t.log(kubelet.logs(30));
+    }
+    await operator.stop().catch(() => {});
+    await kubelet.stop();
+  });
+  const waitForGroup = (what: string, probe: (g: Group) => boolean, timeoutMs = 90_000): Promise<Group> =>
+    waitFor(what, async () => {
+      const g = await getGroup(ns, group);
+      return probe(g) ? g : false;
+    }, { timeoutMs, intervalMs: 200 });
+  // The group's key in a Secret of the user's (spec.tls.secretName).
+  const secretType = { apiVersion: 'v1', kind: 'Secret', plural: 'secrets' };
+  const secretName = 'wrongkey-hmac';
+  await rest!.apply({ apiVersion: 'v1', kind: 'Secret', metadata: { name: secretName, namespace: ns }, type: 'Opaque', data: { 'hmac.key': Buffer.alloc(32, 7).toString('base64') } },
+    secretType, { fieldManager: 'derecho-test', force: true });
+  // 4 members: no shard has node 3 alone, so the others keep serving (with 3, kv/1 = [3] would stop the group).
+  await applyGroup(fastGroup(group, 4, { tls: { mode: 'hmac', secretName } }), ns);
+  await waitForGroup('Ready', (g) => conditionOf(g, 'Ready')?.status === 'True');
+  // The user replaces the key in that Secret; node 3 restarts with it, the others keep the old one.
+  const secret = await rest!.get<{ data: Record<string, string> }>(resourcePath(secretType, ns, secretName), 10_000);
+  const other = Buffer.from(Buffer.from(secret.data['hmac.key']!, 'base64').map((b) => b ^ 0x5a)).toString('base64');
+  await rest!.request('PUT', resourcePath(secretType, ns, secretName), { body: { ...secret, data: { ...secret.data, 'hmac.key': other } } });
+  await kubelet.kill(3);
+  const failing = await waitForGroup('Degraded AuthenticationFailed naming node 3 and the wrong secret', (g) => conditionOf(g, 'Degraded')?.reason === 'AuthenticationFailed'
+    && /group secret/.test(conditionOf(g, 'Degraded')!.message));
+  const degraded = conditionOf(failing, 'Degraded')!;
+  t.log(`Degraded: ${degraded.message.slice(0, 300)}`);
+  t.regex(degraded.message, /^node 3: cannot authenticate with the other members \(wrong key or certificate\?\): .*failed to prove knowledge of the group secret \(wrong secret\?\)/);
+  t.not(failing.status!.phase, 'Restarting');
+  t.is(failing.status!.restart, undefined);
+  t.like(conditionOf(failing, 'RestartQuorumPending'), { status: 'False' });
+  t.true(failing.status!.members!.filter((m) => m.nodeId !== 3).every((m) => m.ready), 'the other members serve');
+  ok = true;
+});
+
 test('mutual TLS: a missing Secret and a missing key are reported in the status; with the certificates the group forms and serves writes', async (t) => {
   if (skipped(t)) return;
   t.timeout(3 * 60_000);

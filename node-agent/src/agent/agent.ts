@@ -75,6 +75,8 @@ export class Agent {
   private closed = false;
   private readonly dirLock: DirLock;
   private exitReasonText: string | null = null;
+  /** The newest connection refused at authentication (either side), for /status: why peers cannot talk. */
+  private lastHandshakeFailure: { peer: NodeId | null; remote: string; message: string; atMs: number } | null = null;
   /** Bootstrap: founders not connected yet (the driver starts when none is left). */
   private foundersPending: NodeId[] = [];
   readonly startKind: StartState['kind'];
@@ -143,7 +145,19 @@ export class Agent {
     this.transportChoice = { requested: choice.requested, kind: choice.kind, device: choice.device, reason: choice.reason };
     if (spec.transport === 'auto' && choice.kind === 'tcp') this.log.warn('transport: falling back to TCP', { reason: choice.reason });
     else this.log.info('transport', { kind: choice.kind, reason: choice.reason });
-    this.transport.onError((e) => this.log.warn('peer connection dropped', { kind: e.kind, peer: e.peer, remote: e.remote, error: e.message }));
+    this.transport.onError((e) => {
+      this.log.warn('peer connection dropped', { kind: e.kind, peer: e.peer, remote: e.remote, error: e.message });
+      if (e.kind === 'handshake') {
+        // Keep the telling failure ("failed to prove knowledge of the group secret", a certificate for
+        // another node...) over the vague ones the same trouble causes on the other side (the peer hung up).
+        const vague = (message: string) => /connection lost during the handshake|handshake timed out/.test(message);
+        const last = this.lastHandshakeFailure;
+        const now = Date.now();
+        if (!(vague(e.message) && last !== null && !vague(last.message) && now - last.atMs < 30_000)) {
+          this.lastHandshakeFailure = { peer: e.peer, remote: e.remote, message: e.message, atMs: now };
+        }
+      }
+    });
     const bound = await this.transport.listen(config.listen.host, config.listen.peerPort);
     Object.assign(this.peerAddress, bound);
     const peers = new Map<NodeId, string>();
@@ -305,6 +319,10 @@ export class Agent {
         peerPort: this.peerAddress.port, connectedPeers: this.transport.connectedPeers(),
         framesSent: t.framesSent, framesReceived: t.framesReceived, bytesSent: t.bytesSent, bytesReceived: t.bytesReceived,
         protocolErrors: t.protocolErrors, handshakeFailures: t.handshakeFailures,
+        lastHandshakeFailure: this.lastHandshakeFailure === null ? null : {
+          peer: this.lastHandshakeFailure.peer, remote: this.lastHandshakeFailure.remote, message: this.lastHandshakeFailure.message,
+          secondsAgo: Math.round((Date.now() - this.lastHandshakeFailure.atMs) / 100) / 10,
+        },
         dropsQueueFull: t.dropsQueueFull, dropsUnreachable: t.dropsUnreachable,
       },
       storage: { dataDir: this.config.dataDir, fsync: this.config.group.spec.fsync, journalBytes: st.journalBytes, liveLogRecords: st.liveLogRecords },
