@@ -140,6 +140,8 @@ export const names = {
   hmacSecret: (group: string): string => `${group}-auth`,
   tlsSecret: (group: string): string => `${group}-tls`,
   podDisruptionBudget: (group: string): string => group,
+  /** The budget that keeps a member that alone holds a persistent shard from being evicted. */
+  solePodDisruptionBudget: (group: string, nodeId: number): string => `${group}-${nodeId}-sole`,
   networkPolicy: (group: string): string => `${group}-peers`,
 };
 

@@ -57,9 +57,10 @@ function runUntilSettled(cluster: Cluster, limit = 20): NodeId[][] {
 // ---------------------------------------------------------------------------------------------------
 // A new group
 
-test('a new group creates three pods, three PVCs, two services, a ConfigMap, a Secret, a PDB and a NetworkPolicy', (t) => {
+test('a new group creates three pods, three PVCs, two services, a ConfigMap, a Secret, two PDBs and a NetworkPolicy', (t) => {
   const output = reconcile(new Cluster(kvDemo()).input());
-  t.deepEqual(kinds(output.objects), { ConfigMap: 1, Secret: 1, Service: 2, PodDisruptionBudget: 1, NetworkPolicy: 1, PersistentVolumeClaim: 3, Pod: 3 });
+  // Two budgets: a majority of the members, and node 3 alone (the only member of kv/1: see the sole-member test).
+  t.deepEqual(kinds(output.objects), { ConfigMap: 1, Secret: 1, Service: 2, PodDisruptionBudget: 2, NetworkPolicy: 1, PersistentVolumeClaim: 3, Pod: 3 });
   t.deepEqual(output.deletes, []);
   t.deepEqual(output.objects.filter((o) => o.kind === 'Pod').map((o) => o.metadata.name), ['kv-demo-1', 'kv-demo-2', 'kv-demo-3']);
   t.deepEqual(output.objects.filter((o) => o.kind === 'PersistentVolumeClaim').map((o) => o.metadata.name), ['kv-demo-1-data', 'kv-demo-2-data', 'kv-demo-3-data']);
@@ -663,6 +664,25 @@ test('a member with the wrong key: Degraded AuthenticationFailed naming it, not 
   // An old failure (a member that has since been fixed) does not count.
   const old = { ...reports, 1: { ...reports[1], transport: { lastHandshakeFailure: { ...refused, secondsAgo: 600 } } } };
   t.like(conditionOf(reconcile(cluster.input({ reports: { ...base, ...old } })).status, 'Degraded'), { reason: 'MembersUnavailable' });
+});
+
+test('a member that alone holds a persistent shard gets a budget of its own that forbids evicting it; it goes when the shard gets a second member (issue 15 finding 3)', (t) => {
+  const cluster = settled();
+  const budgets = (output: ReturnType<typeof reconcile>) => output.objects.filter((o) => o.kind === 'PodDisruptionBudget') as (KubeObject & { spec: Record<string, unknown> })[];
+  const first = cluster.step();
+  const sole = budgets(first).find((b) => b.metadata.name === 'kv-demo-3-sole')!;
+  t.deepEqual(sole.spec, {
+    maxUnavailable: 0,
+    selector: { matchLabels: { 'app.kubernetes.io/name': 'derecho', 'app.kubernetes.io/instance': 'kv-demo', 'app.kubernetes.io/component': 'member', 'derecho.dev/node-id': '3' } },
+  });
+  t.is(sole.metadata.annotations!['derecho.dev/why'], 'node 3 is the only member of shard kv/1: evicting it would stop the group until it is back');
+  t.deepEqual(budgets(first).map((b) => b.metadata.name), ['kv-demo', 'kv-demo-3-sole'], 'only node 3 holds a shard alone');
+  // A fourth member gives kv/1 a second member: node 3's budget is deleted.
+  cluster.setSpec({ members: 4 });
+  let output = cluster.step();
+  for (let i = 0; i < 10 && !output.deletes.some((d) => d.name === 'kv-demo-3-sole'); i++) output = cluster.step();
+  t.deepEqual(output.deletes.filter((d) => d.kind === 'PodDisruptionBudget').map((d) => d.name), ['kv-demo-3-sole']);
+  t.false(budgets(output).some((b) => b.metadata.name.endsWith('-sole')));
 });
 
 test('outdated pods wait while a member is not active', (t) => {

@@ -297,6 +297,8 @@ function decideSpec(group: DerechoGroupResource, namespace: string, current: num
 interface Observed {
   pods: Map<NodeId, ObservedPod>;
   pvcs: Map<NodeId, ObservedPvc>;
+  /** The budgets protecting sole shard members (see solePodDisruptionBudget), by node id. */
+  solePdbs: Map<NodeId, KubeObject>;
   configMap: ObservedConfigMap | undefined;
   secrets: Map<string, ObservedSecret>;
 }
@@ -314,6 +316,7 @@ function indexObserved(observed: ObservedObjects, name: string): Observed {
   return {
     pods: byNode(mine(observed.pods), names.pod),
     pvcs: byNode(mine(observed.pvcs), names.pvc),
+    solePdbs: byNode(mine(observed.podDisruptionBudgets), names.solePodDisruptionBudget),
     configMap: (observed.configMaps ?? []).find((configMap) => configMap.metadata.name === names.configMap(name)),
     secrets: new Map((observed.secrets ?? []).map((secret) => [secret.metadata.name, secret] as const)),
   };
@@ -454,6 +457,19 @@ function plan(ctx: Context, observed: Observed, input: ReconcileInput, spec: Gro
     podDisruptionBudget(ctx, next),
     networkPolicy(ctx),
   ];
+  // A member that alone holds a persistent shard may not be evicted (a node drain would stop the group
+  // until it is back): a budget of its own with maxUnavailable 0. (The operator's own rolling restarts
+  // delete pods, which budgets do not block; they warn instead.)
+  // From the layout the members have (or will have: at creation, before any view), as the ConfigMap shows it.
+  const planned = allocate(policy, layoutOf(view), memberIds);
+  const layoutView = planned.adequate
+    ? { id: view?.id ?? -1, members: memberIds, layout: planned.layout.shards.map((shard) => ({ shardId: shard.shardId, subgroup: shard.subgroup, shardIndex: shard.shardIndex, members: shard.members })) }
+    : view;
+  const soleIds = memberIds.filter((id) => soleHolderOf(layoutView, policy, id).length > 0);
+  for (const id of soleIds) objects.push(solePodDisruptionBudget(ctx, id, soleHolderOf(layoutView, policy, id)));
+  for (const [id, budget] of observed.solePdbs) {
+    if (!soleIds.includes(id)) deletes.push(refOf(budget, `node ${id} no longer holds a shard alone`));
+  }
   if (persistentGroup) {
     for (const id of memberIds) objects.push(pvc(ctx, spec, id, observed.pvcs.get(id)));
   }
@@ -686,6 +702,18 @@ function podDisruptionBudget(ctx: Context, members: number): KubeObject {
     kind: 'PodDisruptionBudget',
     metadata: meta(ctx, names.podDisruptionBudget(ctx.name), 'members'),
     spec: { minAvailable: majority(members), selector: { matchLabels: memberSelector(ctx) } },
+  };
+}
+
+function solePodDisruptionBudget(ctx: Context, nodeId: NodeId, shards: string[]): KubeObject {
+  return {
+    apiVersion: 'policy/v1',
+    kind: 'PodDisruptionBudget',
+    metadata: meta(ctx, names.solePodDisruptionBudget(ctx.name, nodeId), 'members', {
+      nodeId,
+      annotations: { 'derecho.dev/why': `node ${nodeId} is the only member of shard${shards.length === 1 ? '' : 's'} ${shards.join(', ')}: evicting it would stop the group until it is back` },
+    }),
+    spec: { maxUnavailable: 0, selector: { matchLabels: { ...memberSelector(ctx), [LABEL.nodeId]: String(nodeId) } } },
   };
 }
 

@@ -55,7 +55,7 @@ export const OPERATOR_CLUSTER_RULES = [
   { apiGroups: [''], resources: ['pods', 'persistentvolumeclaims'], verbs: ['get', 'list', 'watch', 'create', 'patch', 'delete'] },
   { apiGroups: [''], resources: ['services', 'configmaps', 'secrets'], verbs: ['get', 'list', 'watch', 'create', 'patch'] },
   { apiGroups: [''], resources: ['events'], verbs: ['create', 'patch'] },
-  { apiGroups: ['policy'], resources: ['poddisruptionbudgets'], verbs: ['get', 'list', 'watch', 'create', 'patch'] },
+  { apiGroups: ['policy'], resources: ['poddisruptionbudgets'], verbs: ['get', 'list', 'watch', 'create', 'patch', 'delete'] },
   { apiGroups: ['networking.k8s.io'], resources: ['networkpolicies'], verbs: ['get', 'list', 'watch', 'create', 'patch'] },
 ];
 export const OPERATOR_LEASE_RULES = [{ apiGroups: ['coordination.k8s.io'], resources: ['leases'], verbs: ['get', 'create', 'update'] }];
@@ -238,11 +238,16 @@ test('a DerechoGroup end to end: creation, Ready with view and shards, kill -9, 
     ['v1', 'Pod', `${GROUP}-1`], ['v1', 'Pod', `${GROUP}-2`], ['v1', 'Pod', `${GROUP}-3`],
     ['v1', 'Service', `${GROUP}-peers`], ['v1', 'Service', GROUP], ['v1', 'ConfigMap', `${GROUP}-config`], ['v1', 'Secret', `${GROUP}-auth`],
     ['policy/v1', 'PodDisruptionBudget', GROUP], ['networking.k8s.io/v1', 'NetworkPolicy', `${GROUP}-peers`],
+    // Node 3 alone holds kv/1: a budget of its own forbids evicting it.
+    ['policy/v1', 'PodDisruptionBudget', `${GROUP}-3-sole`],
   ] as const) {
     const object = await read(apiVersion, kind, name);
     t.like(object.metadata?.ownerReferences?.[0], owner, `${kind}/${name} is owned by the group`);
     t.true(object.metadata?.managedFields?.some((f) => f.manager === 'derecho-operator' && f.operation === 'Apply') ?? false, `${kind}/${name} is server-side applied by derecho-operator`);
   }
+  const sole = await read('policy/v1', 'PodDisruptionBudget', `${GROUP}-3-sole`) as { spec?: { maxUnavailable?: number; selector?: { matchLabels?: Record<string, string> } } };
+  t.is(sole.spec?.maxUnavailable, 0);
+  t.is(sole.spec?.selector?.matchLabels?.['derecho.dev/node-id'], '3');
   for (const id of [1, 2, 3]) {
     const claim = await core.readNamespacedPersistentVolumeClaim({ name: `${GROUP}-${id}-data`, namespace: ns });
     t.is(claim.metadata?.ownerReferences, undefined, 'retained volumes carry no owner reference');
