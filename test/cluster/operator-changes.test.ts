@@ -249,6 +249,34 @@ function fastGroup(name: string, members: number, extra: Record<string, unknown>
   };
 }
 
+/**
+ * An operator watching `ns`, and a mock kubelet running its pods (unless `kubelet: false`). Until
+ * `passed()` is called, the teardown prints their logs and the group's status.
+ */
+async function operatorFor(t: ExecutionContext, ns: string, group: string, tag: string, opts: { kubelet?: boolean } = {}) {
+  const logs: string[] = [];
+  const kubelet = opts.kubelet === false ? null
+    : await MockKubelet.start({ kubeConfig: cp!.kubeConfig, namespace: ns, workDir: path.join(workDir, `kubelet-${tag}`), log: (line) => logs.push(line) });
+  const operator = await runOperator(['--namespace', ns, '--leader-elect=false', '--metrics-port', '0', '--health-port', '0', '--bind-address', '127.0.0.1'], { KUBECONFIG: cp!.kubeconfigPath },
+    { statusUrl: kubelet?.statusUrl ?? (() => null), log: createLogger('info', { op: `operator-${tag}` }, (line) => logs.push(line.trimEnd())) });
+  let ok = false;
+  t.teardown(async () => {
+    if (!ok) {
+      t.log(`--- operator${kubelet ? ' and kubelet' : ''} log (last 60 lines)\n${logs.slice(-60).join('\n')}`);
+      t.log(`--- status: ${statusLine(await getGroup(ns, group).catch(() => undefined))}`);
+      if (kubelet) t.log(kubelet.logs(30));
+    }
+    await operator.stop().catch(() => {});
+    await kubelet?.stop();
+  });
+  const waitForGroup = (what: string, probe: (g: Group) => boolean, timeoutMs = 90_000): Promise<Group> =>
+    waitFor(what, async () => {
+      const g = await getGroup(ns, group);
+      return probe(g) ? g : false;
+    }, { timeoutMs, intervalMs: 200 });
+  return { kubelet, waitForGroup, passed: (): void => { ok = true; } };
+}
+
 test('pods the API server refuses (an RDMA pod under the restricted Pod Security standard) are reported: Progressing=False WriteRefused with its words, a Warning, no PodsCreated', async (t) => {
   if (skipped(t)) return;
   t.timeout(2 * 60_000);
@@ -256,20 +284,10 @@ test('pods the API server refuses (an RDMA pod under the restricted Pod Security
   const group = 'rdma-psa';
   await rest!.apply({ apiVersion: 'v1', kind: 'Namespace', metadata: { name: ns, labels: { 'pod-security.kubernetes.io/enforce': 'restricted' } } },
     { apiVersion: 'v1', kind: 'Namespace', plural: 'namespaces', namespaced: false }, { fieldManager: 'derecho-test', force: true });
-  const logs: string[] = [];
-  const operator = await runOperator(['--namespace', ns, '--leader-elect=false', '--metrics-port', '0', '--health-port', '0', '--bind-address', '127.0.0.1'], { KUBECONFIG: cp!.kubeconfigPath },
-    { statusUrl: () => null, log: createLogger('info', { op: 'operator-psa' }, (line) => logs.push(line.trimEnd())) });
-  let ok = false;
-  t.teardown(async () => {
-    if (!ok) t.log(`--- operator log (last 60 lines)\n${logs.slice(-60).join('\n')}`);
-    await operator.stop().catch(() => {});
-  });
+  const { waitForGroup, passed } = await operatorFor(t, ns, group, 'psa', { kubelet: false });
   // transport rdma: the pod adds the IPC_LOCK capability (to pin RDMA memory), which "restricted" forbids.
   await applyGroup(fastGroup(group, 3, { transport: 'rdma' }), ns);
-  const refused = await waitFor('Progressing=False WriteRefused', async () => {
-    const g = await getGroup(ns, group);
-    return conditionOf(g, 'Progressing')?.reason === 'WriteRefused' ? g : false;
-  }, { timeoutMs: 60_000, intervalMs: 200 });
+  const refused = await waitForGroup('Progressing=False WriteRefused', (g) => conditionOf(g, 'Progressing')?.reason === 'WriteRefused', 60_000);
   const progressing = conditionOf(refused, 'Progressing')!;
   t.log(`Progressing: ${progressing.message.slice(0, 400)}`);
   t.is(progressing.status, 'False');
@@ -280,7 +298,7 @@ test('pods the API server refuses (an RDMA pod under the restricted Pod Security
   const refusedEvents = events.items.filter((e) => e.reason === 'WriteRefused');
   t.true(refusedEvents.length >= 3 && refusedEvents.every((e) => e.type === 'Warning' && /violates PodSecurity/.test(e.message)), JSON.stringify(refusedEvents.map((e) => e.message)));
   t.deepEqual(events.items.filter((e) => e.reason === 'PodsCreated'), [], 'no event says the refused pods were created');
-  ok = true;
+  passed();
 });
 
 test('a crash-looping member says why in the status: its agent\'s termination message (transport rdma on a node without RDMA)', async (t) => {
@@ -289,26 +307,15 @@ test('a crash-looping member says why in the status: its agent\'s termination me
   const ns = 'derecho-crashloop';
   const group = 'no-rdma';
   await createNamespace(ns);
-  const logs: string[] = [];
-  const kubelet = await MockKubelet.start({ kubeConfig: cp!.kubeConfig, namespace: ns, workDir: path.join(workDir, 'kubelet-crashloop'), log: (line) => logs.push(line) });
-  const operator = await runOperator(['--namespace', ns, '--leader-elect=false', '--metrics-port', '0', '--health-port', '0', '--bind-address', '127.0.0.1'], { KUBECONFIG: cp!.kubeconfigPath },
-    { statusUrl: kubelet.statusUrl, log: createLogger('info', { op: 'operator-crashloop' }, (line) => logs.push(line.trimEnd())) });
-  let ok = false;
-  t.teardown(async () => {
-    if (!ok) t.log(`--- operator and kubelet log (last 60 lines)\n${logs.slice(-60).join('\n')}`);
-    await operator.stop().catch(() => {});
-    await kubelet.stop();
-  });
+  const { waitForGroup, passed } = await operatorFor(t, ns, group, 'crashloop');
   await applyGroup(fastGroup(group, 3, { transport: 'rdma' }), ns);
-  const looping = await waitFor('members crash-looping with the reason', async () => {
-    const g = await getGroup(ns, group);
-    return (g.status?.members ?? []).length === 3 && g.status!.members!.every((m) => m.mode === 'crashLooping') ? g : false;
-  }, { timeoutMs: 90_000, intervalMs: 250 });
+  const looping = await waitForGroup('members crash-looping with the reason',
+    (g) => (g.status?.members ?? []).length === 3 && g.status!.members!.every((m) => m.mode === 'crashLooping'));
   const member = looping.status!.members![0]!;
   t.log(`node 1: ${member.waiting}`);
   t.regex(member.waiting ?? '', /^the agent keeps failing \(CrashLoopBackOff\): it restarted \d+ times?; last exit: code 2: invalid configuration: spec\.transport: "rdma" needs RDMA on this node/);
   t.regex(conditionOf(looping, 'Ready')?.message ?? '', /node 1: the agent keeps failing/);
-  ok = true;
+  passed();
 });
 
 test('a member restarted with another HMAC key is reported as failing authentication, not as a restart after a total failure', async (t) => {
@@ -317,25 +324,7 @@ test('a member restarted with another HMAC key is reported as failing authentica
   const ns = 'derecho-wrongkey';
   const group = 'wrongkey';
   await createNamespace(ns);
-  const logs: string[] = [];
-  const kubelet = await MockKubelet.start({ kubeConfig: cp!.kubeConfig, namespace: ns, workDir: path.join(workDir, 'kubelet-wrongkey'), log: (line) => logs.push(line) });
-  const operator = await runOperator(['--namespace', ns, '--leader-elect=false', '--metrics-port', '0', '--health-port', '0', '--bind-address', '127.0.0.1'], { KUBECONFIG: cp!.kubeconfigPath },
-    { statusUrl: kubelet.statusUrl, log: createLogger('info', { op: 'operator-wrongkey' }, (line) => logs.push(line.trimEnd())) });
-  let ok = false;
-  t.teardown(async () => {
-    if (!ok) {
-      t.log(`--- operator and kubelet log (last 60 lines)\n${logs.slice(-60).join('\n')}`);
-      t.log(`--- status: ${statusLine(await getGroup(ns, group).catch(() => undefined))}`);
-      t.log(kubelet.logs(30));
-    }
-    await operator.stop().catch(() => {});
-    await kubelet.stop();
-  });
-  const waitForGroup = (what: string, probe: (g: Group) => boolean, timeoutMs = 90_000): Promise<Group> =>
-    waitFor(what, async () => {
-      const g = await getGroup(ns, group);
-      return probe(g) ? g : false;
-    }, { timeoutMs, intervalMs: 200 });
+  const { kubelet, waitForGroup, passed } = await operatorFor(t, ns, group, 'wrongkey');
   // The group's key in a Secret of the user's (spec.tls.secretName).
   const secretType = { apiVersion: 'v1', kind: 'Secret', plural: 'secrets' };
   const secretName = 'wrongkey-hmac';
@@ -348,7 +337,7 @@ test('a member restarted with another HMAC key is reported as failing authentica
   const secret = await rest!.get<{ data: Record<string, string> }>(resourcePath(secretType, ns, secretName), 10_000);
   const other = Buffer.from(Buffer.from(secret.data['hmac.key']!, 'base64').map((b) => b ^ 0x5a)).toString('base64');
   await rest!.request('PUT', resourcePath(secretType, ns, secretName), { body: { ...secret, data: { ...secret.data, 'hmac.key': other } } });
-  await kubelet.kill(3);
+  await kubelet!.kill(3);
   const failing = await waitForGroup('Degraded AuthenticationFailed naming node 3 and the wrong secret', (g) => conditionOf(g, 'Degraded')?.reason === 'AuthenticationFailed'
     && /group secret/.test(conditionOf(g, 'Degraded')!.message));
   const degraded = conditionOf(failing, 'Degraded')!;
@@ -358,7 +347,7 @@ test('a member restarted with another HMAC key is reported as failing authentica
   t.is(failing.status!.restart, undefined);
   t.like(conditionOf(failing, 'RestartQuorumPending'), { status: 'False' });
   t.true(failing.status!.members!.filter((m) => m.nodeId !== 3).every((m) => m.ready), 'the other members serve');
-  ok = true;
+  passed();
 });
 
 test('mutual TLS: a missing Secret and a missing key are reported in the status; with the certificates the group forms and serves writes', async (t) => {
