@@ -465,8 +465,9 @@ function plan(ctx: Context, observed: Observed, input: ReconcileInput, spec: Gro
   const layoutView = planned.adequate
     ? { id: view?.id ?? -1, members: memberIds, layout: planned.layout.shards.map((shard) => ({ shardId: shard.shardId, subgroup: shard.subgroup, shardIndex: shard.shardIndex, members: shard.members })) }
     : view;
-  const soleIds = memberIds.filter((id) => soleHolderOf(layoutView, policy, id).length > 0);
-  for (const id of soleIds) objects.push(solePodDisruptionBudget(ctx, id, soleHolderOf(layoutView, policy, id)));
+  const soleShardsOf = new Map(memberIds.map((id) => [id, soleHolderOf(layoutView, policy, id)] as const).filter(([, shards]) => shards.length > 0));
+  const soleIds = [...soleShardsOf.keys()];
+  for (const [id, shards] of soleShardsOf) objects.push(solePodDisruptionBudget(ctx, id, shards));
   for (const [id, budget] of observed.solePdbs) {
     if (!soleIds.includes(id)) deletes.push(refOf(budget, `node ${id} no longer holds a shard alone`));
   }
@@ -911,6 +912,7 @@ function memberRows(ctx: Context, observed: Observed, reports: AgentReports, ids
       delivered[`${shard.subgroup}/${shard.shardIndex}`] = frontier(shard.delivered);
       persisted[`${shard.subgroup}/${shard.shardIndex}`] = frontier(shard.persistenceFrontier);
     }
+    const looping = pod !== undefined ? crashLoop(pod) : null;
     let mode: string;
     let waiting: string | undefined;
     if (report) {
@@ -926,9 +928,9 @@ function memberRows(ctx: Context, observed: Observed, reports: AgentReports, ids
     } else if (pod.status?.phase !== 'Running') {
       mode = 'starting';
       waiting = `pod ${pod.status?.phase ?? 'Pending'}`;
-    } else if (crashLoop(pod) !== null) {
+    } else if (looping !== null) {
       mode = 'crashLooping';
-      waiting = crashLoop(pod)!;
+      waiting = looping;
     } else {
       mode = 'unreachable';
       const last = lastExit(pod);
