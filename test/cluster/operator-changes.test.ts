@@ -350,6 +350,73 @@ test('a member restarted with another HMAC key is reported as failing authentica
   passed();
 });
 
+test('a group re-created over volumes left by an earlier one (node 4 from a scale-down among them) founds with its spec\'s 3 members; node 4 added later joins and never answers "key not found" for a key that exists (issue 15 finding 6)', async (t) => {
+  if (skipped(t)) return;
+  t.timeout(5 * 60_000);
+  const ns = 'derecho-recreate';
+  const group = 'again';
+  await createNamespace(ns);
+  const { kubelet, waitForGroup, passed } = await operatorFor(t, ns, group, 'recreate');
+  const readyWith = (members: number) => (g: Group): boolean => conditionOf(g, 'Ready')?.status === 'True' && g.status?.currentMembers === members
+    && (g.status.members ?? []).filter((m) => m.nodeId <= members).every((m) => m.ready);
+  const url = (id: number) => kubelet!.url(`${group}-${id}`);
+  // An earlier group: 3 members, grown to 4, shrunk back to 3 (node 4's volume is kept), then deleted.
+  await applyGroup(fastGroup(group, 3), ns);
+  await waitForGroup('the first group Ready with 3', readyWith(3));
+  await applyGroup(fastGroup(group, 4), ns);
+  await waitForGroup('the first group Ready with 4', readyWith(4));
+  await applyGroup(fastGroup(group, 3), ns);
+  await waitForGroup('the first group back to 3', (g) => readyWith(3)(g) && (g.status?.members ?? []).length === 3);
+  const keys = ['k-a', 'k-b', 'k-c'];
+  for (const key of keys) t.is((await agentJson(`${url(1)}/v1/kv/kv/${key}`, { method: 'PUT', body: `value of ${key}` })).status, 200);
+  await rest!.request('DELETE', resourcePath(GROUP_TYPE, ns, group));
+  await waitFor('the first group and its pods gone', async () => {
+    const gone = await getGroup(ns, group).then(() => false, (e: unknown) => (e as { code?: number }).code === 404);
+    return gone && (await listPods(ns, group)).length === 0;
+  }, { timeoutMs: 90_000, intervalMs: 250 });
+  // What the garbage collector does in a cluster (this control plane runs none): the objects the group
+  // owned go with it — the ConfigMap with the recorded member counts among them. The volumes stay.
+  for (const path of [`/api/v1/namespaces/${ns}/configmaps/${group}-config`, `/api/v1/namespaces/${ns}/secrets/${group}-auth`,
+    `/api/v1/namespaces/${ns}/services/${group}`, `/api/v1/namespaces/${ns}/services/${group}-peers`,
+    `/apis/policy/v1/namespaces/${ns}/poddisruptionbudgets/${group}`, `/apis/policy/v1/namespaces/${ns}/poddisruptionbudgets/${group}-3-sole`,
+    `/apis/networking.k8s.io/v1/namespaces/${ns}/networkpolicies/${group}-peers`]) {
+    await rest!.request('DELETE', path).catch((e: unknown) => {
+      if ((e as { code?: number }).code !== 404) throw e;
+    });
+  }
+  const claims = await rest!.request<{ items: { metadata: { name: string } }[] }>('GET', `/api/v1/namespaces/${ns}/persistentvolumeclaims`);
+  t.deepEqual(claims.items.map((c) => c.metadata.name).sort(), [`${group}-1-data`, `${group}-2-data`, `${group}-3-data`, `${group}-4-data`], 'retained volumes, node 4\'s among them');
+
+  // Re-created with 3 members: 3 founders (was 4: node 4's volume made it one), the data restarts from the volumes.
+  await applyGroup(fastGroup(group, 3), ns);
+  const again = await waitForGroup('the re-created group Ready with 3', readyWith(3));
+  t.is(again.status!.foundingMembers, 3);
+  t.deepEqual((await listPods(ns, group)).map((p) => p.metadata.name).sort(), [`${group}-1`, `${group}-2`, `${group}-3`]);
+  for (const key of keys) t.is((await agentJson<{ value: string }>(`${url(2)}/v1/kv/kv/${key}`)).body.value, `value of ${key}`);
+
+  // Scaled to 4: node 4 joins the running group. Polled all along: it never answers 404 for a key that exists.
+  await applyGroup(fastGroup(group, 4), ns);
+  const wrong: string[] = [];
+  let polling = true;
+  const poller = (async () => {
+    while (polling) {
+      for (const key of keys) {
+        const r = await agentJson<unknown>(`${url(4)}/v1/kv/kv/${key}`, {}, 2000).catch(() => null);
+        if (r !== null && r.status === 404) wrong.push(`${key}: 404 ${JSON.stringify(r.body).slice(0, 200)}`);
+      }
+      await new Promise((r) => setTimeout(r, 100));
+    }
+  })();
+  const four = await waitForGroup('Ready with 4', readyWith(4));
+  polling = false;
+  await poller;
+  t.deepEqual(wrong, [], 'node 4 never answered "key not found" for a key that exists');
+  t.true(four.status!.view!.members.includes(4));
+  t.true((four.status!.view!.id) > 0, 'node 4 is in a view of the group, not a view 0 of its own');
+  for (const key of keys) t.is((await agentJson<{ value: string }>(`${url(4)}/v1/kv/kv/${key}`)).body.value, `value of ${key}`);
+  passed();
+});
+
 test('mutual TLS: a missing Secret and a missing key are reported in the status; with the certificates the group forms and serves writes', async (t) => {
   if (skipped(t)) return;
   t.timeout(3 * 60_000);
