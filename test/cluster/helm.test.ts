@@ -169,7 +169,13 @@ function reconcileSamples(): { create: ReconcileOutput; remove: ReconcileOutput 
     reports: {},
     now: NOW,
   });
-  return { create, remove };
+  // A budget for a member that no longer holds a shard alone (here node 9, not a member) is deleted.
+  const budget = of<KubeObject>('PodDisruptionBudget').find((o) => o.metadata.name.endsWith('-sole'))!;
+  const stale = reconcile({
+    group, reports: {}, now: NOW, random: { hmacKey: HMAC_KEY },
+    observed: { podDisruptionBudgets: [{ ...budget, metadata: { ...budget.metadata, name: 'kv-demo-9-sole', labels: { ...budget.metadata.labels, 'derecho.dev/node-id': '9' } } }] },
+  });
+  return { create, remove: { ...remove, deletes: [...remove.deletes, ...stale.deletes] } };
 }
 
 /** "group/resource" -> verbs the operator uses. */
