@@ -293,8 +293,12 @@ test('pods the API server refuses (an RDMA pod under the restricted Pod Security
   t.is(progressing.status, 'False');
   t.regex(progressing.message, /creating or updating Pod rdma-psa-1 was refused \(HTTP 403\): pods "rdma-psa-1" is forbidden: violates PodSecurity "restricted:[^"]+": .*IPC_LOCK/);
   t.is((await listPods(ns, group)).length, 0, 'no pod exists');
-  const events = await rest!.request<{ items: { type: string; reason: string; message: string }[] }>('GET',
-    `/api/v1/namespaces/${ns}/events?fieldSelector=${encodeURIComponent(`involvedObject.name=${group},involvedObject.kind=DerechoGroup`)}`);
+  // One Warning per refused pod (recorded after the status: wait for all three).
+  const events = await waitFor('a WriteRefused event per pod', async () => {
+    const list = await rest!.request<{ items: { type: string; reason: string; message: string }[] }>('GET',
+      `/api/v1/namespaces/${ns}/events?fieldSelector=${encodeURIComponent(`involvedObject.name=${group},involvedObject.kind=DerechoGroup`)}`);
+    return list.items.filter((e) => e.reason === 'WriteRefused').length >= 3 ? list : false;
+  }, { timeoutMs: 20_000, intervalMs: 200 });
   const refusedEvents = events.items.filter((e) => e.reason === 'WriteRefused');
   t.true(refusedEvents.length >= 3 && refusedEvents.every((e) => e.type === 'Warning' && /violates PodSecurity/.test(e.message)), JSON.stringify(refusedEvents.map((e) => e.message)));
   t.deepEqual(events.items.filter((e) => e.reason === 'PodsCreated'), [], 'no event says the refused pods were created');
