@@ -18,7 +18,7 @@
 
 import { createHash } from 'node:crypto';
 import { formatIssues } from '../../node-agent/src/config/errors.ts';
-import { DerechoGroupSpec, parseQuantity, RESTART_QUORUM_TIMEOUT_SECONDS_DEFAULT, toGroupPolicy } from '../../node-agent/src/config/schema.ts';
+import { DerechoGroupSpec, parseQuantity, RESTART_QUORUM_TIMEOUT_SECONDS_DEFAULT, RestartSpec, toGroupPolicy } from '../../node-agent/src/config/schema.ts';
 import type { GroupSpec } from '../../node-agent/src/config/schema.ts';
 import { allocate } from '../../node-agent/src/core/allocation.ts';
 import type { Layout, NodeId } from '../../node-agent/src/core/types.ts';
@@ -1135,7 +1135,9 @@ export function restartText(restart: RestartStatus): string {
 /** spec.restart.quorumTimeoutSeconds of a spec that did not validate, if it is a valid value; else the default. */
 function rawQuorumTimeoutSeconds(group: DerechoGroupResource): number {
   const value = (group.spec as { restart?: { quorumTimeoutSeconds?: unknown } } | null)?.restart?.quorumTimeoutSeconds;
-  return typeof value === 'number' && Number.isInteger(value) && value >= 0 && value <= 86_400 ? value : RESTART_QUORUM_TIMEOUT_SECONDS_DEFAULT;
+  // The spec schema's own check (bounds, and its default when the field is absent).
+  const parsed = RestartSpec.shape.quorumTimeoutSeconds.safeParse(value);
+  return parsed.success ? parsed.data : RESTART_QUORUM_TIMEOUT_SECONDS_DEFAULT;
 }
 
 /** "42 s", "5 min 3 s", "2 h 10 min". */
