@@ -26,6 +26,8 @@ export interface GroupConfig {
   host?: string;
   /** Also a `kv` subgroup (one shard on every member, persistent as the bench subgroup) for read runs. */
   kv?: boolean;
+  /** How long the agents may take to become ready (default 30 s; a software-emulated guest needs more). */
+  readyTimeoutMs?: number;
 }
 
 export interface ReadRunResult {
@@ -138,7 +140,8 @@ export class BenchGroup {
           // not listening yet
         }
         if (this.procs.some((p) => p.exitCode !== null)) throw new Error(`an agent exited during start-up; logs in ${this.dir}`);
-        if (Date.now() - t0 > 30_000) throw new Error(`the group did not become ready in 30 s; logs in ${this.dir}`);
+        const readyTimeoutMs = this.config.readyTimeoutMs ?? 30_000;
+        if (Date.now() - t0 > readyTimeoutMs) throw new Error(`the group did not become ready in ${readyTimeoutMs / 1000} s (--ready-timeout); logs in ${this.dir}`);
         await sleep(100);
       }
     }

@@ -10,6 +10,7 @@
 //   --only derecho,etcd,loopback    run only these parts
 //   --series TEXT           only the derecho series whose name contains TEXT (e.g. "one sender", latency,
 //                           reads: linearizable and local reads of a 1 KiB value, beside etcd's range reads)
+//   --ready-timeout S       seconds the agents may take to become ready (default 30; raise it in a slow guest)
 //   --cpu-prof DIR          agents write V8 CPU profiles into DIR (open them in Chrome DevTools)
 //   --out DIR               where results/*.json and the chart go (default bench/results)
 //
@@ -45,6 +46,7 @@ interface Options {
   out: string;
   series: string | null;
   cpuProfDir: string | null;
+  readyTimeoutMs: number;
 }
 
 function parseSize(text: string): number {
@@ -59,6 +61,7 @@ function parseArgs(argv: string[]): Options {
   const o: Options = {
     quick: false, sizes: [100, KiB, 10 * KiB, MiB, 16 * MiB], members: [3], durationS: 3, transport: 'tcp', host: null,
     only: new Set(['derecho', 'etcd', 'loopback']), out: path.join(ROOT, 'bench', 'results'), series: null, cpuProfDir: null,
+    readyTimeoutMs: 30_000,
   };
   let sizesGiven = false;
   let durationGiven = false;
@@ -89,6 +92,7 @@ function parseArgs(argv: string[]): Options {
       case '--out': o.out = path.resolve(value()); break;
       case '--series': o.series = value(); break;
       case '--cpu-prof': o.cpuProfDir = path.resolve(value()); break;
+      case '--ready-timeout': o.readyTimeoutMs = Number(value()) * 1000; if (!(o.readyTimeoutMs > 0)) throw new Error('--ready-timeout must be a positive number of seconds'); break;
       case '--help': case '-h':
         process.stdout.write(fs.readFileSync(fileURLToPath(import.meta.url), 'utf8').split('\n').filter((l) => l.startsWith('//')).map((l) => l.slice(3)).join('\n') + '\n');
         process.exit(0);
@@ -139,7 +143,7 @@ function payloadMaxFor(size: number): number {
 async function derechoRun(work: string, o: Options, row: DerechoRow, rate = 0, durationS = o.durationS): Promise<RunResult> {
   const config: GroupConfig = {
     members: row.members, mode: row.mode, persistence: row.persistence, payloadBytesMax: payloadMaxFor(row.sizeBytes), sendWindow: windowFor(row.sizeBytes),
-    transport: o.transport, host: o.host ?? '127.0.0.1', cpuProfDir: o.cpuProfDir,
+    transport: o.transport, host: o.host ?? '127.0.0.1', cpuProfDir: o.cpuProfDir, readyTimeoutMs: o.readyTimeoutMs,
   };
   const group = await BenchGroup.start(work, config);
   try {
@@ -220,7 +224,7 @@ async function main(): Promise<void> {
       if (o.series === null || 'reads'.includes(o.series)) {
         // Reads of one 1 KiB key on a persistent (fsync) 3-member group, every member serving readers.
         log('derecho: reads of a 1 KiB value, linearizable and local, 64 readers per member');
-        const group = await BenchGroup.start(work, { members: 3, mode: 'ordered', persistence: 'fsync', payloadBytesMax: MiB, sendWindow: windowFor(KiB), transport: o.transport, host: o.host ?? '127.0.0.1', kv: true });
+        const group = await BenchGroup.start(work, { members: 3, mode: 'ordered', persistence: 'fsync', payloadBytesMax: MiB, sendWindow: windowFor(KiB), transport: o.transport, host: o.host ?? '127.0.0.1', kv: true, readyTimeoutMs: o.readyTimeoutMs });
         try {
           await group.put('bench-read', 'v'.repeat(KiB));
           for (const consistency of ['linearizable', 'local'] as const) {

@@ -30,6 +30,20 @@ const [kv, events] = example.spec.subgroups as [Record<string, unknown>, Record<
 const subgroup = (extra: Record<string, unknown>): Record<string, unknown> => ({ name: 'kv', type: 'kv', minNodesPerShard: 1, maxNodesPerShard: 2, ...extra });
 const cache = { name: 'cache', type: 'kv', minNodesPerShard: 1, maxNodesPerShard: 3 };
 
+/** A podTemplate using every field (reconcile.test.ts checks the pods carry it; the API server accepts it). */
+export const POD_TEMPLATE_EXAMPLE = {
+  metadata: { labels: { team: 'storage', 'example.com/tier': 'gold' }, annotations: { 'example.com/owner': 'ops@example.com' } },
+  nodeSelector: { 'example.com/disk': 'ssd' },
+  affinity: {
+    nodeAffinity: { requiredDuringSchedulingIgnoredDuringExecution: { nodeSelectorTerms: [{ matchExpressions: [{ key: 'kubernetes.io/arch', operator: 'In', values: ['amd64'] }] }] } },
+    podAntiAffinity: { preferredDuringSchedulingIgnoredDuringExecution: [{ weight: 50, podAffinityTerm: { topologyKey: 'kubernetes.io/hostname', labelSelector: { matchLabels: { app: 'noisy' } } } }] },
+  },
+  tolerations: [{ key: 'example.com/dedicated', operator: 'Equal', value: 'derecho', effect: 'NoSchedule' }],
+  topologySpreadConstraints: [{ maxSkew: 1, topologyKey: 'topology.kubernetes.io/zone', whenUnsatisfiable: 'DoNotSchedule' }],
+  priorityClassName: 'derecho-critical',
+  imagePullSecrets: [{ name: 'registry-creds' }],
+};
+
 export interface CreateCase {
   what: string;
   patch: Record<string, unknown>;
@@ -61,6 +75,8 @@ export const CREATE_CASES: readonly CreateCase[] = [
   { what: 'a volume of size 0', patch: { storage: { size: '0' } }, refusal: 'storage.size must be at least 1Mi' },
   { what: 'a volume below 1Mi', patch: { storage: { size: '1000Ki' } }, refusal: 'storage.size must be at least 1Mi' },
   { what: 'a volume of exactly 1Mi', patch: { storage: { size: '1Mi' } }, refusal: null },
+  { what: 'a podTemplate with every field', patch: { podTemplate: POD_TEMPLATE_EXAMPLE }, refusal: null },
+  { what: 'a pod label under the operator\'s prefix', patch: { podTemplate: { metadata: { labels: { 'app.kubernetes.io/instance': 'other' } } } }, refusal: null, operatorRefuses: true },
 ];
 
 export interface UpdateCase {

@@ -8,6 +8,7 @@ import { GroupSpec, toGroupPolicy } from '../../node-agent/src/config/schema.ts'
 import { allocate } from '../../node-agent/src/core/allocation.ts';
 import { planRestart } from '../../node-agent/src/core/restart.ts';
 import type { NodeId, RestartReport, View } from '../../node-agent/src/core/types.ts';
+import { POD_TEMPLATE_EXAMPLE } from './crd-cases.ts';
 import { derechoGroupSchema } from './crd.ts';
 import { ANNOTATION, LABEL } from './kube.ts';
 import type { KubeObject } from './kube.ts';
@@ -895,4 +896,74 @@ test('conditions carry observedGeneration and come in a fixed order', (t) => {
   t.deepEqual(status.conditions!.map((c) => c.type), ['Ready', 'Progressing', 'Degraded', 'RestartQuorumPending', 'Stuck', 'SpecAccepted']);
   t.true(status.conditions!.every((c) => c.observedGeneration === 1));
   t.true(status.conditions!.every((c) => c.lastTransitionTime.endsWith('Z')));
+});
+
+// ---------------------------------------------------------------------------------------------------
+// Scheduling (issue 15 finding 3)
+
+test('members spread one per node where the nodes allow it and over zones by preference, by default (issue 15 finding 3)', (t) => {
+  const pod = podOf(reconcile(new Cluster(kvDemo()).input()).objects, 1);
+  const members = { matchLabels: { [LABEL.name]: 'derecho', [LABEL.instance]: 'kv-demo', [LABEL.component]: 'member' } };
+  t.deepEqual(pod.spec.topologySpreadConstraints, [
+    { maxSkew: 1, topologyKey: 'kubernetes.io/hostname', whenUnsatisfiable: 'DoNotSchedule', labelSelector: members, nodeAffinityPolicy: 'Honor', nodeTaintsPolicy: 'Honor' },
+    { maxSkew: 1, topologyKey: 'topology.kubernetes.io/zone', whenUnsatisfiable: 'ScheduleAnyway', labelSelector: members, nodeAffinityPolicy: 'Honor', nodeTaintsPolicy: 'Honor' },
+  ]);
+  for (const field of ['affinity', 'nodeSelector', 'tolerations', 'priorityClassName', 'imagePullSecrets']) t.is(pod.spec[field], undefined, field);
+  // An empty list: no spread at all.
+  const none = podOf(reconcile(new Cluster(kvDemo({ podTemplate: { topologySpreadConstraints: [] } })).input()).objects, 1);
+  t.is(none.spec.topologySpreadConstraints, undefined);
+});
+
+const podTemplate = POD_TEMPLATE_EXAMPLE;
+
+test('spec.podTemplate reaches every member pod: labels, annotations, nodeSelector, affinity, tolerations, spread, priority, pull secrets', (t) => {
+  const objects = reconcile(new Cluster(kvDemo({ podTemplate })).input()).objects;
+  for (const id of [1, 2, 3]) {
+    const pod = podOf(objects, id);
+    t.like(pod.metadata.labels, { team: 'storage', 'example.com/tier': 'gold', [LABEL.instance]: 'kv-demo', [LABEL.nodeId]: String(id) });
+    t.is(pod.metadata.annotations!['example.com/owner'], 'ops@example.com');
+    t.truthy(pod.metadata.annotations![ANNOTATION.configHash]);
+    t.deepEqual(pod.spec.nodeSelector, podTemplate.nodeSelector);
+    t.deepEqual(pod.spec.affinity, podTemplate.affinity);
+    t.deepEqual(pod.spec.tolerations, podTemplate.tolerations);
+    t.deepEqual(pod.spec.priorityClassName, 'derecho-critical');
+    t.deepEqual(pod.spec.imagePullSecrets, [{ name: 'registry-creds' }]);
+    // The user's constraint replaces the defaults; without a selector it counts the group's members.
+    t.deepEqual(pod.spec.topologySpreadConstraints, [{ ...podTemplate.topologySpreadConstraints[0], labelSelector: { matchLabels: { [LABEL.name]: 'derecho', [LABEL.instance]: 'kv-demo', [LABEL.component]: 'member' } } }]);
+  }
+  // Other objects keep only the operator's labels.
+  t.is(find(objects, 'Service', 'kv-demo')?.metadata.labels?.team, undefined);
+});
+
+test('podTemplate: pod labels and annotations change in place, scheduling changes roll the pods one at a time', (t) => {
+  const hashes = (output: ReturnType<typeof reconcile>) => output.objects.filter((o) => o.kind === 'Pod').map((o) => o.metadata.annotations![ANNOTATION.configHash]);
+  const cluster = settled();
+  const before = hashes(reconcile(cluster.input()));
+  cluster.setSpec({ podTemplate: { metadata: { labels: { team: 'storage' }, annotations: { 'example.com/owner': 'ops' } } } });
+  const relabelled = cluster.step();
+  t.deepEqual(hashes(relabelled), before);
+  t.deepEqual(relabelled.deletes, []);
+  t.is(podOf(relabelled.objects, 2).metadata.labels!.team, 'storage');
+  cluster.setSpec({ podTemplate: { tolerations: [{ key: 'example.com/dedicated', operator: 'Exists' }] } });
+  const rolled = cluster.step();
+  t.like(conditionOf(rolled.status, 'Progressing'), { status: 'True', reason: 'RollingUpdate' });
+  t.is(rolled.deletes.length, 1);
+});
+
+test('podTemplate mistakes are refused naming the field and the value; the operator\'s own label keys are refused', (t) => {
+  const problems = (podTemplatePatch: unknown): string[] => {
+    const result = GroupSpec.safeParse({ members: 3, subgroups: [{ name: 'kv', type: 'kv', minNodesPerShard: 3, maxNodesPerShard: 3 }], podTemplate: podTemplatePatch });
+    return result.success ? [] : result.error.issues.map((issue) => `${issue.path.join('.')}: ${issue.message}`);
+  };
+  t.deepEqual(problems(podTemplate), []);
+  t.deepEqual(problems({ metadata: { labels: { 'app.kubernetes.io/instance': 'other' } } }), ['podTemplate.metadata.labels.app.kubernetes.io/instance: "app.kubernetes.io/instance" uses the prefix "app.kubernetes.io/", which the operator sets itself']);
+  t.deepEqual(problems({ metadata: { annotations: { 'derecho.dev/config-hash': 'x' } } }), ['podTemplate.metadata.annotations.derecho.dev/config-hash: "derecho.dev/config-hash" uses the prefix "derecho.dev/", which the operator sets itself']);
+  t.regex(problems({ nodeSelector: { 'bad key!': 'x' } }).join('\n'), /nodeSelector\.bad key!: "bad key!" is not a label key/);
+  t.regex(problems({ nodeSelector: { disk: 'not ok!' } }).join('\n'), /nodeSelector\.disk: "not ok!" is not a label value/);
+  t.regex(problems({ topologySpreadConstraints: [{ maxSkew: 0, topologyKey: 'kubernetes.io/hostname', whenUnsatisfiable: 'DoNotSchedule' }] }).join('\n'), /topologySpreadConstraints\.0\.maxSkew: .*skew from 1 to 1000/);
+  t.regex(problems({ topologySpreadConstraints: [{ maxSkew: 1, topologyKey: 'kubernetes.io/hostname', whenUnsatisfiable: 'Sometimes' }] }).join('\n'), /whenUnsatisfiable: .*"DoNotSchedule", "ScheduleAnyway"/);
+  t.regex(problems({ tolerations: [{ effect: 'NoEvict' }] }).join('\n'), /tolerations\.0\.effect/);
+  t.regex(problems({ affinity: { podAntiAffinity: { preferredDuringSchedulingIgnoredDuringExecution: [{ weight: 101, podAffinityTerm: { topologyKey: 'kubernetes.io/hostname' } }] } } }).join('\n'), /weight: .*1 to 100/);
+  t.regex(problems({ priorityClassName: 'Upper' }).join('\n'), /priorityClassName: .*PriorityClass name/);
+  t.regex(problems({ hostNetwork: true }).join('\n'), /podTemplate/);
 });

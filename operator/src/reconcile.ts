@@ -599,11 +599,12 @@ export function selectorString(group: string): string {
   return `${LABEL.name}=${APP_NAME},${LABEL.instance}=${group},${LABEL.component}=member`;
 }
 
-function meta(ctx: Context, name: string, component: string, extra: { nodeId?: NodeId; annotations?: Record<string, string>; owned?: boolean } = {}): KubeObject['metadata'] {
+function meta(ctx: Context, name: string, component: string, extra: { nodeId?: NodeId; annotations?: Record<string, string>; owned?: boolean; extraLabels?: Record<string, string> | undefined } = {}): KubeObject['metadata'] {
   return {
     name,
     namespace: ctx.namespace,
-    labels: labels(ctx, component, extra.nodeId),
+    // The operator's own labels last: the spec cannot override them (its schema refuses those keys too).
+    labels: { ...extra.extraLabels, ...labels(ctx, component, extra.nodeId) },
     ...(extra.annotations !== undefined ? { annotations: extra.annotations } : {}),
     ...(extra.owned === false ? {} : { ownerReferences: [{ ...ctx.owner }] }),
   };
@@ -765,13 +766,39 @@ function peersEnv(ctx: Context, nodeId: NodeId, members: number): string {
 /**
  * The part of the agents' manifest that a running agent acts on: what a pod must be restarted to pick up.
  * Left out: fields only the operator reads (storage: the volumes; restart.quorumTimeoutSeconds: the Stuck
- * condition) and fields that reach the pod through its spec (image, resources), so that changing only
- * those never rolls the group.
+ * condition) and fields that reach the pod through its spec (image, resources, podTemplate), so that
+ * changing only those never rolls the group for the manifest (a pod spec change still rolls it).
  */
 export function agentRelevantSpec(spec: GroupSpec): Record<string, unknown> {
-  const { storage: _storage, image: _image, resources: _resources, restart, ...rest } = spec;
+  const { storage: _storage, image: _image, resources: _resources, podTemplate: _podTemplate, restart, ...rest } = spec;
   const { quorumTimeoutSeconds: _timeout, ...restartRest } = restart;
   return { ...rest, restart: restartRest };
+}
+
+/**
+ * Where members may run (spec.podTemplate): the user's nodeSelector, affinity, tolerations, priority class
+ * and pull secrets as given, and the topology spread. Without the user's own constraints: one member per
+ * node where the nodes allow it (hostname, maxSkew 1, DoNotSchedule, counting only nodes the member may
+ * use: with fewer nodes than members some nodes take two, never all on one while others are free), and an
+ * even spread over zones as a preference (nodes without a zone label do not block anything). A constraint
+ * without a labelSelector counts the group's members.
+ */
+function scheduling(ctx: Context, template: GroupSpec['podTemplate']): Record<string, unknown> {
+  const members = { matchLabels: memberSelector(ctx) };
+  const spread = template.topologySpreadConstraints === undefined
+    ? [
+      { maxSkew: 1, topologyKey: 'kubernetes.io/hostname', whenUnsatisfiable: 'DoNotSchedule', labelSelector: members, nodeAffinityPolicy: 'Honor', nodeTaintsPolicy: 'Honor' },
+      { maxSkew: 1, topologyKey: 'topology.kubernetes.io/zone', whenUnsatisfiable: 'ScheduleAnyway', labelSelector: members, nodeAffinityPolicy: 'Honor', nodeTaintsPolicy: 'Honor' },
+    ]
+    : template.topologySpreadConstraints.map((c) => ({ ...c, labelSelector: c.labelSelector ?? members }));
+  return {
+    ...(template.nodeSelector !== undefined ? { nodeSelector: template.nodeSelector } : {}),
+    ...(template.affinity !== undefined ? { affinity: template.affinity } : {}),
+    ...(template.tolerations !== undefined ? { tolerations: template.tolerations } : {}),
+    ...(spread.length > 0 ? { topologySpreadConstraints: spread } : {}),
+    ...(template.priorityClassName !== undefined ? { priorityClassName: template.priorityClassName } : {}),
+    ...(template.imagePullSecrets !== undefined ? { imagePullSecrets: template.imagePullSecrets } : {}),
+  };
 }
 
 function pod(ctx: Context, spec: GroupSpec, nodeId: NodeId, members: number, agentManifest: unknown, persistent: boolean, auth: Auth, existingPeers: string | undefined): KubeObject {
@@ -819,13 +846,7 @@ function pod(ctx: Context, spec: GroupSpec, nodeId: NodeId, members: number, age
       fsGroupChangePolicy: 'OnRootMismatch',
       seccompProfile: { type: 'RuntimeDefault' },
     },
-    affinity: {
-      podAntiAffinity: {
-        preferredDuringSchedulingIgnoredDuringExecution: [
-          { weight: 100, podAffinityTerm: { topologyKey: 'kubernetes.io/hostname', labelSelector: { matchLabels: { [LABEL.name]: APP_NAME, [LABEL.instance]: ctx.name } } } },
-        ],
-      },
-    },
+    ...scheduling(ctx, spec.podTemplate),
     containers: [
       {
         name: 'agent',
@@ -869,7 +890,11 @@ function pod(ctx: Context, spec: GroupSpec, nodeId: NodeId, members: number, age
   return {
     apiVersion: 'v1',
     kind: 'Pod',
-    metadata: meta(ctx, names.pod(ctx.name, nodeId), 'member', { nodeId, annotations: { [ANNOTATION.configHash]: configHash } }),
+    metadata: meta(ctx, names.pod(ctx.name, nodeId), 'member', {
+      nodeId,
+      extraLabels: spec.podTemplate.metadata?.labels,
+      annotations: { ...spec.podTemplate.metadata?.annotations, [ANNOTATION.configHash]: configHash },
+    }),
     spec: podSpec,
   };
 }

@@ -30,7 +30,7 @@ import type { ExecutionContext } from 'ava';
 import type { KubernetesObject } from '@kubernetes/client-node';
 import YAML from 'yaml';
 import { createLogger } from '../../node-agent/src/agent/logger.ts';
-import { CREATE_CASES, UPDATE_CASES, exampleManifest, withSpec } from '../../operator/src/crd-cases.ts';
+import { CREATE_CASES, POD_TEMPLATE_EXAMPLE, UPDATE_CASES, exampleManifest, withSpec } from '../../operator/src/crd-cases.ts';
 import type { Manifest } from '../../operator/src/crd-cases.ts';
 import { KubeApiError, KubeRest, resourcePath } from '../../operator/src/controller.ts';
 import { CEL_RULES, CRD_FILE } from '../../operator/src/crd.ts';
@@ -302,6 +302,45 @@ test('pods the API server refuses (an RDMA pod under the restricted Pod Security
   const refusedEvents = events.items.filter((e) => e.reason === 'WriteRefused');
   t.true(refusedEvents.length >= 3 && refusedEvents.every((e) => e.type === 'Warning' && /violates PodSecurity/.test(e.message)), JSON.stringify(refusedEvents.map((e) => e.message)));
   t.deepEqual(events.items.filter((e) => e.reason === 'PodsCreated'), [], 'no event says the refused pods were created');
+  passed();
+});
+
+test('spec.podTemplate reaches the member pods the API server stores: labels, annotations, nodeSelector, affinity, tolerations, topology spread, priority class (resolved by admission), pull secrets (issue 15 finding 3)', async (t) => {
+  if (skipped(t)) return;
+  t.timeout(2 * 60_000);
+  const ns = 'derecho-scheduling';
+  const group = 'placed';
+  await createNamespace(ns);
+  await rest!.apply({ apiVersion: 'scheduling.k8s.io/v1', kind: 'PriorityClass', metadata: { name: POD_TEMPLATE_EXAMPLE.priorityClassName }, value: 1_000_000, description: 'derecho members' },
+    { apiVersion: 'scheduling.k8s.io/v1', kind: 'PriorityClass', plural: 'priorityclasses', namespaced: false }, { fieldManager: 'derecho-test', force: true });
+  const { passed } = await operatorFor(t, ns, group, 'scheduling', { kubelet: false });
+  await applyGroup(fastGroup(group, 3, { podTemplate: POD_TEMPLATE_EXAMPLE }), ns);
+  type StoredPod = { metadata: { name: string; labels: Record<string, string>; annotations: Record<string, string> }; spec: Record<string, unknown> & { priority?: number } };
+  const pods = await waitFor('three member pods', async () => {
+    const list = await rest!.get<{ items: StoredPod[] }>(`/api/v1/namespaces/${ns}/pods?labelSelector=${encodeURIComponent(`app.kubernetes.io/instance=${group},app.kubernetes.io/component=member`)}`);
+    return list.items.length === 3 ? list.items : false;
+  }, { timeoutMs: 60_000, intervalMs: 200 });
+  const memberSelector = { matchLabels: { 'app.kubernetes.io/name': 'derecho', 'app.kubernetes.io/instance': group, 'app.kubernetes.io/component': 'member' } };
+  for (const pod of pods) {
+    t.like(pod.metadata.labels, { ...POD_TEMPLATE_EXAMPLE.metadata.labels, 'app.kubernetes.io/instance': group }, pod.metadata.name);
+    t.like(pod.metadata.annotations, POD_TEMPLATE_EXAMPLE.metadata.annotations, pod.metadata.name);
+    t.deepEqual(pod.spec.nodeSelector, POD_TEMPLATE_EXAMPLE.nodeSelector);
+    t.deepEqual(pod.spec.affinity, POD_TEMPLATE_EXAMPLE.affinity);
+    // The API server adds its default tolerations (not-ready, unreachable) after the spec's own.
+    t.deepEqual((pod.spec.tolerations as unknown[]).slice(0, 1), POD_TEMPLATE_EXAMPLE.tolerations);
+    t.like((pod.spec.topologySpreadConstraints as Record<string, unknown>[])[0], { ...POD_TEMPLATE_EXAMPLE.topologySpreadConstraints[0], labelSelector: memberSelector });
+    t.is(pod.spec.priorityClassName, POD_TEMPLATE_EXAMPLE.priorityClassName);
+    t.is(pod.spec.priority, 1_000_000, 'the Priority admission plugin resolved the class');
+    t.deepEqual(pod.spec.imagePullSecrets, POD_TEMPLATE_EXAMPLE.imagePullSecrets);
+  }
+  // Relabelling changes the pods in place (no new pod, same uid).
+  const uids = new Map(pods.map((p) => [p.metadata.name, (p.metadata as { uid?: string }).uid]));
+  await applyGroup(fastGroup(group, 3, { podTemplate: { ...POD_TEMPLATE_EXAMPLE, metadata: { labels: { team: 'platform' } } } }), ns);
+  const relabelled = await waitFor('the pods relabelled', async () => {
+    const list = await rest!.get<{ items: StoredPod[] }>(`/api/v1/namespaces/${ns}/pods?labelSelector=${encodeURIComponent('team=platform')}`);
+    return list.items.length === 3 ? list.items : false;
+  }, { timeoutMs: 60_000, intervalMs: 200 });
+  t.true(relabelled.every((p) => uids.get(p.metadata.name) === (p.metadata as { uid?: string }).uid), 'the same pods');
   passed();
 });
 

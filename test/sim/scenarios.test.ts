@@ -396,3 +396,27 @@ for (const fault of ['pause', 'partition'] as const) {
     finish(t, sim);
   });
 }
+
+test('a second member crashes before the first is back, leaving the survivor without a majority: it exits as soon as a crashed member returns as a new process, and the group restarts from its logs without waiting for the wedged exit', (t) => {
+  const lines: string[] = [];
+  const sim = new ScriptedSim({ founders: 3, policy: singleShardPolicy('persistent'), seed: 61, trace: (line) => lines.push(line) });
+  t.true(sim.settle(200), sim.unsettledReason());
+  const before = sendMany(sim, [1, 2, 3], 0, 3, 'before');
+  t.true(sim.runUntil(() => allApplied(sim, [1, 2, 3], 0, before), 300));
+  sim.crash(3);
+  t.true(sim.runUntil(() => sim.view()!.members.length === 2 && [1, 2].every((n) => sim.status(n)?.mode === 'active' && !sim.status(n)!.wedged), 200), 'view {1, 2} without node 3');
+  const middle = sendMany(sim, [1, 2], 0, 2, 'middle');
+  t.true(sim.runUntil(() => allApplied(sim, [1, 2], 0, middle), 300));
+  sim.crash(2);
+  t.true(sim.runUntil(() => sim.status(1)?.wedged === true, 100), 'node 1 wedges: 1 of 2 is no majority');
+  sim.tick(10);
+  const backAt = sim.now;
+  sim.restart(2);
+  sim.restart(3);
+  const limit = DEFAULT_TIMING.wedgedExitTicks / 2;
+  t.true(sim.runUntil(() => sim.isSettled() && sim.view()!.members.length === 3 && [1, 2, 3].every((n) => sim.status(n)?.mode === 'active'), limit), sim.unsettledReason());
+  t.log(`the group of 3 is back ${sim.now - backAt} ticks after the crashed members restarted (a wedged member exits after ${DEFAULT_TIMING.wedgedExitTicks})`);
+  t.true(lines.some((l) => l.includes('EXIT') && l.includes('can never change')), 'node 1 exited because view {1, 2} can never change');
+  t.true([...before, ...middle].every((w) => [1, 2, 3].every((n) => sim.applied(n, 0, w))), 'every write before the crashes is on every member');
+  finish(t, sim);
+});

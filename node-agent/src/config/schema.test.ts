@@ -81,6 +81,7 @@ test('defaults are filled in', (t) => {
     image: 'ghcr.io/derecho-ts/node-agent:0.1.0',
     subgroups: [{ name: 'kv', type: 'kv', shards: 1, minNodesPerShard: 1, maxNodesPerShard: 2, deliveryMode: 'ordered', persistent: true }],
     transport: 'tcp',
+    podTemplate: {},
     resources: {},
     storage: { size: '1Gi', retention: 'retain' },
     tls: { mode: 'mutual' },

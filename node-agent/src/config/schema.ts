@@ -307,6 +307,183 @@ export const TimingSpec = object(
   }
 });
 
+// ---------------------------------------------------------------------------------------------------
+// Pod scheduling and metadata (the operator's podTemplate; the local runner ignores it). The Kubernetes
+// types are written out, not passed through, so that a mistake is named here, field and value.
+
+const LABEL_NAME = /^[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$/;
+const LABEL_KEY_NOUN = 'a label key ("name" or "prefix/name": a DNS subdomain prefix, a name of at most 63 letters, digits, "-", "_" or ".", starting and ending with a letter or digit)';
+
+/** Why `key` is not a valid Kubernetes label or annotation key, or null. */
+export function labelKeyProblem(key: string): string | null {
+  const slash = key.lastIndexOf('/');
+  const prefix = slash >= 0 ? key.slice(0, slash) : null;
+  const name = slash >= 0 ? key.slice(slash + 1) : key;
+  if (prefix !== null && (prefix.length === 0 || prefix.length > 253 || !DNS_SUBDOMAIN.test(prefix))) return `${JSON.stringify(key)} is not ${LABEL_KEY_NOUN}`;
+  if (name.length === 0 || name.length > 63 || !LABEL_NAME.test(name)) return `${JSON.stringify(key)} is not ${LABEL_KEY_NOUN}`;
+  return null;
+}
+
+/** Label and annotation key prefixes the operator owns: a podTemplate may not set them. */
+export const RESERVED_LABEL_PREFIXES = ['app.kubernetes.io/', 'derecho.dev/'] as const;
+
+function stringMap(noun: string, valueMaxLength: number, valuePattern: RegExp | null, valueNoun: string) {
+  return z.record(z.string(), z.string({ error: expecting(valueNoun) }), { error: expecting(noun) }).superRefine((map, ctx) => {
+    for (const [key, value] of Object.entries(map)) {
+      const problem = labelKeyProblem(key);
+      if (problem !== null) ctx.addIssue({ code: 'custom', path: [key], message: problem });
+      else if (value.length > valueMaxLength || (valuePattern !== null && value !== '' && !valuePattern.test(value))) {
+        ctx.addIssue({ code: 'custom', path: [key], message: `${renderValue(value)} is not ${valueNoun}` });
+      }
+    }
+  });
+}
+
+const LABEL_VALUE_NOUN = 'a label value (at most 63 letters, digits, "-", "_" or ".", starting and ending with a letter or digit, or empty)';
+const labelMap = (noun: string) => stringMap(noun, 63, LABEL_NAME, LABEL_VALUE_NOUN);
+const labelKey = () => z.string({ error: expecting(LABEL_KEY_NOUN) }).min(1, { error: expecting(LABEL_KEY_NOUN) }).max(317, { error: expecting(LABEL_KEY_NOUN) })
+  .superRefine((key, ctx) => {
+    const problem = labelKeyProblem(key);
+    if (problem !== null) ctx.addIssue({ code: 'custom', message: problem });
+  });
+const shortText = (noun: string, maxLength = 253) => z.string({ error: expecting(noun) }).max(maxLength, { error: expecting(noun) });
+
+const LabelSelectorRequirement = object(
+  {
+    key: labelKey().describe('The label key the requirement applies to.'),
+    operator: oneOf(['In', 'NotIn', 'Exists', 'DoesNotExist']).describe('How the key relates to the values.'),
+    values: list(shortText('a label value', 63), 'a list of label values', 0, 64).optional().describe('Values for In and NotIn (empty for Exists and DoesNotExist).'),
+  },
+  'an object with key, operator and values',
+);
+
+const LabelSelector = object(
+  {
+    matchLabels: labelMap('a map of label keys to values').optional().describe('Labels a pod must have, exactly.'),
+    matchExpressions: list(LabelSelectorRequirement, 'a list of label selector requirements', 0, 16).optional().describe('Requirements a pod\'s labels must meet.'),
+  },
+  'an object with matchLabels and/or matchExpressions',
+);
+
+const NodeSelectorRequirement = object(
+  {
+    key: shortText('a node label key or field name', 317).describe('The node label key (or field, in matchFields).'),
+    operator: oneOf(['In', 'NotIn', 'Exists', 'DoesNotExist', 'Gt', 'Lt']).describe('How the key relates to the values.'),
+    values: list(shortText('a value', 63), 'a list of values', 0, 64).optional().describe('Values (one integer for Gt and Lt; none for Exists and DoesNotExist).'),
+  },
+  'an object with key, operator and values',
+);
+
+const NodeSelectorTerm = object(
+  {
+    matchExpressions: list(NodeSelectorRequirement, 'a list of node selector requirements', 0, 16).optional().describe('Requirements on node labels.'),
+    matchFields: list(NodeSelectorRequirement, 'a list of node field requirements', 0, 16).optional().describe('Requirements on node fields (metadata.name).'),
+  },
+  'an object with matchExpressions and/or matchFields',
+);
+
+const weight = () => integer(1, 100, 'a weight from 1 to 100');
+
+const NodeAffinity = object(
+  {
+    requiredDuringSchedulingIgnoredDuringExecution: object(
+      { nodeSelectorTerms: list(NodeSelectorTerm, 'a non-empty list of node selector terms', 1, 16).describe('Terms, any of which a node must meet.') },
+      'an object with nodeSelectorTerms',
+    ).optional().describe('Nodes a member may run on (the terms are ORed).'),
+    preferredDuringSchedulingIgnoredDuringExecution: list(
+      object({ weight: weight().describe('How much the scheduler favours nodes meeting the preference.'), preference: NodeSelectorTerm.describe('The preferred nodes.') }, 'an object with weight and preference'),
+      'a list of weighted node preferences', 0, 16,
+    ).optional().describe('Nodes the scheduler favours.'),
+  },
+  'an object with requiredDuringSchedulingIgnoredDuringExecution and/or preferredDuringSchedulingIgnoredDuringExecution',
+);
+
+const podAffinityTerm = () => object(
+  {
+    labelSelector: LabelSelector.optional().describe('The pods this term is about.'),
+    namespaceSelector: LabelSelector.optional().describe('Namespaces of those pods, by label. Omitted (with namespaces): the group\'s namespace.'),
+    namespaces: list(text(DNS_SUBDOMAIN, 'a namespace name', 63), 'a list of namespace names', 0, 64).optional().describe('Namespaces of those pods, by name.'),
+    topologyKey: labelKey().describe('The node label that defines a domain (e.g. kubernetes.io/hostname, topology.kubernetes.io/zone).'),
+  },
+  'an object with labelSelector and topologyKey',
+);
+
+const PodAffinityRules = (what: string) => object(
+  {
+    requiredDuringSchedulingIgnoredDuringExecution: list(podAffinityTerm(), 'a list of pod affinity terms', 0, 16).optional().describe(`Terms a member's node must meet (${what}).`),
+    preferredDuringSchedulingIgnoredDuringExecution: list(
+      object({ weight: weight().describe('How much the scheduler favours this term.'), podAffinityTerm: podAffinityTerm().describe('The pods this term is about and the domain it applies to.') }, 'an object with weight and podAffinityTerm'),
+      'a list of weighted pod affinity terms', 0, 16,
+    ).optional().describe(`Terms the scheduler favours (${what}).`),
+  },
+  'an object with requiredDuringSchedulingIgnoredDuringExecution and/or preferredDuringSchedulingIgnoredDuringExecution',
+);
+
+const Affinity = object(
+  {
+    nodeAffinity: NodeAffinity.optional().describe('Which nodes members run on.'),
+    podAffinity: PodAffinityRules('near the pods selected').optional().describe('Run members near other pods.'),
+    podAntiAffinity: PodAffinityRules('away from the pods selected').optional().describe('Keep members away from other pods.'),
+  },
+  'an object with nodeAffinity, podAffinity and/or podAntiAffinity',
+);
+
+const Toleration = object(
+  {
+    key: shortText('a taint key', 317).optional().describe('The taint key tolerated. Omitted with operator Exists: every taint.'),
+    operator: oneOf(['Exists', 'Equal']).optional().describe('"Equal" (default): the taint\'s value must equal value; "Exists": any value.'),
+    value: shortText('a taint value', 63).optional().describe('The taint value, for operator Equal.'),
+    effect: oneOf(['NoSchedule', 'PreferNoSchedule', 'NoExecute']).optional().describe('The taint effect tolerated. Omitted: every effect.'),
+    tolerationSeconds: integer(0, 2_147_483_647, 'a number of seconds').optional().describe('For NoExecute: how long the member stays on a node once tainted.'),
+  },
+  'an object with key, operator, value, effect and tolerationSeconds',
+);
+
+const TopologySpreadConstraint = object(
+  {
+    maxSkew: integer(1, 1000, 'a skew from 1 to 1000').describe('Most members one domain may have beyond the least loaded eligible domain.'),
+    topologyKey: labelKey().describe('The node label that defines a domain (kubernetes.io/hostname, topology.kubernetes.io/zone, ...).'),
+    whenUnsatisfiable: oneOf(['DoNotSchedule', 'ScheduleAnyway']).describe('"DoNotSchedule": a member that would break the skew stays Pending; "ScheduleAnyway": the skew is a preference.'),
+    labelSelector: LabelSelector.optional().describe('The pods counted. Omitted: the group\'s members (the operator fills it in).'),
+    minDomains: integer(1, 1000, 'a domain count from 1 to 1000').optional().describe('With DoNotSchedule: the domains counted even when fewer are eligible.'),
+    nodeAffinityPolicy: oneOf(['Honor', 'Ignore']).optional().describe('Whether nodes the member\'s node affinity excludes count as domains (default Honor).'),
+    nodeTaintsPolicy: oneOf(['Honor', 'Ignore']).optional().describe('Whether nodes with taints the member does not tolerate count as domains (Kubernetes\' default: Ignore).'),
+  },
+  'an object with maxSkew, topologyKey and whenUnsatisfiable',
+);
+
+export const PodTemplateSpec = object(
+  {
+    metadata: object(
+      {
+        labels: labelMap('a map of label keys to values').optional().describe('Labels added to every member pod.'),
+        annotations: stringMap('a map of annotation keys to values', 65_536, null, 'an annotation value').optional().describe('Annotations added to every member pod.'),
+      },
+      'an object with labels and/or annotations',
+    ).superRefine((metadata, ctx) => {
+      for (const field of ['labels', 'annotations'] as const) {
+        for (const key of Object.keys(metadata[field] ?? {})) {
+          const reserved = RESERVED_LABEL_PREFIXES.find((prefix) => key.startsWith(prefix));
+          if (reserved !== undefined) ctx.addIssue({ code: 'custom', path: [field, key], message: `${JSON.stringify(key)} uses the prefix ${JSON.stringify(reserved)}, which the operator sets itself` });
+        }
+      }
+    }).optional().describe('Labels and annotations of the member pods (keys under app.kubernetes.io/ and derecho.dev/ are the operator\'s).'),
+    nodeSelector: labelMap('a map of node label keys to values').optional().describe('Node labels a member\'s node must have.'),
+    affinity: Affinity.optional().describe('Node and pod affinity of the members. Omitted: none besides the spread below.'),
+    tolerations: list(Toleration, 'a list of tolerations', 0, 64).optional().describe('Taints the members tolerate.'),
+    topologySpreadConstraints: list(TopologySpreadConstraint, 'a list of topology spread constraints', 0, 8)
+      .optional()
+      .describe('How members spread over nodes and zones. Omitted: one member per node where the nodes allow it (kubernetes.io/hostname, maxSkew 1, DoNotSchedule, tainted and excluded nodes not counted) and a preferred even spread over zones (topology.kubernetes.io/zone, ScheduleAnyway). An empty list: no spread.'),
+    priorityClassName: text(DNS_SUBDOMAIN, 'a PriorityClass name (lowercase letters, digits, "-" and ".")').optional().describe('PriorityClass of the member pods (e.g. so that they preempt less important pods).'),
+    imagePullSecrets: list(
+      object({ name: text(DNS_SUBDOMAIN, 'a Secret name (lowercase letters, digits, "-" and ".")').describe('A Secret of type kubernetes.io/dockerconfigjson in the group\'s namespace.') }, 'an object with name'),
+      'a list of Secret references', 0, 16,
+    ).optional().describe('Secrets to pull the agent image with (a private registry).'),
+  },
+  'an object with metadata, nodeSelector, affinity, tolerations, topologySpreadConstraints, priorityClassName and imagePullSecrets',
+);
+export type PodTemplateSpec = z.output<typeof PodTemplateSpec>;
+
 const defaultsOf = <T extends z.ZodType>(schema: T): z.output<T> => schema.parse({});
 
 export const GroupSpec = object(
@@ -333,6 +510,7 @@ export const GroupSpec = object(
       .default('tcp')
       .describe('Data path between members: "tcp", "rdma" (RDMA verbs; nodes need RDMA devices) or "auto" (RDMA where every member has it, else TCP).'),
     resources: ResourcesSpec.default({}).describe('CPU and memory of each member pod (Kubernetes requests and limits).'),
+    podTemplate: PodTemplateSpec.default({}).describe('Scheduling and metadata of the member pods: labels, annotations, nodeSelector, affinity, tolerations, topology spread, priority class, image pull secrets.'),
     storage: StorageSpec.default(defaultsOf(StorageSpec)).describe('Each member\'s persistent volume.'),
     tls: TlsSpec.default(defaultsOf(TlsSpec)).describe('Authentication between members.'),
     restart: RestartSpec.default(defaultsOf(RestartSpec)).describe('Restart after a total failure (every member down at once).'),

@@ -169,6 +169,12 @@ export class Replica {
    * of the admitted process, not a restart.
    */
   private admittedIncarnations = new Map<NodeId, number>();
+  /**
+   * Ranks of the current view whose process is known to be gone: they came back as a new process (a join
+   * request or a restart report from a member of the view). Only grows within a view; a rank in it is
+   * also suspected. Such a member can never again acknowledge a change of this view.
+   */
+  private restartedRanks = new Set<number>();
   /** If the current view came from a restart, the decision (to resend to members that missed it). */
   private restartCommitOfView: RestartDecision | null = null;
 
@@ -194,6 +200,8 @@ export class Replica {
   /** What this process restarted with and joins with instead (JoinRequestMessage.holds); null: nothing. */
   private joinHolds: HeldLogs | null = null;
   private restartAcceptor: Pick<SavedState, 'restartPromised' | 'restartAccepted' | 'highestViewIdSeen'> | null = null;
+  /** The saved state a restarted node came back with, while it asks to join a running group (null otherwise). */
+  private savedWhileJoining: SavedState | null = null;
 
   // ---- restarting ----
   private restart: RestartState | null = null;
@@ -233,19 +241,7 @@ export class Replica {
       case 'restart':
         this.mode = 'restarting';
         this.contacts = uniq([...start.contacts, ...start.saved.lastView.members]).filter((c) => c !== this.me);
-        this.restart = {
-          saved: start.saved,
-          reports: new Map(),
-          reportsVersion: 0,
-          planned: null,
-          quorumSinceTick: null,
-          promised: start.saved.restartPromised,
-          accepted: start.saved.restartAccepted,
-          proposing: null,
-          highestRoundSeen: start.saved.restartPromised?.round ?? 0,
-          waiting: { kind: 'restartQuorum', message: 'restarting: collecting restart reports' },
-        };
-        this.setReport(this.me, this.myRestartReport());
+        this.enterRestart(start.saved);
         break;
     }
   }
@@ -289,6 +285,7 @@ export class Replica {
       case 'restartReport':
         if (this.founding) this.abandonFounding(`node ${message.from} is restarting the group`, null);
         if (this.mode === 'joining' && this.startedBlank) this.becomeBlankRestarter();
+        else if (this.mode === 'joining' && this.savedWhileJoining !== null) this.resumeRestart();
         this.onRestartReport(message.from, message.report);
         break;
       case 'restartActive':
@@ -885,6 +882,16 @@ export class Replica {
         this.exit(`in a minority of view ${view.viewId} and suspected by node ${view.members[removedBy]}: restarting to rejoin`);
         return;
       }
+      // Members that came back as new processes can never acknowledge a change of this view. If the
+      // members that might still do so are no majority, no successor of this view can ever be decided,
+      // by us or by anyone: the group has failed as a whole. Exit now so the supervisor restarts us and we
+      // take part in the restart from the logs, instead of making the returning members wait for our
+      // wedged exit (issue #12: a restarting member never waits on a member wedged in an old view).
+      if (this.restartedRanks.size > 0 && !this.hasMajority(view.members.length - this.restartedRanks.size)) {
+        const gone = [...this.restartedRanks].map((r) => view.members[r]!).sort((a, b) => a - b);
+        this.exit(`view ${view.viewId} can never change: node(s) ${gone.join(', ')} came back as new processes, leaving no majority of its ${view.members.length} members; restarting to recover the group from the logs`);
+        return;
+      }
       this.waiting = {
         kind: 'minority',
         message: `wedged in view ${view.viewId}: only ${live.length} of ${view.members.length} members reachable (a majority is needed); suspected: ${this.suspectedNodes().join(', ')}`,
@@ -1182,6 +1189,7 @@ export class Replica {
     this.myRank = view.members.indexOf(this.me);
     this.restartCommitOfView = null;
     this.welcomes = new Map();
+    this.restartedRanks = new Set();
     const n = view.members.length;
     this.rows = view.members.map(() => emptyRow(n, view.layout));
     this.myRow().diskId = this.diskId;
@@ -1323,6 +1331,7 @@ export class Replica {
       if (this.admittedIncarnations.get(from) === incarnation) return;
       // A member asking to join again has restarted: its old incarnation has failed.
       this.suspect(rank);
+      this.restartedRanks.add(rank);
     }
     const leaderRank = this.leaderRankAmongLive();
     if (leaderRank !== this.myRank) {
@@ -1447,6 +1456,45 @@ export class Replica {
     }
     for (const plan of w.transfers) if (plan.from === this.me) for (const to of plan.to) this.out.transfers.push({ to, shardId: plan.shardId, through: plan.through });
     this.joinHolds = null;
+    this.savedWhileJoining = null;
+  }
+
+  /** Restarting mode from saved state: collect restart reports (ours first). */
+  private enterRestart(saved: SavedState): void {
+    this.mode = 'restarting';
+    this.restart = {
+      saved,
+      reports: new Map(),
+      reportsVersion: 0,
+      planned: null,
+      quorumSinceTick: null,
+      promised: saved.restartPromised,
+      accepted: saved.restartAccepted,
+      proposing: null,
+      highestRoundSeen: saved.restartPromised?.round ?? 0,
+      waiting: { kind: 'restartQuorum', message: 'restarting: collecting restart reports' },
+    };
+    this.setReport(this.me, this.myRestartReport());
+  }
+
+  /**
+   * A node that restarted from saved state, found a running group and asked to join it, learned that the
+   * group is restarting after all (the member that answered it has since exited: its view could never
+   * change). Nothing was persisted while joining, so its saved state is still what its disk holds: it goes
+   * back to restarting with it and counts toward the restart quorum, instead of waiting to be admitted
+   * until its own wedged exit. Its restart-consensus promise and acceptance stay binding.
+   */
+  private resumeRestart(): void {
+    const saved = this.savedWhileJoining!;
+    const acceptor = this.restartAcceptor;
+    this.savedWhileJoining = null;
+    this.joinHolds = null;
+    this.enterRestart({
+      ...saved,
+      ...(acceptor ? { restartPromised: acceptor.restartPromised, restartAccepted: acceptor.restartAccepted, highestViewIdSeen: acceptor.highestViewIdSeen } : {}),
+    });
+    this.lastRetryTick = -1_000_000;
+    this.tickRestarting();
   }
 
   /** A joiner with nothing saved learned that the group is restarting: report as a blank member. */
@@ -1476,6 +1524,7 @@ export class Replica {
       // Our restart-consensus promises and acceptance stay binding (they are on disk too).
       this.restartAcceptor = { restartPromised: this.restart.promised, restartAccepted: this.restart.accepted, highestViewIdSeen: this.restart.saved.highestViewIdSeen };
       this.joinHolds = heldLogsOf(this.restart.saved, this.me);
+      this.savedWhileJoining = this.restart.saved;
     }
     this.restart = null;
     this.preferredContact = leader;
@@ -1559,7 +1608,10 @@ export class Replica {
         }
         return;
       }
-      if (rank >= 0) this.suspect(rank); // it lost its in-memory state: remove, it will join again
+      if (rank >= 0) {
+        this.suspect(rank); // it lost its in-memory state: remove, it will join again
+        this.restartedRanks.add(rank);
+      }
       this.emit(from, { kind: 'restartActive', from: this.me, viewId: view.viewId, leader: this.leaderNode() });
       return;
     }
