@@ -60,6 +60,8 @@ export interface RunResult {
   bytesPerSec: number;
   /** CPU seconds of all agents per GB delivered (payload bytes delivered at one member). */
   cpuSecondsPerGB: number;
+  /** CPU microseconds of all agents per message (as delivered at one member): the per-message cost. */
+  cpuMicrosPerMessage: number;
   latencyMs: { p50: number; p99: number } | null;
   persisted: boolean;
 }
@@ -201,6 +203,7 @@ export class BenchGroup {
       messagesPerSec: delivered / seconds,
       bytesPerSec: deliveredBytes / seconds,
       cpuSecondsPerGB: cpu / (deliveredBytes / 1e9),
+      cpuMicrosPerMessage: (cpu * 1e6) / delivered,
       latencyMs: lat.length === 0 ? null : { p50: median(lat.map((l) => l.p50)), p99: Math.max(...lat.map((l) => l.p99)) },
       persisted: durable,
     };

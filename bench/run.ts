@@ -327,11 +327,11 @@ async function main(): Promise<void> {
     lines.push('', `Loopback limit: one socket ${fmtMBs(results.loopback.streamBytesPerSec)} MB/s (${results.loopback.streamCpuSecondsPerGB.toFixed(2)} CPU s/GB); round trip back to back p50 ${results.loopback.roundTripUs.p50.toFixed(0)} µs, p99 ${results.loopback.roundTripUs.p99.toFixed(0)} µs; paced at ${results.loopback.roundTripPacedUs.ratePerSec}/s p50 ${results.loopback.roundTripPacedUs.p50.toFixed(0)} µs, p99 ${results.loopback.roundTripPacedUs.p99.toFixed(0)} µs`);
   }
   if (results.derecho.length > 0) {
-    lines.push('', '| derecho-ts (loopback TCP) | size | msg/s | MB/s | CPU s/GB |', '|---|---:|---:|---:|---:|');
+    lines.push('', `| derecho-ts (${results.options.transport === 'rdma' ? 'RDMA' : 'TCP'}, ${results.options.host ?? '127.0.0.1'}) | size | msg/s | MB/s | CPU s/GB | CPU µs/msg |`, '|---|---:|---:|---:|---:|---:|');
     for (const r of results.derecho) {
       lines.push(r.result
-        ? `| ${r.series} | ${fmtSize(r.sizeBytes)} | ${fmtRate(r.result.messagesPerSec)} | ${fmtMBs(r.result.bytesPerSec)} | ${r.result.cpuSecondsPerGB.toFixed(1)} |`
-        : `| ${r.series} | ${fmtSize(r.sizeBytes)} | failed: ${(r.error ?? '').slice(0, 80)} | | |`);
+        ? `| ${r.series} | ${fmtSize(r.sizeBytes)} | ${fmtRate(r.result.messagesPerSec)} | ${fmtMBs(r.result.bytesPerSec)} | ${r.result.cpuSecondsPerGB.toFixed(1)} | ${r.result.cpuMicrosPerMessage.toFixed(1)} |`
+        : `| ${r.series} | ${fmtSize(r.sizeBytes)} | failed: ${(r.error ?? '').slice(0, 80)} | | | |`);
     }
   }
   const l = results.latency.derecho?.latencyMs;

@@ -39,6 +39,7 @@ export interface OperatorFlags {
   workers: number;
   logLevel: LogLevel;
   rdmaResourceName: string;
+  agentImage: string;
 }
 
 export class UsageError extends Error {
@@ -60,6 +61,7 @@ export function usage(): string {
     '  --status-timeout-ms MS      timeout of one /status poll (default 2000)',
     '  --workers N                 groups reconciled in parallel (default 4)',
     '  --rdma-resource-name NAME   device resource requested by transport: rdma (default rdma/hca_shared_devices_a)',
+    `  --agent-image IMAGE         agent image of groups without spec.image (default ${DEFAULT_OPTIONS.agentImage}, this operator's version)`,
     '  --log-level LEVEL           debug, info, warn or error (default info)',
     '',
     'Environment: KUBECONFIG (else in-cluster credentials), POD_NAMESPACE and POD_NAME (the Lease and its holder).',
@@ -81,7 +83,7 @@ export function parseFlags(argv: readonly string[]): OperatorFlags {
   const flags: OperatorFlags = {
     namespace: undefined, leaderElect: true, leaseName: 'derecho-operator', leaseNamespace: undefined,
     metricsPort: 8081, healthPort: 8082, bindAddress: '0.0.0.0', pollIntervalSeconds: 2, statusTimeoutMs: 2000,
-    workers: 4, logLevel: 'info', rdmaResourceName: DEFAULT_OPTIONS.rdmaResourceName,
+    workers: 4, logLevel: 'info', rdmaResourceName: DEFAULT_OPTIONS.rdmaResourceName, agentImage: DEFAULT_OPTIONS.agentImage,
   };
   for (let i = 0; i < argv.length; i++) {
     const arg = argv[i]!;
@@ -117,6 +119,12 @@ export function parseFlags(argv: readonly string[]): OperatorFlags {
       case '--status-timeout-ms': flags.statusTimeoutMs = parseInt10(flag, value(), 100, 60_000); break;
       case '--workers': flags.workers = parseInt10(flag, value(), 1, 64); break;
       case '--rdma-resource-name': flags.rdmaResourceName = value(); break;
+      case '--agent-image': {
+        const image = value();
+        if (!/^\S+$/.test(image) || image.length > 512) throw new UsageError(`${flag}: ${JSON.stringify(image)} is not a container image reference`);
+        flags.agentImage = image;
+        break;
+      }
       case '--log-level': {
         const level = value();
         if (!['debug', 'info', 'warn', 'error'].includes(level)) throw new UsageError(`${flag}: ${JSON.stringify(level)} is not debug, info, warn or error`);
@@ -194,7 +202,7 @@ export async function runOperator(argv: readonly string[], env: Record<string, s
     pollIntervalSeconds: flags.pollIntervalSeconds,
     workers: flags.workers,
     identity,
-    operatorOptions: { rdmaResourceName: flags.rdmaResourceName },
+    operatorOptions: { rdmaResourceName: flags.rdmaResourceName, agentImage: flags.agentImage },
     metrics,
     log,
   });

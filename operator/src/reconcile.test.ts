@@ -1,10 +1,10 @@
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import test from 'ava';
 import fc from 'fast-check';
 import { loadAgentConfig, parseGroupManifest } from '../../node-agent/src/config/load.ts';
-import { GroupSpec, toGroupPolicy } from '../../node-agent/src/config/schema.ts';
+import { DEFAULT_IMAGE, GroupSpec, toGroupPolicy } from '../../node-agent/src/config/schema.ts';
 import { allocate } from '../../node-agent/src/core/allocation.ts';
 import { planRestart } from '../../node-agent/src/core/restart.ts';
 import type { NodeId, RestartReport, View } from '../../node-agent/src/core/types.ts';
@@ -13,7 +13,7 @@ import { derechoGroupSchema } from './crd.ts';
 import { ANNOTATION, LABEL } from './kube.ts';
 import type { KubeObject } from './kube.ts';
 import { validateOpenApi } from './openapi.ts';
-import { agentStatusUrl, parseRestartMessage, reconcile, withWriteFailures } from './reconcile.ts';
+import { DEFAULT_OPTIONS, agentStatusUrl, parseRestartMessage, reconcile, withWriteFailures } from './reconcile.ts';
 import type { ReconcileOutput, WriteFailure } from './reconcile.ts';
 import type { Condition, DerechoGroupStatus } from './status.ts';
 import { Cluster, HMAC_KEY, NOW, kvDemo, report, restartingReport } from './test-support.ts';
@@ -966,4 +966,35 @@ test('podTemplate mistakes are refused naming the field and the value; the opera
   t.regex(problems({ affinity: { podAntiAffinity: { preferredDuringSchedulingIgnoredDuringExecution: [{ weight: 101, podAffinityTerm: { topologyKey: 'kubernetes.io/hostname' } }] } } }).join('\n'), /weight: .*1 to 100/);
   t.regex(problems({ priorityClassName: 'Upper' }).join('\n'), /priorityClassName: .*PriorityClass name/);
   t.regex(problems({ hostNetwork: true }).join('\n'), /podTemplate/);
+});
+
+// ---------------------------------------------------------------------------------------------------
+// The agent image (issue 15 finding 9)
+
+test('a group without spec.image runs the operator\'s own agent image: upgrading the operator upgrades the agents, one at a time; a pinned image stays', (t) => {
+  const image = (output: ReconcileOutput, id: number): unknown => podOf(output.objects, id).spec.containers[0]!.image;
+  const cluster = settled();
+  t.is((cluster.group.spec as { image?: string }).image, undefined, 'the example pins no image');
+  t.is(image(reconcile(cluster.input()), 1), DEFAULT_OPTIONS.agentImage);
+  // The operator is upgraded: its --agent-image is the next version.
+  const upgraded = { options: { agentImage: 'ghcr.io/derecho-ts/node-agent:0.2.0' } };
+  const rolled: string[] = [];
+  for (let i = 0; i < 12; i++) {
+    const output = cluster.step(upgraded);
+    if (i > 0 && output.status.phase === 'Running') break;
+    t.true(output.deletes.length <= 1);
+    rolled.push(...output.deletes.map((d) => d.name));
+  }
+  t.deepEqual(rolled, ['kv-demo-3', 'kv-demo-2', 'kv-demo-1']);
+  for (const id of [1, 2, 3]) t.is((cluster.objects.get(`Pod/kv-demo-${id}`) as Pod).spec.containers[0]!.image, 'ghcr.io/derecho-ts/node-agent:0.2.0');
+  // A group that pins its image keeps it whatever the operator's default.
+  const pinned = new Cluster(kvDemo({ image: 'registry.example.com/derecho/node-agent:0.1.0' }));
+  t.is(image(reconcile(pinned.input(upgraded)), 1), 'registry.example.com/derecho/node-agent:0.1.0');
+});
+
+test('DEFAULT_IMAGE is the operator\'s own version (package.json) and the chart\'s appVersion', (t) => {
+  const pkg = JSON.parse(readFileSync(new URL('../../package.json', import.meta.url), 'utf8')) as { version: string };
+  const chart = readFileSync(new URL('../../charts/derecho-operator/Chart.yaml', import.meta.url), 'utf8');
+  t.is(DEFAULT_IMAGE, `ghcr.io/derecho-ts/node-agent:${pkg.version}`);
+  t.regex(chart, new RegExp(`^appVersion: "${pkg.version.replace(/\./g, '\\.')}"$`, 'm'));
 });

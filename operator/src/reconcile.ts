@@ -18,7 +18,7 @@
 
 import { createHash } from 'node:crypto';
 import { formatIssues } from '../../node-agent/src/config/errors.ts';
-import { DerechoGroupSpec, parseQuantity, RESTART_QUORUM_TIMEOUT_SECONDS_DEFAULT, RestartSpec, toGroupPolicy } from '../../node-agent/src/config/schema.ts';
+import { DEFAULT_IMAGE, DerechoGroupSpec, parseQuantity, RESTART_QUORUM_TIMEOUT_SECONDS_DEFAULT, RestartSpec, toGroupPolicy } from '../../node-agent/src/config/schema.ts';
 import type { GroupSpec } from '../../node-agent/src/config/schema.ts';
 import { allocate } from '../../node-agent/src/core/allocation.ts';
 import type { Layout, NodeId } from '../../node-agent/src/core/types.ts';
@@ -41,6 +41,8 @@ export interface OperatorOptions {
   dataDir: string;
   /** app.kubernetes.io/managed-by of every object. */
   managedBy: string;
+  /** The agent image of groups that do not pin one (spec.image omitted). */
+  agentImage: string;
   /** requeueAfterSeconds while the group is settled, and while something is under way. */
   resyncSeconds: number;
   busyResyncSeconds: number;
@@ -53,6 +55,7 @@ export const DEFAULT_OPTIONS: Readonly<OperatorOptions> = Object.freeze({
   runAsUser: 65532,
   dataDir: '/var/lib/derecho',
   managedBy: 'derecho-operator',
+  agentImage: DEFAULT_IMAGE,
   resyncSeconds: 30,
   busyResyncSeconds: 2,
 });
@@ -850,7 +853,7 @@ function pod(ctx: Context, spec: GroupSpec, nodeId: NodeId, members: number, age
     containers: [
       {
         name: 'agent',
-        image: spec.image,
+        image: spec.image ?? options.agentImage,
         imagePullPolicy: 'IfNotPresent',
         env,
         ports: [

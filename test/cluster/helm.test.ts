@@ -310,8 +310,9 @@ test('helm template with the defaults: CRD, Deployment, ServiceAccount, ClusterR
   t.like(c.securityContext, { runAsNonRoot: true, readOnlyRootFilesystem: true, allowPrivilegeEscalation: false, capabilities: { drop: ['ALL'] }, seccompProfile: { type: 'RuntimeDefault' } });
   t.deepEqual(c.args, [
     '--leader-elect=true', '--lease-name', FULLNAME, '--metrics-port', '8081', '--health-port', '8082',
-    '--rdma-resource-name', DEFAULT_OPTIONS.rdmaResourceName, '--log-level', 'info',
+    '--rdma-resource-name', DEFAULT_OPTIONS.rdmaResourceName, '--agent-image', 'ghcr.io/derecho-ts/node-agent:0.1.0', '--log-level', 'info',
   ]);
+  t.is(DEFAULT_OPTIONS.agentImage, 'ghcr.io/derecho-ts/node-agent:0.1.0', 'the chart\'s default agent image is the operator\'s own');
   t.deepEqual(c.env?.map((e) => [e.name, e.valueFrom?.fieldRef?.fieldPath]), [['POD_NAMESPACE', 'metadata.namespace'], ['POD_NAME', 'metadata.name']]);
   t.deepEqual(c.ports?.map((p) => [p.name, p.containerPort]), [['metrics', 8081], ['health', 8082]]);
   t.deepEqual(c.livenessProbe?.httpGet, { path: '/healthz', port: 'health' });

@@ -78,7 +78,6 @@ test('defaults are filled in', (t) => {
   const group = DerechoGroupSpec.parse(manifest({ members: 2, subgroups: [{ name: 'kv', type: 'kv', minNodesPerShard: 1, maxNodesPerShard: 2 }] }));
   t.deepEqual(group.spec, {
     members: 2,
-    image: 'ghcr.io/derecho-ts/node-agent:0.1.0',
     subgroups: [{ name: 'kv', type: 'kv', shards: 1, minNodesPerShard: 1, maxNodesPerShard: 2, deliveryMode: 'ordered', persistent: true }],
     transport: 'tcp',
     podTemplate: {},

@@ -15,6 +15,11 @@ import { expecting, renderValue } from './errors.ts';
 
 export const API_VERSION = 'derecho.dev/v1alpha1';
 export const KIND = 'DerechoGroup';
+/**
+ * The agent image an operator of this version runs when a group does not pin one (spec.image omitted): the
+ * same version as the operator (package.json's version; a unit test keeps them equal), so that upgrading
+ * the operator upgrades the agents. The operator's --agent-image flag (the chart's agentImage) overrides it.
+ */
 export const DEFAULT_IMAGE = 'ghcr.io/derecho-ts/node-agent:0.1.0';
 /** Hard ceiling on a group's members (node ids are 1..members). */
 export const MEMBERS_MAX = 64;
@@ -491,8 +496,8 @@ export const GroupSpec = object(
     members: integer(1, MEMBERS_MAX, `a member count from 1 to ${MEMBERS_MAX}`)
       .describe(`Number of members (agent pods). Members have node ids 1..members. At most ${MEMBERS_MAX}.`),
     image: text(/^\S+$/, 'a container image reference (no spaces)', 512)
-      .default(DEFAULT_IMAGE)
-      .describe('Container image of the node agent.'),
+      .optional()
+      .describe('Container image of the node agent, to pin one. Omitted: the operator\'s own agent image, of the operator\'s version (its --agent-image flag, the chart\'s agentImage), so that upgrading the operator upgrades the agents.'),
     subgroups: list(SubgroupSpec, 'a non-empty list of subgroups', 1, WIRE_LIMITS_DEFAULTS.shardsMax)
       .superRefine((subgroups, ctx) => {
         const firstIndexByName = new Map<string, number>();

@@ -285,7 +285,10 @@ export class Replica {
       case 'restartReport':
         if (this.founding) this.abandonFounding(`node ${message.from} is restarting the group`, null);
         if (this.mode === 'joining' && this.startedBlank) this.becomeBlankRestarter();
-        else if (this.mode === 'joining' && this.savedWhileJoining !== null) this.resumeRestart();
+        // Only from the member we were joining through (the leader a restartActive named): the group we
+        // meant to join is gone. A report from any other node only says that node restarts; reacting to it
+        // would flip between joining and restarting while the group runs.
+        else if (this.mode === 'joining' && this.savedWhileJoining !== null && message.from === this.preferredContact) this.resumeRestart();
         this.onRestartReport(message.from, message.report);
         break;
       case 'restartActive':
@@ -1479,8 +1482,8 @@ export class Replica {
 
   /**
    * A node that restarted from saved state, found a running group and asked to join it, learned that the
-   * group is restarting after all (the member that answered it has since exited: its view could never
-   * change). Nothing was persisted while joining, so its saved state is still what its disk holds: it goes
+   * group is restarting after all (the member it was joining through answers with a restart report: it
+   * has since exited, e.g. because its view could never change). Nothing was persisted while joining, so its saved state is still what its disk holds: it goes
    * back to restarting with it and counts toward the restart quorum, instead of waiting to be admitted
    * until its own wedged exit. Its restart-consensus promise and acceptance stay binding.
    */
