@@ -118,8 +118,9 @@ interface PodLite {
   status?: { phase?: string };
 }
 
-async function listPods(namespace: string, group: string): Promise<PodLite[]> {
-  const list = await rest!.get<{ items: PodLite[] }>(`/api/v1/namespaces/${namespace}/pods?labelSelector=${encodeURIComponent(`app.kubernetes.io/instance=${group},app.kubernetes.io/component=member`)}`);
+/** The group's member pods as the API server stores them (`T`: the fields a test reads). */
+async function listPods<T = PodLite>(namespace: string, group: string): Promise<T[]> {
+  const list = await rest!.get<{ items: T[] }>(`/api/v1/namespaces/${namespace}/pods?labelSelector=${encodeURIComponent(`app.kubernetes.io/instance=${group},app.kubernetes.io/component=member`)}`);
   return list.items;
 }
 
@@ -317,8 +318,8 @@ test('spec.podTemplate reaches the member pods the API server stores: labels, an
   await applyGroup(fastGroup(group, 3, { podTemplate: POD_TEMPLATE_EXAMPLE }), ns);
   type StoredPod = { metadata: { name: string; labels: Record<string, string>; annotations: Record<string, string> }; spec: Record<string, unknown> & { priority?: number } };
   const pods = await waitFor('three member pods', async () => {
-    const list = await rest!.get<{ items: StoredPod[] }>(`/api/v1/namespaces/${ns}/pods?labelSelector=${encodeURIComponent(`app.kubernetes.io/instance=${group},app.kubernetes.io/component=member`)}`);
-    return list.items.length === 3 ? list.items : false;
+    const items = await listPods<StoredPod>(ns, group);
+    return items.length === 3 ? items : false;
   }, { timeoutMs: 60_000, intervalMs: 200 });
   const memberSelector = { matchLabels: { 'app.kubernetes.io/name': 'derecho', 'app.kubernetes.io/instance': group, 'app.kubernetes.io/component': 'member' } };
   for (const pod of pods) {

@@ -1483,9 +1483,10 @@ export class Replica {
   /**
    * A node that restarted from saved state, found a running group and asked to join it, learned that the
    * group is restarting after all (the member it was joining through answers with a restart report: it
-   * has since exited, e.g. because its view could never change). Nothing was persisted while joining, so its saved state is still what its disk holds: it goes
-   * back to restarting with it and counts toward the restart quorum, instead of waiting to be admitted
-   * until its own wedged exit. Its restart-consensus promise and acceptance stay binding.
+   * has since exited, e.g. because its view could never change). Nothing was persisted while joining, so
+   * its saved state is still what its disk holds: it goes back to restarting with it and counts toward the
+   * restart quorum, instead of waiting to be admitted until its own wedged exit. Its restart-consensus
+   * promise and acceptance stay binding.
    */
   private resumeRestart(): void {
     const saved = this.savedWhileJoining!;
