@@ -88,3 +88,31 @@ test('a custom type: ordered calls return every member\'s reply, queries and ver
   t.is(custom.replies.length, 3);
   t.is(await client.query('counters', 0, 'get', ['http']), 2);
 });
+
+test('an agent is not ready while the view its replica installed has not been processed by the driver yet (it would answer 503 "no view installed yet")', async (t) => {
+  const { files } = await groupConfigs(t, manifest, 3, 'derecho-ready-');
+  const agents: Agent[] = [];
+  t.teardown(async () => {
+    for (const a of agents) await a.close();
+  });
+  for (const file of files) agents.push(await Agent.create(loadAgentConfig({ file, env: {} }), { types: { 'custom:counter': Counter }, log: silentLogger }));
+  // Right after each step and tick, before the driver drains the Ready it produced on the next turn of the
+  // event loop: whenever the agent says ready, the driver has the replica's view.
+  const mismatches: string[] = [];
+  for (const a of agents) {
+    const replica = a.driver.replica;
+    for (const name of ['step', 'tick'] as const) {
+      const original = replica[name].bind(replica) as (...args: unknown[]) => void;
+      (replica as unknown as Record<string, unknown>)[name] = (...args: unknown[]) => {
+        original(...args);
+        const ready = a.notReadyReason() === null;
+        const viewId = a.driver.currentView()?.viewId ?? -1;
+        if (ready && viewId !== replica.status().viewId) mismatches.push(`ready with the driver in view ${viewId}, the replica in ${replica.status().viewId}`);
+      };
+    }
+  }
+  await until('every agent ready', () => agents.every((a) => a.notReadyReason() === null));
+  t.deepEqual(mismatches, []);
+  const r = await agents[2]!.driver.invoke('counters', 0, 'add', ['x', 1]);
+  t.true(r.persisted);
+});

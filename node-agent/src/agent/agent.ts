@@ -261,6 +261,10 @@ export class Agent {
     const s = this.driver.status();
     if (s.mode !== 'active') return `${s.mode}: ${s.waiting.message}`;
     if (s.wedged) return `wedged in view ${s.viewId}: ${s.waiting.message || 'view change in progress'}`;
+    // The replica installs a view inside a step; the driver takes it (layout, hosts) when it drains that
+    // step's Ready on the next turn of the event loop. Until then requests would find no view.
+    const applied = this.driver.currentView()?.viewId ?? -1;
+    if (applied !== s.viewId) return `installing view ${s.viewId}`;
     const pending = s.shards.filter((x) => !x.stateReady);
     if (pending.length > 0) return `waiting for the state of shard(s) ${pending.map((x) => `${x.subgroup}/${x.shardIndex}`).join(', ')}`;
     return null;
