@@ -11,6 +11,8 @@
 //   --series TEXT           only the derecho series whose name contains TEXT (e.g. "one sender", latency,
 //                           reads: linearizable and local reads of a 1 KiB value, beside etcd's range reads)
 //   --ready-timeout S       seconds the agents may take to become ready (default 30; raise it in a slow guest)
+//   --run-timeout S         seconds one run may take to deliver everything it sent, after its duration
+//                           (default 120; raise it for 1-16 MiB messages in a slow guest)
 //   --cpu-prof DIR          agents write V8 CPU profiles into DIR (open them in Chrome DevTools)
 //   --out DIR               where results/*.json and the chart go (default bench/results)
 //
@@ -47,6 +49,7 @@ interface Options {
   series: string | null;
   cpuProfDir: string | null;
   readyTimeoutMs: number;
+  runTimeoutMs: number;
 }
 
 function parseSize(text: string): number {
@@ -61,7 +64,7 @@ function parseArgs(argv: string[]): Options {
   const o: Options = {
     quick: false, sizes: [100, KiB, 10 * KiB, MiB, 16 * MiB], members: [3], durationS: 3, transport: 'tcp', host: null,
     only: new Set(['derecho', 'etcd', 'loopback']), out: path.join(ROOT, 'bench', 'results'), series: null, cpuProfDir: null,
-    readyTimeoutMs: 30_000,
+    readyTimeoutMs: 30_000, runTimeoutMs: 120_000,
   };
   let sizesGiven = false;
   let durationGiven = false;
@@ -93,6 +96,7 @@ function parseArgs(argv: string[]): Options {
       case '--series': o.series = value(); break;
       case '--cpu-prof': o.cpuProfDir = path.resolve(value()); break;
       case '--ready-timeout': o.readyTimeoutMs = Number(value()) * 1000; if (!(o.readyTimeoutMs > 0)) throw new Error('--ready-timeout must be a positive number of seconds'); break;
+      case '--run-timeout': o.runTimeoutMs = Number(value()) * 1000; if (!(o.runTimeoutMs > 0)) throw new Error('--run-timeout must be a positive number of seconds'); break;
       case '--help': case '-h':
         process.stdout.write(fs.readFileSync(fileURLToPath(import.meta.url), 'utf8').split('\n').filter((l) => l.startsWith('//')).map((l) => l.slice(3)).join('\n') + '\n');
         process.exit(0);
@@ -153,7 +157,7 @@ async function derechoRun(work: string, o: Options, row: DerechoRow, rate = 0, d
     const countCap = Math.max(8, Math.floor((o.quick ? 512 : 2048) * MiB / row.sizeBytes / senders.length));
     return await group.run({
       payloadBytes: row.sizeBytes, senders, countPerSender: Math.min(count, countCap), ratePerSec: rate,
-      durationMs: durationS * 1000, timeoutMs: 120_000,
+      durationMs: durationS * 1000, timeoutMs: durationS * 1000 + o.runTimeoutMs,
     });
   } finally {
     await group.stop();

@@ -34,6 +34,7 @@ import { createLogger } from '../../node-agent/src/agent/logger.ts';
 import type { Logger } from '../../node-agent/src/agent/logger.ts';
 import { CRD_API_VERSION, CRD_KIND, CRD_PLURAL, LABEL, memberNodeId, names } from './kube.ts';
 import type { KubeObject, ObjectRef, ObservedPod, ObservedSecret } from './kube.ts';
+import { x509Issuer } from './certs.ts';
 import { createOperatorMetrics } from './metrics.ts';
 import type { OperatorMetrics } from './metrics.ts';
 import { DEFAULT_OPTIONS, reconcile, withWriteFailures } from './reconcile.ts';
@@ -812,6 +813,7 @@ export class Controller {
       reports,
       now: new Date().toISOString(),
       random: { hmacKey: randomBytes(32).toString('base64') },
+      issuer: x509Issuer,
       ...(this.options.operatorOptions ? { options: this.options.operatorOptions } : {}),
     });
     if (!this.active) return { requeueAfterMs: null };
@@ -837,9 +839,10 @@ export class Controller {
     // Secrets the group names (mutual TLS material, a user's HMAC key) are not ours to label: read them by
     // name. The HMAC Secret the operator makes is read live when the cache lacks it (never mint a second key).
     const tls = (group.spec as { tls?: { mode?: string; secretName?: string } } | null)?.tls;
+    // The certificate authority the operator made, likewise: a second one would split the members' trust.
     const wanted = new Set<string>();
     if (tls?.secretName !== undefined) wanted.add(tls.secretName);
-    else if (tls?.mode === 'mutual') wanted.add(names.tlsSecret(name));
+    else if (tls?.mode === 'mutual') wanted.add(names.authoritySecret(name));
     else wanted.add(names.hmacSecret(name));
     for (const secretName of wanted) {
       if (secrets.some((s) => s.metadata.name === secretName)) continue;

@@ -139,6 +139,10 @@ export const names = {
   configMap: (group: string): string => `${group}-config`,
   hmacSecret: (group: string): string => `${group}-auth`,
   tlsSecret: (group: string): string => `${group}-tls`,
+  /** The certificate authority the operator issues members' certificates with (never mounted by a pod). */
+  authoritySecret: (group: string): string => `${group}-ca`,
+  /** A member's certificate, key and trusted authorities (kubernetes.io/tls, as cert-manager writes it). */
+  memberTlsSecret: (group: string, nodeId: number): string => `${group}-node-${nodeId}-tls`,
   podDisruptionBudget: (group: string): string => group,
   /** The budget that keeps a member that alone holds a persistent shard from being evicted. */
   solePodDisruptionBudget: (group: string, nodeId: number): string => `${group}-${nodeId}-sole`,

@@ -18,6 +18,7 @@ import { createLogger } from '../../node-agent/src/agent/logger.ts';
 import type { Logger, LogLevel } from '../../node-agent/src/agent/logger.ts';
 import { Controller } from './controller.ts';
 import type { StatusUrl } from './controller.ts';
+import type { CertificateTimes } from './certificates.ts';
 import { LEASE_DEFAULTS, LeaderElector, defaultIdentity } from './leader.ts';
 import { createOperatorMetrics, healthRoutes, metricsRoutes, serveRoutes } from './metrics.ts';
 import type { OperatorMetrics } from './metrics.ts';
@@ -40,6 +41,7 @@ export interface OperatorFlags {
   logLevel: LogLevel;
   rdmaResourceName: string;
   agentImage: string;
+  certificates: CertificateTimes;
 }
 
 export class UsageError extends Error {
@@ -62,6 +64,10 @@ export function usage(): string {
     '  --workers N                 groups reconciled in parallel (default 4)',
     '  --rdma-resource-name NAME   device resource requested by transport: rdma (default rdma/hca_shared_devices_a)',
     `  --agent-image IMAGE         agent image of groups without spec.image (default ${DEFAULT_OPTIONS.agentImage}, this operator's version)`,
+    '  --certificate-validity D    lifetime of the members\' certificates the operator issues, renewed with a third',
+    '                              left (default 90d; D is a number with s, m, h or d)',
+    '  --authority-validity D      lifetime of a group\'s certificate authority (default 3650d)',
+    '  --authority-propagation D   how long a new authority is only trusted before it signs (default 10m)',
     '  --log-level LEVEL           debug, info, warn or error (default info)',
     '',
     'Environment: KUBECONFIG (else in-cluster credentials), POD_NAMESPACE and POD_NAME (the Lease and its holder).',
@@ -74,6 +80,14 @@ function parseBool(flag: string, value: string): boolean {
   throw new UsageError(`${flag}: ${JSON.stringify(value)} is not a boolean (true or false)`);
 }
 
+/** "90d", "12h", "10m", "30s" -> seconds. */
+function parseDurationSeconds(flag: string, value: string, minSeconds: number): number {
+  const m = /^([0-9]+)(s|m|h|d)$/.exec(value);
+  const seconds = m ? Number(m[1]) * { s: 1, m: 60, h: 3600, d: 86_400 }[m[2] as 's' | 'm' | 'h' | 'd'] : NaN;
+  if (!(seconds >= minSeconds)) throw new UsageError(`${flag}: ${JSON.stringify(value)} is not a duration of at least ${minSeconds} s (a number with s, m, h or d, e.g. 90d)`);
+  return seconds;
+}
+
 function parseInt10(flag: string, value: string, min: number, max: number): number {
   if (!/^[0-9]+$/.test(value) || Number(value) < min || Number(value) > max) throw new UsageError(`${flag}: ${JSON.stringify(value)} is not an integer in ${min}..${max}`);
   return Number(value);
@@ -84,6 +98,7 @@ export function parseFlags(argv: readonly string[]): OperatorFlags {
     namespace: undefined, leaderElect: true, leaseName: 'derecho-operator', leaseNamespace: undefined,
     metricsPort: 8081, healthPort: 8082, bindAddress: '0.0.0.0', pollIntervalSeconds: 2, statusTimeoutMs: 2000,
     workers: 4, logLevel: 'info', rdmaResourceName: DEFAULT_OPTIONS.rdmaResourceName, agentImage: DEFAULT_OPTIONS.agentImage,
+    certificates: { ...DEFAULT_OPTIONS.certificates },
   };
   for (let i = 0; i < argv.length; i++) {
     const arg = argv[i]!;
@@ -125,6 +140,9 @@ export function parseFlags(argv: readonly string[]): OperatorFlags {
         flags.agentImage = image;
         break;
       }
+      case '--certificate-validity': flags.certificates.certificateValiditySeconds = parseDurationSeconds(flag, value(), 60); break;
+      case '--authority-validity': flags.certificates.authorityValiditySeconds = parseDurationSeconds(flag, value(), 60); break;
+      case '--authority-propagation': flags.certificates.authorityPropagationSeconds = parseDurationSeconds(flag, value(), 0); break;
       case '--log-level': {
         const level = value();
         if (!['debug', 'info', 'warn', 'error'].includes(level)) throw new UsageError(`${flag}: ${JSON.stringify(level)} is not debug, info, warn or error`);
@@ -134,6 +152,9 @@ export function parseFlags(argv: readonly string[]): OperatorFlags {
       default:
         throw new UsageError(`unknown argument ${JSON.stringify(arg)}`);
     }
+  }
+  if (flags.certificates.certificateValiditySeconds > flags.certificates.authorityValiditySeconds) {
+    throw new UsageError(`--certificate-validity (${flags.certificates.certificateValiditySeconds} s) is longer than --authority-validity (${flags.certificates.authorityValiditySeconds} s)`);
   }
   if (flags.metricsPort !== 0 && flags.metricsPort === flags.healthPort) throw new UsageError(`--metrics-port and --health-port are both ${flags.metricsPort}`);
   return flags;
@@ -202,7 +223,7 @@ export async function runOperator(argv: readonly string[], env: Record<string, s
     pollIntervalSeconds: flags.pollIntervalSeconds,
     workers: flags.workers,
     identity,
-    operatorOptions: { rdmaResourceName: flags.rdmaResourceName, agentImage: flags.agentImage },
+    operatorOptions: { rdmaResourceName: flags.rdmaResourceName, agentImage: flags.agentImage, certificates: flags.certificates },
     metrics,
     log,
   });

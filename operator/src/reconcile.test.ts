@@ -8,10 +8,12 @@ import { DEFAULT_IMAGE, GroupSpec, toGroupPolicy } from '../../node-agent/src/co
 import { allocate } from '../../node-agent/src/core/allocation.ts';
 import { planRestart } from '../../node-agent/src/core/restart.ts';
 import type { NodeId, RestartReport, View } from '../../node-agent/src/core/types.ts';
+import { certificateFacts, issuedBy, x509Issuer } from './certs.ts';
+import type { CertificateIssuer, KeyAndCertificate } from './certs.ts';
 import { POD_TEMPLATE_EXAMPLE } from './crd-cases.ts';
 import { derechoGroupSchema } from './crd.ts';
 import { ANNOTATION, LABEL } from './kube.ts';
-import type { KubeObject } from './kube.ts';
+import type { KubeObject, ObservedSecret } from './kube.ts';
 import { validateOpenApi } from './openapi.ts';
 import { DEFAULT_OPTIONS, agentStatusUrl, parseRestartMessage, reconcile, withWriteFailures } from './reconcile.ts';
 import type { ReconcileOutput, WriteFailure } from './reconcile.ts';
@@ -174,11 +176,52 @@ test('mutual TLS: no Secret is made, each pod mounts its own certificate, and a 
   t.like(env(pod), { DERECHO_TLS_CERT_FILE: '/etc/derecho/auth/tls.crt', DERECHO_TLS_KEY_FILE: '/etc/derecho/auth/tls.key', DERECHO_TLS_CA_FILE: '/etc/derecho/auth/ca.crt' });
   t.like(pod.spec.volumes[2], { secret: { secretName: 'kv-certs', items: [{ key: 'ca.crt', path: 'ca.crt' }, { key: 'node-2.crt', path: 'tls.crt' }, { key: 'node-2.key', path: 'tls.key' }] } });
   t.like(conditionOf(output.status, 'Degraded'), { status: 'True', reason: 'AuthSecretMissing' });
-  t.regex(conditionOf(output.status, 'Degraded').message, /Secret kv-certs with the members' TLS material does not exist/);
+  t.regex(conditionOf(output.status, 'Degraded').message, /Secret kv-certs \(spec.tls.secretName\) with the members' TLS material does not exist/);
   const partial = { apiVersion: 'v1', kind: 'Secret', metadata: { name: 'kv-certs', namespace: 'default' }, data: { 'ca.crt': 'x', 'node-1.crt': 'x', 'node-1.key': 'x' } };
   const withSecret = reconcile(cluster.input({ observed: { ...cluster.observed(), secrets: [partial] } }));
   t.is(conditionOf(withSecret.status, 'Degraded').message, 'Secret kv-certs lacks node-2.crt, node-2.key, node-3.crt, node-3.key');
   t.is(find(output.objects, 'ConfigMap', 'kv-demo-config')!.metadata.annotations![ANNOTATION.tlsSecret], 'kv-certs');
+});
+
+test('mutual TLS without a Secret name: the operator issues an authority and a certificate per member, renews them without a roll, issues node 4\'s on scale-up and deletes it on scale-down', (t) => {
+  const cluster = new Cluster(kvDemo({ tls: { mode: 'mutual' } }));
+  const first = cluster.step();
+  const secrets = first.objects.filter((o) => o.kind === 'Secret');
+  t.deepEqual(secrets.map((s) => s.metadata.name), ['kv-demo-ca', 'kv-demo-node-1-tls', 'kv-demo-node-2-tls', 'kv-demo-node-3-tls']);
+  t.like(secrets[1], { type: 'kubernetes.io/tls', metadata: { labels: { 'derecho.dev/node-id': '1', 'app.kubernetes.io/component': 'certificate' }, ownerReferences: [{ kind: 'DerechoGroup' }] } });
+  const text = (object: KubeObject | undefined, key: string): string => Buffer.from((object as ObservedSecret).data![key]!, 'base64').toString('utf8');
+  const ca = text(secrets[0], 'ca.crt');
+  t.true(issuedBy(text(secrets[2], 'tls.crt'), ca, new Date(NOW)));
+  t.is(certificateFacts(text(secrets[2], 'tls.crt')).commonName, 'node-2');
+  const pod = podOf(first.objects, 2);
+  t.like(pod.spec.volumes[2], { secret: { secretName: 'kv-demo-node-2-tls', items: [{ key: 'ca.crt', path: 'ca.crt' }, { key: 'tls.crt', path: 'tls.crt' }, { key: 'tls.key', path: 'tls.key' }] } });
+  t.like(env(pod), { DERECHO_TLS_CERT_FILE: '/etc/derecho/auth/tls.crt', DERECHO_TLS_CA_FILE: '/etc/derecho/auth/ca.crt' });
+  t.deepEqual(first.events.filter((e) => e.reason === 'CertificateIssued').map((e) => e.message.replace(/ \(.*/, '')), [
+    "issued the group's certificate authority", "issued node 1's certificate", "issued node 2's certificate", "issued node 3's certificate",
+  ]);
+  t.like(conditionOf(first.status, 'Degraded'), { status: 'False' });
+  t.is(find(first.objects, 'ConfigMap', 'kv-demo-config')!.metadata.annotations![ANNOTATION.tlsSecret], undefined);
+  // Settled: the same certificates; 61 days on (90-day certificates): renewed in place, no pod rolled.
+  cluster.step();
+  t.deepEqual(cluster.step().events.filter((e) => e.reason === 'CertificateIssued'), []);
+  const hashes = cluster.pods().map((p) => p.metadata.annotations![ANNOTATION.configHash]);
+  cluster.advance(61 * 86_400);
+  const renewed = cluster.step();
+  t.is(renewed.events.filter((e) => e.reason === 'CertificateIssued').length, 3);
+  t.deepEqual(renewed.deletes, []);
+  t.deepEqual(cluster.pods().map((p) => p.metadata.annotations![ANNOTATION.configHash]), hashes, 'no pod rolled');
+  t.is(text(find(renewed.objects, 'Secret', 'kv-demo-ca'), 'ca.crt'), ca, 'the same authority');
+  // Scale to 4: node 4's certificate comes with its pod.
+  cluster.setSpec({ members: 4 });
+  const grown = cluster.step();
+  t.truthy(find(grown.objects, 'Secret', 'kv-demo-node-4-tls'));
+  t.truthy(find(grown.objects, 'Pod', 'kv-demo-4'));
+  t.deepEqual(grown.events.filter((e) => e.reason === 'CertificateIssued').map((e) => e.message.replace(/ \(.*/, '')), ["issued node 4's certificate"]);
+  for (let i = 0; i < 3; i++) cluster.step();
+  // And back to 3: node 4's certificate goes with its pod.
+  cluster.setSpec({ members: 3 });
+  const shrunk = cluster.step();
+  t.deepEqual(shrunk.deletes.filter((d) => d.kind === 'Secret').map((d) => d.name), ['kv-demo-node-4-tls']);
 });
 
 // ---------------------------------------------------------------------------------------------------
@@ -878,13 +921,28 @@ test('property: reconcile is deterministic', (t) => {
     fc.property(fc.integer({ min: 1, max: 6 }), fc.integer({ min: 0, max: 4 }), (members, steps) => {
       const cluster = new Cluster(kvDemo({ members, subgroups: [{ name: 'kv', type: 'kv', minNodesPerShard: 1, maxNodesPerShard: 2, shards: 2 }] }));
       for (let i = 0; i < steps; i++) cluster.step();
-      const input = cluster.input();
-      return JSON.stringify(reconcile(structuredClone(input))) === JSON.stringify(reconcile(structuredClone(input)));
+      // Keys are random: the issuer gives the same answer to the same request (as one reconcile's input).
+      const { issuer: _issuer, ...input } = cluster.input();
+      const issuer = memoizedIssuer();
+      return JSON.stringify(reconcile({ ...structuredClone(input), issuer })) === JSON.stringify(reconcile({ ...structuredClone(input), issuer }));
     }),
     { numRuns: 50 },
   );
   t.pass();
 });
+
+/** x509Issuer, answering a request it has seen before with the same key and certificate. */
+function memoizedIssuer(): CertificateIssuer {
+  const seen = new Map<string, KeyAndCertificate>();
+  const once = (key: string, make: () => KeyAndCertificate): KeyAndCertificate => {
+    if (!seen.has(key)) seen.set(key, make());
+    return seen.get(key)!;
+  };
+  return {
+    authority: (commonName, notBefore, notAfter) => once(JSON.stringify(['ca', commonName, notBefore, notAfter]), () => x509Issuer.authority(commonName, notBefore, notAfter)),
+    leaf: (ca, subject, notBefore, notAfter) => once(JSON.stringify(['leaf', ca.certPem, subject, notBefore, notAfter]), () => x509Issuer.leaf(ca, subject, notBefore, notAfter)),
+  };
+}
 
 function range(count: number): number[] {
   return Array.from({ length: count }, (_, index) => index + 1);

@@ -22,6 +22,9 @@ import { DEFAULT_IMAGE, DerechoGroupSpec, parseQuantity, RESTART_QUORUM_TIMEOUT_
 import type { GroupSpec } from '../../node-agent/src/config/schema.ts';
 import { allocate } from '../../node-agent/src/core/allocation.ts';
 import type { Layout, NodeId } from '../../node-agent/src/core/types.ts';
+import { DEFAULT_CERTIFICATE_TIMES, planCertificates } from './certificates.ts';
+import type { CertificateTimes } from './certificates.ts';
+import type { CertificateIssuer } from './certs.ts';
 import { toYaml } from './crd.ts';
 import { ANNOTATION, APP_NAME, CRD_API_VERSION, CRD_KIND, FINALIZER, LABEL, memberNodeId, names, peerHost, refOf } from './kube.ts';
 import type { KubeObject, ObjectRef, ObservedConfigMap, ObservedPod, ObservedPvc, ObservedSecret, OwnerReference } from './kube.ts';
@@ -46,6 +49,8 @@ export interface OperatorOptions {
   /** requeueAfterSeconds while the group is settled, and while something is under way. */
   resyncSeconds: number;
   busyResyncSeconds: number;
+  /** Lifetimes of the certificates the operator issues (mutual TLS without spec.tls.secretName). */
+  certificates: CertificateTimes;
 }
 
 export const DEFAULT_OPTIONS: Readonly<OperatorOptions> = Object.freeze({
@@ -58,6 +63,7 @@ export const DEFAULT_OPTIONS: Readonly<OperatorOptions> = Object.freeze({
   agentImage: DEFAULT_IMAGE,
   resyncSeconds: 30,
   busyResyncSeconds: 2,
+  certificates: DEFAULT_CERTIFICATE_TIMES,
 });
 
 /** The DerechoGroup as read from the API server (spec as stored: defaults applied, not yet checked by zod). */
@@ -110,6 +116,8 @@ export interface ReconcileInput {
    * random bytes; used only when the group's HMAC Secret does not exist yet (its key is kept afterwards).
    */
   random?: { hmacKey?: string };
+  /** Makes keys and certificates (certs.ts x509Issuer); needed only when a certificate is due. */
+  issuer?: CertificateIssuer;
   options?: Partial<OperatorOptions>;
 }
 
@@ -302,6 +310,8 @@ interface Observed {
   pvcs: Map<NodeId, ObservedPvc>;
   /** The budgets protecting sole shard members (see solePodDisruptionBudget), by node id. */
   solePdbs: Map<NodeId, KubeObject>;
+  /** The members' certificates the operator issued, by node id. */
+  memberTlsSecrets: Map<NodeId, ObservedSecret>;
   configMap: ObservedConfigMap | undefined;
   secrets: Map<string, ObservedSecret>;
 }
@@ -320,6 +330,7 @@ function indexObserved(observed: ObservedObjects, name: string): Observed {
     pods: byNode(mine(observed.pods), names.pod),
     pvcs: byNode(mine(observed.pvcs), names.pvc),
     solePdbs: byNode(mine(observed.podDisruptionBudgets), names.solePodDisruptionBudget),
+    memberTlsSecrets: byNode(mine(observed.secrets), names.memberTlsSecret),
     configMap: (observed.configMaps ?? []).find((configMap) => configMap.metadata.name === names.configMap(name)),
     secrets: new Map((observed.secrets ?? []).map((secret) => [secret.metadata.name, secret] as const)),
   };
@@ -451,10 +462,14 @@ function plan(ctx: Context, observed: Observed, input: ReconcileInput, spec: Gro
   const manifestText = toYaml({ ...manifestHeader, spec: { ...spec, members: counts.founding } });
   // What the pods' config hash covers: changes outside it (storage, the stuck timeout) roll no pod.
   const agentManifest = { ...manifestHeader, spec: agentRelevantSpec({ ...spec, members: counts.founding }) };
-  const auth = authOf(ctx, spec, observed, memberIds, input.random?.hmacKey);
+  const auth = authOf(ctx, spec, observed, memberIds, input);
+  for (const message of auth.issued) events.push({ type: 'Normal', reason: 'CertificateIssued', action: 'IssueCertificate', message });
+  for (const [id, secret] of observed.memberTlsSecrets) {
+    if (id > next && auth.mode === 'mutual' && auth.userSecretName === null) deletes.push(refOf(secret, `node ${id} is not a member (members 1..${next})`));
+  }
   const objects: KubeObject[] = [
     configMap(ctx, counts.founding, next, manifestText, policy, view, auth),
-    ...(auth.secret ? [auth.secret] : []),
+    ...auth.secrets,
     peersService(ctx),
     clientService(ctx),
     podDisruptionBudget(ctx, next),
@@ -615,40 +630,85 @@ function meta(ctx: Context, name: string, component: string, extra: { nodeId?: N
 
 interface Auth {
   mode: 'hmac' | 'mutual';
-  secretName: string;
-  /** The Secret to apply (an HMAC key the operator made), or null when the user provides it. */
-  secret: KubeObject | null;
+  /** The Secret a member's pod mounts, and which of its keys go to the files the agent reads. */
+  volume(nodeId: NodeId): { secretName: string; items: { key: string; path: string }[] };
+  /** Secrets to apply: the HMAC key, or the authority and members' certificates the operator issues. */
+  secrets: KubeObject[];
   /** What is missing from a user-provided Secret, or null. */
   problem: string | null;
+  /** The user's Secret, when the user provides the material (the ConfigMap names it). */
+  userSecretName: string | null;
+  /** What the operator issued this round (Events). */
+  issued: string[];
 }
 
-function authOf(ctx: Context, spec: GroupSpec, observed: Observed, memberIds: NodeId[], randomKey: string | undefined): Auth {
+const TLS_ITEMS = [{ key: 'ca.crt', path: 'ca.crt' }, { key: 'tls.crt', path: 'tls.crt' }, { key: 'tls.key', path: 'tls.key' }];
+
+function authOf(ctx: Context, spec: GroupSpec, observed: Observed, memberIds: NodeId[], input: ReconcileInput): Auth {
+  const none = { secrets: [], problem: null, userSecretName: null, issued: [] };
   if (spec.tls.mode === 'hmac') {
+    const items = [{ key: 'hmac.key', path: 'hmac.key' }];
     if (spec.tls.secretName !== undefined) {
-      const secret = observed.secrets.get(spec.tls.secretName);
-      const problem = secret === undefined ? `Secret ${spec.tls.secretName} (spec.tls.secretName) does not exist`
-        : secret.data?.['hmac.key'] === undefined ? `Secret ${spec.tls.secretName} has no key "hmac.key"` : null;
-      return { mode: 'hmac', secretName: spec.tls.secretName, secret: null, problem };
+      const secretName = spec.tls.secretName;
+      const secret = observed.secrets.get(secretName);
+      const problem = secret === undefined ? `Secret ${secretName} (spec.tls.secretName) does not exist`
+        : secret.data?.['hmac.key'] === undefined ? `Secret ${secretName} has no key "hmac.key"` : null;
+      return { ...none, mode: 'hmac', volume: () => ({ secretName, items }), problem, userSecretName: secretName };
     }
     const secretName = names.hmacSecret(ctx.name);
-    const key = observed.secrets.get(secretName)?.data?.['hmac.key'] ?? randomKey;
+    const key = observed.secrets.get(secretName)?.data?.['hmac.key'] ?? input.random?.hmacKey;
     if (key === undefined || Buffer.from(key, 'base64').byteLength < 16) {
       throw new TypeError(`reconcile: the group ${ctx.namespace}/${ctx.name} needs an HMAC key: pass random.hmacKey (base64 of 32 random bytes)`);
     }
     return {
+      ...none,
       mode: 'hmac',
-      secretName,
-      problem: null,
-      secret: { apiVersion: 'v1', kind: 'Secret', metadata: meta(ctx, secretName, 'auth'), type: 'Opaque', data: { 'hmac.key': key } },
+      volume: () => ({ secretName, items }),
+      secrets: [{ apiVersion: 'v1', kind: 'Secret', metadata: meta(ctx, secretName, 'auth'), type: 'Opaque', data: { 'hmac.key': key } }],
     };
   }
-  const secretName = spec.tls.secretName ?? names.tlsSecret(ctx.name);
-  const secret = observed.secrets.get(secretName);
-  const missing = ['ca.crt', ...memberIds.flatMap((id) => [`node-${id}.crt`, `node-${id}.key`])].filter((key) => secret?.data?.[key] === undefined);
-  const problem = secret === undefined
-    ? `Secret ${secretName} with the members' TLS material does not exist (keys ca.crt, node-<id>.crt and node-<id>.key, certificate CN "node-<id>")`
-    : missing.length > 0 ? `Secret ${secretName} lacks ${missing.join(', ')}` : null;
-  return { mode: 'mutual', secretName, secret: null, problem };
+  if (spec.tls.secretName !== undefined) {
+    // The user's own Secret, one for every member (node-<id>.crt and node-<id>.key).
+    const secretName = spec.tls.secretName;
+    const secret = observed.secrets.get(secretName);
+    const missing = ['ca.crt', ...memberIds.flatMap((id) => [`node-${id}.crt`, `node-${id}.key`])].filter((key) => secret?.data?.[key] === undefined);
+    const problem = secret === undefined
+      ? `Secret ${secretName} (spec.tls.secretName) with the members' TLS material does not exist (keys ca.crt, node-<id>.crt and node-<id>.key, certificate CN "node-<id>")`
+      : missing.length > 0 ? `Secret ${secretName} lacks ${missing.join(', ')}` : null;
+    const volume = (nodeId: NodeId) => ({ secretName, items: [{ key: 'ca.crt', path: 'ca.crt' }, { key: `node-${nodeId}.crt`, path: 'tls.crt' }, { key: `node-${nodeId}.key`, path: 'tls.key' }] });
+    return { ...none, mode: 'mutual', volume, problem, userSecretName: secretName };
+  }
+  // The operator issues them (certificates.ts, ADR 0014).
+  const planned = planCertificates({
+    group: `${ctx.namespace}/${ctx.name}`,
+    now: new Date(input.now),
+    times: ctx.options.certificates,
+    authoritySecret: observed.secrets.get(names.authoritySecret(ctx.name)),
+    memberSecrets: observed.memberTlsSecrets,
+    members: memberIds.map((nodeId) => ({ nodeId, dnsNames: memberDnsNames(ctx, nodeId) })),
+    issuer: input.issuer,
+  });
+  return {
+    ...none,
+    mode: 'mutual',
+    volume: (nodeId) => ({ secretName: names.memberTlsSecret(ctx.name, nodeId), items: TLS_ITEMS }),
+    secrets: [
+      { apiVersion: 'v1', kind: 'Secret', metadata: meta(ctx, names.authoritySecret(ctx.name), 'authority'), type: 'Opaque', data: planned.authorityData },
+      ...[...planned.memberData].map(([nodeId, data]) => ({
+        apiVersion: 'v1', kind: 'Secret', metadata: meta(ctx, names.memberTlsSecret(ctx.name, nodeId), 'certificate', { nodeId }), type: 'kubernetes.io/tls', data,
+      })),
+    ],
+    issued: planned.issued,
+  };
+}
+
+/** The names a member's certificate is for: its pod through the peers Service, and the group's client Service. */
+function memberDnsNames(ctx: Context, nodeId: NodeId): string[] {
+  const pod = names.pod(ctx.name, nodeId);
+  const peers = names.peersService(ctx.name);
+  const client = names.clientService(ctx.name);
+  const ns = ctx.namespace;
+  return [`${pod}.${peers}.${ns}.svc`, `${pod}.${peers}.${ns}.svc.cluster.local`, `${pod}.${peers}`, `${client}.${ns}.svc`, `${client}.${ns}.svc.cluster.local`, client];
 }
 
 function configMap(ctx: Context, founding: number, members: number, manifestText: string, policy: ReturnType<typeof toGroupPolicy>, view: ReturnType<typeof currentView>, auth: Auth): KubeObject {
@@ -666,7 +726,7 @@ function configMap(ctx: Context, founding: number, members: number, manifestText
       annotations: {
         [ANNOTATION.foundingMembers]: String(founding),
         [ANNOTATION.members]: String(members),
-        ...(auth.mode === 'mutual' ? { [ANNOTATION.tlsSecret]: auth.secretName } : {}),
+        ...(auth.mode === 'mutual' && auth.userSecretName !== null ? { [ANNOTATION.tlsSecret]: auth.userSecretName } : {}),
       },
     }),
     data: { 'group.yaml': manifestText, 'layout.yaml': toYaml(layout) },
@@ -820,9 +880,6 @@ function pod(ctx: Context, spec: GroupSpec, nodeId: NodeId, members: number, age
       { name: 'DERECHO_TLS_KEY_FILE', value: `${AUTH_DIR}/tls.key` },
       { name: 'DERECHO_TLS_CA_FILE', value: `${AUTH_DIR}/ca.crt` },
     ];
-  const authItems = auth.mode === 'hmac'
-    ? [{ key: 'hmac.key', path: 'hmac.key' }]
-    : [{ key: 'ca.crt', path: 'ca.crt' }, { key: `node-${nodeId}.crt`, path: 'tls.crt' }, { key: `node-${nodeId}.key`, path: 'tls.key' }];
   const PEERS_PLACEHOLDER = '';
   const env = [
     { name: 'DERECHO_NODE_ID', value: String(nodeId) },
@@ -883,7 +940,7 @@ function pod(ctx: Context, spec: GroupSpec, nodeId: NodeId, members: number, age
     volumes: [
       persistent ? { name: 'data', persistentVolumeClaim: { claimName: names.pvc(ctx.name, nodeId) } } : { name: 'data', emptyDir: {} },
       { name: 'group', configMap: { name: names.configMap(ctx.name), items: [{ key: 'group.yaml', path: 'group.yaml' }] } },
-      { name: 'auth', secret: { secretName: auth.secretName, items: authItems, defaultMode: 0o440 } },
+      { name: 'auth', secret: { ...auth.volume(nodeId), defaultMode: 0o440 } },
       { name: 'tmp', emptyDir: { sizeLimit: '64Mi' } },
     ],
   };

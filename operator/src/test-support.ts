@@ -7,6 +7,7 @@ import YAML from 'yaml';
 import { GroupSpec, toGroupPolicy } from '../../node-agent/src/config/schema.ts';
 import { allocate } from '../../node-agent/src/core/allocation.ts';
 import type { NodeId } from '../../node-agent/src/core/types.ts';
+import { x509Issuer } from './certs.ts';
 import { applyDefaults } from './openapi.ts';
 import { derechoGroupSchema } from './crd.ts';
 import { LABEL } from './kube.ts';
@@ -124,7 +125,7 @@ export class Cluster {
   }
 
   input(extra: Partial<ReconcileInput> = {}): ReconcileInput {
-    return { group: this.group, observed: this.observed(), reports: this.reports(), now: this.now(), random: { hmacKey: HMAC_KEY }, ...extra };
+    return { group: this.group, observed: this.observed(), reports: this.reports(), now: this.now(), random: { hmacKey: HMAC_KEY }, issuer: x509Issuer, ...extra };
   }
 
   /** One reconcile, applied: objects created or updated, deletions done, status written, pods run. */
@@ -134,6 +135,11 @@ export class Cluster {
     this.apply(output);
     this.clock += 1000;
     return output;
+  }
+
+  /** Moves the clock on. */
+  advance(seconds: number): void {
+    this.clock += seconds * 1000;
   }
 
   apply(output: ReconcileOutput): void {

@@ -29,6 +29,7 @@ import {
 } from '@kubernetes/client-node';
 import type { KubeConfig, KubernetesObject } from '@kubernetes/client-node';
 import YAML from 'yaml';
+import { x509Issuer } from '../../operator/src/certs.ts';
 import { CRD_GROUP, CRD_NAME, CRD_PLURAL, CRD_VERSION } from '../../operator/src/kube.ts';
 import type { KubeObject, ObservedConfigMap, ObservedPod, ObservedPvc, ObservedSecret } from '../../operator/src/kube.ts';
 import { DEFAULT_OPTIONS, reconcile } from '../../operator/src/reconcile.ts';
@@ -175,7 +176,16 @@ function reconcileSamples(): { create: ReconcileOutput; remove: ReconcileOutput 
     group, reports: {}, now: NOW, random: { hmacKey: HMAC_KEY },
     observed: { podDisruptionBudgets: [{ ...budget, metadata: { ...budget.metadata, name: 'kv-demo-9-sole', labels: { ...budget.metadata.labels, 'derecho.dev/node-id': '9' } } }] },
   });
-  return { create, remove: { ...remove, deletes: [...remove.deletes, ...stale.deletes] } };
+  // A member certificate the operator issued for a node that is no longer a member (node 9) is deleted.
+  const secure = kvDemo({ tls: { mode: 'mutual' } });
+  const issued = reconcile({ group: secure, observed: {}, reports: {}, now: NOW, issuer: x509Issuer });
+  const certificate = issued.objects.find((o) => o.kind === 'Secret' && o.metadata.name === 'kv-demo-node-1-tls')!;
+  const shrunk = reconcile({
+    group: secure, reports: {}, now: NOW, issuer: x509Issuer,
+    observed: { secrets: [withUid<ObservedSecret>({ ...certificate, metadata: { ...certificate.metadata, name: 'kv-demo-node-9-tls', labels: { ...certificate.metadata.labels, 'derecho.dev/node-id': '9' } } })] },
+  });
+  if (!shrunk.deletes.some((d) => d.kind === 'Secret')) throw new Error('the scale-down sample deletes no certificate');
+  return { create, remove: { ...remove, deletes: [...remove.deletes, ...stale.deletes, ...shrunk.deletes] } };
 }
 
 /** "group/resource" -> verbs the operator uses. */
@@ -517,7 +527,6 @@ function neededChecks(namespace: string): AccessCheck[] {
 /** Things the operator never needs: each must be refused wherever it is asked. */
 function forbiddenChecks(namespace: string): AccessCheck[] {
   return [
-    { verb: 'delete', resource: 'secrets', namespace },
     { verb: 'update', resource: 'secrets', namespace },
     { verb: 'delete', resource: 'services', namespace },
     { verb: 'delete', resource: 'configmaps', namespace },

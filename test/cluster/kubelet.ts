@@ -9,7 +9,9 @@
 //  - Volumes: a configMap or secret volume is written to a directory of the pod (secret keys decoded, the
 //    volume's `items` honoured); a persistentVolumeClaim volume is a directory per claim name that outlives
 //    pods (a recreated pod finds its data); an emptyDir is a directory of the pod. A pod whose ConfigMap,
-//    Secret or claim does not exist yet stays Pending (ContainerCreating) and is retried.
+//    Secret or claim does not exist yet stays Pending (ContainerCreating) and is retried. While a pod runs,
+//    its configMap and secret volumes follow their objects (every second, a file at a time), as the
+//    kubelet's periodic sync does.
 //  - Environment: the container's env with paths under a volume mount rewritten to the volume's directory;
 //    DERECHO_PEERS host names (<pod>.<service>.<namespace>.svc) become 127.0.0.1 and a peer port this
 //    kubelet allocates per pod name (kept across pod re-creations); DERECHO_PEER_PORT and DERECHO_HTTP_PORT
@@ -97,6 +99,8 @@ export interface KubeletOptions {
   log?: (line: string) => void;
   /** How often /readyz is polled (default 500 ms). */
   readinessPeriodMs?: number;
+  /** How often running pods' configMap and secret volumes are brought up to date (default 1000 ms). */
+  volumeRefreshMs?: number;
   /**
    * A JSON file kept up to date with the ports allocated so far ({ "<namespace>/<pod>": { peer, http } },
    * replaced atomically): an operator in another process reads it to find each member's /status.
@@ -112,6 +116,7 @@ export class MockKubelet {
   private readonly held = new Set<string>();
   private informer: ReturnType<typeof makeInformer<V1Pod>> | null = null;
   private readinessTimer: NodeJS.Timeout | null = null;
+  private volumeTimer: NodeJS.Timeout | null = null;
   private stopped = false;
   private readonly log: (line: string) => void;
   readonly logDir: string;
@@ -134,6 +139,7 @@ export class MockKubelet {
     const kubelet = new MockKubelet(options);
     await kubelet.startInformer();
     kubelet.readinessTimer = setInterval(() => void kubelet.probeAll(), options.readinessPeriodMs ?? 500);
+    kubelet.volumeTimer = setInterval(() => void kubelet.refreshVolumes(), options.volumeRefreshMs ?? 1000);
     return kubelet;
   }
 
@@ -219,6 +225,7 @@ export class MockKubelet {
     if (this.stopped) return;
     this.stopped = true;
     if (this.readinessTimer !== null) clearInterval(this.readinessTimer);
+    if (this.volumeTimer !== null) clearInterval(this.volumeTimer);
     await this.informer?.stop().catch(() => {});
     const exits: Promise<void>[] = [];
     for (const state of this.states.values()) {
@@ -312,7 +319,7 @@ export class MockKubelet {
   }
 
   /** A host directory holding what the volume holds. */
-  private async materialize(state: PodState, volume: V1Volume): Promise<string> {
+  private async materialize(state: PodState, volume: V1Volume, refresh = false): Promise<string> {
     const { namespace } = state;
     if (volume.persistentVolumeClaim) {
       const claim = volume.persistentVolumeClaim.claimName;
@@ -356,17 +363,38 @@ export class MockKubelet {
     } else {
       throw new Error(`volume ${volume.name}: only configMap, secret, persistentVolumeClaim and emptyDir volumes are supported`);
     }
-    fs.rmSync(dir, { recursive: true, force: true });
-    fs.mkdirSync(dir, { recursive: true });
     const entries = items ?? Object.keys(data).map((key) => ({ key, path: key }));
+    const missing = entries.find((item) => data[item.key] === undefined);
+    if (missing !== undefined) throw new NotReady(`volume ${volume.name}: key "${missing.key}" not found`);
+    if (!refresh) {
+      fs.rmSync(dir, { recursive: true, force: true });
+      fs.mkdirSync(dir, { recursive: true });
+    }
     for (const item of entries) {
-      const content = data[item.key];
-      if (content === undefined) throw new NotReady(`volume ${volume.name}: key "${item.key}" not found`);
+      const content = data[item.key]!;
       const file = path.join(dir, item.path);
+      if (refresh && fs.existsSync(file) && fs.readFileSync(file).equals(content)) continue;
+      // Each file replaced atomically (the kubelet swaps the whole volume; a reader may still see files of
+      // two versions side by side for a moment here, which the agent must survive too).
       fs.mkdirSync(path.dirname(file), { recursive: true });
-      fs.writeFileSync(file, content, { mode: volume.secret ? 0o600 : 0o644 });
+      fs.writeFileSync(`${file}.tmp`, content, { mode: volume.secret ? 0o600 : 0o644 });
+      fs.renameSync(`${file}.tmp`, file);
     }
     return dir;
+  }
+
+  /**
+   * As the kubelet does periodically: the configMap and secret volumes of running pods take their objects'
+   * current content (a renewed certificate reaches the agent without a restart).
+   */
+  private async refreshVolumes(): Promise<void> {
+    for (const state of this.states.values()) {
+      if (state.phase !== 'running') continue;
+      for (const volume of state.pod.spec?.volumes ?? []) {
+        if (!volume.secret && !volume.configMap) continue;
+        await this.materialize(state, volume, true).catch((e: unknown) => this.log(`refreshing volume ${volume.name} of ${state.name}: ${String(e)}`));
+      }
+    }
   }
 
   /** The agent's environment: the container's env mapped onto this machine. */

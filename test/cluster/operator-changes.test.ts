@@ -32,6 +32,7 @@ import YAML from 'yaml';
 import { createLogger } from '../../node-agent/src/agent/logger.ts';
 import { CREATE_CASES, POD_TEMPLATE_EXAMPLE, UPDATE_CASES, exampleManifest, withSpec } from '../../operator/src/crd-cases.ts';
 import type { Manifest } from '../../operator/src/crd-cases.ts';
+import { certificateFacts, issuedBy } from '../../operator/src/certs.ts';
 import { KubeApiError, KubeRest, resourcePath } from '../../operator/src/controller.ts';
 import { CEL_RULES, CRD_FILE } from '../../operator/src/crd.ts';
 import { ANNOTATION, CRD_API_VERSION, CRD_KIND, CRD_NAME, CRD_PLURAL, names } from '../../operator/src/kube.ts';
@@ -254,11 +255,11 @@ function fastGroup(name: string, members: number, extra: Record<string, unknown>
  * An operator watching `ns`, and a mock kubelet running its pods (unless `kubelet: false`). Until
  * `passed()` is called, the teardown prints their logs and the group's status.
  */
-async function operatorFor(t: ExecutionContext, ns: string, group: string, tag: string, opts: { kubelet?: boolean } = {}) {
+async function operatorFor(t: ExecutionContext, ns: string, group: string, tag: string, opts: { kubelet?: boolean; args?: string[] } = {}) {
   const logs: string[] = [];
   const kubelet = opts.kubelet === false ? null
     : await MockKubelet.start({ kubeConfig: cp!.kubeConfig, namespace: ns, workDir: path.join(workDir, `kubelet-${tag}`), log: (line) => logs.push(line) });
-  const operator = await runOperator(['--namespace', ns, '--leader-elect=false', '--metrics-port', '0', '--health-port', '0', '--bind-address', '127.0.0.1'], { KUBECONFIG: cp!.kubeconfigPath },
+  const operator = await runOperator(['--namespace', ns, '--leader-elect=false', '--metrics-port', '0', '--health-port', '0', '--bind-address', '127.0.0.1', ...(opts.args ?? [])], { KUBECONFIG: cp!.kubeconfigPath },
     { statusUrl: kubelet?.statusUrl ?? (() => null), log: createLogger('info', { op: `operator-${tag}` }, (line) => logs.push(line.trimEnd())) });
   let ok = false;
   t.teardown(async () => {
@@ -462,7 +463,7 @@ test('a group re-created over volumes left by an earlier one (node 4 from a scal
   passed();
 });
 
-test('mutual TLS: a missing Secret and a missing key are reported in the status; with the certificates the group forms and serves writes', async (t) => {
+test('mutual TLS with the user\'s own Secret (spec.tls.secretName): a missing Secret and a missing key are reported in the status; with the certificates the group forms and serves writes', async (t) => {
   if (skipped(t)) return;
   t.timeout(3 * 60_000);
   const ns = 'derecho-tls';
@@ -491,10 +492,11 @@ test('mutual TLS: a missing Secret and a missing key are reported in the status;
 
   // ---- No Secret: the status says which one is missing; the pods wait for their volume.
   const secretName = names.tlsSecret(group);
-  await applyGroup(fastGroup(group, 3, { tls: { mode: 'mutual' } }), ns);
+  const tlsSpec = { tls: { mode: 'mutual', secretName } };
+  await applyGroup(fastGroup(group, 3, tlsSpec), ns);
   const missing = await waitForGroup('Degraded=AuthSecretMissing', (g) => conditionOf(g, 'Degraded')?.reason === 'AuthSecretMissing');
   t.like(conditionOf(missing, 'Degraded'), { status: 'True' });
-  t.regex(conditionOf(missing, 'Degraded')!.message, new RegExp(`^Secret ${secretName} with the members' TLS material does not exist`));
+  t.regex(conditionOf(missing, 'Degraded')!.message, new RegExp(`^Secret ${secretName} \\(spec.tls.secretName\\) with the members' TLS material does not exist`));
   t.like(conditionOf(missing, 'Ready'), { status: 'False' });
   const pending = await listPods(ns, group);
   t.is(pending.length, 3, 'the pods are created');
@@ -529,7 +531,7 @@ test('mutual TLS: a missing Secret and a missing key are reported in the status;
 
   // ---- Scaling to 4 before node 4 has a certificate: the status names the missing keys; once they are
   // in the Secret, node 4 joins over TLS.
-  const scaled = await applyGroup(fastGroup(group, 4, { tls: { mode: 'mutual' } }), ns);
+  const scaled = await applyGroup(fastGroup(group, 4, tlsSpec), ns);
   const lackingFour = await waitForGroup('Degraded naming node-4.crt and node-4.key', (g) => /lacks node-4\.crt, node-4\.key/.test(conditionOf(g, 'Degraded')?.message ?? ''));
   t.is(lackingFour.status!.currentMembers, 4, 'node 4 is added (its pod waits for its certificate)');
   const tFour = Date.now();
@@ -540,6 +542,90 @@ test('mutual TLS: a missing Secret and a missing key are reported in the status;
   const viaFour = await agentJson<{ value: string }>(`${kubelet.url(`${group}-4`)}/v1/kv/kv/${key}`);
   t.is(viaFour.body.value, 'over tls', 'read through node 4');
   ok = true;
+});
+
+test('mutual TLS by default, the operator issuing the certificates: a group with no Secret made by hand forms, node 4 joins at once, 60-second certificates are renewed and reach the agents without a restart, a scale-down deletes node 4\'s (issue 15 finding 1)', async (t) => {
+  if (skipped(t)) return;
+  t.timeout(4 * 60_000);
+  const ns = 'derecho-certs';
+  const group = 'issued';
+  await createNamespace(ns);
+  const { kubelet, waitForGroup, passed } = await operatorFor(t, ns, group, 'certs', { args: ['--certificate-validity', '60s'] });
+  const secretType = { apiVersion: 'v1', kind: 'Secret', plural: 'secrets' };
+  const readSecret = (name: string) => rest!.request<{ type: string; data: Record<string, string>; metadata: { ownerReferences?: { kind: string }[] } }>('GET', resourcePath(secretType, ns, name));
+  const pem = (data: Record<string, string>, key: string): string => Buffer.from(data[key]!, 'base64').toString('utf8');
+  const serialOf = (certPem: string): string => certificateFacts(certPem).serialNumber;
+  const agentTls = async (id: number) => (await agentJson<{ transport: { tls?: { serialNumber: string; reloads: number } } }>(`${kubelet!.url(`${group}-${id}`)}/status`)).body.transport.tls;
+
+  // ---- Only `tls: { mode: mutual }`: the operator makes the authority and each member's certificate.
+  const t0 = Date.now();
+  await applyGroup(fastGroup(group, 3, { tls: { mode: 'mutual' } }), ns);
+  const ready = await waitForGroup('the group Ready over operator-issued certificates', (g) => readyWith(g, [1, 2, 3]), 120_000);
+  t.log(`Ready ${seconds(Date.now() - t0)} after creation, no Secret made by hand: ${statusLine(ready)}`);
+  const authority = await readSecret(names.authoritySecret(group));
+  const caPem = pem(authority.data, 'ca.crt');
+  t.true(certificateFacts(caPem).isCa);
+  const firstSerials = new Map<number, string>();
+  for (const id of [1, 2, 3]) {
+    const secret = await readSecret(names.memberTlsSecret(group, id));
+    t.is(secret.type, 'kubernetes.io/tls');
+    t.is(secret.metadata.ownerReferences?.[0]?.kind, 'DerechoGroup');
+    const leaf = pem(secret.data, 'tls.crt');
+    t.is(certificateFacts(leaf).commonName, `node-${id}`);
+    t.true(issuedBy(leaf, caPem, new Date()));
+    firstSerials.set(id, serialOf(leaf));
+    t.is((await agentTls(id))?.serialNumber, serialOf(leaf), `node ${id} runs with its issued certificate`);
+    const log = fs.readFileSync(path.join(kubelet!.logDir, `${ns}_${group}-${id}.log`), 'utf8');
+    t.regex(log, /listening on .*\(TLS\)/, `node ${id} listens with TLS`);
+  }
+  const pods = await listPods(ns, group);
+  t.false(JSON.stringify(pods).includes(names.authoritySecret(group)), 'no pod mounts the authority');
+  const put = await agentJson<{ persisted?: boolean }>(`${kubelet!.url(`${group}-1`)}/v1/kv/kv/certs`, { method: 'PUT', body: 'v1' });
+  t.is(put.status, 200, JSON.stringify(put.body));
+
+  // ---- Scale to 4: node 4's certificate comes with its pod; no waiting on anyone.
+  const tScale = Date.now();
+  const scaled = await applyGroup(fastGroup(group, 4, { tls: { mode: 'mutual' } }), ns);
+  const four = await waitForGroup('node 4 in the view', (g) => readyWith(g, [1, 2, 3, 4], scaled.metadata.generation), 120_000);
+  t.log(`node 4 in view ${four.status!.view!.id} ${seconds(Date.now() - tScale)} after the scale-up`);
+  t.is(conditionOf(four, 'Degraded')?.status, 'False');
+
+  // ---- Renewal: 60 s certificates are renewed with a third left; each agent picks its new one up with
+  // no restart (the kubelet updates the Secret volume in place), and the group keeps serving.
+  const startsBefore = kubelet!.starts.length;
+  const tRenew = Date.now();
+  const renewed = await waitFor('every member to run with a renewed certificate', async () => {
+    const serials = await Promise.all([1, 2, 3].map(async (id) => (await agentTls(id))?.serialNumber));
+    return serials.every((serial, i) => serial !== undefined && serial !== firstSerials.get(i + 1)) ? serials : false;
+  }, { timeoutMs: 90_000, intervalMs: 500 });
+  t.log(`renewed certificates in use ${seconds(Date.now() - tRenew)} later: ${renewed.join(', ')}`);
+  for (const id of [1, 2, 3]) {
+    const leaf = pem((await readSecret(names.memberTlsSecret(group, id))).data, 'tls.crt');
+    t.true(issuedBy(leaf, caPem, new Date()), `node ${id}'s renewal comes from the same authority`);
+    t.true(((await agentTls(id))?.reloads ?? 0) >= 1);
+  }
+  t.is(kubelet!.starts.length, startsBefore, 'no agent restarted');
+  // New connections use the renewed certificates: a member restarted now is admitted back.
+  await kubelet!.kill(`${group}-2`);
+  await waitForGroup('node 2 back after a kill -9', (g) => readyWith(g, [1, 2, 3, 4]) && (g.status?.view?.id ?? 0) > four.status!.view!.id, 90_000);
+  const put2 = await agentJson<{ persisted?: boolean }>(`${kubelet!.url(`${group}-2`)}/v1/kv/kv/certs`, { method: 'PUT', body: 'v2' });
+  t.is(put2.status, 200, JSON.stringify(put2.body));
+  const events = await rest!.request<{ items: { reason: string; message: string }[] }>('GET',
+    `/api/v1/namespaces/${ns}/events?fieldSelector=${encodeURIComponent(`involvedObject.name=${group},involvedObject.kind=DerechoGroup`)}`);
+  t.true(events.items.some((e) => e.reason === 'CertificateIssued' && /issued node 4's certificate/.test(e.message)), 'an Event says node 4\'s certificate was issued');
+
+  // ---- Scale back to 3: node 4's certificate is deleted with its pod.
+  await applyGroup(fastGroup(group, 3, { tls: { mode: 'mutual' } }), ns);
+  await waitFor('node 4\'s certificate deleted', async () => {
+    try {
+      await readSecret(names.memberTlsSecret(group, 4));
+      return false;
+    } catch (e) {
+      if (e instanceof KubeApiError && e.code === 404) return true;
+      throw e;
+    }
+  }, { timeoutMs: 90_000, intervalMs: 500 });
+  passed();
 });
 
 // ---------------------------------------------------------------------------------------------------

@@ -1,5 +1,6 @@
 // One node agent: storage, transport, driver, HTTP API and metrics, assembled from a resolved config.
 
+import { X509Certificate, createHash } from 'node:crypto';
 import fs from 'node:fs';
 import type http from 'node:http';
 import path from 'node:path';
@@ -15,7 +16,7 @@ import type { AgentTransport } from '../transport/agent-transport.ts';
 import type { Verbs } from '../transport/rdma/verbs.ts';
 import { createAgentTransport } from '../transport/select.ts';
 import type { TransportChoice } from '../transport/select.ts';
-import type { TcpTransportOptions } from '../transport/tcp-transport.ts';
+import type { TcpTransportOptions, TlsOptions } from '../transport/tcp-transport.ts';
 import { BenchProbe } from './bench.ts';
 import { Driver, RequestError } from './driver.ts';
 import { createHttpServer, listenHttp } from './http.ts';
@@ -33,6 +34,56 @@ export interface AgentOptions {
   onExit?(reason: string): void;
   /** RDMA verbs for spec.transport rdma/auto (default: the native addon; tests inject the in-memory fabric). */
   verbs?: Verbs;
+  /**
+   * tls.mode "mutual": period of the re-reads of the CA, certificate and key files, ms (default
+   * $DERECHO_TLS_RELOAD_MS, else TLS_RELOAD_MS_DEFAULT; at least TLS_RELOAD_MS_MIN).
+   */
+  tlsReloadMs?: number;
+}
+
+/** Default period of the TLS file re-reads: a renewed certificate is in use within this long. */
+export const TLS_RELOAD_MS_DEFAULT = 10_000;
+/** Floor of that period: each re-read reads and compares three files. */
+export const TLS_RELOAD_MS_MIN = 100;
+
+/** The period of the TLS file re-reads: the option, else $DERECHO_TLS_RELOAD_MS, else the default; clamped to the floor. */
+export function tlsReloadMs(option: number | undefined, env: Record<string, string | undefined> = process.env): number {
+  let ms = option;
+  const text = env['DERECHO_TLS_RELOAD_MS']?.trim();
+  if (ms === undefined && text) {
+    ms = Number(text);
+    if (!Number.isFinite(ms)) throw new ConfigError([`environment DERECHO_TLS_RELOAD_MS: ${JSON.stringify(text)} is not a number of milliseconds`]);
+  }
+  if (ms === undefined || !Number.isFinite(ms)) return TLS_RELOAD_MS_DEFAULT;
+  return Math.max(TLS_RELOAD_MS_MIN, ms);
+}
+
+/** What /status shows of a certificate. */
+interface CertificateSummary {
+  subject: string;
+  issuer: string;
+  notAfter: string;
+  serialNumber: string;
+}
+
+function certificateSummary(pem: Buffer): CertificateSummary | null {
+  try {
+    const x = new X509Certificate(pem);
+    return { subject: x.subject, issuer: x.issuer, notAfter: new Date(x.validTo).toISOString(), serialNumber: x.serialNumber };
+  } catch {
+    return null;
+  }
+}
+
+/** tls.mode "mutual": the credentials in force (the files' contents) and how their reloads went. */
+interface TlsState {
+  files: { ca: Buffer; cert: Buffer; key: Buffer };
+  certificate: CertificateSummary | null;
+  reloads: number;
+  /** Why the newest reload attempt was refused; null once the files hold what is in force again. */
+  lastReloadError: string | null;
+  /** Fingerprint of the contents (or read error) last refused: the same refusal is not repeated every tick. */
+  refused: string | null;
 }
 
 /** Replicated type of every subgroup of the spec; a clear error for a type nobody registered. */
@@ -74,6 +125,9 @@ export class Agent {
   private lastTickAt = Date.now();
   private closed = false;
   private readonly dirLock: DirLock;
+  /** tls.mode "mutual": the credentials in force and their reloads (else null). */
+  private tls: TlsState | null = null;
+  private tlsReloadTimer: ReturnType<typeof setInterval> | null = null;
   private exitReasonText: string | null = null;
   /** The newest connection refused at authentication (either side), for /status: why peers cannot talk. */
   private lastHandshakeFailure: { peer: NodeId | null; remote: string; message: string; atMs: number } | null = null;
@@ -86,7 +140,7 @@ export class Agent {
 
   private constructor(readonly config: ResolvedAgentConfig, private readonly options: AgentOptions, private readonly types: Map<string, ReplicatedType>) {
     this.log = options.log ?? createLogger(config.logLevel, { node: config.nodeId, group: config.groupName });
-    this.metrics = createMetrics({ group: config.groupName, node: String(config.nodeId) });
+    this.metrics = createMetrics({ group: config.groupName, node: String(config.nodeId) }, { tls: config.group.spec.tls.mode === 'mutual' });
     try {
       this.dirLock = DirLock.acquire(path.resolve(config.dataDir));
     } catch (e) {
@@ -134,11 +188,10 @@ export class Agent {
       tOpts.secret = readFile(config.auth.hmacSecretFile!, 'auth.hmacSecretFile');
       if (tOpts.secret.byteLength < 16) throw new ConfigError([`auth.hmacSecretFile ${JSON.stringify(config.auth.hmacSecretFile)} holds ${tOpts.secret.byteLength} bytes; the group secret needs at least 16 (32 random bytes recommended)`]);
     } else {
-      tOpts.tls = {
-        ca: readFile(config.auth.tlsCaFile!, 'auth.tlsCaFile'),
-        cert: readFile(config.auth.tlsCertFile!, 'auth.tlsCertFile'),
-        key: readFile(config.auth.tlsKeyFile!, 'auth.tlsKeyFile'),
-      };
+      const files = this.readTlsFiles();
+      tOpts.tls = { ...files };
+      this.tls = { files, certificate: certificateSummary(files.cert), reloads: 0, lastReloadError: null, refused: null };
+      this.showCertificate();
     }
     const choice = await createAgentTransport(spec.transport, tOpts, this.options.verbs ? { verbs: this.options.verbs } : {});
     this.transport = choice.transport;
@@ -158,6 +211,13 @@ export class Agent {
         }
       }
     });
+    if (this.tls) {
+      // Kubernetes updates a Secret volume in place (an atomic swap of its ..data directory) when the
+      // certificate is renewed or the CA rotated: re-reading the files puts the new credentials in use
+      // without a restart, before the old certificate expires.
+      this.tlsReloadTimer = setInterval(() => this.reloadTls(), tlsReloadMs(this.options.tlsReloadMs));
+      this.tlsReloadTimer.unref();
+    }
     const bound = await this.transport.listen(config.listen.host, config.listen.peerPort);
     Object.assign(this.peerAddress, bound);
     const peers = new Map<NodeId, string>();
@@ -214,6 +274,74 @@ export class Agent {
     }, this.config.group.spec.timing.tickMs);
   }
 
+  private readTlsFiles(): { ca: Buffer; cert: Buffer; key: Buffer } {
+    const { auth } = this.config;
+    return {
+      ca: readFile(auth.tlsCaFile!, 'auth.tlsCaFile'),
+      cert: readFile(auth.tlsCertFile!, 'auth.tlsCertFile'),
+      key: readFile(auth.tlsKeyFile!, 'auth.tlsKeyFile'),
+    };
+  }
+
+  /**
+   * tls.mode "mutual", every tlsReloadMs: re-reads the CA, certificate and key files and, when they changed,
+   * hands them to the transport (new handshakes use them; open connections stay). Files refused (one
+   * unreadable, half-written, a key of another certificate, a certificate for another node...) leave the
+   * credentials in force: never an exit, as the files may be caught mid-update; the next tick tries what
+   * they then hold. The same refused contents are not tried again (the result would be the same).
+   */
+  private reloadTls(): void {
+    const state = this.tls;
+    if (state === null || this.closed) return;
+    let files: TlsState['files'];
+    try {
+      files = this.readTlsFiles();
+    } catch (e) {
+      const reason = e instanceof Error ? e.message : String(e);
+      return this.tlsReloadFailed(state, reason, `read: ${reason}`);
+    }
+    const old = state.files;
+    const changed = (['ca', 'cert', 'key'] as const).filter((k) => !files[k].equals(old[k]));
+    if (changed.length === 0) {
+      // Back to what is in force (say, a bad update reverted): nothing is wrong any more.
+      state.lastReloadError = null;
+      state.refused = null;
+      return;
+    }
+    const fingerprint = createHash('sha256').update(files.ca).update('\0').update(files.cert).update('\0').update(files.key).digest('hex');
+    if (fingerprint === state.refused) return;
+    const transport = this.transport as AgentTransport & { updateTlsCredentials?(credentials: TlsOptions): void };
+    try {
+      if (!transport.updateTlsCredentials) throw new Error(`the ${transport.kind} transport cannot replace its TLS credentials`);
+      transport.updateTlsCredentials({ ...files });
+    } catch (e) {
+      const { auth } = this.config;
+      const names = { ca: auth.tlsCaFile, cert: auth.tlsCertFile, key: auth.tlsKeyFile };
+      return this.tlsReloadFailed(state, `${changed.map((k) => names[k]).join(', ')} changed: ${e instanceof Error ? e.message : String(e)}`, fingerprint);
+    }
+    state.files = files;
+    state.certificate = certificateSummary(files.cert);
+    state.reloads++;
+    state.lastReloadError = null;
+    state.refused = null;
+    this.metrics.tls?.reloads.inc({ result: 'ok' });
+    this.showCertificate();
+    this.log.info('TLS credentials reloaded', { changed, notAfter: state.certificate?.notAfter, serialNumber: state.certificate?.serialNumber, subject: state.certificate?.subject, issuer: state.certificate?.issuer });
+  }
+
+  private tlsReloadFailed(state: TlsState, reason: string, fingerprint: string): void {
+    if (fingerprint === state.refused) return;
+    state.refused = fingerprint;
+    state.lastReloadError = reason;
+    this.metrics.tls?.reloads.inc({ result: 'failed' });
+    this.log.error('TLS credentials reload failed; the current ones stay in use', { error: reason });
+  }
+
+  private showCertificate(): void {
+    const notAfter = this.tls?.certificate?.notAfter;
+    if (notAfter !== undefined) this.metrics.tls?.certificateNotAfterSeconds.set(Date.parse(notAfter) / 1000);
+  }
+
   private onDriverExit(reason: string): void {
     this.exitReasonText = reason;
     this.log.warn('replica exited; the agent stops so that its supervisor restarts it', { reason });
@@ -223,6 +351,8 @@ export class Agent {
   async close(): Promise<void> {
     if (this.closed) return;
     this.closed = true;
+    if (this.tlsReloadTimer) clearInterval(this.tlsReloadTimer);
+    this.tlsReloadTimer = null;
     this.driver?.stop();
     const serverClosed = new Promise<void>((resolve) => (this.server ? this.server.close(() => resolve()) : resolve()));
     // At once, not after close(): close() waits for every open connection, and a request under way (a
@@ -328,6 +458,13 @@ export class Agent {
           secondsAgo: Math.round((Date.now() - this.lastHandshakeFailure.atMs) / 100) / 10,
         },
         dropsQueueFull: t.dropsQueueFull, dropsUnreachable: t.dropsUnreachable,
+        ...(this.tls ? {
+          tls: {
+            subject: this.tls.certificate?.subject ?? null, issuer: this.tls.certificate?.issuer ?? null,
+            notAfter: this.tls.certificate?.notAfter ?? null, serialNumber: this.tls.certificate?.serialNumber ?? null,
+            reloads: this.tls.reloads, lastReloadError: this.tls.lastReloadError,
+          },
+        } : {}),
       },
       storage: { dataDir: this.config.dataDir, fsync: this.config.group.spec.fsync, journalBytes: st.journalBytes, liveLogRecords: st.liveLogRecords },
     };

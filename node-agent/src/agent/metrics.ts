@@ -20,9 +20,14 @@ export interface AgentMetrics {
     journalBytes: client.Gauge;
     restarting: client.Gauge;
   };
+  /** tls.mode "mutual" only (else null): the certificate in force and the reloads of the TLS files. */
+  tls: {
+    certificateNotAfterSeconds: client.Gauge;
+    reloads: client.Counter<'result'>;
+  } | null;
 }
 
-export function createMetrics(labels: { group: string; node: string }): AgentMetrics {
+export function createMetrics(labels: { group: string; node: string }, options: { tls?: boolean } = {}): AgentMetrics {
   const registry = new client.Registry();
   registry.setDefaultLabels(labels);
   let collect: () => void = () => {};
@@ -60,6 +65,12 @@ export function createMetrics(labels: { group: string; node: string }): AgentMet
     journalBytes: new client.Gauge({ name: 'derecho_journal_bytes', help: 'Size of the log journal on disk', registers: [registry] }),
     restarting: new client.Gauge({ name: 'derecho_restarting', help: '1 while the agent waits for a restart quorum', registers: [registry] }),
   };
+  const tls = options.tls ? {
+    certificateNotAfterSeconds: new client.Gauge({ name: 'derecho_tls_certificate_not_after_seconds', help: 'Expiry (notAfter) of the TLS certificate this member authenticates with, unix seconds', registers: [registry] }),
+    reloads: new client.Counter({ name: 'derecho_tls_reloads_total', help: 'Changed TLS credential files taken (ok) or refused, the previous credentials kept (failed)', labelNames: ['result'], registers: [registry] }),
+  } : null;
+  // Both results from the start, so that rate() and alerts on failed see a 0 before the first failure.
+  for (const result of ['ok', 'failed']) tls?.reloads.inc({ result }, 0);
   const deliveredChildren = new Map<string, { messages: client.Counter.Internal; bytes: client.Counter.Internal }>();
   const observer: DriverObserver = {
     delivered(shardId, bytes, mode) {
@@ -84,5 +95,5 @@ export function createMetrics(labels: { group: string; node: string }): AgentMet
       requestSeconds.observe({ kind, outcome: ok ? 'ok' : 'error' }, ms / 1000);
     },
   };
-  return { registry, observer, gauges, setCollector: (c) => (collect = c) };
+  return { registry, observer, gauges, tls, setCollector: (c) => (collect = c) };
 }

@@ -270,7 +270,7 @@ export const TlsSpec = object(
       .describe('How members authenticate each other: "mutual" (TLS with client certificates) or "hmac" (frames signed with a shared secret key, not encrypted).'),
     secretName: text(DNS_SUBDOMAIN, 'a Secret name (lowercase letters, digits, "-" and ".")')
       .optional()
-      .describe('Secret holding, for "mutual", ca.crt and per member node-<id>.crt and node-<id>.key (certificate CN "node-<id>"), or, for "hmac", the key hmac.key. Omitted: "<group>-tls" for "mutual" (you create it: the operator does not mint certificates), "<group>-auth" for "hmac" (the operator creates it with a random key).'),
+      .describe('Your own Secret: for "mutual", ca.crt and per member node-<id>.crt and node-<id>.key (certificate CN "node-<id>"); for "hmac", the key hmac.key. Omitted: the operator makes them: for "mutual" a certificate authority (Secret <group>-ca) and a certificate per member (Secret <group>-node-<id>-tls), renewed before they expire; for "hmac" a random key (Secret <group>-auth).'),
   },
   'an object with mode and secretName',
 );

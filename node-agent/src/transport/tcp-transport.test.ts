@@ -1,8 +1,10 @@
-import { spawnSync } from 'node:child_process';
+import { execFile, spawnSync } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
 import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import net from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { promisify } from 'node:util';
 import test from 'ava';
 import type { ExecutionContext } from 'ava';
 import { FrameType, rawFrame } from './codec.ts';
@@ -335,34 +337,42 @@ test('addresses and certificate names parse', (t) => {
 
 const hasOpenssl = spawnSync('openssl', ['version'], { encoding: 'utf8' }).status === 0;
 
-function makePki(dir: string): { ca: string; other: string; certs: Record<string, { cert: string; key: string }> } {
-  const run = (...args: string[]) => {
-    const r = spawnSync('openssl', args, { cwd: dir, encoding: 'utf8' });
-    if (r.status !== 0) throw new Error(`openssl ${args.join(' ')}: ${r.stderr}`);
-  };
-  const ca = (name: string) => {
-    run('req', '-x509', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:prime256v1', '-nodes', '-keyout', `${name}.key`,
-      '-out', `${name}.pem`, '-days', '2', '-subj', `/CN=${name}`);
-  };
-  const leaf = (cn: string, caName: string) => {
-    run('req', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:prime256v1', '-nodes', '-keyout', `${cn}.key`, '-out', `${cn}.csr`, '-subj', `/CN=${cn}`);
-    run('x509', '-req', '-in', `${cn}.csr`, '-CA', `${caName}.pem`, '-CAkey', `${caName}.key`, '-CAcreateserial', '-out', `${cn}.pem`, '-days', '2');
-  };
-  ca('ca');
-  ca('rogue-ca');
-  for (const n of ['node-1', 'node-2', 'node-3']) leaf(n, 'ca');
-  leaf('node-4', 'rogue-ca');
-  const read = (f: string) => readFileSync(join(dir, f), 'utf8');
-  const certs = Object.fromEntries(['node-1', 'node-2', 'node-3', 'node-4'].map((n) => [n, { cert: read(`${n}.pem`), key: read(`${n}.key`) }]));
-  return { ca: read('ca.pem'), other: read('rogue-ca.pem'), certs };
+interface Pki { ca: string; other: string; certs: Record<string, { cert: string; key: string }> }
+
+/**
+ * The test certificates, made once for the TLS tests of this file: asynchronously, as the other tests
+ * run concurrently in this process and their timing must not wait for openssl.
+ */
+let pkiMade: Promise<Pki> | null = null;
+function makePki(): Promise<Pki> {
+  pkiMade ??= (async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'derecho-tls-'));
+    try {
+      const run = (...args: string[]) => promisify(execFile)('openssl', args, { cwd: dir });
+      const ec = ['-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:prime256v1', '-nodes'];
+      const ca = (name: string) => run('req', '-x509', ...ec, '-keyout', `${name}.key`, '-out', `${name}.pem`, '-days', '2', '-subj', `/CN=${name}`);
+      const leaf = async (cn: string, caName: string, file = cn) => {
+        await run('req', ...ec, '-keyout', `${file}.key`, '-out', `${file}.csr`, '-subj', `/CN=${cn}`);
+        // An explicit random serial: leaves signed at once by one CA would race on its -CAcreateserial file.
+        await run('x509', '-req', '-in', `${file}.csr`, '-CA', `${caName}.pem`, '-CAkey', `${caName}.key`, '-set_serial', `0x${randomBytes(8).toString('hex')}`, '-out', `${file}.pem`, '-days', '2');
+      };
+      await Promise.all([ca('ca'), ca('rogue-ca')]);
+      // Node 1 renewed by another CA: the CA rotation of updateTlsCredentials' test.
+      await Promise.all([leaf('node-1', 'ca'), leaf('node-2', 'ca'), leaf('node-3', 'ca'), leaf('node-4', 'rogue-ca'), leaf('node-1', 'rogue-ca', 'node-1-renewed')]);
+      const read = (f: string) => readFileSync(join(dir, f), 'utf8');
+      const certs = Object.fromEntries(['node-1', 'node-2', 'node-3', 'node-4', 'node-1-renewed'].map((n) => [n, { cert: read(`${n}.pem`), key: read(`${n}.key`) }]));
+      return { ca: read('ca.pem'), other: read('rogue-ca.pem'), certs };
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  })();
+  return pkiMade;
 }
 
 (hasOpenssl ? test : test.skip)('mutual TLS: node ids from certificates; a foreign CA or a mismatched CN is refused' +
   (hasOpenssl ? '' : ' (SKIPPED: no openssl CLI on this machine to generate test certificates)'), async (t) => {
   t.timeout(20_000);
-  const dir = mkdtempSync(join(tmpdir(), 'derecho-tls-'));
-  t.teardown(() => rmSync(dir, { recursive: true, force: true }));
-  const pki = makePki(dir);
+  const pki = await makePki();
   const h = harness(t);
   const tlsFor = (n: string, ca = pki.ca) => ({ ca, cert: pki.certs[n]!.cert, key: pki.certs[n]!.key });
   // TLS only.
@@ -399,6 +409,59 @@ function makePki(dir: string): { ca: string; other: string; certs: Record<string
   // A TLS-only peer and a TLS+HMAC peer do not mix.
   c.t.setPeers({ 1: x.addr });
   await waitFor('mode mismatch', () => x.errors.some((e) => /authentication mode mismatch: peer uses TLS, this node HMAC\+TLS/.test(e.message)));
+});
+
+(hasOpenssl ? test : test.skip)('updateTlsCredentials refuses a certificate of another node, a key of another certificate and garbage, keeping the credentials in force' +
+  (hasOpenssl ? '' : ' (SKIPPED: no openssl CLI on this machine to generate test certificates)'), async (t) => {
+  t.timeout(20_000);
+  const pki = await makePki();
+  const h = harness(t);
+  const tlsFor = (n: string, ca: string | string[] = pki.ca) => ({ ca, cert: pki.certs[n]!.cert, key: pki.certs[n]!.key });
+  const a = await h.start(1, { secret: undefined, tls: tlsFor('node-1') });
+  t.throws(() => a.t.updateTlsCredentials(tlsFor('node-2')), { message: /^TLS credentials refused, keeping the current ones: the certificate is for node 2, this is node 1$/ });
+  t.throws(() => a.t.updateTlsCredentials({ ...tlsFor('node-1'), key: pki.certs['node-2']!.key }), { message: /the private key does not match the certificate \(CN=node-1, serial [0-9A-F]+\)/ });
+  t.throws(() => a.t.updateTlsCredentials({ ...tlsFor('node-1'), cert: 'not a certificate' }), { message: /the certificate cannot be parsed/ });
+  t.throws(() => a.t.updateTlsCredentials({ ...tlsFor('node-1'), key: '' }), { message: /the private key cannot be parsed/ });
+  // TLS itself takes a CA file without a certificate (and would then refuse every peer).
+  t.throws(() => a.t.updateTlsCredentials(tlsFor('node-1', 'garbage')), { message: /the CA holds no PEM certificate/ });
+  // The refusals left node 1's credentials in force: a peer of the original CA still gets in.
+  const b = await h.start(2, { secret: undefined, tls: tlsFor('node-2') });
+  h.mesh(a, b);
+  await waitFor('connected with the credentials in force', () => a.t.connected(2) && b.t.connected(1));
+  t.deepEqual(a.errors, []);
+  const hmacOnly = await h.start(3);
+  t.throws(() => hmacOnly.t.updateTlsCredentials(tlsFor('node-3')), { message: /created without TLS \(HMAC only\)/ });
+});
+
+(hasOpenssl ? test : test.skip)('updateTlsCredentials: new handshakes, inbound and outbound, use the new credentials; open connections stay' +
+  (hasOpenssl ? '' : ' (SKIPPED: no openssl CLI on this machine to generate test certificates)'), async (t) => {
+  t.timeout(20_000);
+  const pki = await makePki();
+  const h = harness(t);
+  const tlsFor = (n: string, ca: string | string[] = pki.ca) => ({ ca, cert: pki.certs[n]!.cert, key: pki.certs[n]!.key });
+  // A CA rotation: node 1 trusts both CAs; node 2 the old one only, nodes 3 and 4 the new one only.
+  const a = await h.start(1, { secret: undefined, tls: tlsFor('node-1', [pki.ca, pki.other]) });
+  const b = await h.start(2, { secret: undefined, tls: tlsFor('node-2') });
+  h.mesh(a, b);
+  await waitFor('1 and 2 connected', () => a.t.connected(2) && b.t.connected(1));
+  // Node 3 dials node 1 (inbound there: node 1's server certificate), node 1 dials node 4 (its client certificate).
+  const c = await h.start(3, { secret: undefined, tls: tlsFor('node-3', pki.other) });
+  const d = await h.start(4, { secret: undefined, tls: tlsFor('node-4', pki.other) });
+  c.t.setPeers({ 1: a.addr });
+  a.t.setPeers({ 2: b.addr, 4: d.addr });
+  await waitFor('node 1\'s old certificate refused by nodes 3 and 4', () => c.errors.length > 0 && d.errors.length > 0);
+  t.false(a.t.connected(3));
+  t.false(a.t.connected(4));
+
+  a.t.updateTlsCredentials(tlsFor('node-1-renewed', [pki.ca, pki.other]));
+  await waitFor('3 and 4 connected to node 1 with its new certificate', () => a.t.connected(3) && a.t.connected(4) && c.t.connected(1) && d.t.connected(1));
+  // The connection to node 2 (which does not trust the new CA) is the one made before: still up.
+  a.t.send(2, data(1, 7));
+  b.t.send(1, data(2, 8));
+  await waitFor('1 and 2 still talk', () => b.got.length === 1 && a.got.some((g) => g.from === 2));
+  t.is(a.t.metrics.reconnects, 0);
+  t.is(b.t.metrics.reconnects, 0);
+  t.deepEqual(b.errors, []);
 });
 
 // ---- multicast over the binomial pipeline ------------------------------------------------------

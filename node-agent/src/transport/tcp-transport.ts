@@ -10,7 +10,8 @@
 //    socketBufferBytesMax unsent bytes; onDrain(cb) reports when a blocked peer can take frames again.
 //  - Handshake: both sides prove knowledge of the group secret and their node id with HMAC-SHA256 over
 //    fresh nonces (and/or mutual TLS, the node id taken from the certificate's CN). A connection that
-//    fails or times out the handshake is closed and reported.
+//    fails or times out the handshake is closed and reported. updateTlsCredentials() replaces the TLS
+//    credentials (a renewed certificate, a CA bundle) for the handshakes that follow.
 //  - One connection per pair: the lower node id dials first (the higher one waits higherIdDialDelayMs);
 //    when both connections exist anyway, both ends keep the one dialed by the lower id, unless the peer
 //    restarted (a new process instance), whose newer connection wins. The loser is no longer written
@@ -27,7 +28,7 @@
 //    reassembled message to onMessage as if it came from the origin. Smaller messages go directly.
 //  - Every queue and buffer is bounded; `metrics` holds plain counters.
 
-import { createHmac, randomBytes, timingSafeEqual } from 'node:crypto';
+import { X509Certificate, createHmac, createPrivateKey, randomBytes, timingSafeEqual } from 'node:crypto';
 import net from 'node:net';
 import { clearImmediate, setImmediate } from 'node:timers';
 import tls from 'node:tls';
@@ -289,6 +290,59 @@ export function certificateNodeId(cert: tls.PeerCertificate | undefined | null):
   return id <= u32Max ? id : null;
 }
 
+/** Every PEM certificate block of `ca` (a bundle may hold several, and text between them). */
+function pemCertificates(ca: TlsOptions['ca']): string[] {
+  const parts = Array.isArray(ca) ? ca : [ca];
+  return parts.flatMap((p) => p.toString().match(/-----BEGIN CERTIFICATE-----[^-]+-----END CERTIFICATE-----/g) ?? []);
+}
+
+/**
+ * Why `credentials` cannot serve node `nodeId` (null: they can). TLS itself accepts a CA file without a
+ * single certificate and an empty certificate (each would then refuse every handshake), so every part is
+ * parsed here first.
+ */
+export function tlsCredentialsProblem(credentials: TlsOptions, nodeId: NodeId): string | null {
+  const cas = pemCertificates(credentials.ca);
+  if (cas.length === 0) return 'the CA holds no PEM certificate (-----BEGIN CERTIFICATE-----)';
+  for (const [i, pem] of cas.entries()) {
+    try {
+      new X509Certificate(pem);
+    } catch (e) {
+      return `CA certificate ${i + 1} of ${cas.length} cannot be parsed: ${errorText(e)}`;
+    }
+  }
+  let cert: X509Certificate;
+  try {
+    cert = new X509Certificate(credentials.cert);
+  } catch (e) {
+    return `the certificate cannot be parsed (not a PEM certificate?): ${errorText(e)}`;
+  }
+  let key: ReturnType<typeof createPrivateKey>;
+  try {
+    key = createPrivateKey(credentials.key);
+  } catch (e) {
+    return `the private key cannot be parsed (not an unencrypted PEM key?): ${errorText(e)}`;
+  }
+  if (!cert.checkPrivateKey(key)) return `the private key does not match the certificate (${cert.subject}, serial ${cert.serialNumber})`;
+  const id = certificateNodeId(cert.toLegacyObject());
+  if (id !== nodeId) return `the certificate is for ${id === null ? `no node id (${cert.subject})` : `node ${id}`}, this is node ${nodeId}`;
+  try {
+    tls.createSecureContext(secureContextOptions(credentials));
+  } catch (e) {
+    return `TLS refuses them: ${errorText(e)}`;
+  }
+  return null;
+}
+
+/** The secure-context options of both ends of a connection (listen's server, dial's client). */
+function secureContextOptions(t: TlsOptions): tls.SecureContextOptions {
+  return { ca: t.ca, cert: t.cert, key: t.key, minVersion: 'TLSv1.2' };
+}
+
+function errorText(e: unknown): string {
+  return e instanceof Error ? e.message : String(e);
+}
+
 function u32(n: number): Buffer {
   const b = Buffer.alloc(4);
   b.writeUInt32BE(n);
@@ -316,7 +370,8 @@ export class TcpTransport {
 
   private readonly opt: typeof DEFAULTS;
   private readonly secret: Buffer | null;
-  private readonly tlsOptions: TlsOptions | null;
+  /** Replaced by updateTlsCredentials; each handshake uses the credentials in force when it starts. */
+  private tlsOptions: TlsOptions | null;
   private readonly mode: number;
   private readonly instance = randomBytes(instanceBytes);
   private readonly log: (line: string) => void;
@@ -403,10 +458,7 @@ export class TcpTransport {
     if (this.closing) return Promise.reject(new Error('transport is closed'));
     const t = this.tlsOptions;
     const server = t
-      ? tls.createServer({
-        ca: t.ca, cert: t.cert, key: t.key, requestCert: true, rejectUnauthorized: true,
-        handshakeTimeout: this.opt.handshakeTimeoutMs, minVersion: 'TLSv1.2',
-      })
+      ? tls.createServer({ ...secureContextOptions(t), requestCert: true, rejectUnauthorized: true, handshakeTimeout: this.opt.handshakeTimeoutMs })
       : net.createServer();
     this.server = server;
     server.maxConnections = this.opt.connectionsMax;
@@ -428,6 +480,23 @@ export class TcpTransport {
         resolve({ host: a.address, port: a.port });
       });
     });
+  }
+
+  /**
+   * Replaces the TLS credentials without a restart (a renewed certificate; during a CA rotation, a CA
+   * bundle holding the old and the new CA): the handshakes that start from now on, inbound and outbound,
+   * use them; connections already open stay up (their handshake is done). They are checked first (see
+   * tlsCredentialsProblem; the certificate's CN must still name this node): a problem throws an Error
+   * naming it, and the credentials in force stay.
+   */
+  updateTlsCredentials(credentials: TlsOptions): void {
+    if (this.tlsOptions === null) throw new Error(`updateTlsCredentials: the transport of n${this.nodeId} was created without TLS (HMAC only): there are no TLS credentials to replace`);
+    const problem = tlsCredentialsProblem(credentials, this.nodeId);
+    if (problem !== null) throw new Error(`TLS credentials refused, keeping the current ones: ${problem}`);
+    const next: TlsOptions = { ca: credentials.ca, cert: credentials.cert, key: credentials.key };
+    // The server keeps requestCert / rejectUnauthorized (server options); only its secure context changes.
+    if (this.server instanceof tls.Server) this.server.setSecureContext(secureContextOptions(next));
+    this.tlsOptions = next;
   }
 
   /** The listening address, or null. */
@@ -709,7 +778,7 @@ export class TcpTransport {
     const t = this.tlsOptions;
     const socket = t
       ? tls.connect({
-        host, port, ca: t.ca, cert: t.cert, key: t.key, minVersion: 'TLSv1.2',
+        host, port, ...secureContextOptions(t),
         checkServerIdentity: (_host, cert) => {
           const id = certificateNodeId(cert);
           return id === peer.id ? undefined : new Error(`server certificate is for node ${id ?? `CN ${JSON.stringify(cert.subject?.CN)}`}, dialed node ${peer.id}`);

@@ -35,7 +35,7 @@ import { Codec, CodecError } from '../codec.ts';
 import { PipelineEndpoint } from '../pipeline-endpoint.ts';
 import type { BlockFrame, WireMessage } from '../codec.ts';
 import { TcpTransport, parseAddress, pipelineBlockBytesMax, DEFAULT_PIPELINE_BLOCK_BYTES } from '../tcp-transport.ts';
-import type { MessageHandler, TcpTransportOptions, TransportError, TransportMetrics } from '../tcp-transport.ts';
+import type { MessageHandler, TcpTransportOptions, TlsOptions, TransportError, TransportMetrics } from '../tcp-transport.ts';
 import {
   DEFAULT_GEOMETRY, ImmKind, areaBytes, creditCountMax, creditLaneRow, fragmentBytesMax, fragmentSlots, geometryProblem, imm,
   immKind, immValue, immValueMask, recvDepthFor, ringSlotOffset, rowSlotOffset, slotHeaderBytes,
@@ -371,6 +371,14 @@ export class RdmaTransport {
 
   address(): { host: string; port: number } | null {
     return this.control.address();
+  }
+
+  /**
+   * Replaces the TLS credentials of the control connections (TcpTransport.updateTlsCredentials): the
+   * authentication of a peer, and so of the RDMA path set up over its control connection, happens there.
+   */
+  updateTlsCredentials(credentials: TlsOptions): void {
+    this.control.updateTlsCredentials(credentials);
   }
 
   /** Sets the peers (node id -> "host:port" of their TCP port; the same host serves rdmacm). */
