@@ -165,6 +165,31 @@ export class BenchGroup {
 
   /** One measurement: every member counts deliveries from the moment of the reset. */
   async run(spec: RunSpec): Promise<RunResult> {
+    try {
+      return await this.measure(spec);
+    } catch (e) {
+      // "fetch failed" alone says nothing: name the agents that stopped, how, and their last words.
+      const message = e instanceof Error ? e.message : String(e);
+      throw new Error(`${message}${this.stoppedAgents()}`);
+    }
+  }
+
+  /** The agents that are no longer running, with how they stopped and the end of their log ('' if none). */
+  private stoppedAgents(): string {
+    const lines = this.procs.flatMap((p, i) => {
+      if (p.exitCode === null && p.signalCode === null) return [];
+      let tail = '';
+      try {
+        tail = fs.readFileSync(path.join(this.dir, `agent-${i + 1}.log`), 'utf8').trim().split('\n').slice(-3).join(' | ');
+      } catch {
+        // no log
+      }
+      return [`agent ${i + 1} stopped (${p.signalCode ?? `exit code ${p.exitCode}`})${tail ? `: ${tail.slice(-400)}` : ''}`];
+    });
+    return lines.length > 0 ? `; ${lines.join('; ')}` : '';
+  }
+
+  private async measure(spec: RunSpec): Promise<RunResult> {
     for (const u of this.http) await this.post(`${u}/v1/bench/reset`, { subgroup: 'bench', shard: 0 });
     const t0 = Date.now();
     for (const n of spec.senders) {

@@ -1,4 +1,4 @@
-// Manifests the DerechoGroup CRD must accept or refuse, as patches of examples/kv-group.yaml's spec, with
+// Manifests the DerechoGroup CRD must accept or refuse, as patches of examples/kv-overlap.yaml's spec, with
 // the fragment of the CEL rule message the refusal carries. crd.test.ts checks them with the rules'
 // TypeScript twins; the API-server tests can run the same table against kube-apiserver (create each
 // CREATE_CASES manifest; apply `before` then `after` for UPDATE_CASES) and expect the same messages.
@@ -14,18 +14,26 @@ export interface Manifest {
   spec: Record<string, unknown>;
 }
 
-/** examples/kv-group.yaml. */
-export function exampleManifest(): Manifest {
-  return YAML.parse(readFileSync(fileURLToPath(new URL('../../examples/kv-group.yaml', import.meta.url)), 'utf8')) as Manifest;
+/** examples/kv-group.yaml (the flagship: kv and events on all 3 members), or another example file. */
+export function exampleManifest(file: 'kv-group.yaml' | 'kv-overlap.yaml' = 'kv-group.yaml'): Manifest {
+  return YAML.parse(readFileSync(fileURLToPath(new URL(`../../examples/${file}`, import.meta.url)), 'utf8')) as Manifest;
 }
 
-/** The example with `patch` merged into its spec (top-level fields replaced). */
+/**
+ * examples/kv-overlap.yaml: kv in 2 shards ([1, 2] and [3]) and events on [1, 2, 3], so node 3 alone holds
+ * kv shard 1. The tests of what a sole holder costs (and the case table below) use it.
+ */
+export function overlapManifest(): Manifest {
+  return exampleManifest('kv-overlap.yaml');
+}
+
+/** The overlap example with `patch` merged into its spec (top-level fields replaced). */
 export function withSpec(patch: Record<string, unknown>, name?: string): Manifest {
-  const manifest = exampleManifest();
+  const manifest = overlapManifest();
   return { ...manifest, metadata: { ...manifest.metadata, ...(name !== undefined ? { name } : {}) }, spec: { ...manifest.spec, ...patch } };
 }
 
-const example = exampleManifest();
+const example = overlapManifest();
 const [kv, events] = example.spec.subgroups as [Record<string, unknown>, Record<string, unknown>];
 const subgroup = (extra: Record<string, unknown>): Record<string, unknown> => ({ name: 'kv', type: 'kv', minNodesPerShard: 1, maxNodesPerShard: 2, ...extra });
 const cache = { name: 'cache', type: 'kv', minNodesPerShard: 1, maxNodesPerShard: 3 };

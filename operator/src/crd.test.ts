@@ -152,10 +152,13 @@ test('toStructural refuses what has no structural equivalent', (t) => {
 // ---------------------------------------------------------------------------------------------------
 // examples/kv-group.yaml against the generated schema
 
-test('examples/kv-group.yaml validates against the generated schema, and defaulting gives what zod gives', (t) => {
-  t.deepEqual(validateOpenApi(schema, defaulted(example)), []);
-  t.deepEqual(applyDefaults(specSchema, example.spec), GroupSpec.parse(example.spec));
-  t.deepEqual(celViolations(defaulted(example)), []);
+test('examples/kv-group.yaml and kv-overlap.yaml validate against the generated schema, and defaulting gives what zod gives', (t) => {
+  for (const file of ['examples/kv-group.yaml', 'examples/kv-overlap.yaml']) {
+    const manifest = YAML.parse(readFileSync(repoFile(file), 'utf8')) as typeof example;
+    t.deepEqual(validateOpenApi(schema, defaulted(manifest)), [], file);
+    t.deepEqual(applyDefaults(specSchema, manifest.spec), GroupSpec.parse(manifest.spec), file);
+    t.deepEqual(celViolations(defaulted(manifest)), [], file);
+  }
   // A minimal manifest gets every default the zod schema has.
   const minimal = { members: 1, subgroups: [{ name: 'kv', type: 'kv', minNodesPerShard: 1, maxNodesPerShard: 1 }] };
   t.deepEqual(applyDefaults(specSchema, minimal), GroupSpec.parse(minimal));

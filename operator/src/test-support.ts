@@ -16,20 +16,23 @@ import { reconcile } from './reconcile.ts';
 import type { AgentReports, DerechoGroupResource, ObservedObjects, ReconcileInput, ReconcileOutput } from './reconcile.ts';
 import type { AgentReport } from './status.ts';
 
-const exampleText = readFileSync(fileURLToPath(new URL('../../examples/kv-group.yaml', import.meta.url)), 'utf8');
+const exampleText = readFileSync(fileURLToPath(new URL('../../examples/kv-overlap.yaml', import.meta.url)), 'utf8');
 const specSchema = derechoGroupSchema().properties!.spec!;
 
 /** A 32-byte key, base64 (what the controller would draw from crypto.randomBytes). */
 export const HMAC_KEY = Buffer.alloc(32, 7).toString('base64');
 export const NOW = '2026-01-01T00:00:00.000Z';
 
-/** examples/kv-group.yaml as the API server stores it (defaults applied), with `spec` patched. */
+/**
+ * examples/kv-overlap.yaml named kv-demo (kv shards [1, 2] and [3], events on all: node 3 alone holds kv/1),
+ * as the API server stores it (defaults applied), with `spec` patched.
+ */
 export function kvDemo(specPatch: Record<string, unknown> = {}, generation = 1): DerechoGroupResource {
   const manifest = YAML.parse(exampleText) as { apiVersion: string; kind: string; metadata: { name: string }; spec: Record<string, unknown> };
   return {
     apiVersion: manifest.apiVersion,
     kind: manifest.kind,
-    metadata: { name: manifest.metadata.name, namespace: 'default', uid: 'uid-kv-demo', generation, creationTimestamp: NOW, finalizers: ['derecho.dev/cleanup'] },
+    metadata: { name: 'kv-demo', namespace: 'default', uid: 'uid-kv-demo', generation, creationTimestamp: NOW, finalizers: ['derecho.dev/cleanup'] },
     spec: applyDefaults(specSchema, { ...manifest.spec, ...specPatch }),
   };
 }

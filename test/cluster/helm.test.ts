@@ -260,13 +260,14 @@ test('the chart\'s copy of the CRD is the generated crds/ file', (t) => {
     `charts/derecho-operator/files/crds/${CRD_NAME}.yaml is stale: after \`npm run gen:crd\`, run node charts/sync-crds.mjs`);
 });
 
-test('reconcile() emits only kinds the chart\'s RBAC knows, and deletes only pods, volumes and stale sole-member budgets', (t) => {
+test('reconcile() emits only kinds the chart\'s RBAC knows, and deletes only pods, volumes, stale sole-member budgets and removed members\' certificates', (t) => {
   const { create, remove } = reconcileSamples();
   const applied = [...new Set(create.objects.map((o) => o.kind))].sort();
   t.deepEqual(applied, Object.keys(RESOURCE_OF).sort(), 'a fresh group gets every kind the RBAC covers');
   const deleted = [...new Set([...create.deletes, ...remove.deletes].map((r) => r.kind))].sort();
-  t.deepEqual(deleted, ['PersistentVolumeClaim', 'Pod', 'PodDisruptionBudget']);
+  t.deepEqual(deleted, ['PersistentVolumeClaim', 'Pod', 'PodDisruptionBudget', 'Secret']);
   t.true([...create.deletes, ...remove.deletes].filter((r) => r.kind === 'PodDisruptionBudget').every((r) => r.name.endsWith('-sole')), 'only budgets of sole shard members');
+  t.true([...create.deletes, ...remove.deletes].filter((r) => r.kind === 'Secret').every((r) => /-node-\d+-tls$/.test(r.name)), 'only certificates of members that are gone');
 });
 
 // ---------------------------------------------------------------------------------------------------

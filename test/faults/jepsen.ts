@@ -1,6 +1,6 @@
 // The fault-injection matrix: layouts × nemeses × runs, one report per run and a summary table.
 //
-//   npm run jepsen -- [--layouts example,kv3,five] [--nemeses kill,killall,pause,partition,combined]
+//   npm run jepsen -- [--layouts overlap,kv3,five] [--nemeses kill,killall,pause,partition,combined]
 //                     [--runs 3] [--seed N] [--duration 30s] [--clients 8] [--keys 5] [--report-dir DIR]
 //                     [--partition-mode blackhole|reset|mixed] [--heal-timeout 60s] [--keep-data]
 //

@@ -5,7 +5,7 @@ import path from 'node:path';
 import YAML from 'yaml';
 import { REPO_ROOT } from '../multiprocess/harness.ts';
 
-export const LAYOUTS = ['example', 'kv3', 'five'] as const;
+export const LAYOUTS = ['overlap', 'kv3', 'five'] as const;
 export type LayoutName = (typeof LAYOUTS)[number];
 
 export interface Layout {
@@ -43,16 +43,16 @@ function manifestOf(name: string, spec: Record<string, unknown>): Record<string,
 
 export function layout(name: LayoutName): Layout {
   switch (name) {
-    case 'example':
+    case 'overlap':
       return {
         name,
-        description: 'examples/kv-group.yaml: 3 members; kv 2 shards [1,2] and [3] (node 3 alone in kv/1); events log on [1,2,3]',
+        description: 'examples/kv-overlap.yaml: 3 members; kv 2 shards [1,2] and [3] (node 3 alone in kv/1); events log on [1,2,3]',
         members: 3,
         kv: { subgroup: 'kv', shards: 2 },
         log: { subgroup: 'events' },
         manifest(groupName) {
           // The example's own manifest, with the test's timing and restart grace.
-          const doc = YAML.parse(fs.readFileSync(path.join(REPO_ROOT, 'examples', 'kv-group.yaml'), 'utf8')) as { metadata: Record<string, unknown>; spec: Record<string, unknown> };
+          const doc = YAML.parse(fs.readFileSync(path.join(REPO_ROOT, 'examples', 'kv-overlap.yaml'), 'utf8')) as { metadata: Record<string, unknown>; spec: Record<string, unknown> };
           doc.metadata = { ...doc.metadata, name: groupName };
           doc.spec = { ...doc.spec, timing: FAULT_TIMING, restart: { graceSeconds: 0.5, quorumTimeoutSeconds: 300 } };
           return doc as unknown as Record<string, unknown>;
@@ -61,7 +61,7 @@ export function layout(name: LayoutName): Layout {
     case 'kv3':
       return {
         name,
-        description: '3 members; kv 1 shard on [1,2,3]; events log on [1,2,3]',
+        description: '3 members; kv 1 shard on [1,2,3]; events log on [1,2,3] (examples/kv-group.yaml with minNodesPerShard 1 for kv)',
         members: 3,
         kv: { subgroup: 'kv', shards: 1 },
         log: { subgroup: 'events' },

@@ -314,7 +314,7 @@ test('healAll ends every network fault and resumes paused processes', (t) => {
   finish(t, sim);
 });
 
-// The layout of examples/kv-group.yaml: node 3 is the only member of kv shard 1.
+// The layout of examples/kv-overlap.yaml: node 3 is the only member of kv shard 1.
 const exampleLayout: GroupPolicy = {
   subgroups: [
     { name: 'kv', shards: 2, minNodesPerShard: 1, maxNodesPerShard: 2, deliveryMode: 'ordered', persistent: true, reservedNodeIds: [[1, 2], [3]] },

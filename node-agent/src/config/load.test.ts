@@ -316,9 +316,12 @@ test('the agent config and its group must agree', (t) => {
 
 test('a bad or missing group manifest is reported under its own name', (t) => {
   const bad = agentDir(AGENT_YAML, EXAMPLE_TEXT.replace('members: 3', 'members: 2'));
+  // Both subgroups reserve [1, 2, 3]: each problem points at its own line.
+  const reserved = EXAMPLE_TEXT.split('\n').flatMap((line, i) => (line.trim() === '- [1, 2, 3]' ? [i + 1] : []));
+  t.is(reserved.length, 2);
   t.deepEqual(configProblems(t, () => loadAgentConfig({ file: 'agent.yaml', cwd: bad, env: {} })), [
-    `group.yaml: spec.subgroups[0].reservedNodeIds[1][0]: 3 is not a member's node id (members are 1..2) (line ${lineOf(EXAMPLE_TEXT, '- [3]')})`,
-    `group.yaml: spec.subgroups[1].reservedNodeIds[0][2]: 3 is not a member's node id (members are 1..2) (line ${lineOf(EXAMPLE_TEXT, '- [1, 2, 3]')})`,
+    `group.yaml: spec.subgroups[0].reservedNodeIds[0][2]: 3 is not a member's node id (members are 1..2) (line ${reserved[0]})`,
+    `group.yaml: spec.subgroups[1].reservedNodeIds[0][2]: 3 is not a member's node id (members are 1..2) (line ${reserved[1]})`,
   ]);
   const missing = agentDir(AGENT_YAML.replace('groupFile: group.yaml', 'groupFile: sub/none.yaml'));
   t.deepEqual(configProblems(t, () => loadAgentConfig({ file: 'agent.yaml', cwd: missing, env: {} })), ['sub/none.yaml: cannot read the group manifest: no such file']);

@@ -45,17 +45,33 @@ function problems(input: unknown, source = 'test.yaml'): string[] {
 // ---------------------------------------------------------------------------------------------------
 // The example manifest
 
-test('examples/kv-group.yaml validates and maps to an adequate policy for its 3 members', (t) => {
+test('examples/kv-group.yaml validates and maps to an adequate policy for its 3 members, with no single point of failure', (t) => {
   const group = parseGroupManifest(readFileSync(EXAMPLE, 'utf8'), 'examples/kv-group.yaml');
   t.is(group.metadata.name, 'kv-demo');
   t.is(group.spec.members, 3);
   const policy = toGroupPolicy(group);
   t.deepEqual(policy, {
     subgroups: [
-      { name: 'kv', shards: 2, minNodesPerShard: 1, maxNodesPerShard: 2, deliveryMode: 'ordered', persistent: true, reservedNodeIds: [[1, 2], [3]] },
+      { name: 'kv', shards: 1, minNodesPerShard: 2, maxNodesPerShard: 3, deliveryMode: 'ordered', persistent: true, reservedNodeIds: [[1, 2, 3]] },
       { name: 'events', shards: 1, minNodesPerShard: 2, maxNodesPerShard: 3, deliveryMode: 'ordered', persistent: true, reservedNodeIds: [[1, 2, 3]] },
     ],
   });
+  const allocation = allocate(policy, null, [1, 2, 3]);
+  if (!allocation.adequate) return t.fail(allocation.reason);
+  t.deepEqual(allocation.layout.shards.map((shard) => [shard.subgroup, shard.shardIndex, shard.members]), [
+    ['kv', 0, [1, 2, 3]],
+    ['events', 0, [1, 2, 3]],
+  ]);
+  // No single point of failure: the loss of any one member leaves every shard two members.
+  for (const lost of [1, 2, 3]) t.true(allocate(policy, null, [1, 2, 3].filter((id) => id !== lost)).adequate, `without node ${lost}`);
+  // The example states its values explicitly; they equal the defaults except where its comments say so.
+  const defaults = DerechoGroupSpec.parse(manifest({ members: 3, subgroups: group.spec.subgroups }));
+  t.deepEqual({ ...group.spec, resources: {}, tls: { mode: 'mutual' } }, defaults.spec);
+});
+
+test('examples/kv-overlap.yaml: kv in 2 shards with node 3 alone in shard 1 (the single point of failure its comments name)', (t) => {
+  const group = parseGroupManifest(readFileSync(fileURLToPath(new URL('../../../examples/kv-overlap.yaml', import.meta.url)), 'utf8'), 'examples/kv-overlap.yaml');
+  const policy = toGroupPolicy(group);
   const allocation = allocate(policy, null, [1, 2, 3]);
   if (!allocation.adequate) return t.fail(allocation.reason);
   t.deepEqual(allocation.layout.shards.map((shard) => [shard.subgroup, shard.shardIndex, shard.members]), [
@@ -63,12 +79,9 @@ test('examples/kv-group.yaml validates and maps to an adequate policy for its 3 
     ['kv', 1, [3]],
     ['events', 0, [1, 2, 3]],
   ]);
-  // The group survives the loss of node 1 or 2 (events keeps 2 copies, kv keeps a member per shard).
   t.true(allocate(policy, null, [2, 3]).adequate);
   t.true(allocate(policy, null, [1, 3]).adequate);
-  // The example states its values explicitly; they equal the defaults except where its comments say so.
-  const defaults = DerechoGroupSpec.parse(manifest({ members: 3, subgroups: group.spec.subgroups }));
-  t.deepEqual({ ...group.spec, resources: {}, tls: { mode: 'mutual' } }, defaults.spec);
+  t.false(allocate(policy, null, [1, 2]).adequate, 'without node 3, kv shard 1 has no member');
 });
 
 // ---------------------------------------------------------------------------------------------------
