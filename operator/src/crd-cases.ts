@@ -122,3 +122,44 @@ export const UPDATE_CASES: readonly UpdateCase[] = [
   { what: 'switching auto to tcp', before: { transport: 'auto' }, after: { transport: 'tcp' }, refusal: 'transport is immutable' },
   { what: 'changing wire limits', before: {}, after: { wireLimits: { payloadBytesMax: 1000, frameBytesMax: 4096 } }, refusal: 'wireLimits is immutable' },
 ];
+
+/**
+ * Refusals whose whole message matters: one error, no follow-on errors (`causes`: how many errors the API
+ * server lists), words that say what to do. `field`: how the API server introduces
+ * the error; `says`: the rest of it (a CEL rule's messageExpression). `before` set: an update from it.
+ */
+export interface MessageCase {
+  what: string;
+  before?: Record<string, unknown>;
+  after: Record<string, unknown>;
+  field: string;
+  says: RegExp;
+  causes: number;
+  /** The error is the schema's (not a CEL rule's): its wording is the API server's own. */
+  schema?: true;
+}
+
+export const MESSAGE_CASES: readonly MessageCase[] = [
+  { what: 'members 0: only the schema\'s error, no CEL follow-ons', after: { members: 0 }, field: 'spec.members: Invalid value: 0: ', says: /^spec\.members in body should be greater than or equal to 1$/, causes: 1, schema: true },
+  {
+    what: 'a reserved id beyond members says what to do',
+    after: { members: 3, subgroups: [subgroup({ reservedNodeIds: [[4]] })] },
+    field: 'spec.subgroups: Invalid value: ',
+    says: /^reservedNodeIds and senderNodeIds may only name members \(node ids 1\.\.members\): raise members, or take the higher ids out of the lists first$/,
+    causes: 1,
+  },
+  {
+    what: 'a scale-down below a reserved id: one error, saying what to do',
+    before: {}, after: { members: 2 },
+    field: 'spec.subgroups: Invalid value: ',
+    says: /^reservedNodeIds and senderNodeIds may only name members \(node ids 1\.\.members\): raise members, or take the higher ids out of the lists first$/,
+    causes: 1,
+  },
+  {
+    what: 'resharding names the subgroup by its place',
+    before: {}, after: { subgroups: [{ ...kv, shards: 3 }, events] },
+    field: 'spec.subgroups[0]: Forbidden: ',
+    says: /^a subgroup's type, shards, deliveryMode and persistent are immutable/,
+    causes: 1,
+  },
+];

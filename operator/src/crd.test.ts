@@ -10,7 +10,7 @@ import {
   CEL_RULES, CRD_FILE, PRINTER_COLUMNS, SchemaConversionError, assertRe2Pattern, celViolations, derechoGroupCrd, derechoGroupSchema,
   isTransitionRule, renderCrdYaml, toStructural,
 } from './crd.ts';
-import { CREATE_CASES, UPDATE_CASES, withSpec } from './crd-cases.ts';
+import { CREATE_CASES, MESSAGE_CASES, UPDATE_CASES, withSpec } from './crd-cases.ts';
 import { applyDefaults, schemaNodes, validateOpenApi } from './openapi.ts';
 
 const repoFile = (path: string): string => fileURLToPath(new URL(`../../${path}`, import.meta.url));
@@ -311,4 +311,15 @@ test('the status schema accepts a full status', (t) => {
   };
   t.deepEqual(validateOpenApi(statusSchema, status, 'status'), []);
   t.deepEqual(validateOpenApi(statusSchema, { ...status, conditions: [{ ...status.conditions[0]!, status: 'Maybe' }] }, 'status'), ['status.conditions[0].status: must be one of "True", "False", "Unknown"']);
+});
+
+test('CEL messages name the subgroup, the node ids or the change (the twins of messageExpression), with no follow-on errors', (t) => {
+  for (const c of MESSAGE_CASES) {
+    const after = withSpec(c.after);
+    const violations = c.before === undefined ? violated(after) : violated(after, withSpec(c.before));
+    const schemaProblems = specProblems(after.spec);
+    t.is(violations.length + schemaProblems.length, c.causes, `${c.what}: ${JSON.stringify({ violations, schemaProblems })}`);
+    if (c.schema) continue; // worded by the API server (the kube-apiserver test checks it)
+    t.regex(violations[0]!.replace(/^[^:]*: /, ''), c.says, c.what);
+  }
 });

@@ -94,22 +94,23 @@ export const CEL_RULES: readonly CelRule[] = [
 
   // spec: members against the subgroups.
   celRule<Spec>('spec', {
-    rule: 'self.subgroups.all(s, s.minNodesPerShard <= self.members)',
+    // (members < 1 is the schema's error already: these rules add no follow-on errors about it.)
+    rule: 'self.members < 1 || self.subgroups.all(s, s.minNodesPerShard <= self.members)',
     message: 'members must be at least every subgroup\'s minNodesPerShard (a shard needs that many distinct members)',
     fieldPath: '.members',
-    holds: (self) => self.subgroups.every((s) => s.minNodesPerShard <= self.members),
+    holds: (self) => self.members < 1 || self.subgroups.every((s) => s.minNodesPerShard <= self.members),
   }),
   celRule<Spec>('spec', {
-    rule: "self.subgroups.map(s, s.minNodesPerShard * (s.shards - (has(s.reservedNodeIds) ? s.reservedNodeIds.filter(r, r.size() > 0).size() : 0))).sum() <= self.members",
+    rule: "self.members < 1 || self.subgroups.map(s, s.minNodesPerShard * (s.shards - (has(s.reservedNodeIds) ? s.reservedNodeIds.filter(r, r.size() > 0).size() : 0))).sum() <= self.members",
     message: 'members is too few for the subgroups: every shard without reservedNodeIds needs minNodesPerShard members of its own (a member that is reserved nowhere serves one shard of the whole group)',
     fieldPath: '.members',
-    holds: (self) => sum(self.subgroups.map((s) => s.minNodesPerShard * unreservedShards(s))) <= self.members,
+    holds: (self) => self.members < 1 || sum(self.subgroups.map((s) => s.minNodesPerShard * unreservedShards(s))) <= self.members,
   }),
   celRule<Spec>('spec', {
-    rule: 'self.subgroups.all(s, (!has(s.senderNodeIds) || s.senderNodeIds.all(n, n <= self.members)) && (!has(s.reservedNodeIds) || s.reservedNodeIds.all(r, r.all(n, n <= self.members))))',
-    message: 'reservedNodeIds and senderNodeIds may only name members (node ids 1..members)',
+    rule: 'self.members < 1 || self.subgroups.all(s, (!has(s.senderNodeIds) || s.senderNodeIds.all(n, n <= self.members)) && (!has(s.reservedNodeIds) || s.reservedNodeIds.all(r, r.all(n, n <= self.members))))',
+    message: 'reservedNodeIds and senderNodeIds may only name members (node ids 1..members): raise members, or take the higher ids out of the lists first',
     fieldPath: '.subgroups',
-    holds: (self) => self.subgroups.every((s) => (s.senderNodeIds ?? []).every((n) => n <= self.members) && (s.reservedNodeIds ?? []).every((r) => r.every((n) => n <= self.members))),
+    holds: (self) => self.members < 1 || self.subgroups.every((s) => (s.senderNodeIds ?? []).every((n) => n <= self.members) && (s.reservedNodeIds ?? []).every((r) => r.every((n) => n <= self.members))),
   }),
   celRule<Spec>('spec', {
     rule: '!has(self.wireLimits) || self.members <= self.wireLimits.membersMax',

@@ -31,7 +31,7 @@ import type { ExecutionContext } from 'ava';
 import type { KubernetesObject } from '@kubernetes/client-node';
 import YAML from 'yaml';
 import { createLogger } from '../../node-agent/src/agent/logger.ts';
-import { CREATE_CASES, POD_TEMPLATE_EXAMPLE, UPDATE_CASES, exampleManifest, overlapManifest, withSpec } from '../../operator/src/crd-cases.ts';
+import { CREATE_CASES, MESSAGE_CASES, POD_TEMPLATE_EXAMPLE, UPDATE_CASES, exampleManifest, overlapManifest, withSpec } from '../../operator/src/crd-cases.ts';
 import type { Manifest } from '../../operator/src/crd-cases.ts';
 import { certificateFacts, issuedBy } from '../../operator/src/certs.ts';
 import { KubeApiError, KubeRest, resourcePath } from '../../operator/src/controller.ts';
@@ -218,6 +218,25 @@ test('the API server refuses crd-cases.ts manifests with the field path and the 
   }
   t.log(`${createResults.length} create cases (${createResults.filter((r) => r.refusal !== null).length} refused), ${updateResults.length} update cases (${updateResults.filter((r) => r.refusal !== null).length} refused)`);
   t.log(`e.g. ${createResults.find((r) => r.refusal !== null)?.refusal?.message ?? ''}`);
+});
+
+test('the API server\'s refusals carry one error each (no CEL follow-ons after members: 0) and say what to do (issue 15 finding 7, in part)', async (t) => {
+  if (skipped(t)) return;
+  const ns = 'derecho-crd-messages';
+  await createNamespace(ns);
+  for (const [index, c] of MESSAGE_CASES.entries()) {
+    const name = `message-${index}`;
+    if (c.before !== undefined) t.is(await refusalOf(applyGroup(withSpec(c.before, name), ns)), null, `${c.what}: the "before" manifest is created`);
+    const refusal = await refusalOf(applyGroup(withSpec(c.after, name), ns, c.before === undefined ? { dryRun: true } : {}));
+    t.is(refusal?.code, 422, `${c.what}: ${JSON.stringify(refusal)}`);
+    const message = refusal?.message ?? '';
+    // One cause: `... is invalid: <field>: <type>: <message>`; several come as a bracketed list.
+    const causes = message.replace(/^.*? is invalid: /, '');
+    t.is(causes.startsWith('[') ? causes.split(/, (?=spec\.|metadata\.|<nil>)/).length : 1, c.causes, `${c.what}: ${message}`);
+    t.false(/some validation rules were not checked/.test(message), `${c.what}: no "not checked" noise: ${message}`);
+    t.true(causes.startsWith(c.field), `${c.what}: introduced by "${c.field}": ${message}`);
+    t.regex(causes.slice(c.field.length), c.says, c.what);
+  }
 });
 
 // ---------------------------------------------------------------------------------------------------
