@@ -582,6 +582,17 @@ export const OWNED_TYPES: Readonly<Record<string, ResourceType>> = {
   NetworkPolicy: { apiVersion: 'networking.k8s.io/v1', kind: 'NetworkPolicy', plural: 'networkpolicies' },
 };
 
+/**
+ * Kinds reconcile may write but the controller does not watch: cert-manager Certificates (tls.certManager),
+ * whose CRD exists only where cert-manager is installed. Their Secrets, which carry the group's labels, are
+ * what the controller watches.
+ */
+export const UNWATCHED_TYPES: Readonly<Record<string, ResourceType>> = {
+  Certificate: { apiVersion: 'cert-manager.io/v1', kind: 'Certificate', plural: 'certificates' },
+};
+/** An unwatched object applied unchanged is applied again after this long (in case it was deleted). */
+const UNWATCHED_REAPPLY_MS = 5 * 60_000;
+
 const GROUP_TYPE: ResourceType = { apiVersion: CRD_API_VERSION, kind: CRD_KIND, plural: CRD_PLURAL };
 const EVENT_TYPE: ResourceType = { apiVersion: 'v1', kind: 'Event', plural: 'events' };
 
@@ -604,7 +615,7 @@ export class Controller {
   private resyncTimer: NodeJS.Timeout | null = null;
   private readonly expectations = new Map<string, { since: number; list: Expectation[] }>();
   /** Per object: the hash of what was applied and the resourceVersion the server returned. */
-  private readonly applied = new Map<string, { hash: string; resourceVersion: string }>();
+  private readonly applied = new Map<string, { hash: string; resourceVersion: string; atMs: number }>();
   private readonly recentEvents = new Map<string, RecentEvent>();
   /** What a group's last update event carried, to ignore status-only updates. */
   private readonly seenGroups = new Map<string, string>();
@@ -980,9 +991,11 @@ export class Controller {
     const informer = this.informerFor(object.kind);
     const seen = informer?.get(object.metadata.name, namespace);
     const last = this.applied.get(cacheKey);
-    // Nothing changed on either side since our last apply of the same object: skip the request.
+    // Nothing changed on either side since our last apply of the same object: skip the request. (An
+    // unwatched kind: nothing changed on our side, and it was applied recently.)
     if (last !== undefined && last.hash === hash && seen !== undefined && seen.metadata.resourceVersion === last.resourceVersion) return;
-    const type = OWNED_TYPES[object.kind];
+    if (informer === undefined && last !== undefined && last.hash === hash && Date.now() - last.atMs < UNWATCHED_REAPPLY_MS) return;
+    const type = OWNED_TYPES[object.kind] ?? UNWATCHED_TYPES[object.kind];
     if (type === undefined || type.apiVersion !== object.apiVersion) throw new Error(`reconcile asked to apply a ${object.apiVersion} ${object.kind}, which this controller does not know`);
     // An object reconcile saw is applied with its uid: if it was deleted (or replaced) since, the API server
     // refuses (409 / 422) instead of creating it again behind reconcile's back; its watch event brings the
@@ -1001,17 +1014,18 @@ export class Controller {
     this.metrics.apiWrites.inc({ verb: 'apply', kind: object.kind });
     const resourceVersion = result.metadata?.resourceVersion;
     if (resourceVersion !== undefined) {
-      this.applied.set(cacheKey, { hash, resourceVersion });
+      this.applied.set(cacheKey, { hash, resourceVersion, atMs: Date.now() });
       if (informer !== undefined) this.expect(key, { kind: 'version', informer, namespace, name: object.metadata.name, resourceVersion });
     }
   }
 
   private async delete(key: string, ref: ObjectRef): Promise<void> {
     try {
-      const type = OWNED_TYPES[ref.kind];
+      const type = OWNED_TYPES[ref.kind] ?? UNWATCHED_TYPES[ref.kind];
       if (type === undefined) throw new Error(`reconcile asked to delete a ${ref.kind}, which this controller does not know`);
       await this.rest.delete(resourcePath(type, ref.namespace, ref.name), { propagationPolicy: 'Background', ...(ref.uid !== undefined ? { preconditions: { uid: ref.uid } } : {}) });
       this.metrics.apiWrites.inc({ verb: 'delete', kind: ref.kind });
+      this.applied.delete(`${key}|${ref.kind}/${ref.namespace}/${ref.name}`);
       this.log.info('deleted', { object: `${ref.kind}/${ref.namespace}/${ref.name}`, reason: ref.reason });
     } catch (e) {
       // Gone already, or replaced by a newer object (uid precondition): nothing to do.

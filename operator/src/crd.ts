@@ -208,6 +208,19 @@ export const CEL_RULES: readonly CelRule[] = [
     holds: (self, oldSelf) => self.secretName === oldSelf.secretName,
   }),
   celRule<Tls>('spec.tls', {
+    rule: "!has(self.certManager) || (self.mode == 'mutual' && !has(self.secretName))",
+    message: 'tls.certManager needs mode "mutual" and no secretName (cert-manager fills the members\' Secrets)',
+    fieldPath: '.certManager',
+    holds: (self) => self.certManager === undefined || (self.mode === 'mutual' && self.secretName === undefined),
+  }),
+  celRule<Tls>('spec.tls', {
+    rule: 'has(self.certManager) == has(oldSelf.certManager) && (!has(self.certManager) || self.certManager == oldSelf.certManager)',
+    message: 'tls.certManager is immutable: members with certificates of another issuer could not authenticate the others',
+    fieldPath: '.certManager',
+    reason: 'FieldValueForbidden',
+    holds: (self, oldSelf) => JSON.stringify(self.certManager ?? null) === JSON.stringify(oldSelf.certManager ?? null),
+  }),
+  celRule<Tls>('spec.tls', {
     rule: 'self.mode == oldSelf.mode',
     message: 'tls.mode is immutable: every member of a group must authenticate the same way',
     fieldPath: '.mode',

@@ -143,6 +143,8 @@ export const names = {
   authoritySecret: (group: string): string => `${group}-ca`,
   /** A member's certificate, key and trusted authorities (kubernetes.io/tls, as cert-manager writes it). */
   memberTlsSecret: (group: string, nodeId: number): string => `${group}-node-${nodeId}-tls`,
+  /** The cert-manager Certificate of a member (tls.certManager): it fills memberTlsSecret. */
+  memberCertificate: (group: string, nodeId: number): string => `${group}-node-${nodeId}`,
   podDisruptionBudget: (group: string): string => group,
   /** The budget that keeps a member that alone holds a persistent shard from being evicted. */
   solePodDisruptionBudget: (group: string, nodeId: number): string => `${group}-${nodeId}-sole`,

@@ -224,6 +224,41 @@ test('mutual TLS without a Secret name: the operator issues an authority and a c
   t.deepEqual(shrunk.deletes.filter((d) => d.kind === 'Secret').map((d) => d.name), ['kv-demo-node-4-tls']);
 });
 
+test('mutual TLS with cert-manager: a Certificate per member into the Secret the pod mounts; Degraded CertificatePending until cert-manager fills them; a scale-down deletes the Certificate, then the Secret', (t) => {
+  const issuerRef = { name: 'group-ca', kind: 'ClusterIssuer', group: 'cert-manager.io' };
+  const cluster = new Cluster(kvDemo({ tls: { mode: 'mutual', certManager: { issuerRef } } }));
+  const first = cluster.step();
+  t.deepEqual(first.objects.filter((o) => o.kind === 'Secret').map((o) => o.metadata.name), [], 'the operator issues nothing itself');
+  const certificates = first.objects.filter((o) => o.kind === 'Certificate') as (KubeObject & { spec: Record<string, unknown> })[];
+  t.deepEqual(certificates.map((c) => c.metadata.name), ['kv-demo-node-1', 'kv-demo-node-2', 'kv-demo-node-3']);
+  t.like(certificates[1], {
+    apiVersion: 'cert-manager.io/v1',
+    metadata: { labels: { 'derecho.dev/node-id': '2' }, ownerReferences: [{ kind: 'DerechoGroup' }] },
+    spec: {
+      secretName: 'kv-demo-node-2-tls', commonName: 'node-2', issuerRef, duration: '2160h', renewBefore: '720h',
+      usages: ['digital signature', 'key encipherment', 'server auth', 'client auth'], privateKey: { algorithm: 'ECDSA', size: 256, rotationPolicy: 'Always' },
+      secretTemplate: { labels: { 'app.kubernetes.io/instance': 'kv-demo', 'app.kubernetes.io/component': 'certificate', 'derecho.dev/node-id': '2' } },
+    },
+  });
+  t.true((certificates[1]!.spec['dnsNames'] as string[]).includes('kv-demo-2.kv-demo-peers.default.svc'));
+  t.like(podOf(first.objects, 2).spec.volumes[2], { secret: { secretName: 'kv-demo-node-2-tls', items: [{ key: 'ca.crt', path: 'ca.crt' }, { key: 'tls.crt', path: 'tls.crt' }, { key: 'tls.key', path: 'tls.key' }] } });
+  t.like(conditionOf(first.status, 'Degraded'), { status: 'True', reason: 'CertificatePending' });
+  t.regex(conditionOf(first.status, 'Degraded').message, /^waiting for cert-manager to issue the certificate of nodes 1, 2, 3 \(Certificate kv-demo-node-1, Certificate kv-demo-node-2, Certificate kv-demo-node-3; `kubectl describe certificate` says why/);
+  // cert-manager fills the Secrets (with the labels of secretTemplate): nothing is pending any more.
+  const filled = (id: number): ObservedSecret => ({
+    apiVersion: 'v1', kind: 'Secret', type: 'kubernetes.io/tls',
+    metadata: { name: `kv-demo-node-${id}-tls`, namespace: 'default', uid: `secret-${id}`, labels: (certificates[id - 1]!.spec['secretTemplate'] as { labels: Record<string, string> }).labels },
+    data: { 'tls.crt': 'Y2VydA==', 'tls.key': 'a2V5', 'ca.crt': 'Y2E=' },
+  } as ObservedSecret);
+  for (const id of [1, 2, 3]) cluster.objects.set(`Secret/kv-demo-node-${id}-tls`, filled(id));
+  cluster.step();
+  t.not(conditionOf(cluster.step().status, 'Degraded').reason, 'CertificatePending');
+  // A fourth member's Secret is left as if scaled down: its Certificate goes first, then the Secret.
+  cluster.objects.set('Secret/kv-demo-node-4-tls', { ...filled(1), metadata: { ...filled(1).metadata, name: 'kv-demo-node-4-tls', uid: 'secret-4', labels: { ...filled(1).metadata.labels, 'derecho.dev/node-id': '4' } } });
+  const shrunk = cluster.step();
+  t.deepEqual(shrunk.deletes.filter((d) => d.kind === 'Certificate' || d.kind === 'Secret').map((d) => `${d.kind}/${d.name}`), ['Certificate/kv-demo-node-4', 'Secret/kv-demo-node-4-tls']);
+});
+
 // ---------------------------------------------------------------------------------------------------
 // Status from the agents' reports
 

@@ -465,7 +465,13 @@ function plan(ctx: Context, observed: Observed, input: ReconcileInput, spec: Gro
   const auth = authOf(ctx, spec, observed, memberIds, input);
   for (const message of auth.issued) events.push({ type: 'Normal', reason: 'CertificateIssued', action: 'IssueCertificate', message });
   for (const [id, secret] of observed.memberTlsSecrets) {
-    if (id > next && auth.mode === 'mutual' && auth.userSecretName === null) deletes.push(refOf(secret, `node ${id} is not a member (members 1..${next})`));
+    if (id > next && auth.mode === 'mutual' && auth.userSecretName === null) {
+      deletes.push(refOf(secret, `node ${id} is not a member (members 1..${next})`));
+      if (spec.tls.certManager !== undefined) {
+        // (The Certificate is not watched: deleted by name, before its Secret is.)
+        deletes.unshift({ apiVersion: 'cert-manager.io/v1', kind: 'Certificate', namespace: ctx.namespace, name: names.memberCertificate(name, id), reason: `node ${id} is not a member (members 1..${next})` });
+      }
+    }
   }
   const objects: KubeObject[] = [
     configMap(ctx, counts.founding, next, manifestText, policy, view, auth),
@@ -632,10 +638,12 @@ interface Auth {
   mode: 'hmac' | 'mutual';
   /** The Secret a member's pod mounts, and which of its keys go to the files the agent reads. */
   volume(nodeId: NodeId): { secretName: string; items: { key: string; path: string }[] };
-  /** Secrets to apply: the HMAC key, or the authority and members' certificates the operator issues. */
+  /** To apply: the HMAC key Secret, the authority and members' certificate Secrets the operator issues, or cert-manager Certificates. */
   secrets: KubeObject[];
   /** What is missing from a user-provided Secret, or null. */
   problem: string | null;
+  /** The reason of the Degraded condition the problem makes. */
+  problemReason?: 'AuthSecretMissing' | 'CertificatePending';
   /** The user's Secret, when the user provides the material (the ConfigMap names it). */
   userSecretName: string | null;
   /** What the operator issued this round (Events). */
@@ -677,6 +685,40 @@ function authOf(ctx: Context, spec: GroupSpec, observed: Observed, memberIds: No
       : missing.length > 0 ? `Secret ${secretName} lacks ${missing.join(', ')}` : null;
     const volume = (nodeId: NodeId) => ({ secretName, items: [{ key: 'ca.crt', path: 'ca.crt' }, { key: `node-${nodeId}.crt`, path: 'tls.crt' }, { key: `node-${nodeId}.key`, path: 'tls.key' }] });
     return { ...none, mode: 'mutual', volume, problem, userSecretName: secretName };
+  }
+  const certManager = spec.tls.certManager;
+  if (certManager !== undefined) {
+    // cert-manager issues them: a Certificate per member, into the Secret the pod mounts (ADR 0014).
+    const pending = memberIds.filter((id) => {
+      const data = observed.memberTlsSecrets.get(id)?.data;
+      return data?.['tls.crt'] === undefined || data['tls.key'] === undefined || data['ca.crt'] === undefined;
+    });
+    const certificateName = (id: NodeId): string => names.memberCertificate(ctx.name, id);
+    return {
+      ...none,
+      mode: 'mutual',
+      volume: (nodeId) => ({ secretName: names.memberTlsSecret(ctx.name, nodeId), items: TLS_ITEMS }),
+      secrets: memberIds.map((nodeId) => ({
+        apiVersion: 'cert-manager.io/v1',
+        kind: 'Certificate',
+        metadata: meta(ctx, certificateName(nodeId), 'certificate', { nodeId }),
+        spec: {
+          secretName: names.memberTlsSecret(ctx.name, nodeId),
+          // The Secret carries the group's labels, so that the operator sees it (and its pod's volume fills).
+          secretTemplate: { labels: labels(ctx, 'certificate', nodeId) },
+          commonName: `node-${nodeId}`,
+          dnsNames: memberDnsNames(ctx, nodeId),
+          duration: `${Math.round(ctx.options.certificates.certificateValiditySeconds / 3600)}h`,
+          renewBefore: `${Math.round(ctx.options.certificates.certificateValiditySeconds / 3 / 3600)}h`,
+          usages: ['digital signature', 'key encipherment', 'server auth', 'client auth'],
+          privateKey: { algorithm: 'ECDSA', size: 256, rotationPolicy: 'Always' },
+          issuerRef: { ...certManager.issuerRef },
+        },
+      })),
+      problemReason: 'CertificatePending',
+      problem: pending.length === 0 ? null
+        : `waiting for cert-manager to issue the certificate of ${listIds(pending)} (${pending.map((id) => `Certificate ${certificateName(id)}`).join(', ')}; \`kubectl describe certificate\` says why if it does not come)`,
+    };
   }
   // The operator issues them (certificates.ts, ADR 0014).
   const planned = planCertificates({
@@ -1119,7 +1161,7 @@ function buildStatus(ctx: Context, observed: Observed, agentReports: AgentReport
   const established = memberIds.filter((id) => id <= settledIds || (view?.members.includes(id) ?? false) || (reports[id]?.viewId ?? -1) >= 0 || wasInAView(id));
   const unavailable = established.filter((id) => !row(id).ready);
   if (plan.auth.problem !== null) {
-    conditions.push(condition(ctx, 'Degraded', 'True', 'AuthSecretMissing', plan.auth.problem));
+    conditions.push(condition(ctx, 'Degraded', 'True', plan.auth.problemReason ?? 'AuthSecretMissing', plan.auth.problem));
   } else if (everFormed && established.length > 0 && unavailable.length === established.length) {
     conditions.push(condition(ctx, 'Degraded', 'True', 'NoActiveMember', `no member is active (${unavailable.map((id) => `node ${id}: ${why(id)}`).join('; ')})`));
   } else if (unavailable.length > 0) {

@@ -30,6 +30,7 @@ import {
 import type { KubeConfig, KubernetesObject } from '@kubernetes/client-node';
 import YAML from 'yaml';
 import { x509Issuer } from '../../operator/src/certs.ts';
+import { UNWATCHED_TYPES } from '../../operator/src/controller.ts';
 import { CRD_GROUP, CRD_NAME, CRD_PLURAL, CRD_VERSION } from '../../operator/src/kube.ts';
 import type { KubeObject, ObservedConfigMap, ObservedPod, ObservedPvc, ObservedSecret } from '../../operator/src/kube.ts';
 import { DEFAULT_OPTIONS, reconcile } from '../../operator/src/reconcile.ts';
@@ -149,6 +150,8 @@ const RESOURCE_OF: Record<string, { group: string; resource: string }> = {
   Secret: { group: '', resource: 'secrets' },
   PodDisruptionBudget: { group: 'policy', resource: 'poddisruptionbudgets' },
   NetworkPolicy: { group: 'networking.k8s.io', resource: 'networkpolicies' },
+  // Applied and deleted, never watched (controller.ts UNWATCHED_TYPES): only with tls.certManager.
+  Certificate: { group: 'cert-manager.io', resource: 'certificates' },
 };
 
 function resourceOf(kind: string): { group: string; resource: string } {
@@ -185,7 +188,18 @@ function reconcileSamples(): { create: ReconcileOutput; remove: ReconcileOutput 
     observed: { secrets: [withUid<ObservedSecret>({ ...certificate, metadata: { ...certificate.metadata, name: 'kv-demo-node-9-tls', labels: { ...certificate.metadata.labels, 'derecho.dev/node-id': '9' } } })] },
   });
   if (!shrunk.deletes.some((d) => d.kind === 'Secret')) throw new Error('the scale-down sample deletes no certificate');
-  return { create, remove: { ...remove, deletes: [...remove.deletes, ...stale.deletes, ...shrunk.deletes] } };
+  // With cert-manager: a Certificate per member, and node 9's deleted.
+  const managed = kvDemo({ tls: { mode: 'mutual', certManager: { issuerRef: { name: 'group-ca' } } } });
+  const requested = reconcile({ group: managed, observed: {}, reports: {}, now: NOW });
+  const managedShrunk = reconcile({
+    group: managed, reports: {}, now: NOW,
+    observed: { secrets: [withUid<ObservedSecret>({ ...certificate, metadata: { ...certificate.metadata, name: 'kv-demo-node-9-tls', labels: { ...certificate.metadata.labels, 'derecho.dev/node-id': '9' } } })] },
+  });
+  if (!managedShrunk.deletes.some((d) => d.kind === 'Certificate')) throw new Error('the cert-manager scale-down sample deletes no Certificate');
+  return {
+    create: { ...create, objects: [...create.objects, ...requested.objects.filter((o) => o.kind === 'Certificate')] },
+    remove: { ...remove, deletes: [...remove.deletes, ...stale.deletes, ...shrunk.deletes, ...managedShrunk.deletes] },
+  };
 }
 
 /** "group/resource" -> verbs the operator uses. */
@@ -206,7 +220,8 @@ function operatorNeeds(): Map<string, Set<string>> {
   const { create, remove } = reconcileSamples();
   for (const o of create.objects) {
     const { group, resource } = resourceOf(o.kind);
-    add(group, resource, 'get', 'list', 'watch', 'create', 'patch'); // server-side apply, informers
+    if (UNWATCHED_TYPES[o.kind] !== undefined) add(group, resource, 'create', 'patch'); // server-side apply only
+    else add(group, resource, 'get', 'list', 'watch', 'create', 'patch'); // server-side apply, informers
   }
   for (const ref of [...create.deletes, ...remove.deletes]) {
     const { group, resource } = resourceOf(ref.kind);
@@ -260,14 +275,15 @@ test('the chart\'s copy of the CRD is the generated crds/ file', (t) => {
     `charts/derecho-operator/files/crds/${CRD_NAME}.yaml is stale: after \`npm run gen:crd\`, run node charts/sync-crds.mjs`);
 });
 
-test('reconcile() emits only kinds the chart\'s RBAC knows, and deletes only pods, volumes, stale sole-member budgets and removed members\' certificates', (t) => {
+test('reconcile() emits only kinds the chart\'s RBAC knows, and deletes only pods, volumes, stale sole-member budgets and removed members\' certificates (Secrets, cert-manager Certificates)', (t) => {
   const { create, remove } = reconcileSamples();
   const applied = [...new Set(create.objects.map((o) => o.kind))].sort();
   t.deepEqual(applied, Object.keys(RESOURCE_OF).sort(), 'a fresh group gets every kind the RBAC covers');
   const deleted = [...new Set([...create.deletes, ...remove.deletes].map((r) => r.kind))].sort();
-  t.deepEqual(deleted, ['PersistentVolumeClaim', 'Pod', 'PodDisruptionBudget', 'Secret']);
+  t.deepEqual(deleted, ['Certificate', 'PersistentVolumeClaim', 'Pod', 'PodDisruptionBudget', 'Secret']);
   t.true([...create.deletes, ...remove.deletes].filter((r) => r.kind === 'PodDisruptionBudget').every((r) => r.name.endsWith('-sole')), 'only budgets of sole shard members');
   t.true([...create.deletes, ...remove.deletes].filter((r) => r.kind === 'Secret').every((r) => /-node-\d+-tls$/.test(r.name)), 'only certificates of members that are gone');
+  t.true([...create.deletes, ...remove.deletes].filter((r) => r.kind === 'Certificate').every((r) => /-node-\d+$/.test(r.name)), 'only Certificates of members that are gone');
 });
 
 // ---------------------------------------------------------------------------------------------------

@@ -263,6 +263,20 @@ export const StorageSpec = object(
   'an object with size, storageClassName and retention',
 );
 
+export const CertManagerSpec = object(
+  {
+    issuerRef: object(
+      {
+        name: text(DNS_SUBDOMAIN, 'an Issuer name (lowercase letters, digits, "-" and ".")').describe('The cert-manager Issuer or ClusterIssuer that signs the members\' certificates (all of them: the members trust its CA).'),
+        kind: oneOf(['Issuer', 'ClusterIssuer']).default('Issuer').describe('"Issuer" (in the group\'s namespace) or "ClusterIssuer".'),
+        group: text(DNS_SUBDOMAIN, 'an API group').default('cert-manager.io').describe('The issuer\'s API group (an external issuer may have its own).'),
+      },
+      'an object with name, kind and group',
+    ).describe('Which issuer signs the members\' certificates.'),
+  },
+  'an object with issuerRef',
+);
+
 export const TlsSpec = object(
   {
     mode: oneOf(['mutual', 'hmac'])
@@ -270,10 +284,16 @@ export const TlsSpec = object(
       .describe('How members authenticate each other: "mutual" (TLS with client certificates) or "hmac" (frames signed with a shared secret key, not encrypted).'),
     secretName: text(DNS_SUBDOMAIN, 'a Secret name (lowercase letters, digits, "-" and ".")')
       .optional()
-      .describe('Your own Secret: for "mutual", ca.crt and per member node-<id>.crt and node-<id>.key (certificate CN "node-<id>"); for "hmac", the key hmac.key. Omitted: the operator makes them: for "mutual" a certificate authority (Secret <group>-ca) and a certificate per member (Secret <group>-node-<id>-tls), renewed before they expire; for "hmac" a random key (Secret <group>-auth).'),
+      .describe('Your own Secret: for "mutual", ca.crt and per member node-<id>.crt and node-<id>.key (certificate CN "node-<id>"); for "hmac", the key hmac.key. Omitted: the operator makes them: for "mutual" a certificate authority (Secret <group>-ca) and a certificate per member (Secret <group>-node-<id>-tls), renewed before they expire (or cert-manager does, see certManager); for "hmac" a random key (Secret <group>-auth).'),
+    certManager: CertManagerSpec.optional()
+      .describe('For "mutual" without secretName: cert-manager issues the members\' certificates instead of the operator. The operator creates a cert-manager Certificate per member (<group>-node-<id>, CN "node-<id>", into Secret <group>-node-<id>-tls); cert-manager renews them.'),
   },
-  'an object with mode and secretName',
-);
+  'an object with mode, secretName and certManager',
+).superRefine((tls, ctx) => {
+  if (tls.certManager !== undefined && (tls.mode !== 'mutual' || tls.secretName !== undefined)) {
+    ctx.addIssue({ code: 'custom', path: ['certManager'], message: 'needs mode "mutual" and no secretName (cert-manager fills the members\' Secrets)' });
+  }
+});
 
 /** Default of spec.restart.quorumTimeoutSeconds. */
 export const RESTART_QUORUM_TIMEOUT_SECONDS_DEFAULT = 300;
