@@ -1030,27 +1030,12 @@ test('scaling 3 -> 5 -> 3 -> 4 and a rolling update, with the operator killed (S
  */
 async function rollingUpdate(t: ExecutionContext, ns: string, group: string, spec: (extra?: Record<string, unknown>) => Manifest, tag: string): Promise<{ rollEvents: { type: string; message: string }[]; longestGapMs: number; formed: Group }> {
   await createNamespace(ns);
-  const logs: string[] = [];
-  const kubelet = await MockKubelet.start({ kubeConfig: cp!.kubeConfig, namespace: ns, workDir: path.join(workDir, `kubelet-${tag}`), log: (line) => logs.push(line) });
+  const { kubelet: started, waitForGroup, passed } = await operatorFor(t, ns, group, tag);
+  const kubelet = started!;
   let writer: Writer | null = null;
-  let ok = false;
-  const operator = await runOperator(['--namespace', ns, '--leader-elect=false', '--metrics-port', '0', '--health-port', '0', '--bind-address', '127.0.0.1'], { KUBECONFIG: cp!.kubeconfigPath },
-    { statusUrl: kubelet.statusUrl, log: createLogger('info', { op: `operator-${tag}` }, (line) => logs.push(line.trimEnd())) });
   t.teardown(async () => {
     await writer?.stop();
-    if (!ok) {
-      t.log(`--- operator and kubelet log (last 60 lines)\n${logs.slice(-60).join('\n')}`);
-      t.log(`--- status: ${statusLine(await getGroup(ns, group).catch(() => undefined))}`);
-      t.log(kubelet.logs(20));
-    }
-    await operator.stop().catch(() => {});
-    await kubelet.stop();
   });
-  const waitForGroup = (what: string, probe: (g: Group) => boolean, timeoutMs = 60_000): Promise<Group> =>
-    waitFor(what, async () => {
-      const g = await getGroup(ns, group);
-      return probe(g) ? g : false;
-    }, { timeoutMs, intervalMs: 200 });
   await applyGroup(spec(), ns);
   const formed = await waitForGroup('the group to be Ready', (g) => readyWith(g, [1, 2, 3]));
   writer = new Writer((id) => {
@@ -1078,7 +1063,7 @@ async function rollingUpdate(t: ExecutionContext, ns: string, group: string, spe
     t.deepEqual([...writer.acknowledged].filter(([key, value]) => stored.get(key) !== value).map(([key]) => key), [], `node ${id}: every acknowledged write is there`);
   }
   const events = await rest!.get<{ items: { type: string; reason: string; message: string }[] }>(`/api/v1/namespaces/${ns}/events?fieldSelector=${encodeURIComponent(`involvedObject.name=${group}`)}`);
-  ok = true;
+  passed();
   return { rollEvents: events.items.filter((e) => e.reason === 'RollingRestart'), longestGapMs, formed };
 }
 
