@@ -122,11 +122,13 @@ export function planCertificates(args: {
     const secret = args.memberSecrets.get(member.nodeId)?.data ?? {};
     const commonName = `node-${member.nodeId}`;
     let leaf = parsed(unb64(secret['tls.crt']), unb64(secret['tls.key']));
+    // (Each check parses certificates: the signature check against the current authority is made once.)
+    const byCurrent = leaf !== null && issuedBy(leaf.certPem, current.certPem, now);
     const why = leaf === null ? 'none yet'
       : certificateFacts(leaf.certPem).commonName !== commonName ? 'it names another member'
-        : !issuedBy(leaf.certPem, current.certPem, now) && !(previous !== null && issuedBy(leaf.certPem, previous.certPem, now)) ? 'the group\'s authority did not sign it'
+        : !byCurrent && !(previous !== null && issuedBy(leaf.certPem, previous.certPem, now)) ? 'the group\'s authority did not sign it'
           : renewalDue(leaf.notBefore, leaf.notAfter, now) ? 'it expires soon'
-            : signer === current && !issuedBy(leaf.certPem, current.certPem, now) ? 'the new authority signs from now on' : null;
+            : signer === current && !byCurrent ? 'the new authority signs from now on' : null;
     if (why !== null) {
       const wanted = validity(times.certificateValiditySeconds);
       const notBefore = new Date(Math.max(wanted.notBefore.getTime(), signer.notBefore.getTime()));
