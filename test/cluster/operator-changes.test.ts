@@ -153,7 +153,9 @@ function statusLine(group: Group | undefined): string {
 }
 
 // ---------------------------------------------------------------------------------------------------
-// crd-cases.ts against the API server.
+// crd-cases.ts against the API server. (The tests below these two run agents: they run one at a time,
+// test.serial; a dozen groups of agents at once, each with its operator and kubelet, starved each other
+// on a 2-core machine.)
 
 /** Where the API server reports a CEL rule's violation: the rule's place (list items by index) and its fieldPath. */
 function fieldPathPattern(message: string): RegExp {
@@ -327,7 +329,7 @@ test('pods the API server refuses (an RDMA pod under the restricted Pod Security
   passed();
 });
 
-test('spec.podTemplate reaches the member pods the API server stores: labels, annotations, nodeSelector, affinity, tolerations, topology spread, priority class (resolved by admission), pull secrets (issue 15 finding 3)', async (t) => {
+test.serial('spec.podTemplate reaches the member pods the API server stores: labels, annotations, nodeSelector, affinity, tolerations, topology spread, priority class (resolved by admission), pull secrets (issue 15 finding 3)', async (t) => {
   if (skipped(t)) return;
   t.timeout(2 * 60_000);
   const ns = 'derecho-scheduling';
@@ -366,7 +368,7 @@ test('spec.podTemplate reaches the member pods the API server stores: labels, an
   passed();
 });
 
-test('a crash-looping member says why in the status: its agent\'s termination message (transport rdma on a node without RDMA)', async (t) => {
+test.serial('a crash-looping member says why in the status: its agent\'s termination message (transport rdma on a node without RDMA)', async (t) => {
   if (skipped(t)) return;
   t.timeout(2 * 60_000);
   const ns = 'derecho-crashloop';
@@ -384,7 +386,7 @@ test('a crash-looping member says why in the status: its agent\'s termination me
   passed();
 });
 
-test('a member restarted with another HMAC key is reported as failing authentication, not as a restart after a total failure', async (t) => {
+test.serial('a member restarted with another HMAC key is reported as failing authentication, not as a restart after a total failure', async (t) => {
   if (skipped(t)) return;
   t.timeout(3 * 60_000);
   const ns = 'derecho-wrongkey';
@@ -416,7 +418,7 @@ test('a member restarted with another HMAC key is reported as failing authentica
   passed();
 });
 
-test('a group re-created over volumes left by an earlier one (node 4 from a scale-down among them) founds with its spec\'s 3 members; node 4 added later joins and never answers "key not found" for a key that exists (issue 15 finding 6)', async (t) => {
+test.serial('a group re-created over volumes left by an earlier one (node 4 from a scale-down among them) founds with its spec\'s 3 members; node 4 added later joins and never answers "key not found" for a key that exists (issue 15 finding 6)', async (t) => {
   if (skipped(t)) return;
   t.timeout(5 * 60_000);
   const ns = 'derecho-recreate';
@@ -483,7 +485,7 @@ test('a group re-created over volumes left by an earlier one (node 4 from a scal
   passed();
 });
 
-test('mutual TLS with the user\'s own Secret (spec.tls.secretName): a missing Secret and a missing key are reported in the status; with the certificates the group forms and serves writes', async (t) => {
+test.serial('mutual TLS with the user\'s own Secret (spec.tls.secretName): a missing Secret and a missing key are reported in the status; with the certificates the group forms and serves writes', async (t) => {
   if (skipped(t)) return;
   t.timeout(3 * 60_000);
   const ns = 'derecho-tls';
@@ -564,7 +566,7 @@ test('mutual TLS with the user\'s own Secret (spec.tls.secretName): a missing Se
   ok = true;
 });
 
-test('mutual TLS by default, the operator issuing the certificates: a group with no Secret made by hand forms, node 4 joins at once, 60-second certificates are renewed and reach the agents without a restart, a scale-down deletes node 4\'s (issue 15 finding 1)', async (t) => {
+test.serial('mutual TLS by default, the operator issuing the certificates: a group with no Secret made by hand forms, node 4 joins at once, 60-second certificates are renewed and reach the agents without a restart, a scale-down deletes node 4\'s (issue 15 finding 1)', async (t) => {
   if (skipped(t)) return;
   t.timeout(4 * 60_000);
   const ns = 'derecho-certs';
@@ -648,7 +650,7 @@ test('mutual TLS by default, the operator issuing the certificates: a group with
   passed();
 });
 
-test('mutual TLS with cert-manager: the operator requests a Certificate per member, the group forms once they are issued, node 4 gets one on scale-up and loses it on scale-down (issue 15 finding 1)', async (t) => {
+test.serial('mutual TLS with cert-manager: the operator requests a Certificate per member, the group forms once they are issued, node 4 gets one on scale-up and loses it on scale-down (issue 15 finding 1)', async (t) => {
   if (skipped(t)) return;
   t.timeout(3 * 60_000);
   const ns = 'derecho-cert-manager';
@@ -816,7 +818,7 @@ class Writer {
   }
 }
 
-test('scaling 3 -> 5 -> 3 -> 4 and a rolling update, with the operator killed (SIGKILL) in the middle of the scale-up, the update and the scale-down; no acknowledged write lost', async (t) => {
+test.serial('scaling 3 -> 5 -> 3 -> 4 and a rolling update, with the operator killed (SIGKILL) in the middle of the scale-up, the update and the scale-down; no acknowledged write lost', async (t) => {
   if (skipped(t)) return;
   // Generous: restarted members are sometimes removed again right after they rejoin (the agent core; see
   // ADR 0007), several times in a row on a loaded machine, which stretches the rolling update.
@@ -1067,7 +1069,7 @@ async function rollingUpdate(t: ExecutionContext, ns: string, group: string, spe
   return { rollEvents: events.items.filter((e) => e.reason === 'RollingRestart'), longestGapMs, formed };
 }
 
-test('a rolling update of examples/kv-overlap.yaml, whose kv shard 1 has one member: a Warning says the group stops while it restarts; the update completes and no acknowledged write is lost', async (t) => {
+test.serial('a rolling update of examples/kv-overlap.yaml, whose kv shard 1 has one member: a Warning says the group stops while it restarts; the update completes and no acknowledged write is lost', async (t) => {
   if (skipped(t)) return;
   t.timeout(3 * 60_000);
   const { rollEvents, formed } = await rollingUpdate(t, 'derecho-sole', 'example', (extra) => fastGroup('example', 3, extra), 'sole');
@@ -1076,7 +1078,7 @@ test('a rolling update of examples/kv-overlap.yaml, whose kv shard 1 has one mem
   t.regex(warning?.message ?? '', /^restarting node 3 .*node 3 is the only member of shard kv\/1: the group cannot change views without it/);
 });
 
-test('examples/kv-group.yaml as is has no single point of failure: no member holds a shard alone (no sole-member budget), and a rolling update restarts every pod with no Warning and no lost write (issue 15 finding 8)', async (t) => {
+test.serial('examples/kv-group.yaml as is has no single point of failure: no member holds a shard alone (no sole-member budget), and a rolling update restarts every pod with no Warning and no lost write (issue 15 finding 8)', async (t) => {
   if (skipped(t)) return;
   t.timeout(3 * 60_000);
   const ns = 'derecho-flagship';

@@ -1,6 +1,9 @@
 // Loopback port helpers shared by the local runner, the benchmark and the tests.
 
+import fs from 'node:fs';
 import net from 'node:net';
+import os from 'node:os';
+import path from 'node:path';
 
 /** Whether `port` can be bound on `host` right now (bound and released at once). */
 export function portFree(port: number, host = '127.0.0.1'): Promise<boolean> {
@@ -21,18 +24,59 @@ export const FREE_PORT_MIN = 20_000;
 export const FREE_PORT_MAX = 32_000;
 
 /**
- * A port free on `host` now: a random one of [FREE_PORT_MIN, FREE_PORT_MAX] that binds (random, so that
- * processes picking ports at once rarely pick the same), else one the kernel picks (bind port 0).
+ * A port free on `host` now: a random one of [FREE_PORT_MIN, FREE_PORT_MAX] that binds and that no other
+ * living process on this machine was handed, else one the kernel picks (bind port 0).
  */
 export async function freePort(host = '127.0.0.1'): Promise<number> {
   for (let attempt = 0; attempt < 50; attempt++) {
     const port = FREE_PORT_MIN + Math.floor(Math.random() * (FREE_PORT_MAX - FREE_PORT_MIN + 1));
-    if (!handedOut.has(port) && (await portFree(port, host))) {
+    if (!handedOut.has(port) && (await portFree(port, host)) && reserve(port)) {
       handedOut.add(port);
       return port;
     }
   }
   return kernelPort(host);
+}
+
+/**
+ * Reservations shared by the processes of this machine: a file per port handed out, naming the process.
+ * Between freePort and the listen that follows it a port is free to anyone; processes drawing ports at once
+ * (tests side by side, agents slow to start on a busy machine) picked the same one (EADDRINUSE). A
+ * reservation holds while its process lives; a dead process's is taken over.
+ */
+const RESERVATIONS_DIR = path.join(os.tmpdir(), 'derecho-ports');
+
+function reserve(port: number): boolean {
+  const file = path.join(RESERVATIONS_DIR, String(port));
+  for (let attempt = 0; attempt < 2; attempt++) {
+    try {
+      fs.mkdirSync(RESERVATIONS_DIR, { recursive: true });
+      fs.writeFileSync(file, String(process.pid), { flag: 'wx' });
+      return true;
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code !== 'EEXIST') return true; // no shared directory: the bind check alone
+      let text: string;
+      try {
+        text = fs.readFileSync(file, 'utf8');
+      } catch {
+        continue; // released meanwhile
+      }
+      const owner = Number(text);
+      // (Empty: its owner is writing it right now.)
+      if (text === '' || !Number.isInteger(owner) || owner <= 0 || owner === process.pid || alive(owner)) return false;
+      fs.rmSync(file, { force: true }); // its process is gone
+    }
+  }
+  return false;
+}
+
+function alive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (e) {
+    return (e as NodeJS.ErrnoException).code === 'EPERM';
+  }
 }
 
 /** Ports this process handed out already (two calls never return the same port). */
