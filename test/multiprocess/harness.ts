@@ -11,12 +11,12 @@ import { spawn } from 'node:child_process';
 import type { ChildProcess } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import fs from 'node:fs';
-import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import type { ExecutionContext } from 'ava';
 import YAML from 'yaml';
+import { freePort } from '../../node-agent/src/util/ports.ts';
 import { shardForKey } from '../../node-agent/src/objects/kv.ts';
 
 export const REPO_ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', '..');
@@ -57,47 +57,14 @@ export async function waitUntil<T>(what: string, probe: () => Promise<T | undefi
 }
 
 /** Whether `port` can be bound on the loopback address right now. */
-function canBind(port: number): Promise<boolean> {
-  return new Promise((resolve) => {
-    const server = net.createServer();
-    server.once('error', () => resolve(false));
-    server.listen({ port, host: HOST, exclusive: true }, () => server.close(() => resolve(true)));
-  });
-}
-
-function ephemeralRange(): [number, number] {
-  try {
-    const [lo, hi] = fs.readFileSync('/proc/sys/net/ipv4/ip_local_port_range', 'utf8').trim().split(/\s+/).map(Number);
-    if (lo && hi) return [lo, hi];
-  } catch {
-    // not Linux
-  }
-  return [49152, 65535];
-}
-
-const handedOut = new Set<number>();
-
 /**
- * `count` distinct free ports. They are taken below the kernel's ephemeral range when there is room
- * (the agents keep their ports across restarts, and an outgoing connection's automatic local port must
- * not grab a port while its agent is down); each is checked by binding it. Falls back to port 0.
+ * `count` distinct free ports (util/ports.ts freePort: below the kernel's ephemeral range, so that an
+ * outgoing connection's automatic local port cannot grab one while its agent is down, which matters as the
+ * agents keep their ports across restarts; checked by binding; reserved machine-wide).
  */
 export async function freePorts(count: number): Promise<number[]> {
-  const [lo] = ephemeralRange();
   const ports: number[] = [];
-  const low = 20_000;
-  for (let attempt = 0; ports.length < count && attempt < 500 && lo - low > 1000; attempt++) {
-    const port = low + Math.floor(Math.random() * (lo - low));
-    if (handedOut.has(port) || ports.includes(port)) continue;
-    if (await canBind(port)) ports.push(port);
-  }
-  while (ports.length < count) {
-    const server = net.createServer();
-    await new Promise<void>((resolve) => server.listen(0, HOST, () => resolve()));
-    ports.push((server.address() as net.AddressInfo).port);
-    await new Promise<void>((resolve) => server.close(() => resolve()));
-  }
-  for (const p of ports) handedOut.add(p);
+  for (let i = 0; i < count; i++) ports.push(await freePort(HOST));
   return ports;
 }
 
