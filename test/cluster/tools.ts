@@ -23,6 +23,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath, pathToFileURL } from 'node:url';
 import { CACHE_DIR, ensureEtcdTools } from '../../bench/etcd.ts';
+import { alive } from '../../node-agent/src/util/process.ts';
 
 const HERE = path.dirname(fileURLToPath(import.meta.url));
 export const CLUSTER_CACHE_DIR = path.join(CACHE_DIR, 'cluster');
@@ -223,14 +224,6 @@ async function ensureGoTool(go: string, spec: GoToolSpec, log: Log): Promise<{ b
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
-function alive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch (e) {
-    return (e as NodeJS.ErrnoException).code === 'EPERM';
-  }
-}
 
 async function withLock<T>(log: Log, fn: () => Promise<T>): Promise<T> {
   fs.mkdirSync(CLUSTER_CACHE_DIR, { recursive: true });

@@ -8,6 +8,7 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { alive } from '../../node-agent/src/util/process.ts';
 
 const ROOT = fileURLToPath(new URL('../../', import.meta.url));
 const BIN = path.join(ROOT, 'bin', 'derecho.js');
@@ -35,14 +36,6 @@ function tempDir(name: string): string {
   return fs.mkdtempSync(path.join(os.tmpdir(), `derecho-cli-${name}-`));
 }
 
-function alive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch (e) {
-    return (e as NodeJS.ErrnoException).code === 'EPERM';
-  }
-}
 
 test('--help exits 0 and lists the commands', async (t) => {
   const run = await derecho(['--help']);

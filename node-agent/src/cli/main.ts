@@ -20,10 +20,11 @@ import { loadGroupManifest } from '../config/load.ts';
 import { DEFAULT_BASE_PORT, HTTP_PORT_OFFSET, RunnerError, Supervisor, checkNotRunning, checkRunnable, makeStateDir } from './runner.ts';
 import type { SupervisorEvent } from './runner.ts';
 import {
-  CLI_BIN, DEFAULT_MANIFEST, MARKER_FILE, PACKAGE_ROOT, STATE_ROOT, alive, findStateDirs, logTail, ours, readState, removeState,
+  CLI_BIN, DEFAULT_MANIFEST, MARKER_FILE, PACKAGE_ROOT, STATE_ROOT, findStateDirs, logTail, ours, readState, removeState,
   shown, signal, sleep, waitGone,
 } from './state.ts';
 import type { RunState } from './state.ts';
+import { alive } from '../util/process.ts';
 import { httpUrl, isReady, renderTable, renderTitle, sampleGroup } from './table.ts';
 import type { GroupSample } from './table.ts';
 

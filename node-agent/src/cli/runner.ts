@@ -19,9 +19,10 @@ import { loadGroupManifest } from '../config/load.ts';
 import type { DerechoGroupSpec } from '../config/schema.ts';
 import { BUILTIN_TYPES } from '../objects/kv.ts';
 import {
-  AGENT_MAIN, MARKER_FILE, alive, logTail, ours, readState, removeState, shown, signal, tsxImport, waitGone, writeState,
+  AGENT_MAIN, MARKER_FILE, logTail, ours, readState, removeState, shown, signal, tsxImport, waitGone, writeState,
 } from './state.ts';
 import type { MemberRecord, RunState } from './state.ts';
+import { alive } from '../util/process.ts';
 
 export const HOST = '127.0.0.1';
 export const DEFAULT_BASE_PORT = 7100;

@@ -14,6 +14,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath, pathToFileURL } from 'node:url';
 import { createRequire } from 'node:module';
+import { alive } from '../util/process.ts';
 
 export const STATE_FILE = 'state.json';
 export const MARKER_FILE = '.derecho-state';
@@ -98,17 +99,6 @@ export function writeState(state: RunState): void {
 
 export function removeState(dir: string): void {
   fs.rmSync(stateFile(dir), { force: true });
-}
-
-/** Whether a process with this pid exists (signal 0). */
-export function alive(pid: number | null | undefined): boolean {
-  if (pid === null || pid === undefined || !Number.isInteger(pid) || pid <= 0) return false;
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch (e) {
-    return (e as NodeJS.ErrnoException).code === 'EPERM';
-  }
 }
 
 /**

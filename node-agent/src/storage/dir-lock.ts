@@ -4,18 +4,15 @@
 
 import fs from 'node:fs';
 import path from 'node:path';
+import { alive } from '../util/process.ts';
 
 export class DirLockError extends Error {
   override name = 'DirLockError';
 }
 
-function alive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-  } catch (e) {
-    return (e as NodeJS.ErrnoException).code === 'EPERM';
-  }
-  // A reused pid of an unrelated program does not hold the lock.
+/** Whether the lock's owner still runs: alive, and a node process (a reused pid of another program does not hold it). */
+function ownerAlive(pid: number): boolean {
+  if (!alive(pid)) return false;
   try {
     return fs.readFileSync(`/proc/${pid}/cmdline`, 'utf8').includes('node');
   } catch {
@@ -47,7 +44,7 @@ export class DirLock {
       } catch {
         // vanished meanwhile: retry
       }
-      if (Number.isInteger(pid) && pid > 0 && pid !== process.pid && alive(pid)) {
+      if (Number.isInteger(pid) && pid > 0 && pid !== process.pid && ownerAlive(pid)) {
         throw new DirLockError(`data directory ${dir} is in use by process ${pid} (another agent); give each agent its own dataDir`);
       }
       try {

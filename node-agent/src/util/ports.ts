@@ -4,6 +4,7 @@ import fs from 'node:fs';
 import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
+import { alive } from './process.ts';
 
 /** Whether `port` can be bound on `host` right now (bound and released at once). */
 export function portFree(port: number, host = '127.0.0.1'): Promise<boolean> {
@@ -70,14 +71,6 @@ function reserve(port: number): boolean {
   return false;
 }
 
-function alive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch (e) {
-    return (e as NodeJS.ErrnoException).code === 'EPERM';
-  }
-}
 
 /** Ports this process handed out already (two calls never return the same port). */
 const handedOut = new Set<number>();
