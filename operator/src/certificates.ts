@@ -62,11 +62,11 @@ export function renewalDue(notBefore: Date, notAfter: Date, now: Date): boolean 
   return notAfter.getTime() - now.getTime() < lifetimeMs / 3;
 }
 
-function parsed(certPem: string | null, keyPem: string | null): (KeyAndCertificate & { notBefore: Date; notAfter: Date }) | null {
+function parsed(certPem: string | null, keyPem: string | null): (KeyAndCertificate & { notBefore: Date; notAfter: Date; commonName: string | null }) | null {
   if (certPem === null || keyPem === null) return null;
   try {
     const facts = certificateFacts(certPem);
-    return { certPem, keyPem, notBefore: facts.notBefore, notAfter: facts.notAfter };
+    return { certPem, keyPem, notBefore: facts.notBefore, notAfter: facts.notAfter, commonName: facts.commonName };
   } catch {
     return null; // unreadable: issued again
   }
@@ -102,7 +102,7 @@ export function planCertificates(args: {
   if (current === null || renewalDue(current.notBefore, current.notAfter, now)) {
     const replaced = current;
     const { notBefore, notAfter } = validity(times.authorityValiditySeconds);
-    current = { ...needIssuer().authority(`${args.group}-ca`, notBefore, notAfter), notBefore, notAfter };
+    current = { ...needIssuer().authority(`${args.group}-ca`, notBefore, notAfter), notBefore, notAfter, commonName: `${args.group}-ca` };
     previous = replaced;
     issued.push(replaced === null
       ? `issued the group's certificate authority (valid until ${iso(notAfter)})`
@@ -125,7 +125,7 @@ export function planCertificates(args: {
     // (Each check parses certificates: the signature check against the current authority is made once.)
     const byCurrent = leaf !== null && issuedBy(leaf.certPem, current.certPem, now);
     const why = leaf === null ? 'none yet'
-      : certificateFacts(leaf.certPem).commonName !== commonName ? 'it names another member'
+      : leaf.commonName !== commonName ? 'it names another member'
         : !byCurrent && !(previous !== null && issuedBy(leaf.certPem, previous.certPem, now)) ? 'the group\'s authority did not sign it'
           : renewalDue(leaf.notBefore, leaf.notAfter, now) ? 'it expires soon'
             : signer === current && !byCurrent ? 'the new authority signs from now on' : null;
@@ -133,7 +133,7 @@ export function planCertificates(args: {
       const wanted = validity(times.certificateValiditySeconds);
       const notBefore = new Date(Math.max(wanted.notBefore.getTime(), signer.notBefore.getTime()));
       const notAfter = new Date(Math.min(wanted.notAfter.getTime(), signer.notAfter.getTime()));
-      leaf = { ...needIssuer().leaf(signer, { commonName, dnsNames: member.dnsNames }, notBefore, notAfter), notBefore, notAfter };
+      leaf = { ...needIssuer().leaf(signer, { commonName, dnsNames: member.dnsNames }, notBefore, notAfter), notBefore, notAfter, commonName };
       issued.push(`issued node ${member.nodeId}'s certificate (${why}; valid until ${iso(notAfter)})`);
     }
     if (earliest === null || leaf!.notAfter < earliest) earliest = leaf!.notAfter;
