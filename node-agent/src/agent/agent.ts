@@ -17,6 +17,7 @@ import type { Verbs } from '../transport/rdma/verbs.ts';
 import { createAgentTransport } from '../transport/select.ts';
 import type { TransportChoice } from '../transport/select.ts';
 import type { TcpTransportOptions, TlsOptions } from '../transport/tcp-transport.ts';
+import { ApiCredentials } from './api-credentials.ts';
 import { BenchProbe } from './bench.ts';
 import { Driver, RequestError } from './driver.ts';
 import { createHttpServer, listenHttp } from './http.ts';
@@ -128,6 +129,8 @@ export class Agent {
   /** tls.mode "mutual": the credentials in force and their reloads (else null). */
   private tls: TlsState | null = null;
   private tlsReloadTimer: ReturnType<typeof setInterval> | null = null;
+  /** Agent config `api`: the HTTP API's TLS certificate and bearer tokens (null: plain HTTP, no token). */
+  private apiCredentials: ApiCredentials | null = null;
   private exitReasonText: string | null = null;
   /** The newest connection refused at authentication (either side), for /status: why peers cannot talk. */
   private lastHandshakeFailure: { peer: NodeId | null; remote: string; message: string; atMs: number } | null = null;
@@ -174,6 +177,7 @@ export class Agent {
   private async open(): Promise<void> {
     const { config } = this;
     const spec = config.group.spec;
+    if (config.api.tlsCertFile !== undefined || config.api.tokenFile !== undefined) this.apiCredentials = new ApiCredentials(config.api);
     const tOpts: TcpTransportOptions = {
       nodeId: config.nodeId,
       limits: { payloadBytesMax: spec.wireLimits.payloadBytesMax, frameBytesMax: spec.wireLimits.frameBytesMax, membersMax: spec.wireLimits.membersMax, shardsMax: spec.wireLimits.shardsMax },
@@ -211,11 +215,14 @@ export class Agent {
         }
       }
     });
-    if (this.tls) {
+    if (this.tls || this.apiCredentials) {
       // Kubernetes updates a Secret volume in place (an atomic swap of its ..data directory) when the
-      // certificate is renewed or the CA rotated: re-reading the files puts the new credentials in use
-      // without a restart, before the old certificate expires.
-      this.tlsReloadTimer = setInterval(() => this.reloadTls(), tlsReloadMs(this.options.tlsReloadMs));
+      // certificate is renewed, the CA rotated or a token rotated: re-reading the files puts the new
+      // credentials in use without a restart, before the old certificate expires.
+      this.tlsReloadTimer = setInterval(() => {
+        this.reloadTls();
+        if (!this.closed) this.apiCredentials?.reload((message, fields) => (fields.error !== undefined ? this.log.error(message, fields) : this.log.info(message, fields)));
+      }, tlsReloadMs(this.options.tlsReloadMs));
       this.tlsReloadTimer.unref();
     }
     const bound = await this.transport.listen(config.listen.host, config.listen.peerPort);
@@ -244,7 +251,7 @@ export class Agent {
     tick.unref();
     this.metrics.setCollector(() => this.collect());
 
-    this.server = createHttpServer(this);
+    this.server = createHttpServer(this, this.apiCredentials);
     const httpBound = await listenHttp(this.server, config.listen.host, config.listen.httpPort);
     this.httpAddress = { host: httpBound.address, port: httpBound.port };
     this.startDriverWithFounders();
@@ -467,6 +474,7 @@ export class Agent {
         } : {}),
       },
       storage: { dataDir: this.config.dataDir, fsync: this.config.group.spec.fsync, journalBytes: st.journalBytes, liveLogRecords: st.liveLogRecords },
+      api: this.apiCredentials?.status() ?? { tls: false, tokenRequired: false, tokens: 0, reloads: 0, lastReloadError: null, refused: 0 },
     };
   }
 

@@ -16,8 +16,11 @@
 //   POST   /v1/subgroups/{sg}/shards/{i}/query/{method}     body: JSON array of arguments
 //   POST   /v1/bench/reset, POST /v1/bench/send, GET /v1/bench/stats[?latency=0]   load generator (config benchApi only)
 // Errors are JSON {error, status}; 503 means "not now" (no view, restarting, wedged) and is worth a retry.
+// With agent config `api` (ApiCredentials): served over TLS, and every route but GET /status, /metrics,
+// /healthz and /readyz needs `Authorization: Bearer <token>` (401 without).
 
 import http from 'node:http';
+import https from 'node:https';
 import type { AddressInfo } from 'node:net';
 import { shardForKey } from '../objects/kv.ts';
 import type { Json, MethodOutcome } from '../objects/replicated.ts';
@@ -26,6 +29,7 @@ import { RequestError } from './driver.ts';
 import type { Consistency, InvokeResult, WaitFor } from './driver.ts';
 import type { Agent } from './agent.ts';
 import { benchReads } from './bench.ts';
+import type { ApiCredentials } from './api-credentials.ts';
 
 class HttpError extends Error {
   constructor(readonly status: number, message: string) {
@@ -82,15 +86,25 @@ function invokeJson(r: InvokeResult): Json {
   };
 }
 
-export function createHttpServer(agent: Agent): http.Server {
-  const server = http.createServer((req, res) => {
+export function createHttpServer(agent: Agent, credentials: ApiCredentials | null = null): http.Server {
+  const handler = (req: http.IncomingMessage, res: http.ServerResponse): void => {
+    const refusal = credentials?.refusal(req.method ?? 'GET', new URL(req.url ?? '/', 'http://agent').pathname, req.headers.authorization) ?? null;
+    if (refusal !== null) {
+      res.setHeader('www-authenticate', 'Bearer realm="derecho"');
+      send(res, 401, { error: refusal, status: 401 });
+      return;
+    }
     handle(agent, req, res).catch((e: unknown) => {
       const status = e instanceof HttpError || e instanceof RequestError ? e.status : 500;
       if (status === 500) agent.log.error('HTTP handler failure', { error: e instanceof Error ? e.stack : String(e) });
       if (!res.headersSent) send(res, status, { error: e instanceof Error ? e.message : String(e), status });
       else res.end();
     });
-  });
+  };
+  const tlsOptions = credentials?.tlsOptions() ?? null;
+  // An https.Server is an http.Server to everything here (listen, close, address, timeouts).
+  const server = tlsOptions === null ? http.createServer(handler) : (https.createServer({ ...tlsOptions }, handler) as unknown as http.Server);
+  credentials?.attach(server);
   server.keepAliveTimeout = 30_000;
   server.headersTimeout = 10_000;
   server.requestTimeout = 60_000;

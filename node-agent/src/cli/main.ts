@@ -113,9 +113,18 @@ const COMMANDS: CommandSpec[] = [
       { long: 'version', value: 'V.S', help: 'get: the value as of version V.S (e.g. 0.3)' },
       { long: 'consistency', value: 'MODE', help: 'get, ls: linearizable (default) or local' },
       { long: 'json', help: 'print the agent\'s JSON answer' },
+      { long: 'endpoint', value: 'URL', help: 'a group not started here: its members\' API, http(s)://host:port[,...] (or $DERECHO_ENDPOINT)' },
+      { long: 'token', value: 'TOKEN', help: 'with --endpoint: the bearer token (the `token` key of the group\'s client Secret; or $DERECHO_TOKEN)' },
+      { long: 'token-file', value: 'FILE', help: 'with --endpoint: a file holding the token' },
+      { long: 'ca-file', value: 'FILE', help: 'with --endpoint: the CA to verify the members with (the `ca.crt` key of the client Secret)' },
+      { long: 'server-name', value: 'NAME', help: 'with --endpoint: the name to verify the member\'s certificate by (default: the endpoint\'s host)' },
       STATE_DIR, GROUP, FILE_PICK, HELP,
     ],
-    examples: ['derecho kv put greeting hello', 'derecho kv get greeting', 'derecho kv ls', 'derecho kv del greeting'],
+    examples: [
+      'derecho kv put greeting hello', 'derecho kv get greeting', 'derecho kv ls', 'derecho kv del greeting',
+      'kubectl port-forward pod/kv-demo-1 8080 &   # then, with the group\'s client Secret:',
+      'derecho kv get greeting --endpoint https://localhost:8080 --token-file token --ca-file ca.crt',
+    ],
   },
   {
     name: 'down',
@@ -640,6 +649,46 @@ function versionText(version: Version): string {
   return `${version.viewId}.${version.seq}`;
 }
 
+/**
+ * --endpoint (a group not started by `derecho up`: in a cluster, through `kubectl port-forward` or a
+ * Service) with its credentials: --token / --token-file / $DERECHO_TOKEN, --ca-file, --server-name.
+ * null without --endpoint (the local group's state directory says where its members are).
+ */
+function remoteOptions(parsed: Parsed, command: CommandSpec): { endpoints: string[]; token?: string; ca?: Buffer; servername?: string } | null {
+  const endpoint = stringOption(parsed, 'endpoint') ?? process.env.DERECHO_ENDPOINT;
+  const tokenOption = stringOption(parsed, 'token');
+  const tokenFile = stringOption(parsed, 'token-file');
+  const caFile = stringOption(parsed, 'ca-file');
+  const servername = stringOption(parsed, 'server-name');
+  if (endpoint === undefined) {
+    for (const name of ['token', 'token-file', 'ca-file', 'server-name']) {
+      if (parsed.options.has(name)) throw new UsageError(`--${name} goes with --endpoint (a group reached over the network)`, command);
+    }
+    return null;
+  }
+  const endpoints = endpoint.split(',').map((e) => e.trim().replace(/\/+$/, '')).filter((e) => e !== '');
+  for (const e of endpoints) {
+    if (!/^https?:\/\/[^/\s]+$/.test(e)) throw new UsageError(`--endpoint ${JSON.stringify(e)} is not http(s)://host:port`, command);
+  }
+  if (endpoints.length === 0) throw new UsageError('--endpoint needs at least one http(s)://host:port', command);
+  if (tokenOption !== undefined && tokenFile !== undefined) throw new UsageError('give --token or --token-file, not both', command);
+  const read = (file: string, option: string): Buffer => {
+    try {
+      return fs.readFileSync(file);
+    } catch (e) {
+      throw new UsageError(`--${option} ${JSON.stringify(file)} cannot be read: ${e instanceof Error ? e.message : String(e)}`, command);
+    }
+  };
+  // A token file may hold two tokens (a rotation): the first is used.
+  const token = tokenOption ?? (tokenFile !== undefined ? read(tokenFile, 'token-file').toString('utf8').split(/\r?\n/).map((l) => l.trim()).find((l) => l !== '' && !l.startsWith('#')) : undefined) ?? process.env.DERECHO_TOKEN;
+  return {
+    endpoints,
+    ...(token !== undefined && token !== '' ? { token } : {}),
+    ...(caFile !== undefined ? { ca: read(caFile, 'ca-file') } : {}),
+    ...(servername !== undefined ? { servername } : {}),
+  };
+}
+
 function readStdin(): Promise<string> {
   return new Promise((resolve, reject) => {
     const chunks: Buffer[] = [];
@@ -675,19 +724,32 @@ async function cmdKv(parsed: Parsed, command: CommandSpec): Promise<number> {
   }
   const readOptions = consistencyOption === undefined ? undefined : { consistency: consistencyOption as 'linearizable' | 'local' };
 
-  const state = oneGroup(parsed, command);
-  const kvSubgroups = state.subgroups.filter((subgroup) => subgroup.type === 'kv');
+  const remote = remoteOptions(parsed, command);
+  let client: DerechoClient;
+  let group: string;
+  let subgroups: { name: string; type: string }[];
+  if (remote !== null) {
+    // A group elsewhere (in a cluster, through a port-forward or a Service): its subgroups from its API.
+    client = new DerechoClient({ ...remote, timeoutMs: 15_000, rounds: 3, retryPauseMs: 300 });
+    group = remote.endpoints.join(', ');
+    subgroups = ((await client.request('GET', '/v1/subgroups')).body as { subgroups: { name: string; type: string }[] }).subgroups;
+  } else {
+    const state = oneGroup(parsed, command);
+    client = new DerechoClient({ endpoints: state.members.map((member) => httpUrl(member)), timeoutMs: 15_000, rounds: 3, retryPauseMs: 300 });
+    group = state.group;
+    subgroups = state.subgroups;
+  }
+  const kvSubgroups = subgroups.filter((subgroup) => subgroup.type === 'kv');
   const asked = stringOption(parsed, 'subgroup');
   const subgroup = asked ?? kvSubgroups[0]?.name;
-  if (subgroup === undefined) throw new RunnerError(`group ${state.group} has no subgroup of type kv (subgroups: ${state.subgroups.map((s) => `${s.name} (${s.type})`).join(', ')})`, 2);
+  if (subgroup === undefined) throw new RunnerError(`group ${group} has no subgroup of type kv (subgroups: ${subgroups.map((s) => `${s.name} (${s.type})`).join(', ')})`, 2);
   if (!kvSubgroups.some((s) => s.name === subgroup)) {
-    const known = state.subgroups.find((s) => s.name === subgroup);
+    const known = subgroups.find((s) => s.name === subgroup);
     throw new RunnerError(
-      `--subgroup ${JSON.stringify(subgroup)}: ${known ? `is of type ${known.type}, not kv` : `no such subgroup in ${state.group}`} (kv subgroups: ${kvSubgroups.map((s) => s.name).join(', ') || 'none'})`,
+      `--subgroup ${JSON.stringify(subgroup)}: ${known ? `is of type ${known.type}, not kv` : `no such subgroup in ${group}`} (kv subgroups: ${kvSubgroups.map((s) => s.name).join(', ') || 'none'})`,
       2,
     );
   }
-  const client = new DerechoClient({ endpoints: state.members.map((member) => httpUrl(member)), timeoutMs: 15_000, rounds: 3, retryPauseMs: 300 });
   const kv = client.kv(subgroup);
   const json = parsed.options.has('json');
   const key = args[0]!;

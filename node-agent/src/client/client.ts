@@ -9,6 +9,17 @@
 //   const old = await kv.get('user/1', version);     // as of a version
 //   await kv.del('user/1');
 //   const items = await kv.list('user/');
+//
+// A group run by the operator serves the API over TLS and asks for a bearer token (docs/operations.md,
+// "Client API"): both are in the group's client Secret (<group>-client: token, ca.crt).
+//
+//   new DerechoClient({ endpoints: ['https://kv-demo-client.apps.svc:8080'], token, ca });
+//   // through `kubectl port-forward pod/kv-demo-1 8080`: the member's name to verify its certificate by
+//   new DerechoClient({ endpoints: ['https://localhost:8080'], token, ca });
+
+import http from 'node:http';
+import https from 'node:https';
+import { httpRequest } from '../util/http-request.ts';
 
 export interface Version {
   viewId: number;
@@ -68,6 +79,12 @@ export interface ClientOptions {
   /** Rounds over all endpoints before giving up on 503/unreachable (with a short pause between rounds). */
   rounds?: number;
   retryPauseMs?: number;
+  /** Bearer token of the client API (the `token` key of the group's client Secret). */
+  token?: string;
+  /** PEM of the CA the members' certificates are verified with (`ca.crt` of the client Secret); for https endpoints. */
+  ca?: string | Buffer;
+  /** The name the members' certificates are verified by (default: the endpoint's host). */
+  servername?: string;
 }
 
 export class DerechoClient {
@@ -76,10 +93,21 @@ export class DerechoClient {
   private readonly timeoutMs: number;
   private readonly rounds: number;
   private readonly retryPauseMs: number;
+  private readonly token: string | undefined;
+  private readonly ca: string | Buffer | undefined;
+  private readonly servername: string | undefined;
+  private readonly agents = { http: new http.Agent({ keepAlive: true }), https: new https.Agent({ keepAlive: true }) };
 
   constructor(options: ClientOptions) {
     if (options.endpoints.length === 0) throw new Error('DerechoClient needs at least one endpoint');
     this.endpoints = options.endpoints.map((e) => e.replace(/\/+$/, ''));
+    for (const endpoint of this.endpoints) {
+      if (!/^https?:\/\/[^/]+$/.test(endpoint)) throw new Error(`DerechoClient: endpoint ${JSON.stringify(endpoint)} is not http(s)://host:port`);
+    }
+    if (options.token !== undefined && /\s/.test(options.token.trim())) throw new Error('DerechoClient: the token holds white space (one token, not the whole file)');
+    this.token = options.token?.trim();
+    this.ca = options.ca;
+    this.servername = options.servername;
     this.timeoutMs = options.timeoutMs ?? 30_000;
     this.rounds = options.rounds ?? 3;
     this.retryPauseMs = options.retryPauseMs ?? 200;
@@ -120,6 +148,11 @@ export class DerechoClient {
           last = err;
         } catch (e) {
           if (e instanceof DerechoError && e.status !== 503) throw e;
+          const code = (e as { code?: unknown }).code;
+          if (typeof code === 'string' && /CERT|SELF_SIGNED|UNABLE_TO_VERIFY|ALTNAME/.test(code)) {
+            // Another member would present a certificate of the same authority: no point in trying it.
+            throw new DerechoError(`${endpoint}: the server's certificate is not trusted (${code}: ${e instanceof Error ? e.message : String(e)}); pass the group's CA (ca.crt of its client Secret) and, through a port-forward, servername`, 0, endpoint);
+          }
           last = e instanceof DerechoError ? e : new DerechoError(`${endpoint} unreachable: ${e instanceof Error ? e.message : String(e)}`, 503, endpoint);
         }
         this.next++;
@@ -129,13 +162,24 @@ export class DerechoClient {
     throw last ?? new DerechoError('no endpoint answered', 503, '');
   }
 
+  /** Closes the kept-alive connections (the process can then exit at once). */
+  close(): void {
+    this.agents.http.destroy();
+    this.agents.https.destroy();
+  }
+
   private async once(endpoint: string, method: string, path: string, body?: string): Promise<{ status: number; body: unknown }> {
-    const res = await fetch(endpoint + path, {
+    const res = await httpRequest({
+      url: endpoint + path,
       method,
+      headers: this.token !== undefined ? { authorization: `Bearer ${this.token}` } : {},
       ...(body !== undefined ? { body } : {}),
-      signal: AbortSignal.timeout(this.timeoutMs),
+      ...(this.ca !== undefined ? { ca: this.ca } : {}),
+      ...(this.servername !== undefined ? { servername: this.servername } : {}),
+      timeoutMs: this.timeoutMs,
+      agent: endpoint.startsWith('https:') ? this.agents.https : this.agents.http,
     });
-    const text = await res.text();
+    const text = res.body.toString('utf8');
     let parsed: unknown = text;
     try {
       parsed = JSON.parse(text);

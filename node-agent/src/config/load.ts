@@ -8,7 +8,7 @@ import YAML, { LineCounter, isMap, isPair, isScalar, isSeq } from 'yaml';
 import type { z } from 'zod';
 import { ConfigError, formatIssues, knownKeysAt, renderValue } from './errors.ts';
 import type { SourcePosition } from './errors.ts';
-import { API_VERSION, AgentAuth, AgentConfig, DerechoGroupSpec, KIND, ListenSpec } from './schema.ts';
+import { API_VERSION, AgentApi, AgentAuth, AgentConfig, DerechoGroupSpec, KIND, ListenSpec } from './schema.ts';
 import type { DerechoGroupSpec as DerechoGroupSpecType, AgentConfig as AgentConfigType } from './schema.ts';
 
 // ---------------------------------------------------------------------------------------------------
@@ -136,6 +136,9 @@ export const AGENT_ENV: readonly EnvSetting[] = [
   { name: 'DERECHO_TLS_CERT_FILE', path: ['auth', 'tlsCertFile'], kind: 'string', schema: AgentAuth.shape.tlsCertFile },
   { name: 'DERECHO_TLS_KEY_FILE', path: ['auth', 'tlsKeyFile'], kind: 'string', schema: AgentAuth.shape.tlsKeyFile },
   { name: 'DERECHO_TLS_CA_FILE', path: ['auth', 'tlsCaFile'], kind: 'string', schema: AgentAuth.shape.tlsCaFile },
+  { name: 'DERECHO_API_TLS_CERT_FILE', path: ['api', 'tlsCertFile'], kind: 'string', schema: AgentApi.shape.tlsCertFile },
+  { name: 'DERECHO_API_TLS_KEY_FILE', path: ['api', 'tlsKeyFile'], kind: 'string', schema: AgentApi.shape.tlsKeyFile },
+  { name: 'DERECHO_API_TOKEN_FILE', path: ['api', 'tokenFile'], kind: 'string', schema: AgentApi.shape.tokenFile },
   { name: 'DERECHO_LOG_LEVEL', path: ['logLevel'], kind: 'string', schema: AgentConfig.shape.logLevel },
   { name: 'DERECHO_BENCH_API', path: ['benchApi'], kind: 'bool', schema: AgentConfig.shape.benchApi },
 ];

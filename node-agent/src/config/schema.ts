@@ -707,6 +707,23 @@ export const AgentAuth = object(
 });
 export type AgentAuth = z.output<typeof AgentAuth>;
 
+/** The client API's protection (the HTTP port): TLS with this member's certificate, bearer tokens. */
+export const AgentApi = object(
+  {
+    tlsCertFile: text(/^\S/, 'a file path', 4096).optional().describe('PEM certificate the HTTP API serves TLS with (with tlsKeyFile). Omitted: plain HTTP.'),
+    tlsKeyFile: text(/^\S/, 'a file path', 4096).optional().describe('PEM private key of tlsCertFile.'),
+    tokenFile: text(/^\S/, 'a file path', 4096)
+      .optional()
+      .describe('File of the bearer tokens the client API accepts, one per line (two during a rotation; blank lines and lines starting with # are skipped). Requests under /v1/ without one get 401; /healthz, /readyz, /metrics and /status stay open. Omitted: no token asked.'),
+  },
+  'an object with tlsCertFile, tlsKeyFile and tokenFile',
+).superRefine((api, ctx) => {
+  if ((api.tlsCertFile === undefined) !== (api.tlsKeyFile === undefined)) {
+    ctx.addIssue({ code: 'custom', path: [api.tlsCertFile === undefined ? 'tlsCertFile' : 'tlsKeyFile'], message: 'is required with the other (tlsCertFile and tlsKeyFile go together)' });
+  }
+});
+export type AgentApi = z.output<typeof AgentApi>;
+
 export const ListenSpec = object(
   {
     host: text(HOST, 'a host name or IP address (IPv6 in brackets)').default('0.0.0.0').describe('Address the agent listens on.'),
@@ -742,6 +759,7 @@ export const AgentConfig = object(
       .default({})
       .describe('Addresses of the members, by node id: { "1": "10.0.0.1:7000", ... }. Empty: discovered by the operator.'),
     auth: AgentAuth.default({}).describe('Files with the credentials this member authenticates with; they must match the group\'s spec.tls.mode.'),
+    api: AgentApi.default({}).describe('How the HTTP API is protected: TLS and bearer tokens (files re-read every 10 s, so renewed certificates and rotated tokens apply without a restart).'),
     logLevel: oneOf(['debug', 'info', 'warn', 'error']).default('info').describe('Least severe log level written.'),
     benchApi: flag()
       .default(false)
