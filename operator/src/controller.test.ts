@@ -1,14 +1,15 @@
 // The controller's machinery without a cluster: the work queue, and the informer's watch handling against
 // a fake API server (list, watch from the list's resourceVersion, a silent watch dropped and resumed, 410
-// Gone -> relist, an HTTP error -> restart after a backoff). The controller end to end against a real
-// kube-apiserver is test/cluster/operator.test.ts.
+// Gone -> relist, an HTTP error -> restart after a backoff); a list of namespaces watched one by one, with
+// no request about any other namespace. The controller end to end against a real kube-apiserver is
+// test/cluster/operator.test.ts (and, under the Helm chart's RBAC, test/cluster/helm.test.ts).
 
 import http from 'node:http';
 import type { AddressInfo } from 'node:net';
 import test from 'ava';
 import { KubeConfig } from '@kubernetes/client-node';
 import { silentLogger } from '../../node-agent/src/agent/logger.ts';
-import { ResourceInformer, WorkQueue, defaultStatusUrl, resourcePath } from './controller.ts';
+import { Controller, OWNED_TYPES, ResourceInformer, ScopedInformer, WorkQueue, defaultStatusUrl, resourcePath } from './controller.ts';
 import type { InformerEvent } from './controller.ts';
 import type { KubeObject, ObservedPod } from './kube.ts';
 
@@ -193,4 +194,119 @@ test('informer: lists, watches from the list\'s resourceVersion, resumes a silen
   const after = watches.length;
   await sleep(1500);
   t.is(watches.length, after, 'no watch after stop()');
+});
+
+// ---------------------------------------------------------------------------------------------------
+// A list of namespaces: one list and one watch per namespace and resource type, nothing else.
+
+/** A fake API server answering every list with `items(path)` (or `refuse(path)`'s status) and holding every watch open, silent. */
+async function recordingServer(t: import('ava').ExecutionContext, opts: { items?: (path: string) => KubeObject[]; refuse?: (path: string) => number | null } = {}) {
+  const requests: { method: string; path: string; watch: boolean }[] = [];
+  const server = http.createServer((req, res) => {
+    const url = new URL(req.url ?? '/', 'http://x');
+    const watch = url.searchParams.get('watch') === 'true';
+    requests.push({ method: req.method ?? '', path: url.pathname, watch });
+    const refused = opts.refuse?.(url.pathname) ?? null;
+    if (refused !== null) {
+      res.writeHead(refused, { 'content-type': 'application/json' }).end(JSON.stringify({ kind: 'Status', apiVersion: 'v1', status: 'Failure', code: refused, message: `${url.pathname} is forbidden` }));
+      return;
+    }
+    if (watch) {
+      res.writeHead(200, { 'content-type': 'application/json' });
+      return;
+    }
+    const items = (opts.items?.(url.pathname) ?? []).map(({ apiVersion: _a, kind: _k, ...rest }) => rest);
+    res.writeHead(200, { 'content-type': 'application/json' }).end(JSON.stringify({ kind: 'List', apiVersion: 'v1', metadata: { resourceVersion: '7' }, items }));
+  });
+  await new Promise<void>((r) => server.listen(0, '127.0.0.1', () => r()));
+  t.teardown(() => {
+    server.closeAllConnections();
+    server.close();
+  });
+  const kc = new KubeConfig();
+  kc.loadFromOptions({
+    clusters: [{ name: 'fake', server: `http://127.0.0.1:${(server.address() as AddressInfo).port}`, skipTLSVerify: true }],
+    users: [{ name: 'u', token: 'secret-token' }],
+    contexts: [{ name: 'c', cluster: 'fake', user: 'u' }],
+    currentContext: 'c',
+  });
+  return { kc, requests };
+}
+
+async function until(cond: () => boolean, ms = 10_000): Promise<void> {
+  const deadline = Date.now() + ms;
+  while (!cond() && Date.now() < deadline) await sleep(20);
+}
+
+const inNamespace = (ns: string, name: string, rv = '5'): KubeObject =>
+  ({ apiVersion: 'v1', kind: 'ConfigMap', metadata: { name, namespace: ns, resourceVersion: rv, uid: `uid-${ns}-${name}`, labels: { app: 'x' } } });
+
+test('scoped informer: a list and a watch per namespace, one cache over them, objects looked up in their namespace\'s', async (t) => {
+  t.timeout(30_000);
+  const { kc, requests } = await recordingServer(t, {
+    items: (path) => (path === '/api/v1/namespaces/a/configmaps' ? [inNamespace('a', 'one')] : path === '/api/v1/namespaces/b/configmaps' ? [inNamespace('b', 'one', '6'), inNamespace('b', 'two', '6')] : []),
+  });
+  const events: string[] = [];
+  const informer = new ScopedInformer(kc, { apiVersion: 'v1', kind: 'ConfigMap', plural: 'configmaps' }, {
+    namespaces: ['a', 'b', 'a'], labelSelector: 'app', log: silentLogger, watchTimeoutSeconds: [60, 60],
+    onEvent: (event: InformerEvent, object) => events.push(`${event} ${object.metadata.namespace ?? ''}/${object.metadata.name}`),
+  });
+  t.teardown(() => informer.stop());
+  t.deepEqual(informer.namespaces, ['a', 'b']);
+  await informer.start();
+  t.true(informer.synced);
+  t.deepEqual(informer.unsynced(), []);
+  await until(() => requests.filter((r) => r.watch).length >= 2);
+  t.deepEqual(requests.map((r) => `${r.method} ${r.path}${r.watch ? ' watch' : ''}`).sort(), [
+    'GET /api/v1/namespaces/a/configmaps', 'GET /api/v1/namespaces/a/configmaps watch',
+    'GET /api/v1/namespaces/b/configmaps', 'GET /api/v1/namespaces/b/configmaps watch',
+  ], 'one list and one watch per namespace, none cluster-wide');
+  t.deepEqual(events.sort(), ['add a/one', 'add b/one', 'add b/two']);
+  t.deepEqual(informer.list().map((o) => `${o.metadata.namespace ?? ''}/${o.metadata.name}`).sort(), ['a/one', 'b/one', 'b/two']);
+  t.deepEqual(informer.list('b').map((o) => o.metadata.name).sort(), ['one', 'two']);
+  t.deepEqual(informer.list('c'), [], 'a namespace not watched has nothing');
+  t.is(informer.get('one', 'a')?.metadata.uid, 'uid-a-one');
+  t.is(informer.get('one', 'b')?.metadata.uid, 'uid-b-one');
+  t.is(informer.get('one', 'c'), undefined);
+  t.is(informer.latestResourceVersion('a'), '7');
+  t.is(informer.latestResourceVersion('c'), undefined);
+  await informer.stop();
+
+  // Without a list: one informer over all namespaces.
+  requests.length = 0;
+  const all = new ScopedInformer(kc, { apiVersion: 'v1', kind: 'ConfigMap', plural: 'configmaps' }, { log: silentLogger, watchTimeoutSeconds: [60, 60], onEvent: () => {} });
+  t.teardown(() => all.stop());
+  t.is(all.namespaces, null);
+  await all.start();
+  await until(() => requests.some((r) => r.watch));
+  t.deepEqual(requests.map((r) => `${r.path}${r.watch ? ' watch' : ''}`).sort(), ['/api/v1/configmaps', '/api/v1/configmaps watch']);
+  await all.stop();
+});
+
+test('controller with namespaces a, b: every list and watch names one of them; one refused namespace keeps it unready and says which', async (t) => {
+  t.timeout(30_000);
+  const group = { apiVersion: 'derecho.dev/v1alpha1', kind: 'DerechoGroup', metadata: { name: 'g', namespace: 'a', uid: 'uid-g', resourceVersion: '3', generation: 1 } } as KubeObject;
+  const { kc, requests } = await recordingServer(t, {
+    items: (path) => (path === '/apis/derecho.dev/v1alpha1/namespaces/a/derechogroups' ? [group] : []),
+    refuse: (path) => (path === '/api/v1/namespaces/b/secrets' ? 403 : null),
+  });
+  const controller = new Controller({ kubeConfig: kc, namespaces: ['a', 'b'], log: silentLogger, watchTimeoutSeconds: [60, 60] });
+  t.teardown(() => controller.stop());
+  t.is(controller.scope(), 'a,b');
+  await controller.start();
+  const types = Object.values(OWNED_TYPES).length + 1;
+  await until(() => /secrets in b \(.*403/.test(controller.notReadyReason() ?? '') && requests.filter((r) => r.watch).length >= types * 2 - 1);
+  t.regex(controller.notReadyReason() ?? '', /^caches not synced: secrets in b \(.*HTTP 403.*forbidden.*\)$/, 'only the refused namespace\'s Secrets are pending, by name');
+  t.false(controller.synced());
+  const lists = requests.filter((r) => !r.watch);
+  t.true(lists.length >= types * 2);
+  const outside = requests.filter((r) => !/^\/(api\/v1|apis\/[^/]+\/[^/]+)\/namespaces\/(a|b)\/[a-z]+$/.test(r.path));
+  t.deepEqual(outside, [], 'no request outside namespaces a and b');
+  t.true(requests.every((r) => r.method === 'GET'), 'nothing written before it leads');
+  for (const ns of ['a', 'b']) {
+    for (const plural of ['derechogroups', ...Object.values(OWNED_TYPES).map((type) => type.plural)]) {
+      t.true(lists.some((r) => r.path.endsWith(`/namespaces/${ns}/${plural}`)), `${plural} listed in ${ns}`);
+    }
+  }
+  await controller.stop();
 });

@@ -16,7 +16,10 @@
 // list's resourceVersion; a 410 Gone relists (ListWatch); any other error restarts the informer after a
 // backoff (ListWatch stops on errors); the server closes each watch after a randomized timeoutSeconds and
 // a watch with no event or bookmark for longer than that is dropped on our side (watches can go silent).
-// Every group is also re-queued every resyncSeconds.
+// Every group is also re-queued every resyncSeconds. With a list of namespaces (--namespace a,b) each
+// resource type has one informer per namespace (ScopedInformer): no request names any other namespace,
+// or none at all, so a Role in each listed namespace is all the access the operator needs, and every
+// write goes into the namespace of the group it is for.
 //
 // Expectations: after writing, a group is not reconciled again until the caches show the writes (the
 // resourceVersions returned, deleted uids gone or terminating), so reconcile never acts twice on a stale
@@ -407,6 +410,71 @@ export class ResourceInformer<T extends KubeObject = KubeObject> {
   }
 }
 
+export type ResourceInformerOptions<T extends KubeObject> = ConstructorParameters<typeof ResourceInformer<T>>[2];
+
+/**
+ * A cache of one resource type over a list of namespaces: one ResourceInformer (one ListWatch, its own
+ * list and watch requests) per namespace, so that nothing outside them is ever listed or watched, and a
+ * Role in each is all the access it needs. With no list: one ResourceInformer over all namespaces.
+ */
+export class ScopedInformer<T extends KubeObject = KubeObject> {
+  /** By namespace; the key "" is the informer over all namespaces (when no list is given). */
+  private readonly parts = new Map<string, ResourceInformer<T>>();
+
+  constructor(kubeConfig: KubeConfig, readonly type: ResourceType, opts: Omit<ResourceInformerOptions<T>, 'namespace'> & { namespaces?: readonly string[] }) {
+    const { namespaces, ...rest } = opts;
+    const list = [...new Set(namespaces ?? [])];
+    if (list.some((ns) => ns === '')) throw new Error('an empty namespace name');
+    if (list.length === 0) this.parts.set('', new ResourceInformer<T>(kubeConfig, type, rest));
+    for (const namespace of list) this.parts.set(namespace, new ResourceInformer<T>(kubeConfig, type, { ...rest, namespace }));
+  }
+
+  /** The namespaces watched, or null for all namespaces. */
+  get namespaces(): string[] | null {
+    return this.parts.has('') ? null : [...this.parts.keys()];
+  }
+
+  /** The informer whose cache holds objects of `namespace` (undefined: a namespace not watched). */
+  private partFor(namespace: string | undefined): ResourceInformer<T> | undefined {
+    return this.parts.get('') ?? (namespace === undefined ? undefined : this.parts.get(namespace));
+  }
+
+  get synced(): boolean {
+    return [...this.parts.values()].every((part) => part.synced);
+  }
+
+  /** What has not listed yet: "pods", or "pods in a" per namespace, with the last error. */
+  unsynced(): string[] {
+    return [...this.parts].filter(([, part]) => !part.synced)
+      .map(([namespace, part]) => `${this.type.plural}${namespace === '' ? '' : ` in ${namespace}`}${part.lastError ? ` (${part.lastError})` : ''}`);
+  }
+
+  /** Starts every namespace's informer; one that cannot start does not hold the others back. */
+  async start(): Promise<void> {
+    const results = await Promise.allSettled([...this.parts.values()].map((part) => part.start()));
+    const failed = results.find((r): r is PromiseRejectedResult => r.status === 'rejected');
+    if (failed !== undefined) throw failed.reason;
+  }
+
+  async stop(): Promise<void> {
+    await Promise.all([...this.parts.values()].map((part) => part.stop()));
+  }
+
+  list(namespace?: string): T[] {
+    if (namespace !== undefined) return this.partFor(namespace)?.list(namespace) ?? [];
+    return [...this.parts.values()].flatMap((part) => part.list());
+  }
+
+  get(name: string, namespace?: string): T | undefined {
+    return this.partFor(namespace)?.get(name, namespace);
+  }
+
+  /** The resourceVersion of the last list or watch event of the informer that holds `namespace`. */
+  latestResourceVersion(namespace?: string): string | undefined {
+    return this.partFor(namespace)?.latestResourceVersion();
+  }
+}
+
 // ---------------------------------------------------------------------------------------------------
 // The work queue.
 
@@ -537,8 +605,11 @@ export function defaultStatusUrl(options: Pick<OperatorOptions, 'httpPort'> = DE
 
 export interface ControllerOptions {
   kubeConfig: KubeConfig;
-  /** Watch and reconcile only this namespace (default: all namespaces). */
-  namespace?: string;
+  /**
+   * Watch and reconcile only these namespaces (default, or empty: all namespaces): a list and a watch per
+   * namespace and resource type, and no request about any other namespace.
+   */
+  namespaces?: readonly string[];
   /** Where each member's /status is (default: defaultStatusUrl). */
   statusUrl?: StatusUrl;
   /** Timeout of one /status poll (default 2000 ms). */
@@ -562,8 +633,8 @@ export interface ControllerOptions {
 }
 
 type Expectation =
-  | { kind: 'version'; informer: ResourceInformer; namespace: string; name: string; resourceVersion: string }
-  | { kind: 'gone'; informer: ResourceInformer; namespace: string; name: string; uid: string };
+  | { kind: 'version'; informer: ScopedInformer; namespace: string; name: string; resourceVersion: string }
+  | { kind: 'gone'; informer: ScopedInformer; namespace: string; name: string; uid: string };
 
 interface RecentEvent {
   name: string;
@@ -602,8 +673,8 @@ export const OWNED_SELECTOR = `${LABEL.name}=derecho,${LABEL.instance}`;
 export class Controller {
   readonly metrics: OperatorMetrics;
   readonly log: Logger;
-  private readonly groups: ResourceInformer<KubeObject>;
-  private readonly owned = new Map<string, ResourceInformer<KubeObject>>();
+  private readonly groups: ScopedInformer<KubeObject>;
+  private readonly owned = new Map<string, ScopedInformer<KubeObject>>();
   private readonly rest: KubeRest;
   private readonly statusUrl: StatusUrl;
   private readonly fieldManager = FIELD_MANAGER;
@@ -629,10 +700,10 @@ export class Controller {
     this.log = options.log ?? createLogger('info', { component: 'controller' });
     this.rest = new KubeRest(options.kubeConfig);
     this.statusUrl = options.statusUrl ?? defaultStatusUrl({ httpPort: options.operatorOptions?.httpPort ?? DEFAULT_OPTIONS.httpPort });
-    const common = { log: this.log, metrics: this.metrics, ...(options.namespace !== undefined ? { namespace: options.namespace } : {}), ...(options.watchTimeoutSeconds ? { watchTimeoutSeconds: options.watchTimeoutSeconds } : {}) };
-    this.groups = new ResourceInformer(options.kubeConfig, GROUP_TYPE, { ...common, onEvent: (event, group) => this.onGroupEvent(event, group) });
+    const common = { log: this.log, metrics: this.metrics, ...(options.namespaces !== undefined ? { namespaces: options.namespaces } : {}), ...(options.watchTimeoutSeconds ? { watchTimeoutSeconds: options.watchTimeoutSeconds } : {}) };
+    this.groups = new ScopedInformer(options.kubeConfig, GROUP_TYPE, { ...common, onEvent: (event, group) => this.onGroupEvent(event, group) });
     for (const type of Object.values(OWNED_TYPES)) {
-      this.owned.set(type.kind, new ResourceInformer(options.kubeConfig, type, {
+      this.owned.set(type.kind, new ScopedInformer(options.kubeConfig, type, {
         ...common,
         labelSelector: OWNED_SELECTOR,
         onEvent: (_event, object) => {
@@ -662,11 +733,16 @@ export class Controller {
     return [this.groups, ...this.owned.values()].every((informer) => informer.synced);
   }
 
-  /** What is not synced yet, or null. */
+  /** What is not synced yet (per resource, and per namespace when a list is watched), or null. */
   notReadyReason(): string | null {
-    const pending = [this.groups, ...this.owned.values()].filter((informer) => !informer.synced);
+    const pending = [this.groups, ...this.owned.values()].flatMap((informer) => informer.unsynced());
     if (pending.length === 0) return null;
-    return `caches not synced: ${pending.map((informer) => `${informer.type.plural}${informer.lastError ? ` (${informer.lastError})` : ''}`).join(', ')}`;
+    return `caches not synced: ${pending.join(', ')}`;
+  }
+
+  /** The namespaces watched and reconciled, or "(all)". */
+  scope(): string {
+    return this.groups.namespaces?.join(',') ?? '(all)';
   }
 
   async waitForSync(timeoutMs = 60_000): Promise<void> {
@@ -697,7 +773,7 @@ export class Controller {
       const count = this.options.workers ?? 4;
       this.workers = Array.from({ length: count }, () => this.worker(queue));
       this.enqueueAll();
-      this.log.info('reconciling', { workers: count, namespace: this.options.namespace ?? '(all)' });
+      this.log.info('reconciling', { workers: count, namespaces: this.scope() });
     })();
     return this.activation;
   }
@@ -792,7 +868,7 @@ export class Controller {
   private expectationMet(e: Expectation): boolean {
     const cached = e.informer.get(e.name, e.namespace);
     // Seen: the object at that version or later, or any event at or past it (the object may be gone since).
-    if (e.kind === 'version') return rvAtLeast(cached?.metadata.resourceVersion, e.resourceVersion) || rvAtLeast(e.informer.latestResourceVersion(), e.resourceVersion);
+    if (e.kind === 'version') return rvAtLeast(cached?.metadata.resourceVersion, e.resourceVersion) || rvAtLeast(e.informer.latestResourceVersion(e.namespace), e.resourceVersion);
     return cached === undefined || cached.metadata.uid !== e.uid || cached.metadata.deletionTimestamp !== undefined;
   }
 
@@ -901,7 +977,7 @@ export class Controller {
     return reports;
   }
 
-  private informerFor(kind: string): ResourceInformer | undefined {
+  private informerFor(kind: string): ScopedInformer | undefined {
     return kind === CRD_KIND ? this.groups : this.owned.get(kind);
   }
 
@@ -986,6 +1062,8 @@ export class Controller {
 
   private async apply(key: string, object: KubeObject, observedUid: string | undefined): Promise<void> {
     const namespace = object.metadata.namespace ?? splitKey(key).namespace;
+    // Only ever into the group's own namespace (one the operator watches, and may write to).
+    if (namespace !== splitKey(key).namespace) throw new Error(`reconcile of ${key} asked to apply ${object.kind}/${object.metadata.name} in namespace ${namespace}`);
     const cacheKey = `${key}|${object.kind}/${namespace}/${object.metadata.name}`;
     const hash = canonical(object);
     const informer = this.informerFor(object.kind);
@@ -1020,6 +1098,7 @@ export class Controller {
   }
 
   private async delete(key: string, ref: ObjectRef): Promise<void> {
+    if (ref.namespace !== splitKey(key).namespace) throw new Error(`reconcile of ${key} asked to delete ${ref.kind}/${ref.name} in namespace ${ref.namespace}`);
     try {
       const type = OWNED_TYPES[ref.kind] ?? UNWATCHED_TYPES[ref.kind];
       if (type === undefined) throw new Error(`reconcile asked to delete a ${ref.kind}, which this controller does not know`);

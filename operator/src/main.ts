@@ -1,6 +1,6 @@
 // Entry point of the operator process (what the Helm chart's Deployment runs):
 //
-//   node --import tsx operator/src/main.ts [--namespace NS] [--leader-elect=true|false]
+//   node --import tsx operator/src/main.ts [--namespace NS[,NS...]] [--leader-elect=true|false]
 //        [--metrics-port 8081] [--health-port 8082] [...]
 //
 // Kubernetes credentials: $KUBECONFIG when set, else the in-cluster service account, else ~/.kube/config.
@@ -28,7 +28,8 @@ export const EXIT_USAGE = 2;
 const SERVICE_ACCOUNT_NAMESPACE = '/var/run/secrets/kubernetes.io/serviceaccount/namespace';
 
 export interface OperatorFlags {
-  namespace: string | undefined;
+  /** The namespaces watched and reconciled; empty: all namespaces. */
+  namespaces: string[];
   leaderElect: boolean;
   leaseName: string;
   leaseNamespace: string | undefined;
@@ -52,7 +53,9 @@ export function usage(): string {
   return [
     'Usage: derecho-operator [flags]',
     '',
-    '  --namespace NS              watch and reconcile DerechoGroups in NS only (default: all namespaces)',
+    '  --namespace NS[,NS...]      watch and reconcile DerechoGroups in these namespaces only, nothing is read or',
+    '                              written elsewhere (repeatable; default: all namespaces; -n for short)',
+    '  --all-namespaces            all namespaces (the default; not with --namespace)',
     '  --leader-elect[=BOOL]       elect a leader through a Lease; only the leader reconciles (default true)',
     '  --lease-name NAME           the Lease (default derecho-operator)',
     '  --lease-namespace NS        the Lease\'s namespace (default $POD_NAMESPACE, else the service account\'s)',
@@ -88,6 +91,19 @@ function parseDurationSeconds(flag: string, value: string, minSeconds: number): 
   return seconds;
 }
 
+/** A namespace name: an RFC 1123 label. */
+const NAMESPACE_NAME = /^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$/;
+
+/** "a,b" -> ["a", "b"]: each a valid namespace name ("" alone: all namespaces, i.e. none listed). */
+function parseNamespaces(flag: string, value: string): string[] {
+  if (value.trim() === '') return [];
+  return value.split(',').map((entry) => {
+    const ns = entry.trim();
+    if (!NAMESPACE_NAME.test(ns)) throw new UsageError(`${flag}: ${JSON.stringify(ns)} (in ${JSON.stringify(value)}) is not a namespace name (lower-case letters, digits and '-', at most 63)`);
+    return ns;
+  });
+}
+
 function parseInt10(flag: string, value: string, min: number, max: number): number {
   if (!/^[0-9]+$/.test(value) || Number(value) < min || Number(value) > max) throw new UsageError(`${flag}: ${JSON.stringify(value)} is not an integer in ${min}..${max}`);
   return Number(value);
@@ -95,11 +111,12 @@ function parseInt10(flag: string, value: string, min: number, max: number): numb
 
 export function parseFlags(argv: readonly string[]): OperatorFlags {
   const flags: OperatorFlags = {
-    namespace: undefined, leaderElect: true, leaseName: 'derecho-operator', leaseNamespace: undefined,
+    namespaces: [], leaderElect: true, leaseName: 'derecho-operator', leaseNamespace: undefined,
     metricsPort: 8081, healthPort: 8082, bindAddress: '0.0.0.0', pollIntervalSeconds: 2, statusTimeoutMs: 2000,
     workers: 4, logLevel: 'info', rdmaResourceName: DEFAULT_OPTIONS.rdmaResourceName, agentImage: DEFAULT_OPTIONS.agentImage,
     certificates: { ...DEFAULT_OPTIONS.certificates },
   };
+  let allNamespaces = false;
   for (let i = 0; i < argv.length; i++) {
     const arg = argv[i]!;
     const eq = arg.indexOf('=');
@@ -112,12 +129,10 @@ export function parseFlags(argv: readonly string[]): OperatorFlags {
       return next;
     };
     switch (flag) {
-      case '--namespace': case '-n': {
-        const ns = value();
-        flags.namespace = ns === '' ? undefined : ns;
+      case '--namespace': case '-n':
+        for (const ns of parseNamespaces(flag, value())) if (!flags.namespaces.includes(ns)) flags.namespaces.push(ns);
         break;
-      }
-      case '--all-namespaces': flags.namespace = undefined; break;
+      case '--all-namespaces': allNamespaces = true; break;
       case '--leader-elect': flags.leaderElect = inline === undefined ? true : parseBool(flag, inline); break;
       case '--no-leader-elect': flags.leaderElect = false; break;
       case '--lease-name': flags.leaseName = value(); break;
@@ -153,6 +168,8 @@ export function parseFlags(argv: readonly string[]): OperatorFlags {
         throw new UsageError(`unknown argument ${JSON.stringify(arg)}`);
     }
   }
+  // Both would leave the operator's scope to the order of the flags (the chart's come before extraArgs).
+  if (allNamespaces && flags.namespaces.length > 0) throw new UsageError(`--all-namespaces contradicts --namespace ${flags.namespaces.join(',')}`);
   if (flags.certificates.certificateValiditySeconds > flags.certificates.authorityValiditySeconds) {
     throw new UsageError(`--certificate-validity (${flags.certificates.certificateValiditySeconds} s) is longer than --authority-validity (${flags.certificates.authorityValiditySeconds} s)`);
   }
@@ -217,7 +234,7 @@ export async function runOperator(argv: readonly string[], env: Record<string, s
   const metrics = overrides.metrics ?? createOperatorMetrics();
   const controller = new Controller({
     kubeConfig,
-    ...(flags.namespace !== undefined ? { namespace: flags.namespace } : {}),
+    ...(flags.namespaces.length > 0 ? { namespaces: flags.namespaces } : {}),
     ...(overrides.statusUrl ? { statusUrl: overrides.statusUrl } : {}),
     statusTimeoutMs: flags.statusTimeoutMs,
     pollIntervalSeconds: flags.pollIntervalSeconds,
@@ -262,7 +279,7 @@ export async function runOperator(argv: readonly string[], env: Record<string, s
     void controller.activate();
   }
   log.info('operator started', {
-    namespace: flags.namespace ?? '(all)', leaderElect: flags.leaderElect, metricsPort: servers[0].port, healthPort: servers[1].port,
+    namespaces: flags.namespaces.length > 0 ? flags.namespaces.join(',') : '(all)', leaderElect: flags.leaderElect, metricsPort: servers[0].port, healthPort: servers[1].port,
     ...(elector ? { lease: `${leaseNamespace(flags, env)}/${flags.leaseName}` } : {}),
   });
   let stopped: Promise<void> | null = null;

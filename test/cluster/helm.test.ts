@@ -3,14 +3,20 @@
 //  - the chart's copy of the CRD is the generated crds/ file, and the templated CRD equals it (no drift);
 //  - `helm lint --strict` passes; `helm template` renders the defaults (Deployment, RBAC, Service, PDB),
 //    the RDMA shared device plugin (DaemonSet + device-selection ConfigMap advertising the resource the
-//    operator requests), a watchNamespace install (Role instead of ClusterRole), and refuses bad values
-//    with a schema error naming the field;
-//  - the operator's RBAC covers exactly what reconcile() emits (kinds applied, kinds deleted) and little else;
+//    operator requests), a watchNamespaces install (a Role per listed namespace instead of a ClusterRole;
+//    the deprecated watchNamespace merged into the list), and refuses bad values with a schema error
+//    naming the field;
+//  - the operator's RBAC covers exactly what reconcile() emits (kinds applied, kinds deleted) and the
+//    controller's requests (informers: list and watch; named Secrets: get), and not one verb more;
 //  - `helm install` into the API server: every rendered object passes strict server-side validation, the
 //    CRD, Deployment and RBAC exist, and the operator's ServiceAccount can do what the operator does (it
 //    applies reconcile's real output for examples/kv-group.yaml, patches status and finalizers, records
 //    Events, holds a Lease) and cannot do what it does not need; `helm upgrade` updates the CRD and scopes
-//    RBAC to watchNamespace; `helm uninstall` keeps the CRD. Pods stay Pending (there is no kubelet).
+//    RBAC to watchNamespace; `helm uninstall` keeps the CRD. Pods stay Pending (there is no kubelet);
+//  - the real operator process, with the Deployment's arguments, as its ServiceAccount under the chart's
+//    RBAC (and the OwnerReferencesPermissionEnforcement admission plugin): cluster-wide, and with
+//    watchNamespaces [team-a, team-b], where it reconciles the groups of both, leaves a group in team-c
+//    alone, and may read no Secret nor create a pod in team-c or cluster-wide.
 //
 // Skipped (with a log line) only when Go or the module proxy is missing and CI is not set, as the
 // control-plane test is.
@@ -163,7 +169,7 @@ function resourceOf(kind: string): { group: string; resource: string } {
 /** The first reconcile of examples/kv-group.yaml (fresh group), and the one that deletes it (volumes too). */
 function reconcileSamples(): { create: ReconcileOutput; remove: ReconcileOutput } {
   const group = kvDemo({ storage: { size: '1Gi', retention: 'delete' } });
-  const create = reconcile({ group, observed: {}, reports: {}, now: NOW, random: { hmacKey: HMAC_KEY } });
+  const create = reconcile({ group, observed: {}, reports: {}, now: NOW, random: { hmacKey: HMAC_KEY }, issuer: x509Issuer });
   let uid = 0;
   const withUid = <T extends KubeObject>(o: KubeObject): T => ({ ...structuredClone(o), metadata: { ...o.metadata, uid: `uid-${++uid}` } }) as T;
   const of = <T extends KubeObject>(kind: string): T[] => create.objects.filter((o) => o.kind === kind).map((o) => withUid<T>(o));
@@ -172,11 +178,12 @@ function reconcileSamples(): { create: ReconcileOutput; remove: ReconcileOutput 
     observed: { pods: of<ObservedPod>('Pod'), pvcs: of<ObservedPvc>('PersistentVolumeClaim'), configMaps: of<ObservedConfigMap>('ConfigMap'), secrets: of<ObservedSecret>('Secret') },
     reports: {},
     now: NOW,
+    issuer: x509Issuer,
   });
   // A budget for a member that no longer holds a shard alone (here node 9, not a member) is deleted.
   const budget = of<KubeObject>('PodDisruptionBudget').find((o) => o.metadata.name.endsWith('-sole'))!;
   const stale = reconcile({
-    group, reports: {}, now: NOW, random: { hmacKey: HMAC_KEY },
+    group, reports: {}, now: NOW, random: { hmacKey: HMAC_KEY }, issuer: x509Issuer,
     observed: { podDisruptionBudgets: [{ ...budget, metadata: { ...budget.metadata, name: 'kv-demo-9-sole', labels: { ...budget.metadata.labels, 'derecho.dev/node-id': '9' } } }] },
   });
   // A member certificate the operator issued for a node that is no longer a member (node 9) is deleted.
@@ -190,9 +197,9 @@ function reconcileSamples(): { create: ReconcileOutput; remove: ReconcileOutput 
   if (!shrunk.deletes.some((d) => d.kind === 'Secret')) throw new Error('the scale-down sample deletes no certificate');
   // With cert-manager: a Certificate per member, and node 9's deleted.
   const managed = kvDemo({ tls: { mode: 'mutual', certManager: { issuerRef: { name: 'group-ca' } } } });
-  const requested = reconcile({ group: managed, observed: {}, reports: {}, now: NOW });
+  const requested = reconcile({ group: managed, observed: {}, reports: {}, now: NOW, issuer: x509Issuer });
   const managedShrunk = reconcile({
-    group: managed, reports: {}, now: NOW,
+    group: managed, reports: {}, now: NOW, issuer: x509Issuer,
     observed: { secrets: [withUid<ObservedSecret>({ ...certificate, metadata: { ...certificate.metadata, name: 'kv-demo-node-9-tls', labels: { ...certificate.metadata.labels, 'derecho.dev/node-id': '9' } } })] },
   });
   if (!managedShrunk.deletes.some((d) => d.kind === 'Certificate')) throw new Error('the cert-manager scale-down sample deletes no Certificate');
@@ -211,17 +218,20 @@ function operatorNeeds(): Map<string, Set<string>> {
     for (const v of verbs) set.add(v);
     needs.set(key, set);
   };
-  // The controller (operator/src/controller.ts): informers on groups, the finalizer by merge patch, status
-  // by server-side apply of /status, owner references to groups, core/v1 Events (repeats are patched).
-  add(CRD_GROUP, CRD_PLURAL, 'get', 'list', 'watch', 'patch');
+  // The controller (operator/src/controller.ts): informers on groups (list, watch), the finalizer by merge
+  // patch, status by server-side apply of /status, owner references to groups with blockOwnerDeletion
+  // (update of /finalizers, for OwnerReferencesPermissionEnforcement), core/v1 Events (repeats are
+  // patched), and the Secrets a group names read one by one (get; the only object read by name).
+  add(CRD_GROUP, CRD_PLURAL, 'list', 'watch', 'patch');
   add(CRD_GROUP, `${CRD_PLURAL}/status`, 'patch');
   add(CRD_GROUP, `${CRD_PLURAL}/finalizers`, 'update');
   add('', 'events', 'create', 'patch');
+  add('', 'secrets', 'get');
   const { create, remove } = reconcileSamples();
   for (const o of create.objects) {
     const { group, resource } = resourceOf(o.kind);
     if (UNWATCHED_TYPES[o.kind] !== undefined) add(group, resource, 'create', 'patch'); // server-side apply only
-    else add(group, resource, 'get', 'list', 'watch', 'create', 'patch'); // server-side apply, informers
+    else add(group, resource, 'list', 'watch', 'create', 'patch'); // server-side apply, informers
   }
   for (const ref of [...create.deletes, ...remove.deletes]) {
     const { group, resource } = resourceOf(ref.kind);
@@ -230,11 +240,6 @@ function operatorNeeds(): Map<string, Set<string>> {
   return needs;
 }
 
-// What the chart grants beyond operatorNeeds(), on purpose (the rest would be a least-privilege regression).
-const ALLOWED_EXTRA: Record<string, string[]> = {
-  [`${CRD_GROUP}/${CRD_PLURAL}`]: ['update'], // a finalizer change by update instead of patch
-  [`${CRD_GROUP}/${CRD_PLURAL}/status`]: ['get', 'update'],
-};
 
 function grants(rules: Rule[]): Map<string, Set<string>> {
   const out = new Map<string, Set<string>>();
@@ -260,7 +265,7 @@ function checkOperatorRules(t: ExecutionContext, rules: Rule[], where: string): 
     for (const verb of verbs) t.true(granted.get(key)?.has(verb) === true, `${where}: the operator may ${verb} ${key}`);
   }
   for (const [key, verbs] of granted) {
-    const allowed = new Set([...(needs.get(key) ?? []), ...(ALLOWED_EXTRA[key] ?? [])]);
+    const allowed = needs.get(key) ?? new Set<string>();
     const extra = [...verbs].filter((v) => !allowed.has(v));
     t.deepEqual(extra, [], `${where}: ${key} grants only what the operator uses`);
   }
@@ -296,6 +301,7 @@ test('helm lint --strict passes with the defaults and with every optional part o
     [],
     ['--set', 'rdmaDevicePlugin.enabled=true', '--set', 'serviceMonitor.enabled=true'],
     ['--set', 'watchNamespace=apps'],
+    ['--set-json', 'watchNamespaces=["apps","team-b"]'],
     ['--set', 'replicas=1', '--set', 'leaderElection.enabled=false', '--set', 'crds.install=false', '--set', 'rbac.create=false', '--set', 'serviceAccount.create=false', '--set', 'serviceAccount.name=existing'],
   ];
   for (const args of variants) {
@@ -450,22 +456,47 @@ test('helm template with rdmaDevicePlugin.enabled: the DaemonSet and its device-
   t.not(customPod.metadata.annotations?.['checksum/config'], pod.metadata.annotations?.['checksum/config']);
 });
 
-test('helm template with watchNamespace: a Role and RoleBinding in that namespace, no operator ClusterRole', async (t) => {
+test('helm template with watchNamespaces: a Role and RoleBinding in each listed namespace, no operator ClusterRole', async (t) => {
   const tools = await clusterTools(t);
   if (!tools) return;
-  const [scoped, cluster] = await Promise.all([render(tools, ['--set', 'watchNamespace=apps']), render(tools)]);
-  const role = one(scoped, 'Role', FULLNAME);
-  t.is(role.metadata.namespace, 'apps');
-  t.deepEqual(role.rules, one(cluster, 'ClusterRole', FULLNAME).rules, 'the same rules as the all-namespaces ClusterRole');
-  checkOperatorRules(t, role.rules as Rule[], 'Role');
-  const binding = one(scoped, 'RoleBinding', FULLNAME);
-  t.is(binding.metadata.namespace, 'apps');
-  t.deepEqual(binding.roleRef, { apiGroup: 'rbac.authorization.k8s.io', kind: 'Role', name: FULLNAME });
-  t.deepEqual(binding.subjects, [{ kind: 'ServiceAccount', name: FULLNAME, namespace: NAMESPACE }]);
-  t.false(scoped.some((o) => o.kind === 'ClusterRoleBinding'), 'nothing cluster-wide is bound to the operator');
-  t.deepEqual(scoped.filter((o) => o.kind === 'ClusterRole').map((o) => o.metadata.name).sort(), [`${FULLNAME}-edit`, `${FULLNAME}-view`], 'only the aggregated user roles');
-  t.is(one(scoped, 'Role', `${FULLNAME}-leader-election`).metadata.namespace, NAMESPACE, 'the Lease stays in the operator\'s namespace');
-  t.deepEqual(podTemplate(one(scoped, 'Deployment')).spec.containers[0]!.args?.slice(0, 2), ['--namespace', 'apps']);
+  const [scoped, cluster, single, merged] = await Promise.all([
+    render(tools, ['--set-json', 'watchNamespaces=["apps","team-b"]']),
+    render(tools),
+    render(tools, ['--set', 'watchNamespace=apps']),
+    render(tools, ['--set-json', 'watchNamespaces=["apps","team-b"]', '--set', 'watchNamespace=team-c']),
+  ]);
+  const clusterRules = one(cluster, 'ClusterRole', FULLNAME).rules;
+  const roles = scoped.filter((o) => o.kind === 'Role' && o.metadata.name === FULLNAME);
+  const bindings = scoped.filter((o) => o.kind === 'RoleBinding' && o.metadata.name === FULLNAME);
+  t.deepEqual(roles.map((r) => r.metadata.namespace).sort(), ['apps', 'team-b'], 'a Role in each listed namespace');
+  t.deepEqual(bindings.map((r) => r.metadata.namespace).sort(), ['apps', 'team-b']);
+  for (const role of roles) {
+    t.deepEqual(role.rules, clusterRules, `${role.metadata.namespace}: the same rules as the all-namespaces ClusterRole`);
+    checkOperatorRules(t, role.rules as Rule[], `Role in ${role.metadata.namespace}`);
+  }
+  for (const binding of bindings) {
+    t.deepEqual(binding.roleRef, { apiGroup: 'rbac.authorization.k8s.io', kind: 'Role', name: FULLNAME });
+    t.deepEqual(binding.subjects, [{ kind: 'ServiceAccount', name: FULLNAME, namespace: NAMESPACE }]);
+  }
+  for (const objects of [scoped, single, merged]) {
+    t.false(objects.some((o) => o.kind === 'ClusterRoleBinding'), 'nothing cluster-wide is bound to the operator');
+    t.deepEqual(objects.filter((o) => o.kind === 'ClusterRole').map((o) => o.metadata.name).sort(), [`${FULLNAME}-edit`, `${FULLNAME}-view`], 'only the aggregated user roles');
+    t.is(one(objects, 'Role', `${FULLNAME}-leader-election`).metadata.namespace, NAMESPACE, 'the Lease stays in the operator\'s namespace');
+  }
+  const argsOf = (objects: Obj[]) => podTemplate(one(objects, 'Deployment')).spec.containers[0]!.args?.slice(0, 2);
+  t.deepEqual(argsOf(scoped), ['--namespace', 'apps,team-b']);
+  // The deprecated single namespace still works, and is merged into the list (once).
+  t.deepEqual(argsOf(single), ['--namespace', 'apps']);
+  t.deepEqual(single.filter((o) => o.kind === 'Role' && o.metadata.name === FULLNAME).map((r) => r.metadata.namespace), ['apps']);
+  t.deepEqual(argsOf(merged), ['--namespace', 'apps,team-b,team-c']);
+  t.deepEqual(merged.filter((o) => o.kind === 'RoleBinding' && o.metadata.name === FULLNAME).map((r) => r.metadata.namespace).sort(), ['apps', 'team-b', 'team-c']);
+  const again = await render(tools, ['--set-json', 'watchNamespaces=["apps","team-b"]', '--set', 'watchNamespace=apps']);
+  t.deepEqual(argsOf(again), ['--namespace', 'apps,team-b'], 'a namespace in both is watched once');
+  t.is(again.filter((o) => o.kind === 'Role' && o.metadata.name === FULLNAME).length, 2);
+  // An empty list is all namespaces: the ClusterRole, no --namespace.
+  const empty = await render(tools, ['--set-json', 'watchNamespaces=[]']);
+  t.truthy(one(empty, 'ClusterRoleBinding', FULLNAME));
+  t.false(argsOf(empty)?.includes('--namespace'));
 });
 
 test('the operator accepts the Deployment\'s arguments (operator/src/main.ts parseFlags)', async (t) => {
@@ -473,13 +504,14 @@ test('the operator accepts the Deployment\'s arguments (operator/src/main.ts par
   if (!tools) return;
   const argsOf = async (args: string[]) => podTemplate(one(await render(tools, args), 'Deployment')).spec.containers[0]!.args ?? [];
   const defaults = parseFlags(await argsOf([]));
-  t.like(defaults, { namespace: undefined, leaderElect: true, leaseName: FULLNAME, metricsPort: 8081, healthPort: 8082, rdmaResourceName: DEFAULT_OPTIONS.rdmaResourceName, logLevel: 'info' });
+  t.like(defaults, { namespaces: [], leaderElect: true, leaseName: FULLNAME, metricsPort: 8081, healthPort: 8082, rdmaResourceName: DEFAULT_OPTIONS.rdmaResourceName, logLevel: 'info' });
   const custom = parseFlags(await argsOf([
     '--set', 'watchNamespace=apps', '--set', 'replicas=1', '--set', 'leaderElection.enabled=false', '--set', 'metrics.port=9090', '--set', 'health.port=9091',
     '--set', 'logLevel=debug', '--set', 'rdmaDevicePlugin.resourcePrefix=example.com', '--set', 'rdmaDevicePlugin.resourceName=hca_b', '--set-json', 'extraArgs=["--workers","8"]',
   ]));
-  t.like(custom, { namespace: 'apps', leaderElect: false, metricsPort: 9090, healthPort: 9091, rdmaResourceName: 'example.com/hca_b', logLevel: 'debug', workers: 8 });
+  t.like(custom, { namespaces: ['apps'], leaderElect: false, metricsPort: 9090, healthPort: 9091, rdmaResourceName: 'example.com/hca_b', logLevel: 'debug', workers: 8 });
   t.is(parseFlags(await argsOf(['--set', 'rdmaResourceName=mellanox.com/sriov_rdma'])).rdmaResourceName, 'mellanox.com/sriov_rdma');
+  t.deepEqual(parseFlags(await argsOf(['--set-json', 'watchNamespaces=["apps","team-b"]', '--set', 'watchNamespace=team-c'])).namespaces, ['apps', 'team-b', 'team-c']);
   // The probes and the Service use the ports the operator listens on.
   const deployment = one(await render(tools, ['--set', 'metrics.port=9090', '--set', 'health.port=9091']), 'Deployment');
   t.deepEqual(podTemplate(deployment).spec.containers[0]!.ports?.map((p) => p.containerPort), [9090, 9091]);
@@ -495,6 +527,10 @@ test('helm template refuses bad values with an error naming the field', async (t
     [['--set', 'image.pullPolicy=Sometimes'], /\/image\/pullPolicy/],
     [['--set', 'image.digest=latest'], /\/image\/digest/],
     [['--set', 'watchNamespace=Not_A_Namespace'], /\/watchNamespace/],
+    [['--set-json', 'watchNamespaces=["apps","Not_A_Namespace"]'], /\/watchNamespaces\/1/],
+    [['--set-json', 'watchNamespaces=[""]'], /\/watchNamespaces\/0/],
+    [['--set-json', 'watchNamespaces=["apps","apps"]'], /\/watchNamespaces[\s\S]*(unique|are equal)/],
+    [['--set', 'watchNamespaces=apps'], /\/watchNamespaces/],
     [['--set', 'securityContext.readOnlyRootFilesystem=false'], /\/securityContext\/readOnlyRootFilesystem/],
     [['--set', 'metrics.port=70000'], /\/metrics\/port/],
     [['--set', 'rdmaDevicePlugin.resourceName=hca-shared'], /\/rdmaDevicePlugin\/resourceName/],
@@ -552,6 +588,17 @@ function forbiddenChecks(namespace: string): AccessCheck[] {
     { verb: 'create', resource: 'serviceaccounts', subresource: 'token', namespace },
     { verb: 'create', group: CRD_GROUP, resource: CRD_PLURAL, namespace },
     { verb: 'delete', group: CRD_GROUP, resource: CRD_PLURAL, namespace },
+    // Granted before issue 15, never used: nothing but Secrets is read by name, nothing is updated.
+    { verb: 'get', group: CRD_GROUP, resource: CRD_PLURAL, namespace },
+    { verb: 'update', group: CRD_GROUP, resource: CRD_PLURAL, namespace },
+    { verb: 'get', group: CRD_GROUP, resource: CRD_PLURAL, subresource: 'status', namespace },
+    { verb: 'update', group: CRD_GROUP, resource: CRD_PLURAL, subresource: 'status', namespace },
+    { verb: 'get', resource: 'pods', namespace },
+    { verb: 'get', resource: 'persistentvolumeclaims', namespace },
+    { verb: 'get', resource: 'configmaps', namespace },
+    { verb: 'get', resource: 'services', namespace },
+    { verb: 'get', group: 'policy', resource: 'poddisruptionbudgets', namespace },
+    { verb: 'get', group: 'networking.k8s.io', resource: 'networkpolicies', namespace },
     { verb: 'create', group: 'events.k8s.io', resource: 'events', namespace },
     // Leases: created in the operator's own namespace only, and only its own read or renewed.
     ...(namespace === NAMESPACE ? [] : [{ verb: 'create', group: 'coordination.k8s.io', resource: 'leases', namespace }]),
@@ -670,7 +717,7 @@ test('helm install, upgrade and uninstall against kube-apiserver; the ServiceAcc
     const listed = (await custom.listClusterCustomObject({ group: CRD_GROUP, version: CRD_VERSION, plural: CRD_PLURAL })) as { items: DerechoGroupResource[] };
     t.is(listed.items.length, 1, 'the operator lists groups in every namespace');
     const group = listed.items[0]!;
-    const output = reconcile({ group, observed: {}, reports: {}, now: new Date().toISOString(), random: { hmacKey: HMAC_KEY } });
+    const output = reconcile({ group, observed: {}, reports: {}, now: new Date().toISOString(), random: { hmacKey: HMAC_KEY }, issuer: x509Issuer });
     const applier = KubernetesObjectApi.makeApiClient(operator);
     for (const object of output.objects) {
       await applier.patch(object as KubernetesObject, undefined, undefined, 'derecho-operator', true, PatchStrategy.ServerSideApply)
@@ -744,7 +791,7 @@ test('helm install, upgrade and uninstall against kube-apiserver; the ServiceAcc
     t.regex(crd2.spec.versions[0]!.schema?.openAPIV3Schema?.description ?? '', /^\(upgraded\) A replicated Derecho group/, 'the CRD schema is upgraded');
     t.is(crd2.metadata?.annotations?.['derecho.dev/chart-test'], 'upgraded');
     t.is(crd2.metadata?.annotations?.['helm.sh/resource-policy'], 'keep', 'still kept');
-    t.truthy(await custom.getNamespacedCustomObject(ref), 'the group survives the upgrade');
+    t.truthy(await admin.makeApiClient(CustomObjectsApi).getNamespacedCustomObject(ref), 'the group survives the upgrade');
     await t.throwsAsync(rbac.readClusterRoleBinding({ name: FULLNAME }), undefined, 'no cluster-wide binding any more');
     await rbac.readNamespacedRole({ namespace: 'apps', name: FULLNAME });
     const scopedArgs = (await apps.readNamespacedDeployment({ namespace: NAMESPACE, name: FULLNAME })).spec?.template.spec?.containers[0]?.args;
@@ -778,13 +825,21 @@ test('helm install, upgrade and uninstall against kube-apiserver; the ServiceAcc
   }
 });
 
-test('the real operator runs with exactly the chart\'s RBAC and arguments: Lease, finalizer, pods, status, events', async (t) => {
+/**
+ * The real operator (operator/src/main.ts as a process) with the Deployment's arguments for `values`, as
+ * the chart's ServiceAccount under the chart's RBAC, against a kube-apiserver that also enforces owner
+ * references (OwnerReferencesPermissionEnforcement: blockOwnerDeletion needs update of the group's
+ * /finalizers). examples/kv-group.yaml is created in each of `managed` and `unmanaged`: the operator must
+ * reconcile the first (Lease, finalizer, pods, status, Secret, Events) and leave the others untouched,
+ * with no request refused; then it stops cleanly on SIGTERM. `checks` runs access reviews meanwhile.
+ */
+async function operatorUnderChart(t: ExecutionContext, opts: { values: string[]; scope: string; managed: string[]; unmanaged: string[]; checks?: (cp: ControlPlane) => Promise<void> }): Promise<void> {
   t.timeout(10 * 60_000, 'tools, control plane and operator took over 10 minutes');
   const tools = await clusterTools(t);
   if (!tools) return;
   t.timeout(3 * 60_000, 'the operator test took over 3 minutes with its tools ready');
   const workDir = fs.mkdtempSync(path.join(os.tmpdir(), 'derecho-helm-op-'));
-  const cp = await ControlPlane.start({ workDir, tools, log: (line) => t.log(line) });
+  const cp = await ControlPlane.start({ workDir, tools, log: (line) => t.log(line), apiserverArgs: ['--enable-admission-plugins=OwnerReferencesPermissionEnforcement'] });
   const t0 = Date.now();
   let output = '';
   let child: ReturnType<typeof spawn> | null = null;
@@ -794,14 +849,17 @@ test('the real operator runs with exactly the chart\'s RBAC and arguments: Lease
   try {
     const core = cp.kubeConfig.makeApiClient(CoreV1Api);
     const custom = cp.kubeConfig.makeApiClient(CustomObjectsApi);
-    for (const name of [NAMESPACE, 'apps']) await core.createNamespace({ body: { metadata: { name } } });
-    await cp.helm(['install', RELEASE, CHART, '--namespace', NAMESPACE]);
+    for (const name of [NAMESPACE, ...opts.managed, ...opts.unmanaged]) await core.createNamespace({ body: { metadata: { name } } });
+    await cp.helm(['install', RELEASE, CHART, '--namespace', NAMESPACE, ...opts.values]);
     await cp.waitForCrd(CRD_NAME, { timeoutMs: 30_000 });
-    await custom.createNamespacedCustomObject({ group: CRD_GROUP, version: CRD_VERSION, namespace: 'apps', plural: CRD_PLURAL, body: YAML.parse(fs.readFileSync(EXAMPLE, 'utf8')) as object });
+    for (const namespace of [...opts.managed, ...opts.unmanaged]) {
+      await custom.createNamespacedCustomObject({ group: CRD_GROUP, version: CRD_VERSION, namespace, plural: CRD_PLURAL, body: YAML.parse(fs.readFileSync(EXAMPLE, 'utf8')) as object });
+    }
+    await opts.checks?.(cp);
 
     // The Deployment's container, run here: its arguments (ports 0: free ones), its identity (the
     // ServiceAccount, through a client certificate instead of a token), POD_NAMESPACE and POD_NAME.
-    const container = podTemplate(one(await render(tools), 'Deployment')).spec.containers[0]!;
+    const container = podTemplate(one(await render(tools, opts.values), 'Deployment')).spec.containers[0]!;
     const args = [...(container.args ?? [])];
     for (const flag of ['--metrics-port', '--health-port']) args[args.indexOf(flag) + 1] = '0';
     const identity = await cp.kubeConfigFor({ user: SA_USER, groups: SA_GROUPS.filter((g) => g !== 'system:authenticated') });
@@ -818,26 +876,40 @@ test('the real operator runs with exactly the chart\'s RBAC and arguments: Lease
     const leases = cp.kubeConfig.makeApiClient(CoordinationV1Api);
     const holder = await cp.waitFor('the operator to hold its Lease', async () => (await leases.readNamespacedLease({ namespace: NAMESPACE, name: FULLNAME })).spec?.holderIdentity, { timeoutMs: 60_000 });
     t.is(holder, podName);
-    const pods = await cp.waitFor('the operator to create the member pods', async () => {
-      const list = await core.listNamespacedPod({ namespace: 'apps', labelSelector: 'app.kubernetes.io/instance=kv-demo' });
-      return list.items.length === 3 ? list.items : null;
-    }, { timeoutMs: 60_000 });
-    t.deepEqual(pods.map((p) => p.metadata!.name).sort(), ['kv-demo-1', 'kv-demo-2', 'kv-demo-3']);
-    const group = await cp.waitFor('the group\'s status', async () => {
-      const g = (await custom.getNamespacedCustomObject({ group: CRD_GROUP, version: CRD_VERSION, namespace: 'apps', plural: CRD_PLURAL, name: 'kv-demo' })) as DerechoGroupResource;
-      return g.status?.phase ? g : null;
-    }, { timeoutMs: 30_000 });
-    t.deepEqual(group.metadata.finalizers, ['derecho.dev/cleanup']);
-    t.truthy(await core.readNamespacedSecret({ namespace: 'apps', name: 'kv-demo-auth' }));
-    const events = await cp.waitFor('an Event', async () => {
-      const list = await core.listNamespacedEvent({ namespace: 'apps' });
-      return list.items.length > 0 ? list.items : null;
-    }, { timeoutMs: 30_000 });
-    t.true(events.some((e) => e.involvedObject.name === 'kv-demo'));
-    t.log(`operator: Lease, pods, status (${group.status?.phase}) and events in ${((Date.now() - t0) / 1000).toFixed(1)} s`);
+    for (const namespace of opts.managed) {
+      const pods = await cp.waitFor(`the operator to create the member pods in ${namespace}`, async () => {
+        const list = await core.listNamespacedPod({ namespace, labelSelector: 'app.kubernetes.io/instance=kv-demo' });
+        return list.items.length === 3 ? list.items : null;
+      }, { timeoutMs: 60_000 });
+      t.deepEqual(pods.map((p) => p.metadata!.name).sort(), ['kv-demo-1', 'kv-demo-2', 'kv-demo-3'], namespace);
+      t.true(pods.every((p) => p.metadata?.ownerReferences?.[0]?.blockOwnerDeletion === true), `${namespace}: owned by the group, blocking its deletion (admitted)`);
+      const group = await cp.waitFor(`the group's status in ${namespace}`, async () => {
+        const g = (await custom.getNamespacedCustomObject({ group: CRD_GROUP, version: CRD_VERSION, namespace, plural: CRD_PLURAL, name: 'kv-demo' })) as DerechoGroupResource;
+        return g.status?.phase ? g : null;
+      }, { timeoutMs: 30_000 });
+      t.deepEqual(group.metadata.finalizers, ['derecho.dev/cleanup'], namespace);
+      t.truthy(await core.readNamespacedSecret({ namespace, name: 'kv-demo-auth' }));
+      const events = await cp.waitFor(`an Event in ${namespace}`, async () => {
+        const list = await core.listNamespacedEvent({ namespace });
+        return list.items.length > 0 ? list.items : null;
+      }, { timeoutMs: 30_000 });
+      t.true(events.some((e) => e.involvedObject.name === 'kv-demo'), namespace);
+      t.log(`operator: pods, status (${group.status?.phase}) and events in ${namespace} after ${((Date.now() - t0) / 1000).toFixed(1)} s`);
+    }
+    // The others: by now their groups would have been reconciled as well; nothing there was touched.
+    for (const namespace of opts.unmanaged) {
+      const group = (await custom.getNamespacedCustomObject({ group: CRD_GROUP, version: CRD_VERSION, namespace, plural: CRD_PLURAL, name: 'kv-demo' })) as DerechoGroupResource;
+      t.is(group.status, undefined, `${namespace}: no status`);
+      t.is(group.metadata.finalizers, undefined, `${namespace}: no finalizer`);
+      t.deepEqual((await core.listNamespacedPod({ namespace })).items.map((p) => p.metadata?.name), [], `${namespace}: no pods`);
+      t.deepEqual((await core.listNamespacedSecret({ namespace })).items.map((p) => p.metadata?.name), [], `${namespace}: no Secrets`);
+      t.deepEqual((await core.listNamespacedEvent({ namespace })).items.map((p) => p.reason), [], `${namespace}: no Events`);
+    }
 
     // Nothing it tried was refused, and it stops cleanly on SIGTERM.
     t.notRegex(output, /forbidden|\b403\b/i, 'no request of the operator was refused');
+    const started = output.split('\n').find((l) => l.includes('"msg":"operator started"')) ?? '';
+    t.true(started.includes(`"namespaces":"${opts.scope}"`), `the log names the namespaces watched: ${started}`);
     child.kill('SIGTERM');
     t.is(await exited, 0, 'exit 0 after SIGTERM');
     ok = true;
@@ -848,4 +920,51 @@ test('the real operator runs with exactly the chart\'s RBAC and arguments: Lease
     await cp.stop();
     fs.rmSync(workDir, { recursive: true, force: true });
   }
+}
+
+test('the real operator runs with exactly the chart\'s RBAC and arguments: Lease, finalizer, pods, status, events', async (t) => {
+  await operatorUnderChart(t, { values: [], scope: '(all)', managed: ['apps'], unmanaged: [] });
+});
+
+test('watchNamespaces [team-a, team-b]: the real operator reconciles groups in both, leaves team-c alone, and can read no Secret nor create a pod outside them', async (t) => {
+  const managed = ['team-a', 'team-b'];
+  await operatorUnderChart(t, {
+    values: ['--set-json', `watchNamespaces=${JSON.stringify(managed)}`],
+    scope: managed.join(','),
+    managed,
+    unmanaged: ['team-c'],
+    checks: async (cp) => {
+      const admin = cp.kubeConfig;
+      const rbac = admin.makeApiClient(RbacAuthorizationV1Api);
+      await t.throwsAsync(rbac.readClusterRoleBinding({ name: FULLNAME }), undefined, 'no cluster-wide binding');
+      await t.throwsAsync(rbac.readClusterRole({ name: FULLNAME }), undefined, 'no operator ClusterRole');
+      for (const namespace of managed) await rbac.readNamespacedRoleBinding({ namespace, name: FULLNAME });
+      await checkAccess(t, admin, managed.flatMap((namespace) => neededChecks(namespace)), true, 'the operator\'s needs in team-a and team-b');
+      const outside: AccessCheck[] = [];
+      for (const namespace of ['team-c', undefined]) {
+        for (const verb of ['get', 'list', 'watch', 'create', 'patch', 'delete']) outside.push({ verb, resource: 'secrets', ...(namespace ? { namespace } : {}) });
+        for (const verb of ['list', 'watch', 'create', 'patch', 'delete']) outside.push({ verb, resource: 'pods', ...(namespace ? { namespace } : {}) });
+        outside.push({ verb: 'list', group: CRD_GROUP, resource: CRD_PLURAL, ...(namespace ? { namespace } : {}) });
+        outside.push({ verb: 'patch', group: CRD_GROUP, resource: CRD_PLURAL, ...(namespace ? { namespace } : {}) });
+        outside.push({ verb: 'create', resource: 'events', ...(namespace ? { namespace } : {}) });
+      }
+      await checkAccess(t, admin, [...outside, ...neededChecks('team-c'), ...forbiddenChecks('team-a'), ...forbiddenChecks('team-b')], false, 'nothing in team-c, nothing cluster-wide, nothing beyond its needs');
+      // And as real calls with its identity: reading Secrets or creating a pod in team-c, or anywhere.
+      const operator = (await cp.kubeConfigFor({ user: SA_USER, groups: SA_GROUPS.filter((g) => g !== 'system:authenticated') })).kubeConfig;
+      const core = operator.makeApiClient(CoreV1Api);
+      const pod = { metadata: { name: 'intruder' }, spec: { containers: [{ name: 'c', image: 'busybox' }] } };
+      for (const [what, call] of [
+        ['list Secrets in team-c', () => core.listNamespacedSecret({ namespace: 'team-c' })],
+        ['read a Secret in team-c', () => core.readNamespacedSecret({ namespace: 'team-c', name: 'any' })],
+        ['list Secrets in every namespace', () => core.listSecretForAllNamespaces()],
+        ['create a pod in team-c', () => core.createNamespacedPod({ namespace: 'team-c', body: pod })],
+        ['list pods in every namespace', () => core.listPodForAllNamespaces()],
+      ] as const) {
+        const error = await (call as () => Promise<unknown>)().then(() => null, (e: unknown) => e);
+        t.is(statusCode(error), 403, `the operator cannot ${what} (${describeError(error)})`);
+      }
+      const allowedCall = await core.listNamespacedSecret({ namespace: 'team-a' }).then(() => null, (e: unknown) => e);
+      t.is(allowedCall, null, 'but lists Secrets in team-a');
+    },
+  });
 });

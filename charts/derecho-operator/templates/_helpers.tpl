@@ -46,6 +46,21 @@ app.kubernetes.io/component: operator
 {{- end -}}
 {{- end -}}
 
+{{/*
+The namespaces the operator watches, comma-separated ("" = all): watchNamespaces, then the deprecated
+watchNamespace if it is not already listed. Split with: splitList "," | compact.
+*/}}
+{{- define "derecho-operator.watchNamespaces" -}}
+{{- $list := list -}}
+{{- range .Values.watchNamespaces -}}
+{{- $list = append $list . -}}
+{{- end -}}
+{{- with .Values.watchNamespace -}}
+{{- $list = append $list . -}}
+{{- end -}}
+{{- $list | uniq | join "," -}}
+{{- end -}}
+
 {{/* The leader-election Lease (--lease-name): one per release, so two releases in a namespace do not share it. */}}
 {{- define "derecho-operator.leaseName" -}}
 {{- include "derecho-operator.fullname" . -}}
