@@ -139,3 +139,13 @@ test('property: over any sequence of reconciles, every certificate is valid, nam
   ), { numRuns: 25 });
   t.pass();
 });
+
+test('a certificate that lacks a name the member needs now (localhost, added for port-forwards) is issued again, with every name; the others are kept', (t) => {
+  const held = hold(planAt(empty, 0, [1, 2]));
+  const wanted = (ids: number[]) => ids.map((nodeId) => ({ nodeId, dnsNames: [`g-${nodeId}.g-peers.ns.svc`, ...(nodeId === 2 ? ['localhost'] : [])] }));
+  const plan = planCertificates({ group: 'ns/g', now: new Date(T0 + 10_000), times: SHORT, authoritySecret: held.authority, memberSecrets: held.members, members: wanted([1, 2]), issuer: x509Issuer });
+  t.deepEqual(plan.issued.map((m) => m.replace(/; valid until .*/, '')), ["issued node 2's certificate (it lacks the name localhost"]);
+  t.deepEqual(certificateFacts(text(plan.memberData.get(2)!['tls.crt'])).dnsNames, ['g-2.g-peers.ns.svc', 'localhost']);
+  t.deepEqual(plan.memberData.get(1), held.members.get(1)!.data);
+  t.is(text(plan.trusted), text(plan.memberData.get(1)!['ca.crt']), 'trusted: what the members\' ca.crt holds');
+});

@@ -51,6 +51,8 @@ export interface CertificatePlan {
   issued: string[];
   /** The earliest notAfter among the members' certificates (ISO), or null. */
   earliestNotAfter: string | null;
+  /** Every authority trusted now (PEM bundle, base64): the members' ca.crt, and what clients verify members with. */
+  trusted: string;
 }
 
 const b64 = (text: string): string => Buffer.from(text, 'utf8').toString('base64');
@@ -62,11 +64,11 @@ export function renewalDue(notBefore: Date, notAfter: Date, now: Date): boolean 
   return notAfter.getTime() - now.getTime() < lifetimeMs / 3;
 }
 
-function parsed(certPem: string | null, keyPem: string | null): (KeyAndCertificate & { notBefore: Date; notAfter: Date; commonName: string | null }) | null {
+function parsed(certPem: string | null, keyPem: string | null): (KeyAndCertificate & { notBefore: Date; notAfter: Date; commonName: string | null; dnsNames: string[] }) | null {
   if (certPem === null || keyPem === null) return null;
   try {
     const facts = certificateFacts(certPem);
-    return { certPem, keyPem, notBefore: facts.notBefore, notAfter: facts.notAfter, commonName: facts.commonName };
+    return { certPem, keyPem, notBefore: facts.notBefore, notAfter: facts.notAfter, commonName: facts.commonName, dnsNames: facts.dnsNames };
   } catch {
     return null; // unreadable: issued again
   }
@@ -102,7 +104,7 @@ export function planCertificates(args: {
   if (current === null || renewalDue(current.notBefore, current.notAfter, now)) {
     const replaced = current;
     const { notBefore, notAfter } = validity(times.authorityValiditySeconds);
-    current = { ...needIssuer().authority(`${args.group}-ca`, notBefore, notAfter), notBefore, notAfter, commonName: `${args.group}-ca` };
+    current = { ...needIssuer().authority(`${args.group}-ca`, notBefore, notAfter), notBefore, notAfter, commonName: `${args.group}-ca`, dnsNames: [] };
     previous = replaced;
     issued.push(replaced === null
       ? `issued the group's certificate authority (valid until ${iso(notAfter)})`
@@ -126,6 +128,7 @@ export function planCertificates(args: {
     const byCurrent = leaf !== null && issuedBy(leaf.certPem, current.certPem, now);
     const why = leaf === null ? 'none yet'
       : leaf.commonName !== commonName ? 'it names another member'
+        : member.dnsNames.some((name) => !leaf!.dnsNames.includes(name)) ? `it lacks the name${member.dnsNames.filter((name) => !leaf!.dnsNames.includes(name)).length === 1 ? '' : 's'} ${member.dnsNames.filter((name) => !leaf!.dnsNames.includes(name)).join(', ')}`
         : !byCurrent && !(previous !== null && issuedBy(leaf.certPem, previous.certPem, now)) ? 'the group\'s authority did not sign it'
           : renewalDue(leaf.notBefore, leaf.notAfter, now) ? 'it expires soon'
             : signer === current && !byCurrent ? 'the new authority signs from now on' : null;
@@ -133,11 +136,11 @@ export function planCertificates(args: {
       const wanted = validity(times.certificateValiditySeconds);
       const notBefore = new Date(Math.max(wanted.notBefore.getTime(), signer.notBefore.getTime()));
       const notAfter = new Date(Math.min(wanted.notAfter.getTime(), signer.notAfter.getTime()));
-      leaf = { ...needIssuer().leaf(signer, { commonName, dnsNames: member.dnsNames }, notBefore, notAfter), notBefore, notAfter, commonName };
+      leaf = { ...needIssuer().leaf(signer, { commonName, dnsNames: member.dnsNames }, notBefore, notAfter), notBefore, notAfter, commonName, dnsNames: member.dnsNames };
       issued.push(`issued node ${member.nodeId}'s certificate (${why}; valid until ${iso(notAfter)})`);
     }
     if (earliest === null || leaf!.notAfter < earliest) earliest = leaf!.notAfter;
     memberData.set(member.nodeId, { 'tls.crt': b64(leaf!.certPem), 'tls.key': b64(leaf!.keyPem), 'ca.crt': b64(trusted) });
   }
-  return { authorityData, memberData, issued, earliestNotAfter: earliest === null ? null : iso(earliest) };
+  return { authorityData, memberData, issued, earliestNotAfter: earliest === null ? null : iso(earliest), trusted: b64(trusted) };
 }

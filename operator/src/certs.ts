@@ -214,11 +214,13 @@ function commonNameOf(name: { CN?: string | string[] } | undefined): string | nu
 }
 
 /** Facts of a PEM certificate (first one if a bundle), via crypto.X509Certificate. */
-export function certificateFacts(pem: string): { commonName: string | null; issuerCommonName: string | null; notBefore: Date; notAfter: Date; serialNumber: string; fingerprint256: string; isCa: boolean } {
+export function certificateFacts(pem: string): { commonName: string | null; issuerCommonName: string | null; dnsNames: string[]; notBefore: Date; notAfter: Date; serialNumber: string; fingerprint256: string; isCa: boolean } {
   const cert = firstCertificate(pem);
   const legacy = cert.toLegacyObject();
+  // subjectAltName reads "DNS:a, DNS:b, IP Address:..." (names cannot hold ", ": DNS names have no spaces).
+  const dnsNames = (cert.subjectAltName ?? '').split(', ').filter((entry) => entry.startsWith('DNS:')).map((entry) => entry.slice(4));
   return {
-    commonName: commonNameOf(legacy.subject), issuerCommonName: commonNameOf(legacy.issuer),
+    commonName: commonNameOf(legacy.subject), issuerCommonName: commonNameOf(legacy.issuer), dnsNames,
     notBefore: new Date(cert.validFrom), notAfter: new Date(cert.validTo),
     serialNumber: cert.serialNumber, fingerprint256: cert.fingerprint256, isCa: cert.ca,
   };

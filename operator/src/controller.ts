@@ -35,7 +35,8 @@ import { ListWatch, Watch } from '@kubernetes/client-node';
 import type { KubeConfig, KubernetesListObject, KubernetesObject } from '@kubernetes/client-node';
 import { createLogger } from '../../node-agent/src/agent/logger.ts';
 import type { Logger } from '../../node-agent/src/agent/logger.ts';
-import { CRD_API_VERSION, CRD_KIND, CRD_PLURAL, LABEL, memberNodeId, names } from './kube.ts';
+import { httpRequest } from '../../node-agent/src/util/http-request.ts';
+import { CRD_API_VERSION, CRD_KIND, CRD_PLURAL, LABEL, memberNodeId, names, peerHost } from './kube.ts';
 import type { KubeObject, ObjectRef, ObservedPod, ObservedSecret } from './kube.ts';
 import { x509Issuer } from './certs.ts';
 import { createOperatorMetrics } from './metrics.ts';
@@ -590,6 +591,22 @@ export class WorkQueue {
 // ---------------------------------------------------------------------------------------------------
 // The controller.
 
+/**
+ * How the operator reaches a group's members' HTTP API: null for plain HTTP (spec.clientApi.tls false),
+ * else the CA bundle their certificates are verified with (ca.crt of the client Secret; null until it exists,
+ * then Node's public roots refuse them and the member reads as unreachable).
+ */
+export interface ClientApiTrust {
+  ca: string | null;
+}
+
+export function clientApiTrust(group: DerechoGroupResource, secrets: ObservedSecret[]): ClientApiTrust | null {
+  const clientApi = (group.spec as { clientApi?: { tls?: unknown } } | null)?.clientApi;
+  if (clientApi?.tls === false) return null;
+  const ca = secrets.find((s) => s.metadata.name === names.clientSecret(group.metadata.name))?.data?.['ca.crt'];
+  return { ca: ca === undefined ? null : Buffer.from(ca, 'base64').toString('utf8') };
+}
+
 /** Where a member's /status is: the default is the pod IP and its container port "http". */
 export type StatusUrl = (pod: ObservedPod, nodeId: number) => string | null;
 
@@ -893,13 +910,13 @@ export class Controller {
     }
     const group = structuredClone(cached) as unknown as DerechoGroupResource;
     const observed = await this.observe(group, namespace, name);
-    const reports = await this.pollAgents(observed.pods ?? [], name);
+    const reports = await this.pollAgents(observed.pods ?? [], name, namespace, clientApiTrust(group, observed.secrets ?? []));
     const output = reconcile({
       group,
       observed,
       reports,
       now: new Date().toISOString(),
-      random: { hmacKey: randomBytes(32).toString('base64') },
+      random: { hmacKey: randomBytes(32).toString('base64'), clientToken: randomBytes(32).toString('base64url') },
       issuer: x509Issuer,
       ...(this.options.operatorOptions ? { options: this.options.operatorOptions } : {}),
     });
@@ -925,12 +942,16 @@ export class Controller {
     const secrets = mine('Secret') as ObservedSecret[];
     // Secrets the group names (mutual TLS material, a user's HMAC key) are not ours to label: read them by
     // name. The HMAC Secret the operator makes is read live when the cache lacks it (never mint a second key).
-    const tls = (group.spec as { tls?: { mode?: string; secretName?: string } } | null)?.tls;
+    const groupSpec = group.spec as { tls?: { mode?: string; secretName?: string }; clientApi?: { tls?: boolean; tokenSecretName?: string } } | null;
+    const tls = groupSpec?.tls;
     // The certificate authority the operator made, likewise: a second one would split the members' trust.
-    const wanted = new Set<string>();
+    // And the client API's: the user's token Secret, the client Secret (never mint a second token).
+    const wanted = new Set<string>([names.clientSecret(name)]);
     if (tls?.secretName !== undefined) wanted.add(tls.secretName);
     else if (tls?.mode === 'mutual') wanted.add(names.authoritySecret(name));
     else wanted.add(names.hmacSecret(name));
+    if (tls?.mode !== 'mutual' && groupSpec?.clientApi?.tls !== false) wanted.add(names.authoritySecret(name));
+    if (groupSpec?.clientApi?.tokenSecretName !== undefined) wanted.add(groupSpec.clientApi.tokenSecretName);
     for (const secretName of wanted) {
       if (secrets.some((s) => s.metadata.name === secretName)) continue;
       try {
@@ -951,8 +972,12 @@ export class Controller {
     };
   }
 
-  /** Each member's parsed /status: null when its pod does not answer (or answers something else). */
-  private async pollAgents(pods: ObservedPod[], group: string): Promise<AgentReports> {
+  /**
+   * Each member's parsed /status: null when its pod does not answer (or answers something else). Over
+   * https when the group's client API is on TLS (`trust` not null): the member's certificate verified with
+   * the group's CA bundle by its pod's DNS name (the URL may name an IP).
+   */
+  private async pollAgents(pods: ObservedPod[], group: string, namespace: string, trust: ClientApiTrust | null): Promise<AgentReports> {
     const reports: Record<number, AgentReport | null> = {};
     const timeoutMs = this.options.statusTimeoutMs ?? 2000;
     await Promise.all(pods.map(async (pod) => {
@@ -964,9 +989,10 @@ export class Controller {
         return;
       }
       try {
-        const res = await fetch(url, { signal: AbortSignal.timeout(timeoutMs) });
-        const body: unknown = res.ok ? await res.json() : null;
-        if (!res.ok) await res.body?.cancel();
+        const res = trust === null
+          ? await httpRequest({ url, timeoutMs })
+          : await httpRequest({ url: url.replace(/^http:/, 'https:'), timeoutMs, ...(trust.ca !== null ? { ca: trust.ca } : {}), servername: peerHost(group, namespace, nodeId) });
+        const body: unknown = res.status === 200 ? JSON.parse(res.body.toString('utf8')) : null;
         reports[nodeId] = parseAgentReport(body);
         this.metrics.agentPolls.inc({ result: reports[nodeId] === null ? 'invalid' : 'ok' });
       } catch {

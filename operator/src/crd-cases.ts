@@ -161,6 +161,27 @@ export const MESSAGE_CASES: readonly MessageCase[] = [
     causes: 1,
   },
   {
+    what: 'an unknown enum value: the values, and no "some validation rules were not checked" line',
+    after: { transport: 'udp' },
+    field: 'spec.transport: Invalid value: "udp": ',
+    says: /^must be one of "tcp", "rdma", "auto"$/,
+    causes: 1,
+  },
+  {
+    what: 'a size that is not a quantity says what one is, not the regex',
+    after: { storage: { size: '1 GB' } },
+    field: 'spec.storage.size: Invalid value: "1 GB": ',
+    says: /^must be a storage size of at least 1Mi \(a quantity such as 512Mi, 1Gi or 10G\)$/,
+    causes: 1,
+  },
+  {
+    what: 'a subgroup name says what a name is',
+    after: { subgroups: [{ ...kv, name: 'Kv' }, events] },
+    field: 'spec.subgroups[0].name: Invalid value: "Kv": ',
+    says: /^must be a subgroup name \(lowercase letters, digits and "-", starting with a letter, at most 63 characters\)$/,
+    causes: 1,
+  },
+  {
     what: 'resharding names the subgroup by its place',
     before: {}, after: { subgroups: [{ ...kv, shards: 3 }, events] },
     field: 'spec.subgroups[0]: Forbidden: ',

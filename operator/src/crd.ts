@@ -304,6 +304,13 @@ function ordered(schema: OpenApiSchema): OpenApiSchema {
 export interface StructuralOptions {
   /** x-kubernetes-validations by path (the path of the root node is `root`). */
   rules?: readonly CelRule[];
+  /**
+   * Enums and patterns of strings become CEL rules, their rules pushed here (with TypeScript twins):
+   * kube-apiserver then says "must be one of ..." / "must be <what the field is>" instead of a raw regex,
+   * and an unknown enum value no longer blocks the CEL rules (which added "<nil>: some validation rules
+   * were not checked" to every such refusal).
+   */
+  valueRules?: CelRule[];
   /** List types by path. */
   listTypes?: Record<string, Pick<OpenApiSchema, 'x-kubernetes-list-type' | 'x-kubernetes-list-map-keys'>>;
 }
@@ -333,8 +340,13 @@ export function toStructural(schema: JsonSchema, root: string, options: Structur
       if (keyword in node) throw new SchemaConversionError(`${at}: ${keyword} has no structural equivalent`);
     }
     const out: OpenApiSchema = {};
+    let noun: string | undefined;
     for (const [key, value] of Object.entries(node)) {
       if (DROPPED.has(key)) continue;
+      if (key === 'x-noun') {
+        noun = value as string;
+        continue;
+      }
       switch (key) {
         case 'type': {
           const types = Array.isArray(value) ? value.filter((t) => t !== 'null') : [value];
@@ -389,12 +401,34 @@ export function toStructural(schema: JsonSchema, root: string, options: Structur
       out.format ??= fitsInt32 ? 'int32' : 'int64';
     }
     if (out.type === 'number') out.format ??= 'double';
-    // Bounds the CEL cost estimator's idea of the string's size (it assumes the largest request otherwise).
-    if (out.type === 'string' && out.enum !== undefined && out.maxLength === undefined) {
+    const valueRules: CelRule[] = [];
+    if (options.valueRules !== undefined && out.type === 'string' && out.enum !== undefined) {
+      const values = out.enum.map((value) => String(value));
+      valueRules.push(celRule<unknown>(at, {
+        rule: `self in [${values.map(celString).join(', ')}]`,
+        message: `must be one of ${values.map((value) => JSON.stringify(value)).join(', ')}`,
+        holds: (self) => typeof self !== 'string' || values.includes(self),
+      }));
+      delete out.enum;
+      // Bounds the CEL cost estimator's idea of the string (a longer value is the schema's TooLong).
+      out.maxLength = Math.max(64, ...values.map((value) => value.length));
+    } else if (out.type === 'string' && out.enum !== undefined && out.maxLength === undefined) {
+      // Bounds the CEL cost estimator's idea of the string's size (it assumes the largest request otherwise).
       out.maxLength = Math.max(...out.enum.map((value) => String(value).length));
     }
+    if (options.valueRules !== undefined && out.type === 'string' && out.pattern !== undefined && noun !== undefined) {
+      const pattern = out.pattern;
+      const re = new RegExp(pattern);
+      valueRules.push(celRule<unknown>(at, {
+        rule: `self.matches(${celString(pattern)})`,
+        message: `must be ${noun}`,
+        holds: (self) => typeof self !== 'string' || re.test(self),
+      }));
+      delete out.pattern;
+    }
+    options.valueRules?.push(...valueRules);
     Object.assign(out, options.listTypes?.[at]);
-    const rules = (options.rules ?? []).filter((rule) => rule.at === at).map(({ rule, message, fieldPath, reason }): ValidationRule => ({
+    const rules = [...valueRules, ...(options.rules ?? []).filter((rule) => rule.at === at)].map(({ rule, message, fieldPath, reason }): ValidationRule => ({
       rule, message, ...(fieldPath !== undefined ? { fieldPath } : {}), ...(reason !== undefined ? { reason } : {}),
     }));
     if (rules.length > 0) out['x-kubernetes-validations'] = rules;
@@ -409,10 +443,27 @@ export function toStructural(schema: JsonSchema, root: string, options: Structur
 const jsonSchemaOf = (schema: z.ZodType): JsonSchema =>
   z.toJSONSchema(schema, { target: 'openapi-3.0', io: 'input', unrepresentable: 'throw' }) as JsonSchema;
 
+/** A CEL string literal: raw (backslashes as written), in whichever quote the text does not hold. */
+function celString(text: string): string {
+  if (!text.includes("'")) return `r'${text}'`;
+  if (!text.includes('"')) return `r"${text}"`;
+  throw new SchemaConversionError(`${JSON.stringify(text)} holds both quotes; it cannot be a raw CEL string`);
+}
+
+let specValueRules: CelRule[] | null = null;
+
+/** The CEL rules the spec's enums and patterns became (see StructuralOptions.valueRules), with their twins. */
+export function valueCelRules(): readonly CelRule[] {
+  if (specValueRules === null) derechoGroupSchema();
+  return specValueRules!;
+}
+
 /** The openAPIV3Schema of the DerechoGroup resource (apiVersion, kind, metadata, spec, status). */
 export function derechoGroupSchema(): OpenApiSchema {
   const structural = { rules: CEL_RULES, listTypes: LIST_TYPES };
-  const spec = toStructural(jsonSchemaOf(GroupSpec), 'spec', structural);
+  const valueRules: CelRule[] = [];
+  const spec = toStructural(jsonSchemaOf(GroupSpec), 'spec', { ...structural, valueRules });
+  specValueRules = valueRules;
   const status = toStructural(jsonSchemaOf(DerechoGroupStatus), 'status', structural);
   const rootRules = CEL_RULES.filter((rule) => rule.at === '').map(({ rule, message }) => ({ rule, message }));
   return ordered({
@@ -502,10 +553,12 @@ function valuesAt(resource: unknown, at: string): unknown[] {
   if (at === '') return values;
   for (const segment of at.split('.')) {
     const list = segment.endsWith('[]');
-    const name = list ? segment.slice(0, -2) : segment;
+    const map = segment.endsWith('{}');
+    const name = list || map ? segment.slice(0, -2) : segment;
     values = values.flatMap((value) => {
       const child = typeof value === 'object' && value !== null ? (value as Record<string, unknown>)[name] : undefined;
       if (child === undefined) return [];
+      if (map) return typeof child === 'object' && child !== null ? Object.values(child) : [];
       return list ? (Array.isArray(child) ? child : []) : [child];
     });
   }
@@ -516,9 +569,9 @@ function valuesAt(resource: unknown, at: string): unknown[] {
  * The CEL rules a resource breaks, evaluated with their TypeScript twins on defaulted values (what the
  * API server sees after defaulting). With `old`, transition rules run too (paths outside lists only).
  */
-export function celViolations(resource: unknown, old?: unknown): { at: string; rule: string; message: string }[] {
+export function celViolations(resource: unknown, old?: unknown, rules: readonly CelRule[] = [...CEL_RULES, ...valueCelRules()]): { at: string; rule: string; message: string }[] {
   const violations: { at: string; rule: string; message: string }[] = [];
-  for (const rule of CEL_RULES) {
+  for (const rule of rules) {
     const transition = isTransitionRule(rule);
     if (transition && old === undefined) continue;
     const values = valuesAt(resource, rule.at);

@@ -11,6 +11,9 @@ export const CRD_SHORT_NAMES = ['dg'];
 export const CRD_API_VERSION = `${CRD_GROUP}/${CRD_VERSION}`;
 export const CRD_NAME = `${CRD_PLURAL}.${CRD_GROUP}`;
 
+/** On the operator's own pods (the chart sets it): the groups' NetworkPolicies let them poll the members' /status. */
+export const OPERATOR_POD_LABELS = Object.freeze({ 'derecho.dev/operator': 'true' });
+
 export const LABEL = Object.freeze({
   name: 'app.kubernetes.io/name',
   instance: 'app.kubernetes.io/instance',
@@ -139,6 +142,8 @@ export const names = {
   configMap: (group: string): string => `${group}-config`,
   hmacSecret: (group: string): string => `${group}-auth`,
   tlsSecret: (group: string): string => `${group}-tls`,
+  /** What clients need: the client API's token (key "token", unless the spec names its own Secret) and the CA that signs the members' certificates (ca.crt). */
+  clientSecret: (group: string): string => `${group}-client`,
   /** The certificate authority the operator issues members' certificates with (never mounted by a pod). */
   authoritySecret: (group: string): string => `${group}-ca`,
   /** A member's certificate, key and trusted authorities (kubernetes.io/tls, as cert-manager writes it). */

@@ -240,7 +240,11 @@ export async function runOperator(argv: readonly string[], env: Record<string, s
     pollIntervalSeconds: flags.pollIntervalSeconds,
     workers: flags.workers,
     identity,
-    operatorOptions: { rdmaResourceName: flags.rdmaResourceName, agentImage: flags.agentImage, certificates: flags.certificates },
+    operatorOptions: {
+      rdmaResourceName: flags.rdmaResourceName, agentImage: flags.agentImage, certificates: flags.certificates,
+      // The groups' NetworkPolicies admit the operator's pods from its own namespace (any, when unknown).
+      operatorNamespace: env.POD_NAMESPACE !== undefined && env.POD_NAMESPACE.trim() !== '' ? env.POD_NAMESPACE.trim() : null,
+    },
     metrics,
     log,
   });

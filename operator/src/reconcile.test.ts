@@ -18,7 +18,7 @@ import { validateOpenApi } from './openapi.ts';
 import { DEFAULT_OPTIONS, agentStatusUrl, parseRestartMessage, reconcile, withWriteFailures } from './reconcile.ts';
 import type { ReconcileOutput, WriteFailure } from './reconcile.ts';
 import type { Condition, DerechoGroupStatus } from './status.ts';
-import { Cluster, HMAC_KEY, NOW, kvDemo, report, restartingReport } from './test-support.ts';
+import { CLIENT_TOKEN, Cluster, HMAC_KEY, NOW, kvDemo, report, restartingReport } from './test-support.ts';
 
 const statusSchema = derechoGroupSchema().properties!.status!;
 
@@ -60,10 +60,12 @@ function runUntilSettled(cluster: Cluster, limit = 20): NodeId[][] {
 // ---------------------------------------------------------------------------------------------------
 // A new group
 
-test('a new group creates three pods, three PVCs, two services, a ConfigMap, a Secret, two PDBs and a NetworkPolicy', (t) => {
+test('a new group creates three pods, three PVCs, two services, a ConfigMap, its Secrets, two PDBs and a NetworkPolicy', (t) => {
   const output = reconcile(new Cluster(kvDemo()).input());
   // Two budgets: a majority of the members, and node 3 alone (the only member of kv/1: see the sole-member test).
-  t.deepEqual(kinds(output.objects), { ConfigMap: 1, Secret: 1, Service: 2, PodDisruptionBudget: 2, NetworkPolicy: 1, PersistentVolumeClaim: 3, Pod: 3 });
+  t.deepEqual(kinds(output.objects), { ConfigMap: 1, Secret: 6, Service: 2, PodDisruptionBudget: 2, NetworkPolicy: 1, PersistentVolumeClaim: 3, Pod: 3 });
+  // The HMAC key; for the client API's TLS a CA and a certificate per member; the client Secret (token, ca.crt).
+  t.deepEqual(output.objects.filter((o) => o.kind === 'Secret').map((o) => o.metadata.name), ['kv-demo-auth', 'kv-demo-ca', 'kv-demo-node-1-tls', 'kv-demo-node-2-tls', 'kv-demo-node-3-tls', 'kv-demo-client']);
   t.deepEqual(output.deletes, []);
   t.deepEqual(output.objects.filter((o) => o.kind === 'Pod').map((o) => o.metadata.name), ['kv-demo-1', 'kv-demo-2', 'kv-demo-3']);
   t.deepEqual(output.objects.filter((o) => o.kind === 'PersistentVolumeClaim').map((o) => o.metadata.name), ['kv-demo-1-data', 'kv-demo-2-data', 'kv-demo-3-data']);
@@ -75,6 +77,10 @@ test('a new group creates three pods, three PVCs, two services, a ConfigMap, a S
     Ready: 'False Creating', Progressing: 'True Creating', Degraded: 'False AsExpected', RestartQuorumPending: 'False NotRestarting', Stuck: 'False NotRestarting', SpecAccepted: 'True Accepted',
   });
   t.deepEqual(output.events.map((e) => `${e.type} ${e.reason}: ${e.message}`), [
+    'Normal CertificateIssued: issued the group\'s certificate authority (valid until 2035-12-30T00:00:00Z)',
+    'Normal CertificateIssued: issued node 1\'s certificate (none yet; valid until 2026-04-01T00:00:00Z)',
+    'Normal CertificateIssued: issued node 2\'s certificate (none yet; valid until 2026-04-01T00:00:00Z)',
+    'Normal CertificateIssued: issued node 3\'s certificate (none yet; valid until 2026-04-01T00:00:00Z)',
     'Normal PodsCreated: creating 3 founding member pod(s) (nodes 1, 2, 3) together: they form view 0 once all are connected',
   ]);
   t.deepEqual(output.finalizer, { name: 'derecho.dev/cleanup', present: true });
@@ -107,18 +113,21 @@ test('member pods run the agent: DERECHO_* environment, probes, non-root read-on
     DERECHO_PEER_PORT: '7000',
     DERECHO_HTTP_PORT: '8080',
     DERECHO_HMAC_SECRET_FILE: '/etc/derecho/auth/hmac.key',
+    DERECHO_API_TLS_CERT_FILE: '/etc/derecho/api-tls/tls.crt',
+    DERECHO_API_TLS_KEY_FILE: '/etc/derecho/api-tls/tls.key',
+    DERECHO_API_TOKEN_FILE: '/etc/derecho/api-token/token',
   });
   const container = pod.spec.containers[0]!;
   t.like(container, {
     name: 'agent',
     image: 'ghcr.io/derecho-ts/node-agent:0.1.0',
-    readinessProbe: { httpGet: { path: '/readyz', port: 'http' } },
-    livenessProbe: { httpGet: { path: '/healthz', port: 'http' } },
+    readinessProbe: { httpGet: { path: '/readyz', port: 'http', scheme: 'HTTPS' } },
+    livenessProbe: { httpGet: { path: '/healthz', port: 'http', scheme: 'HTTPS' } },
     resources: { requests: { cpu: '100m', memory: '128Mi' }, limits: { memory: '512Mi' } },
     securityContext: { runAsNonRoot: true, readOnlyRootFilesystem: true, allowPrivilegeEscalation: false, capabilities: { drop: ['ALL'] } },
   });
   t.like(pod.spec, { restartPolicy: 'Always', hostname: 'kv-demo-2', subdomain: 'kv-demo-peers', securityContext: { runAsNonRoot: true, runAsUser: 65532, fsGroup: 65532 } });
-  t.deepEqual(pod.spec.volumes.map((v) => v.name), ['data', 'group', 'auth', 'tmp']);
+  t.deepEqual(pod.spec.volumes.map((v) => v.name), ['data', 'group', 'auth', 'api-tls', 'api-token', 'tmp']);
   t.deepEqual(pod.spec.volumes[0], { name: 'data', persistentVolumeClaim: { claimName: 'kv-demo-2-data' } });
   t.like(pod.spec.volumes[2], { secret: { secretName: 'kv-demo-auth', items: [{ key: 'hmac.key', path: 'hmac.key' }] } });
   t.regex(pod.metadata.annotations![ANNOTATION.configHash]!, /^[0-9a-f]{16}$/);
@@ -168,10 +177,80 @@ test('the HMAC key is made once from the caller\'s randomness and kept afterward
   t.throws(() => reconcile({ ...new Cluster(kvDemo()).input(), random: {} }), { message: /needs an HMAC key: pass random\.hmacKey/ });
 });
 
-test('mutual TLS: no Secret is made, each pod mounts its own certificate, and a missing Secret is reported', (t) => {
+// ---------------------------------------------------------------------------------------------------
+// The client API (spec.clientApi, ADR 0015)
+
+const secretText = (object: KubeObject | undefined, key: string): string | undefined => {
+  const value = (object as ObservedSecret | undefined)?.data?.[key];
+  return value === undefined ? undefined : Buffer.from(value, 'base64').toString('utf8');
+};
+type Policy = KubeObject & { spec: { ingress: { from?: Record<string, unknown>[]; ports: { port: number }[] }[] } };
+
+test('client API by default: TLS with certificates the operator issues (hmac groups too), a token made once and kept, both in the client Secret; the NetworkPolicy admits labelled clients and the operator', (t) => {
+  const cluster = new Cluster(kvDemo());
+  const first = cluster.step();
+  const client = find(first.objects, 'Secret', 'kv-demo-client');
+  t.is(secretText(client, 'token'), CLIENT_TOKEN);
+  t.is(secretText(client, 'ca.crt'), secretText(find(first.objects, 'Secret', 'kv-demo-node-1-tls'), 'ca.crt'), 'ca.crt: the authorities the members trust');
+  const leaf = secretText(find(first.objects, 'Secret', 'kv-demo-node-2-tls'), 'tls.crt')!;
+  t.true(issuedBy(leaf, secretText(client, 'ca.crt')!, new Date(NOW)));
+  t.true(certificateFacts(leaf).dnsNames.includes('localhost'), 'a port-forward reaches https://localhost');
+  t.true(certificateFacts(leaf).dnsNames.includes('kv-demo-2.kv-demo-peers.default.svc'));
+  // The token is kept: a later reconcile with other randomness does not change it.
+  const later = reconcile(cluster.input({ random: { hmacKey: HMAC_KEY, clientToken: 'another-token-that-must-not-be-used-0123' } }));
+  t.is(secretText(find(later.objects, 'Secret', 'kv-demo-client'), 'token'), CLIENT_TOKEN);
+  t.throws(() => reconcile({ ...new Cluster(kvDemo()).input(), random: { hmacKey: HMAC_KEY } }), { message: /needs a client API token: pass random\.clientToken/ });
+  const pod = podOf(first.objects, 2);
+  t.like(pod.spec.volumes.find((v) => v.name === 'api-token'), { secret: { secretName: 'kv-demo-client', items: [{ key: 'token', path: 'token' }] } });
+  t.like(pod.spec.volumes.find((v) => v.name === 'api-tls'), { secret: { secretName: 'kv-demo-node-2-tls', items: [{ key: 'tls.crt', path: 'tls.crt' }, { key: 'tls.key', path: 'tls.key' }] } });
+  const policy = find(first.objects, 'NetworkPolicy', 'kv-demo-peers') as Policy;
+  t.deepEqual(policy.spec.ingress[1], {
+    from: [
+      { podSelector: { matchLabels: { 'derecho.dev/client': 'kv-demo' } } },
+      { namespaceSelector: {}, podSelector: { matchLabels: { 'derecho.dev/operator': 'true' } } },
+    ],
+    ports: [{ protocol: 'TCP', port: 8080 }],
+  }, 'no longer open to the whole cluster');
+  const inNamespace = reconcile({ ...new Cluster(kvDemo()).input(), options: { operatorNamespace: 'derecho-system' } });
+  t.deepEqual((find(inNamespace.objects, 'NetworkPolicy', 'kv-demo-peers') as Policy).spec.ingress[1]!.from![1], {
+    namespaceSelector: { matchLabels: { 'kubernetes.io/metadata.name': 'derecho-system' } }, podSelector: { matchLabels: { 'derecho.dev/operator': 'true' } },
+  });
+});
+
+test('client API: mutual TLS serves it with the member\'s own certificate; allowedClients replaces the default selector; tls false and authentication none turn both off', (t) => {
+  const mutual = reconcile(new Cluster(kvDemo({ tls: { mode: 'mutual' }, clientApi: { allowedClients: [{ namespaceSelector: { matchLabels: { team: 'web' } }, podSelector: {} }, { ipBlock: { cidr: '10.1.0.0/16' } }] } })).input());
+  t.like(env(podOf(mutual.objects, 1)), { DERECHO_API_TLS_CERT_FILE: '/etc/derecho/auth/tls.crt', DERECHO_API_TLS_KEY_FILE: '/etc/derecho/auth/tls.key' });
+  t.false(podOf(mutual.objects, 1).spec.volumes.some((v) => v.name === 'api-tls'));
+  t.deepEqual((find(mutual.objects, 'NetworkPolicy', 'kv-demo-peers') as Policy).spec.ingress[1]!.from!.slice(0, 2), [
+    { namespaceSelector: { matchLabels: { team: 'web' } }, podSelector: {} }, { ipBlock: { cidr: '10.1.0.0/16' } },
+  ]);
+  const open = reconcile(new Cluster(kvDemo({ clientApi: { tls: false, authentication: 'none' } })).input());
+  t.deepEqual(open.objects.filter((o) => o.kind === 'Secret').map((o) => o.metadata.name), ['kv-demo-auth'], 'no certificate, no client Secret');
+  const pod = podOf(open.objects, 1);
+  t.false(Object.keys(env(pod)).some((name) => name.startsWith('DERECHO_API_')));
+  t.deepEqual(pod.spec.containers[0]!.readinessProbe, { httpGet: { path: '/readyz', port: 'http' }, periodSeconds: 2, timeoutSeconds: 1, failureThreshold: 2 });
+  t.deepEqual(pod.spec.volumes.map((v) => v.name), ['data', 'group', 'auth', 'tmp']);
+});
+
+test('client API with the user\'s token Secret: mounted as is, reported when missing; the client Secret keeps only ca.crt', (t) => {
+  const cluster = new Cluster(kvDemo({ clientApi: { tokenSecretName: 'my-tokens' } }));
+  const output = reconcile(cluster.input());
+  t.like(conditionOf(output.status, 'Degraded'), { status: 'True', reason: 'AuthSecretMissing' });
+  t.regex(conditionOf(output.status, 'Degraded').message, /Secret my-tokens \(spec\.clientApi\.tokenSecretName\) with the client API's tokens does not exist/);
+  t.like(podOf(output.objects, 1).spec.volumes.find((v) => v.name === 'api-token'), { secret: { secretName: 'my-tokens' } });
+  const client = find(output.objects, 'Secret', 'kv-demo-client') as ObservedSecret;
+  t.deepEqual(Object.keys(client.data!), ['ca.crt']);
+  const tokens = { apiVersion: 'v1', kind: 'Secret', metadata: { name: 'my-tokens', namespace: 'default' }, data: { token: Buffer.from('a-user-token-of-enough-length\n').toString('base64') } };
+  const fine = reconcile(cluster.input({ observed: { ...cluster.observed(), secrets: [...(cluster.observed().secrets ?? []), tokens] } }));
+  t.like(conditionOf(fine.status, 'Degraded'), { status: 'False' });
+  const noKey = reconcile(cluster.input({ observed: { ...cluster.observed(), secrets: [...(cluster.observed().secrets ?? []), { ...tokens, data: { other: 'eA==' } }] } }));
+  t.is(conditionOf(noKey.status, 'Degraded').message, 'Secret my-tokens (spec.clientApi.tokenSecretName) has no key "token"');
+});
+
+test('mutual TLS: no certificate is made, each pod mounts its own certificate, and a missing Secret is reported', (t) => {
   const cluster = new Cluster(kvDemo({ tls: { mode: 'mutual', secretName: 'kv-certs' } }));
   const output = reconcile(cluster.input());
-  t.is(kinds(output.objects).Secret, undefined);
+  t.deepEqual(output.objects.filter((o) => o.kind === 'Secret').map((o) => o.metadata.name), ['kv-demo-client'], 'only the client API\'s token');
   const pod = podOf(output.objects, 2);
   t.like(env(pod), { DERECHO_TLS_CERT_FILE: '/etc/derecho/auth/tls.crt', DERECHO_TLS_KEY_FILE: '/etc/derecho/auth/tls.key', DERECHO_TLS_CA_FILE: '/etc/derecho/auth/ca.crt' });
   t.like(pod.spec.volumes[2], { secret: { secretName: 'kv-certs', items: [{ key: 'ca.crt', path: 'ca.crt' }, { key: 'node-2.crt', path: 'tls.crt' }, { key: 'node-2.key', path: 'tls.key' }] } });
@@ -187,7 +266,7 @@ test('mutual TLS without a Secret name: the operator issues an authority and a c
   const cluster = new Cluster(kvDemo({ tls: { mode: 'mutual' } }));
   const first = cluster.step();
   const secrets = first.objects.filter((o) => o.kind === 'Secret');
-  t.deepEqual(secrets.map((s) => s.metadata.name), ['kv-demo-ca', 'kv-demo-node-1-tls', 'kv-demo-node-2-tls', 'kv-demo-node-3-tls']);
+  t.deepEqual(secrets.map((s) => s.metadata.name), ['kv-demo-ca', 'kv-demo-node-1-tls', 'kv-demo-node-2-tls', 'kv-demo-node-3-tls', 'kv-demo-client']);
   t.like(secrets[1], { type: 'kubernetes.io/tls', metadata: { labels: { 'derecho.dev/node-id': '1', 'app.kubernetes.io/component': 'certificate' }, ownerReferences: [{ kind: 'DerechoGroup' }] } });
   const text = (object: KubeObject | undefined, key: string): string => Buffer.from((object as ObservedSecret).data![key]!, 'base64').toString('utf8');
   const ca = text(secrets[0], 'ca.crt');
@@ -228,7 +307,7 @@ test('mutual TLS with cert-manager: a Certificate per member into the Secret the
   const issuerRef = { name: 'group-ca', kind: 'ClusterIssuer', group: 'cert-manager.io' };
   const cluster = new Cluster(kvDemo({ tls: { mode: 'mutual', certManager: { issuerRef } } }));
   const first = cluster.step();
-  t.deepEqual(first.objects.filter((o) => o.kind === 'Secret').map((o) => o.metadata.name), [], 'the operator issues nothing itself');
+  t.deepEqual(first.objects.filter((o) => o.kind === 'Secret').map((o) => o.metadata.name), ['kv-demo-client'], 'the operator issues no certificate itself (the client Secret has the token, and ca.crt once cert-manager wrote one)');
   const certificates = first.objects.filter((o) => o.kind === 'Certificate') as (KubeObject & { spec: Record<string, unknown> })[];
   t.deepEqual(certificates.map((c) => c.metadata.name), ['kv-demo-node-1', 'kv-demo-node-2', 'kv-demo-node-3']);
   t.like(certificates[1], {
@@ -279,7 +358,7 @@ test('a group whose members are all active in one view is Running, with the view
     Ready: 'True AllMembersReady', Progressing: 'False Reconciled', Degraded: 'False AsExpected', RestartQuorumPending: 'False NotRestarting', Stuck: 'False NotRestarting', SpecAccepted: 'True Accepted',
   });
   t.like(status, { observedGeneration: 1, desiredMembers: 3, currentMembers: 3, foundingMembers: 3, selector: 'app.kubernetes.io/name=derecho,app.kubernetes.io/instance=kv-demo,app.kubernetes.io/component=member' });
-  t.deepEqual(outputs.flatMap((o) => o.events.map((e) => e.reason)), ['PodsCreated', 'Ready']);
+  t.deepEqual(outputs.flatMap((o) => o.events.map((e) => e.reason)), ['CertificateIssued', 'CertificateIssued', 'CertificateIssued', 'CertificateIssued', 'PodsCreated', 'Ready']);
   t.is(outputs[2]!.requeueAfterSeconds, 30);
   t.deepEqual(validateOpenApi(statusSchema, status, 'status'), []);
 });
@@ -486,7 +565,8 @@ test('scaling 5 -> 3 removes the highest id first, one at a time, and keeps the 
   runUntilSettled(cluster);
   cluster.setSpec({ members: 3 });
   const removal = cluster.step();
-  t.deepEqual(removal.deletes.map((d) => `${d.kind}/${d.name}`), ['Pod/kv-demo-5']);
+  // (The member's certificate, issued for the client API's TLS, goes with it.)
+  t.deepEqual(removal.deletes.map((d) => `${d.kind}/${d.name}`), ['Secret/kv-demo-node-5-tls', 'Pod/kv-demo-5']);
   t.true(removal.events.some((e) => e.reason === 'MemberRemoved' && e.message === 'removing node 5 (members 5 -> 4 of 3); its volume kv-demo-5-data is kept'));
   const history = runUntilSettled(cluster);
   t.deepEqual(history, [[1, 2, 3], [1, 2, 3]]);
@@ -604,7 +684,7 @@ test('restarting the only member of a persistent shard is a Warning naming the s
   t.deepEqual(types, ['Normal', 'Normal', 'Normal', 'Normal']);
 });
 
-test('changes no agent acts on roll no pod: volume growth, retention, the stuck timeout (issue 15 finding 5)', (t) => {
+test('changes no agent acts on roll no pod: volume growth, retention, the stuck timeout, the client API\'s allowed clients (issue 15 findings 5, 2)', (t) => {
   const hashes = (output: ReturnType<typeof reconcile>) =>
     output.objects.filter((o) => o.kind === 'Pod').map((o) => o.metadata.annotations![ANNOTATION.configHash]);
   const cluster = settled();
@@ -614,6 +694,8 @@ test('changes no agent acts on roll no pod: volume growth, retention, the stuck 
     { storage: { size: '2Gi', retention: 'retain' } },
     { storage: { size: '2Gi', retention: 'delete' } },
     { restart: { graceSeconds: 1.5, quorumTimeoutSeconds: 60 } },
+    // Who may reach the client API: the NetworkPolicy only.
+    { clientApi: { allowedClients: [{ namespaceSelector: {} }] } },
   ]) {
     cluster.setSpec(patch);
     const output = cluster.step();
@@ -798,7 +880,7 @@ test('a member stuck joining is removed when the scale-up is reverted', (t) => {
   cluster.setSpec({ members: 3 });
   const joining = report(4, { mode: 'joining', viewId: -1, members: [], ready: false, waiting: { kind: 'joining', message: 'joining: no answer from the leader' } });
   const output = reconcile(cluster.input({ reports: { ...inView0, 4: joining } }));
-  t.deepEqual(output.deletes.map((d) => d.name), ['kv-demo-4']);
+  t.deepEqual(output.deletes.map((d) => d.name), ['kv-demo-node-4-tls', 'kv-demo-4']);
   t.is(output.status.currentMembers, 3);
 });
 

@@ -18,7 +18,7 @@
 
 import { createHash } from 'node:crypto';
 import { formatIssues } from '../../node-agent/src/config/errors.ts';
-import { DEFAULT_IMAGE, DerechoGroupSpec, parseQuantity, RESTART_QUORUM_TIMEOUT_SECONDS_DEFAULT, RestartSpec, toGroupPolicy } from '../../node-agent/src/config/schema.ts';
+import { CLIENT_LABEL, DEFAULT_IMAGE, DerechoGroupSpec, parseQuantity, RESTART_QUORUM_TIMEOUT_SECONDS_DEFAULT, RestartSpec, toGroupPolicy } from '../../node-agent/src/config/schema.ts';
 import type { GroupSpec } from '../../node-agent/src/config/schema.ts';
 import { allocate } from '../../node-agent/src/core/allocation.ts';
 import type { Layout, NodeId } from '../../node-agent/src/core/types.ts';
@@ -26,7 +26,7 @@ import { DEFAULT_CERTIFICATE_TIMES, planCertificates } from './certificates.ts';
 import type { CertificateTimes } from './certificates.ts';
 import type { CertificateIssuer } from './certs.ts';
 import { toYaml } from './crd.ts';
-import { ANNOTATION, APP_NAME, CRD_API_VERSION, CRD_KIND, FINALIZER, LABEL, memberNodeId, names, peerHost, refOf } from './kube.ts';
+import { ANNOTATION, APP_NAME, CRD_API_VERSION, CRD_KIND, FINALIZER, LABEL, OPERATOR_POD_LABELS, memberNodeId, names, peerHost, refOf } from './kube.ts';
 import type { KubeObject, ObjectRef, ObservedConfigMap, ObservedPod, ObservedPvc, ObservedSecret, OwnerReference } from './kube.ts';
 import type { AgentReport, Condition, ConditionType, DerechoGroupStatus, MemberStatus, MissingShard, Phase, RestartStatus, ShardStatus } from './status.ts';
 
@@ -51,6 +51,8 @@ export interface OperatorOptions {
   busyResyncSeconds: number;
   /** Lifetimes of the certificates the operator issues (mutual TLS without spec.tls.secretName). */
   certificates: CertificateTimes;
+  /** The operator's namespace ($POD_NAMESPACE): NetworkPolicies admit its pods (OPERATOR_POD_LABELS) from there; null: from any namespace. */
+  operatorNamespace: string | null;
 }
 
 export const DEFAULT_OPTIONS: Readonly<OperatorOptions> = Object.freeze({
@@ -64,6 +66,7 @@ export const DEFAULT_OPTIONS: Readonly<OperatorOptions> = Object.freeze({
   resyncSeconds: 30,
   busyResyncSeconds: 2,
   certificates: DEFAULT_CERTIFICATE_TIMES,
+  operatorNamespace: null,
 });
 
 /** The DerechoGroup as read from the API server (spec as stored: defaults applied, not yet checked by zod). */
@@ -114,8 +117,10 @@ export interface ReconcileInput {
   /**
    * Randomness, made by the caller so that reconcile stays pure. hmacKey: base64 of at least 16 (use 32)
    * random bytes; used only when the group's HMAC Secret does not exist yet (its key is kept afterwards).
+   * clientToken: the client API's bearer token (at least 32 characters, no white space), likewise used
+   * only when the group's client Secret has none yet.
    */
-  random?: { hmacKey?: string };
+  random?: { hmacKey?: string; clientToken?: string };
   /** Makes keys and certificates (certs.ts x509Issuer); needed only when a certificate is due. */
   issuer?: CertificateIssuer;
   options?: Partial<OperatorOptions>;
@@ -465,7 +470,7 @@ function plan(ctx: Context, observed: Observed, input: ReconcileInput, spec: Gro
   const auth = authOf(ctx, spec, observed, memberIds, input);
   for (const message of auth.issued) events.push({ type: 'Normal', reason: 'CertificateIssued', action: 'IssueCertificate', message });
   for (const [id, secret] of observed.memberTlsSecrets) {
-    if (id > next && auth.mode === 'mutual' && auth.userSecretName === null) {
+    if (id > next && auth.ownsMemberSecrets) {
       deletes.push(refOf(secret, `node ${id} is not a member (members 1..${next})`));
       if (spec.tls.certManager !== undefined) {
         // (The Certificate is not watched: deleted by name, before its Secret is.)
@@ -479,7 +484,7 @@ function plan(ctx: Context, observed: Observed, input: ReconcileInput, spec: Gro
     peersService(ctx),
     clientService(ctx),
     podDisruptionBudget(ctx, next),
-    networkPolicy(ctx),
+    networkPolicy(ctx, spec),
   ];
   // A member that alone holds a persistent shard may not be evicted (a node drain would stop the group
   // until it is back): a budget of its own with maxUnavailable 0. (The operator's own rolling restarts
@@ -648,12 +653,21 @@ interface Auth {
   userSecretName: string | null;
   /** What the operator issued this round (Events). */
   issued: string[];
+  /** The members' Secrets <group>-node-<id>-tls are the operator's or cert-manager's: a member's goes with it. */
+  ownsMemberSecrets: boolean;
+  /** Every authority that signs members' certificates (PEM bundle, base64), when known: the client Secret's ca.crt. */
+  trusted: string | null;
+  /** The client API (spec.clientApi): its certificate files in the pod and where they come from, and the Secret of its tokens. */
+  api: {
+    tls: { certFile: string; keyFile: string; volume: ((nodeId: NodeId) => { secretName: string; items: { key: string; path: string }[] }) | null } | null;
+    tokenSecretName: string | null;
+  };
 }
 
 const TLS_ITEMS = [{ key: 'ca.crt', path: 'ca.crt' }, { key: 'tls.crt', path: 'tls.crt' }, { key: 'tls.key', path: 'tls.key' }];
 
-function authOf(ctx: Context, spec: GroupSpec, observed: Observed, memberIds: NodeId[], input: ReconcileInput): Auth {
-  const none = { secrets: [], problem: null, userSecretName: null, issued: [] };
+function peerAuthOf(ctx: Context, spec: GroupSpec, observed: Observed, memberIds: NodeId[], input: ReconcileInput): Omit<Auth, 'api'> {
+  const none = { secrets: [], problem: null, userSecretName: null, issued: [], ownsMemberSecrets: false, trusted: null };
   if (spec.tls.mode === 'hmac') {
     const items = [{ key: 'hmac.key', path: 'hmac.key' }];
     if (spec.tls.secretName !== undefined) {
@@ -684,7 +698,7 @@ function authOf(ctx: Context, spec: GroupSpec, observed: Observed, memberIds: No
       ? `Secret ${secretName} (spec.tls.secretName) with the members' TLS material does not exist (keys ca.crt, node-<id>.crt and node-<id>.key, certificate CN "node-<id>")`
       : missing.length > 0 ? `Secret ${secretName} lacks ${missing.join(', ')}` : null;
     const volume = (nodeId: NodeId) => ({ secretName, items: [{ key: 'ca.crt', path: 'ca.crt' }, { key: `node-${nodeId}.crt`, path: 'tls.crt' }, { key: `node-${nodeId}.key`, path: 'tls.key' }] });
-    return { ...none, mode: 'mutual', volume, problem, userSecretName: secretName };
+    return { ...none, mode: 'mutual', volume, problem, userSecretName: secretName, trusted: secret?.data?.['ca.crt'] ?? null };
   }
   const certManager = spec.tls.certManager;
   if (certManager !== undefined) {
@@ -697,6 +711,9 @@ function authOf(ctx: Context, spec: GroupSpec, observed: Observed, memberIds: No
     return {
       ...none,
       mode: 'mutual',
+      ownsMemberSecrets: true,
+      // (cert-manager writes the issuer's CA into each Secret's ca.crt.)
+      trusted: memberIds.map((id) => observed.memberTlsSecrets.get(id)?.data?.['ca.crt']).find((ca) => ca !== undefined) ?? null,
       volume: (nodeId) => ({ secretName: names.memberTlsSecret(ctx.name, nodeId), items: TLS_ITEMS }),
       secrets: memberIds.map((nodeId) => ({
         apiVersion: 'cert-manager.io/v1',
@@ -721,6 +738,11 @@ function authOf(ctx: Context, spec: GroupSpec, observed: Observed, memberIds: No
     };
   }
   // The operator issues them (certificates.ts, ADR 0014).
+  return { ...none, mode: 'mutual', volume: (nodeId) => ({ secretName: names.memberTlsSecret(ctx.name, nodeId), items: TLS_ITEMS }), ...issuedCertificates(ctx, observed, memberIds, input) };
+}
+
+/** The group's certificate authority and its members' certificates, as the operator issues them (certificates.ts, ADR 0014). */
+function issuedCertificates(ctx: Context, observed: Observed, memberIds: NodeId[], input: ReconcileInput): Pick<Auth, 'secrets' | 'issued' | 'trusted' | 'ownsMemberSecrets'> {
   const planned = planCertificates({
     group: `${ctx.namespace}/${ctx.name}`,
     now: new Date(input.now),
@@ -731,9 +753,8 @@ function authOf(ctx: Context, spec: GroupSpec, observed: Observed, memberIds: No
     issuer: input.issuer,
   });
   return {
-    ...none,
-    mode: 'mutual',
-    volume: (nodeId) => ({ secretName: names.memberTlsSecret(ctx.name, nodeId), items: TLS_ITEMS }),
+    ownsMemberSecrets: true,
+    trusted: planned.trusted,
     secrets: [
       { apiVersion: 'v1', kind: 'Secret', metadata: meta(ctx, names.authoritySecret(ctx.name), 'authority'), type: 'Opaque', data: planned.authorityData },
       ...[...planned.memberData].map(([nodeId, data]) => ({
@@ -744,13 +765,66 @@ function authOf(ctx: Context, spec: GroupSpec, observed: Observed, memberIds: No
   };
 }
 
-/** The names a member's certificate is for: its pod through the peers Service, and the group's client Service. */
+/**
+ * The names a member's certificate is for: its pod through the peers Service, the group's client Service,
+ * and localhost (a client through `kubectl port-forward` connects to https://localhost:<port>).
+ */
 function memberDnsNames(ctx: Context, nodeId: NodeId): string[] {
   const pod = names.pod(ctx.name, nodeId);
   const peers = names.peersService(ctx.name);
   const client = names.clientService(ctx.name);
   const ns = ctx.namespace;
-  return [`${pod}.${peers}.${ns}.svc`, `${pod}.${peers}.${ns}.svc.cluster.local`, `${pod}.${peers}`, `${client}.${ns}.svc`, `${client}.${ns}.svc.cluster.local`, client];
+  return [`${pod}.${peers}.${ns}.svc`, `${pod}.${peers}.${ns}.svc.cluster.local`, `${pod}.${peers}`, `${client}.${ns}.svc`, `${client}.${ns}.svc.cluster.local`, client, 'localhost'];
+}
+
+const API_TLS_DIR = '/etc/derecho/api-tls';
+const API_TOKEN_DIR = '/etc/derecho/api-token';
+
+/**
+ * The members' authentication (peerAuthOf) and the client API's protection (spec.clientApi, ADR 0015):
+ * TLS with the members' certificates (issued for this alone under tls.mode "hmac"), a bearer token from
+ * the Secret <group>-client (made once with random.clientToken, kept) or the user's tokenSecretName, and
+ * the client Secret with what clients need: the token and the CA bundle (ca.crt) that signs the members.
+ */
+function authOf(ctx: Context, spec: GroupSpec, observed: Observed, memberIds: NodeId[], input: ReconcileInput): Auth {
+  let auth: Omit<Auth, 'api'> = peerAuthOf(ctx, spec, observed, memberIds, input);
+  const api = spec.clientApi;
+  let tls: Auth['api']['tls'] = null;
+  if (api.tls && auth.mode === 'mutual') {
+    tls = { certFile: `${AUTH_DIR}/tls.crt`, keyFile: `${AUTH_DIR}/tls.key`, volume: null };
+  } else if (api.tls) {
+    const issued = issuedCertificates(ctx, observed, memberIds, input);
+    auth = { ...auth, secrets: [...auth.secrets, ...issued.secrets], issued: [...auth.issued, ...issued.issued], trusted: issued.trusted, ownsMemberSecrets: true };
+    const items = [{ key: 'tls.crt', path: 'tls.crt' }, { key: 'tls.key', path: 'tls.key' }];
+    tls = { certFile: `${API_TLS_DIR}/tls.crt`, keyFile: `${API_TLS_DIR}/tls.key`, volume: (nodeId) => ({ secretName: names.memberTlsSecret(ctx.name, nodeId), items }) };
+  }
+  const clientSecretName = names.clientSecret(ctx.name);
+  const data: Record<string, string> = {};
+  let tokenSecretName: string | null = null;
+  let problem: string | null = null;
+  if (api.authentication === 'token' && api.tokenSecretName !== undefined) {
+    tokenSecretName = api.tokenSecretName;
+    const secret = observed.secrets.get(tokenSecretName);
+    problem = secret === undefined ? `Secret ${tokenSecretName} (spec.clientApi.tokenSecretName) with the client API's tokens does not exist (key "token": one token per line)`
+      : secret.data?.token === undefined ? `Secret ${tokenSecretName} (spec.clientApi.tokenSecretName) has no key "token"` : null;
+  } else if (api.authentication === 'token') {
+    tokenSecretName = clientSecretName;
+    const kept = observed.secrets.get(clientSecretName)?.data?.token;
+    const token = kept ?? (input.random?.clientToken !== undefined ? Buffer.from(input.random.clientToken, 'utf8').toString('base64') : undefined);
+    if (token === undefined || Buffer.from(token, 'base64').toString('utf8').trim().length < 32) {
+      throw new TypeError(`reconcile: the group ${ctx.namespace}/${ctx.name} needs a client API token: pass random.clientToken (at least 32 random characters)`);
+    }
+    data.token = token;
+  }
+  if (tls !== null && auth.trusted !== null) data['ca.crt'] = auth.trusted;
+  const secrets = Object.keys(data).length === 0 ? auth.secrets
+    : [...auth.secrets, { apiVersion: 'v1', kind: 'Secret', metadata: meta(ctx, clientSecretName, 'client'), type: 'Opaque', data }];
+  return {
+    ...auth,
+    secrets,
+    ...(auth.problem === null && problem !== null ? { problem, problemReason: 'AuthSecretMissing' as const } : {}),
+    api: { tls, tokenSecretName },
+  };
 }
 
 function configMap(ctx: Context, founding: number, members: number, manifestText: string, policy: ReturnType<typeof toGroupPolicy>, view: ReturnType<typeof currentView>, auth: Auth): KubeObject {
@@ -824,7 +898,7 @@ function solePodDisruptionBudget(ctx: Context, nodeId: NodeId, shards: string[])
   };
 }
 
-function networkPolicy(ctx: Context): KubeObject {
+function networkPolicy(ctx: Context, spec: GroupSpec): KubeObject {
   return {
     apiVersion: 'networking.k8s.io/v1',
     kind: 'NetworkPolicy',
@@ -835,8 +909,19 @@ function networkPolicy(ctx: Context): KubeObject {
       ingress: [
         // The protocol port: only the group's own members.
         { from: [{ podSelector: { matchLabels: memberSelector(ctx) } }], ports: [{ protocol: 'TCP', port: ctx.options.peerPort }] },
-        // The HTTP API (clients, the operator's /status polls, probes).
-        { ports: [{ protocol: 'TCP', port: ctx.options.httpPort }] },
+        // The HTTP API: the clients spec.clientApi.allowedClients names (by default pods labelled
+        // derecho.dev/client: <group> in the group's namespace) and the operator (its /status polls).
+        // (The kubelet's probes come from the node, which NetworkPolicies do not restrict.)
+        {
+          from: [
+            ...(spec.clientApi.allowedClients ?? [{ podSelector: { matchLabels: { [CLIENT_LABEL]: ctx.name } } }]),
+            {
+              namespaceSelector: ctx.options.operatorNamespace === null ? {} : { matchLabels: { 'kubernetes.io/metadata.name': ctx.options.operatorNamespace } },
+              podSelector: { matchLabels: { ...OPERATOR_POD_LABELS } },
+            },
+          ],
+          ports: [{ protocol: 'TCP', port: ctx.options.httpPort }],
+        },
       ],
     },
   };
@@ -871,11 +956,12 @@ function peersEnv(ctx: Context, nodeId: NodeId, members: number): string {
 /**
  * The part of the agents' manifest that a running agent acts on: what a pod must be restarted to pick up.
  * Left out: fields only the operator reads (storage: the volumes; restart.quorumTimeoutSeconds: the Stuck
- * condition) and fields that reach the pod through its spec (image, resources, podTemplate), so that
+ * condition) and fields that reach the pod through its spec (image, resources, podTemplate, clientApi), so that
  * changing only those never rolls the group for the manifest (a pod spec change still rolls it).
  */
 export function agentRelevantSpec(spec: GroupSpec): Record<string, unknown> {
-  const { storage: _storage, image: _image, resources: _resources, podTemplate: _podTemplate, restart, ...rest } = spec;
+  // (clientApi reaches the agents through the pod spec: env and volumes; allowedClients only the NetworkPolicy.)
+  const { storage: _storage, image: _image, resources: _resources, podTemplate: _podTemplate, clientApi: _clientApi, restart, ...rest } = spec;
   const { quorumTimeoutSeconds: _timeout, ...restartRest } = restart;
   return { ...rest, restart: restartRest };
 }
@@ -932,7 +1018,12 @@ function pod(ctx: Context, spec: GroupSpec, nodeId: NodeId, members: number, age
     { name: 'DERECHO_PEER_PORT', value: String(options.peerPort) },
     { name: 'DERECHO_HTTP_PORT', value: String(options.httpPort) },
     ...authEnv,
+    ...(auth.api.tls !== null ? [{ name: 'DERECHO_API_TLS_CERT_FILE', value: auth.api.tls.certFile }, { name: 'DERECHO_API_TLS_KEY_FILE', value: auth.api.tls.keyFile }] : []),
+    ...(auth.api.tokenSecretName !== null ? [{ name: 'DERECHO_API_TOKEN_FILE', value: `${API_TOKEN_DIR}/token` }] : []),
   ];
+  // (The kubelet does not verify the certificate of an HTTPS probe.)
+  const scheme = auth.api.tls !== null ? { scheme: 'HTTPS' } : {};
+  const apiTlsVolume = auth.api.tls?.volume?.(nodeId);
   const podSpec = {
     hostname: names.pod(ctx.name, nodeId),
     subdomain: names.peersService(ctx.name),
@@ -962,8 +1053,8 @@ function pod(ctx: Context, spec: GroupSpec, nodeId: NodeId, members: number, age
         // Why the agent stopped (it writes /dev/termination-log; else the end of its log) shows in the pod's
         // lastState and in the group's status (a crash-looping member says why).
         terminationMessagePolicy: 'FallbackToLogsOnError',
-        readinessProbe: { httpGet: { path: '/readyz', port: 'http' }, periodSeconds: 2, timeoutSeconds: 1, failureThreshold: 2 },
-        livenessProbe: { httpGet: { path: '/healthz', port: 'http' }, initialDelaySeconds: 10, periodSeconds: 10, timeoutSeconds: 2, failureThreshold: 3 },
+        readinessProbe: { httpGet: { path: '/readyz', port: 'http', ...scheme }, periodSeconds: 2, timeoutSeconds: 1, failureThreshold: 2 },
+        livenessProbe: { httpGet: { path: '/healthz', port: 'http', ...scheme }, initialDelaySeconds: 10, periodSeconds: 10, timeoutSeconds: 2, failureThreshold: 3 },
         ...(Object.keys(resources).length > 0 ? { resources } : {}),
         securityContext: {
           runAsNonRoot: true,
@@ -975,6 +1066,8 @@ function pod(ctx: Context, spec: GroupSpec, nodeId: NodeId, members: number, age
           { name: 'data', mountPath: options.dataDir },
           { name: 'group', mountPath: GROUP_FILE_DIR, readOnly: true },
           { name: 'auth', mountPath: AUTH_DIR, readOnly: true },
+          ...(apiTlsVolume !== undefined ? [{ name: 'api-tls', mountPath: API_TLS_DIR, readOnly: true }] : []),
+          ...(auth.api.tokenSecretName !== null ? [{ name: 'api-token', mountPath: API_TOKEN_DIR, readOnly: true }] : []),
           { name: 'tmp', mountPath: '/tmp' },
         ],
       },
@@ -983,6 +1076,8 @@ function pod(ctx: Context, spec: GroupSpec, nodeId: NodeId, members: number, age
       persistent ? { name: 'data', persistentVolumeClaim: { claimName: names.pvc(ctx.name, nodeId) } } : { name: 'data', emptyDir: {} },
       { name: 'group', configMap: { name: names.configMap(ctx.name), items: [{ key: 'group.yaml', path: 'group.yaml' }] } },
       { name: 'auth', secret: { ...auth.volume(nodeId), defaultMode: 0o440 } },
+      ...(apiTlsVolume !== undefined ? [{ name: 'api-tls', secret: { ...apiTlsVolume, defaultMode: 0o440 } }] : []),
+      ...(auth.api.tokenSecretName !== null ? [{ name: 'api-token', secret: { secretName: auth.api.tokenSecretName, items: [{ key: 'token', path: 'token' }], defaultMode: 0o440 } }] : []),
       { name: 'tmp', emptyDir: { sizeLimit: '64Mi' } },
     ],
   };

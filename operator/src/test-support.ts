@@ -21,6 +21,8 @@ const specSchema = derechoGroupSchema().properties!.spec!;
 
 /** A 32-byte key, base64 (what the controller would draw from crypto.randomBytes). */
 export const HMAC_KEY = Buffer.alloc(32, 7).toString('base64');
+/** The client API token the tests' reconciles mint. */
+export const CLIENT_TOKEN = 'test-client-token-0123456789abcdefghijklmnop';
 export const NOW = '2026-01-01T00:00:00.000Z';
 
 /**
@@ -128,7 +130,7 @@ export class Cluster {
   }
 
   input(extra: Partial<ReconcileInput> = {}): ReconcileInput {
-    return { group: this.group, observed: this.observed(), reports: this.reports(), now: this.now(), random: { hmacKey: HMAC_KEY }, issuer: x509Issuer, ...extra };
+    return { group: this.group, observed: this.observed(), reports: this.reports(), now: this.now(), random: { hmacKey: HMAC_KEY, clientToken: CLIENT_TOKEN }, issuer: x509Issuer, ...extra };
   }
 
   /** One reconcile, applied: objects created or updated, deletions done, status written, pods run. */

@@ -41,7 +41,7 @@ import { CRD_GROUP, CRD_NAME, CRD_PLURAL, CRD_VERSION } from '../../operator/src
 import type { KubeObject, ObservedConfigMap, ObservedPod, ObservedPvc, ObservedSecret } from '../../operator/src/kube.ts';
 import { DEFAULT_OPTIONS, reconcile } from '../../operator/src/reconcile.ts';
 import type { DerechoGroupResource, ReconcileOutput } from '../../operator/src/reconcile.ts';
-import { HMAC_KEY, NOW, kvDemo } from '../../operator/src/test-support.ts';
+import { CLIENT_TOKEN, HMAC_KEY, NOW, kvDemo } from '../../operator/src/test-support.ts';
 import { parseFlags } from '../../operator/src/main.ts';
 import { ControlPlane, describeError, runHelm, statusCode } from './control-plane.ts';
 import { ClusterToolsUnavailable, ensureClusterTools } from './tools.ts';
@@ -169,7 +169,7 @@ function resourceOf(kind: string): { group: string; resource: string } {
 /** The first reconcile of examples/kv-group.yaml (fresh group), and the one that deletes it (volumes too). */
 function reconcileSamples(): { create: ReconcileOutput; remove: ReconcileOutput } {
   const group = kvDemo({ storage: { size: '1Gi', retention: 'delete' } });
-  const create = reconcile({ group, observed: {}, reports: {}, now: NOW, random: { hmacKey: HMAC_KEY }, issuer: x509Issuer });
+  const create = reconcile({ group, observed: {}, reports: {}, now: NOW, random: { hmacKey: HMAC_KEY, clientToken: CLIENT_TOKEN }, issuer: x509Issuer });
   let uid = 0;
   const withUid = <T extends KubeObject>(o: KubeObject): T => ({ ...structuredClone(o), metadata: { ...o.metadata, uid: `uid-${++uid}` } }) as T;
   const of = <T extends KubeObject>(kind: string): T[] => create.objects.filter((o) => o.kind === kind).map((o) => withUid<T>(o));
@@ -178,28 +178,29 @@ function reconcileSamples(): { create: ReconcileOutput; remove: ReconcileOutput 
     observed: { pods: of<ObservedPod>('Pod'), pvcs: of<ObservedPvc>('PersistentVolumeClaim'), configMaps: of<ObservedConfigMap>('ConfigMap'), secrets: of<ObservedSecret>('Secret') },
     reports: {},
     now: NOW,
+    random: { clientToken: CLIENT_TOKEN },
     issuer: x509Issuer,
   });
   // A budget for a member that no longer holds a shard alone (here node 9, not a member) is deleted.
   const budget = of<KubeObject>('PodDisruptionBudget').find((o) => o.metadata.name.endsWith('-sole'))!;
   const stale = reconcile({
-    group, reports: {}, now: NOW, random: { hmacKey: HMAC_KEY }, issuer: x509Issuer,
+    group, reports: {}, now: NOW, random: { hmacKey: HMAC_KEY, clientToken: CLIENT_TOKEN }, issuer: x509Issuer,
     observed: { podDisruptionBudgets: [{ ...budget, metadata: { ...budget.metadata, name: 'kv-demo-9-sole', labels: { ...budget.metadata.labels, 'derecho.dev/node-id': '9' } } }] },
   });
   // A member certificate the operator issued for a node that is no longer a member (node 9) is deleted.
   const secure = kvDemo({ tls: { mode: 'mutual' } });
-  const issued = reconcile({ group: secure, observed: {}, reports: {}, now: NOW, issuer: x509Issuer });
+  const issued = reconcile({ group: secure, observed: {}, reports: {}, now: NOW, random: { clientToken: CLIENT_TOKEN }, issuer: x509Issuer });
   const certificate = issued.objects.find((o) => o.kind === 'Secret' && o.metadata.name === 'kv-demo-node-1-tls')!;
   const shrunk = reconcile({
-    group: secure, reports: {}, now: NOW, issuer: x509Issuer,
+    group: secure, reports: {}, now: NOW, random: { clientToken: CLIENT_TOKEN }, issuer: x509Issuer,
     observed: { secrets: [withUid<ObservedSecret>({ ...certificate, metadata: { ...certificate.metadata, name: 'kv-demo-node-9-tls', labels: { ...certificate.metadata.labels, 'derecho.dev/node-id': '9' } } })] },
   });
   if (!shrunk.deletes.some((d) => d.kind === 'Secret')) throw new Error('the scale-down sample deletes no certificate');
   // With cert-manager: a Certificate per member, and node 9's deleted.
   const managed = kvDemo({ tls: { mode: 'mutual', certManager: { issuerRef: { name: 'group-ca' } } } });
-  const requested = reconcile({ group: managed, observed: {}, reports: {}, now: NOW, issuer: x509Issuer });
+  const requested = reconcile({ group: managed, observed: {}, reports: {}, now: NOW, random: { clientToken: CLIENT_TOKEN }, issuer: x509Issuer });
   const managedShrunk = reconcile({
-    group: managed, reports: {}, now: NOW, issuer: x509Issuer,
+    group: managed, reports: {}, now: NOW, random: { clientToken: CLIENT_TOKEN }, issuer: x509Issuer,
     observed: { secrets: [withUid<ObservedSecret>({ ...certificate, metadata: { ...certificate.metadata, name: 'kv-demo-node-9-tls', labels: { ...certificate.metadata.labels, 'derecho.dev/node-id': '9' } } })] },
   });
   if (!managedShrunk.deletes.some((d) => d.kind === 'Certificate')) throw new Error('the cert-manager scale-down sample deletes no Certificate');
@@ -717,7 +718,7 @@ test('helm install, upgrade and uninstall against kube-apiserver; the ServiceAcc
     const listed = (await custom.listClusterCustomObject({ group: CRD_GROUP, version: CRD_VERSION, plural: CRD_PLURAL })) as { items: DerechoGroupResource[] };
     t.is(listed.items.length, 1, 'the operator lists groups in every namespace');
     const group = listed.items[0]!;
-    const output = reconcile({ group, observed: {}, reports: {}, now: new Date().toISOString(), random: { hmacKey: HMAC_KEY }, issuer: x509Issuer });
+    const output = reconcile({ group, observed: {}, reports: {}, now: new Date().toISOString(), random: { hmacKey: HMAC_KEY, clientToken: CLIENT_TOKEN }, issuer: x509Issuer });
     const applier = KubernetesObjectApi.makeApiClient(operator);
     for (const object of output.objects) {
       await applier.patch(object as KubernetesObject, undefined, undefined, 'derecho-operator', true, PatchStrategy.ServerSideApply)

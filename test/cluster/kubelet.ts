@@ -35,6 +35,7 @@ import path from 'node:path';
 import { CoreV1Api, PatchStrategy, makeInformer, setHeaderOptions } from '@kubernetes/client-node';
 import type { KubeConfig, V1Pod, V1Volume } from '@kubernetes/client-node';
 import { AGENT_MAIN, REPO_ROOT, freePorts } from '../multiprocess/harness.ts';
+import { httpRequest } from '../../node-agent/src/util/http-request.ts';
 
 export const NODE_NAME = 'mock-kubelet';
 const HOST = '127.0.0.1';
@@ -52,6 +53,45 @@ function statusCode(e: unknown): number | undefined {
 function describe(e: unknown): string {
   if (e && typeof e === 'object' && 'code' in e && 'body' in e) return `HTTP ${String((e as { code: unknown }).code)}: ${String((e as { body: unknown }).body).slice(0, 300)}`;
   return e instanceof Error ? e.message : String(e);
+}
+
+/** The scheme of the agent container's readiness probe (HTTP by default, as the kubelet reads it). */
+function probeScheme(pod: V1Pod): string {
+  const container = pod.spec?.containers?.find((c) => c.name === 'agent') ?? pod.spec?.containers?.[0];
+  return container?.readinessProbe?.httpGet?.scheme ?? 'HTTP';
+}
+
+/** Every running kubelet of this process: agentCall finds the pod behind a port through them. */
+const KUBELETS = new Set<MockKubelet>();
+
+/**
+ * A request to an agent run by a mock kubelet (url from kubelet.url), as an in-cluster client makes it:
+ * over https verified with the group's CA by the pod's DNS name, with the client API token when the pod
+ * asks for one. Plain fetch-like answer: status and parsed JSON body (null when not JSON).
+ */
+export async function agentCall(url: string, init: { method?: string; body?: string; headers?: Record<string, string>; token?: string | null } = {}, timeoutMs = 10_000): Promise<{ status: number; body: unknown; text: string }> {
+  const port = Number(new URL(url).port);
+  let credentials: Awaited<ReturnType<MockKubelet['credentials']>> = null;
+  for (const kubelet of KUBELETS) {
+    credentials = await kubelet.credentials(port);
+    if (credentials !== null) break;
+  }
+  const token = init.token === null ? undefined : init.token ?? credentials?.token;
+  const res = await httpRequest({
+    url, method: init.method ?? 'GET', timeoutMs,
+    headers: { ...init.headers, ...(token !== undefined ? { authorization: `Bearer ${token}` } : {}) },
+    ...(init.body !== undefined ? { body: init.body } : {}),
+    ...(credentials?.ca !== undefined ? { ca: credentials.ca } : {}),
+    ...(credentials !== null && url.startsWith('https:') ? { servername: credentials.servername } : {}),
+  });
+  const text = res.body.toString('utf8');
+  let body: unknown = null;
+  try {
+    body = JSON.parse(text);
+  } catch {
+    // not JSON
+  }
+  return { status: res.status, body, text };
 }
 
 /** A volume whose source object does not exist yet: the pod waits in ContainerCreating. */
@@ -87,6 +127,8 @@ interface PodState {
   waitingReason: string;
   waitingMessage: string;
   statusChain: Promise<void>;
+  /** The environment of the running process (paths on this machine), or null before it starts. */
+  env?: Record<string, string> | null;
   /** Where this run's output starts in the pod's log file. */
   logStart: number;
 }
@@ -137,6 +179,7 @@ export class MockKubelet {
 
   static async start(options: KubeletOptions): Promise<MockKubelet> {
     const kubelet = new MockKubelet(options);
+    KUBELETS.add(kubelet);
     await kubelet.startInformer();
     kubelet.readinessTimer = setInterval(() => void kubelet.probeAll(), options.readinessPeriodMs ?? 500);
     kubelet.volumeTimer = setInterval(() => void kubelet.refreshVolumes(), options.volumeRefreshMs ?? 1000);
@@ -162,11 +205,38 @@ export class MockKubelet {
 
   // ----- Test hooks.
 
-  /** The HTTP base URL of a pod's agent (its allocated port), e.g. http://127.0.0.1:41234. */
+  /**
+   * The HTTP base URL of a pod's agent (its allocated port), e.g. https://127.0.0.1:41234 (http:// when its
+   * probes are plain HTTP: spec.clientApi.tls false). Call it through agentCall, which brings the credentials.
+   */
   url(pod: string, namespace = this.options.namespace): string {
     const ports = this.allocated.get(`${namespace}/${pod}`);
     if (ports === undefined) throw new Error(`kubelet: no ports allocated for pod ${namespace}/${pod}`);
-    return `http://${HOST}:${ports.http}`;
+    const state = [...this.states.values()].find((s) => s.namespace === namespace && s.name === pod && s.phase !== 'gone');
+    return `${state !== undefined && probeScheme(state.pod) === 'HTTPS' ? 'https' : 'http'}://${HOST}:${ports.http}`;
+  }
+
+  /**
+   * What a client of the agent listening on `port` needs, as a client in the cluster has it: the token of
+   * the file the agent reads (its first line), the group's CA (ca.crt of the client Secret) and the pod's DNS
+   * name to verify its certificate by. null when no pod of this kubelet has that port.
+   */
+  async credentials(port: number): Promise<{ token?: string; ca?: string; servername: string } | null> {
+    const key = [...this.allocated].find(([, ports]) => ports.http === port)?.[0];
+    if (key === undefined) return null;
+    const [namespace, name] = key.split('/') as [string, string];
+    const state = [...this.states.values()].find((s) => s.namespace === namespace && s.name === name && s.phase !== 'gone');
+    if (state === undefined) return null;
+    const tokenFile = state.env?.DERECHO_API_TOKEN_FILE;
+    const token = tokenFile !== undefined && fs.existsSync(tokenFile) ? fs.readFileSync(tokenFile, 'utf8').split('\n').map((l) => l.trim()).find((l) => l !== '' && !l.startsWith('#')) : undefined;
+    const group = state.pod.metadata?.labels?.['app.kubernetes.io/instance'];
+    let ca: string | undefined;
+    if (group !== undefined && probeScheme(state.pod) === 'HTTPS') {
+      const secret = await this.core.readNamespacedSecret({ name: `${group}-client`, namespace }).catch(() => null);
+      const value = secret?.data?.['ca.crt'];
+      if (value !== undefined) ca = Buffer.from(value, 'base64').toString('utf8');
+    }
+    return { ...(token !== undefined ? { token } : {}), ...(ca !== undefined ? { ca } : {}), servername: `${state.pod.spec?.hostname ?? name}.${state.pod.spec?.subdomain ?? ''}.${namespace}.svc` };
   }
 
   /** Where the operator polls a member's /status (null until the pod has ports). */
@@ -224,6 +294,7 @@ export class MockKubelet {
   async stop(): Promise<void> {
     if (this.stopped) return;
     this.stopped = true;
+    KUBELETS.delete(this);
     if (this.readinessTimer !== null) clearInterval(this.readinessTimer);
     if (this.volumeTimer !== null) clearInterval(this.volumeTimer);
     await this.informer?.stop().catch(() => {});
@@ -456,6 +527,7 @@ export class MockKubelet {
     let env: Record<string, string>;
     try {
       env = await this.environment(state);
+      state.env = env;
     } catch (e) {
       state.waitingReason = 'ContainerCreating';
       state.waitingMessage = e instanceof Error ? e.message : String(e);
@@ -593,9 +665,10 @@ export class MockKubelet {
       if (ports === undefined) return;
       let ok = false;
       try {
-        const res = await fetch(`http://${HOST}:${ports.http}/readyz`, { signal: AbortSignal.timeout(1000) });
-        ok = res.ok;
-        await res.body?.cancel();
+        // As the kubelet probes: the probe's scheme, an HTTPS server's certificate not verified.
+        const scheme = probeScheme(state.pod) === 'HTTPS' ? 'https' : 'http';
+        const res = await httpRequest({ url: `${scheme}://${HOST}:${ports.http}/readyz`, timeoutMs: 1000, verify: false });
+        ok = res.status >= 200 && res.status < 400;
       } catch {
         ok = false;
       }

@@ -31,6 +31,7 @@ import type { ExecutionContext } from 'ava';
 import type { KubernetesObject } from '@kubernetes/client-node';
 import YAML from 'yaml';
 import { createLogger } from '../../node-agent/src/agent/logger.ts';
+import { httpRequest } from '../../node-agent/src/util/http-request.ts';
 import { CREATE_CASES, MESSAGE_CASES, POD_TEMPLATE_EXAMPLE, UPDATE_CASES, exampleManifest, overlapManifest, withSpec } from '../../operator/src/crd-cases.ts';
 import type { Manifest } from '../../operator/src/crd-cases.ts';
 import { certificateFacts, issuedBy, x509Issuer } from '../../operator/src/certs.ts';
@@ -42,7 +43,7 @@ import type { OperatorHandle } from '../../operator/src/main.ts';
 import type { Condition, DerechoGroupStatus } from '../../operator/src/status.ts';
 import { REPO_ROOT } from '../multiprocess/harness.ts';
 import { ControlPlane, waitFor } from './control-plane.ts';
-import { MockKubelet } from './kubelet.ts';
+import { MockKubelet, agentCall } from './kubelet.ts';
 import { ClusterToolsUnavailable, ensureClusterTools } from './tools.ts';
 
 const execFileP = promisify(execFile);
@@ -126,16 +127,10 @@ async function listPods<T = PodLite>(namespace: string, group: string): Promise<
   return list.items;
 }
 
-async function agentJson<T>(url: string, init: RequestInit = {}, timeoutMs = 10_000): Promise<{ status: number; body: T }> {
-  const res = await fetch(url, { ...init, signal: AbortSignal.timeout(timeoutMs) });
-  const text = await res.text();
-  let body: unknown = text;
-  try {
-    body = JSON.parse(text);
-  } catch {
-    // not JSON
-  }
-  return { status: res.status, body: body as T };
+/** A request to a member's agent as an in-cluster client makes it (https, the group's CA, its token: agentCall). */
+async function agentJson<T>(url: string, init: { method?: string; body?: string; token?: string | null } = {}, timeoutMs = 10_000): Promise<{ status: number; body: T }> {
+  const res = await agentCall(url, init, timeoutMs);
+  return { status: res.status, body: (res.body ?? res.text) as T };
 }
 
 /** The group's status is Ready in one view of exactly `members`, every member ready in it, spec generation `generation` applied. */
@@ -222,7 +217,7 @@ test('the API server refuses crd-cases.ts manifests with the field path and the 
   t.log(`e.g. ${createResults.find((r) => r.refusal !== null)?.refusal?.message ?? ''}`);
 });
 
-test('the API server\'s refusals carry one error each (no CEL follow-ons after members: 0) and say what to do (issue 15 finding 7, in part)', async (t) => {
+test('the API server\'s refusals carry one error each (no CEL follow-ons after members: 0) and say what to do: enum values, what a field is instead of its regex, no "not checked" line (issue 15 finding 7)', async (t) => {
   if (skipped(t)) return;
   const ns = 'derecho-crd-messages';
   await createNamespace(ns);
@@ -647,6 +642,86 @@ test.serial('mutual TLS by default, the operator issuing the certificates: a gro
       throw e;
     }
   }, { timeoutMs: 90_000, intervalMs: 500 });
+  passed();
+});
+
+test.serial('the client API is TLS with the group\'s CA and asks for the token of the client Secret; the NetworkPolicy admits labelled clients only; a token is rotated by editing the Secret, without a restart (issue 15 finding 2)', async (t) => {
+  if (skipped(t)) return;
+  t.timeout(4 * 60_000);
+  const ns = 'derecho-client-api';
+  const group = 'guarded';
+  await createNamespace(ns);
+  const { kubelet, waitForGroup, passed } = await operatorFor(t, ns, group, 'client-api');
+  const secretType = { apiVersion: 'v1', kind: 'Secret', plural: 'secrets' };
+  const readSecret = (name: string) => rest!.request<{ data: Record<string, string>; metadata: { ownerReferences?: { kind: string }[] } }>('GET', resourcePath(secretType, ns, name));
+  const text = (data: Record<string, string>, key: string): string => Buffer.from(data[key]!, 'base64').toString('utf8');
+
+  // The defaults (the example's tls.mode hmac): nothing about the client API in the manifest.
+  await applyGroup(fastGroup(group, 3), ns);
+  await waitForGroup('the group Ready (the operator polls /status over https with the group\'s CA)', (g) => readyWith(g, [1, 2, 3]), 120_000);
+  const client = await readSecret(names.clientSecret(group));
+  t.is(client.metadata.ownerReferences?.[0]?.kind, 'DerechoGroup');
+  const token = text(client.data, 'token');
+  const ca = text(client.data, 'ca.crt');
+  t.true(token.length >= 32, 'a random token');
+  const base = kubelet!.url(`${group}-1`);
+  t.regex(base, /^https:/, 'the probes and the API are HTTPS');
+  const servername = `${group}-1.${group}-peers.${ns}.svc`;
+  const call = (method: string, p: string, opts: { token?: string; body?: string; ca?: string; servername?: string } = {}) => httpRequest({
+    url: base + p, method, ca: opts.ca ?? ca, servername: opts.servername ?? servername, timeoutMs: 15_000,
+    headers: opts.token !== undefined ? { authorization: `Bearer ${opts.token}` } : {}, ...(opts.body !== undefined ? { body: opts.body } : {}),
+  });
+  const put = await call('PUT', '/v1/kv/kv/guarded', { token, body: 'v1' });
+  t.is(put.status, 200, put.body.toString());
+  const refused = await call('PUT', '/v1/kv/kv/guarded', { body: 'no token' });
+  t.is(refused.status, 401);
+  t.regex(refused.body.toString(), /needs a bearer token/);
+  t.is((await call('GET', '/v1/kv/kv/guarded', { token: 'a-token-this-group-never-issued-0123' })).status, 401);
+  t.is((await call('GET', '/readyz')).status, 200, 'probes need no token');
+  // Verified by the member's name, also through "localhost" (a port-forward), and only with the group's CA.
+  t.is((await call('GET', '/v1/kv/kv/guarded', { token, servername: 'localhost' })).status, 200);
+  const otherCa = x509Issuer.authority('not-the-group', new Date(Date.now() - 60_000), new Date(Date.now() + 3_600_000)).certPem;
+  const untrusted = await call('GET', '/readyz', { ca: otherCa }).then(() => 'accepted', (e: unknown) => String((e as { code?: string }).code));
+  t.regex(untrusted, /UNABLE_TO_VERIFY|SELF_SIGNED|CERT/);
+  const plain = await httpRequest({ url: base.replace(/^https:/, 'http:') + '/v1/kv/kv/guarded', timeoutMs: 5000 }).then((r) => `HTTP ${r.status}`, (e: unknown) => `error ${String((e as { code?: string }).code)}`);
+  t.false(plain === 'HTTP 200', `plain HTTP gets nothing: ${plain}`);
+
+  // The NetworkPolicy the API server stores: the client port is no longer open to every pod.
+  const policy = await rest!.request<{ spec: { ingress: { from?: Record<string, unknown>[]; ports: { port: number }[] }[] } }>('GET', `/apis/networking.k8s.io/v1/namespaces/${ns}/networkpolicies/${names.networkPolicy(group)}`);
+  const httpRule = policy.spec.ingress.find((rule) => rule.ports.some((p) => p.port === 8080))!;
+  t.deepEqual(httpRule.from, [
+    { podSelector: { matchLabels: { 'derecho.dev/client': group } } },
+    { namespaceSelector: {}, podSelector: { matchLabels: { 'derecho.dev/operator': 'true' } } },
+  ]);
+  // allowedClients replaces the default selector (a change of the policy only: no pod restarts).
+  const uids = (await listPods(ns, group)).map((p) => p.metadata.uid).sort();
+  await applyGroup(fastGroup(group, 3, { clientApi: { allowedClients: [{ namespaceSelector: { matchLabels: { team: 'web' } } }] } }), ns);
+  await waitFor('the policy to admit the team\'s namespaces', async () => {
+    const p = await rest!.request<typeof policy>('GET', `/apis/networking.k8s.io/v1/namespaces/${ns}/networkpolicies/${names.networkPolicy(group)}`);
+    return JSON.stringify(p.spec.ingress[1]?.from?.[0]) === JSON.stringify({ namespaceSelector: { matchLabels: { team: 'web' } } });
+  }, { timeoutMs: 30_000, intervalMs: 250 });
+
+  // Rotation: the Secret's token gets a second line (old and new both work), then the old one goes.
+  const fresh = 'a-new-token-for-the-clients-0123456789abcdef';
+  const patchToken = (value: string) => rest!.request('PATCH', resourcePath(secretType, ns, names.clientSecret(group)), {
+    body: { data: { token: Buffer.from(value).toString('base64') } }, contentType: 'application/merge-patch+json',
+  });
+  await patchToken(`${token}\n${fresh}\n`);
+  const t0 = Date.now();
+  await waitFor('every member to accept the new token', async () => {
+    for (const id of [1, 2, 3]) {
+      const r = await agentCall(`${kubelet!.url(`${group}-${id}`)}/v1/kv/kv/guarded`, { token: fresh });
+      if (r.status !== 200) return false;
+    }
+    return true;
+  }, { timeoutMs: 60_000, intervalMs: 500 });
+  t.log(`the new token works on every member ${seconds(Date.now() - t0)} after the Secret changed`);
+  t.is((await call('GET', '/v1/kv/kv/guarded', { token })).status, 200, 'the old one too, while both are listed');
+  await patchToken(`${fresh}\n`);
+  await waitFor('the old token to be refused', async () => (await call('GET', '/v1/kv/kv/guarded', { token })).status === 401, { timeoutMs: 60_000, intervalMs: 500 });
+  t.is((await call('GET', '/v1/kv/kv/guarded', { token: fresh })).status, 200);
+  t.is(text((await readSecret(names.clientSecret(group))).data, 'token'), `${fresh}\n`, 'the operator keeps the token it finds');
+  t.deepEqual((await listPods(ns, group)).map((p) => p.metadata.uid).sort(), uids, 'no member restarted');
   passed();
 });
 

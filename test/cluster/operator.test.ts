@@ -38,7 +38,7 @@ import { metricValue } from '../../operator/src/metrics.ts';
 import type { Condition, DerechoGroupStatus } from '../../operator/src/status.ts';
 import { REPO_ROOT, freePorts, keyInShard } from '../multiprocess/harness.ts';
 import { ControlPlane, statusCode, waitFor } from './control-plane.ts';
-import { MockKubelet } from './kubelet.ts';
+import { MockKubelet, agentCall } from './kubelet.ts';
 import { ClusterToolsUnavailable, ensureClusterTools } from './tools.ts';
 
 const GROUP = 'kv-demo';
@@ -123,16 +123,10 @@ function groupManifest(namespace: string, members: number): KubernetesObject & {
   };
 }
 
-async function agentJson<T>(url: string, init: RequestInit = {}): Promise<{ status: number; body: T }> {
-  const res = await fetch(url, { ...init, signal: AbortSignal.timeout(15_000) });
-  const text = await res.text();
-  let body: unknown = text;
-  try {
-    body = JSON.parse(text);
-  } catch {
-    // not JSON
-  }
-  return { status: res.status, body: body as T };
+/** A request to a member's agent as an in-cluster client makes it (https, the group's CA, its token: agentCall). */
+async function agentJson<T>(url: string, init: { method?: string; body?: string } = {}): Promise<{ status: number; body: T }> {
+  const res = await agentCall(url, init, 15_000);
+  return { status: res.status, body: (res.body ?? res.text) as T };
 }
 
 test('a DerechoGroup end to end: creation, Ready with view and shards, kill -9, refused scale-down, total failure, leader election', async (t) => {

@@ -47,7 +47,8 @@ function decimal(min: number, max: number, noun: string) {
 
 function text(pattern: RegExp, noun: string, maxLength = 253) {
   const error = expecting(noun);
-  return z.string({ error }).max(maxLength, { error }).regex(pattern, { error });
+  // x-noun: the CRD generator words the API server's refusal with it ("must be <noun>"), not the regex.
+  return z.string({ error }).max(maxLength, { error }).regex(pattern, { error }).meta({ 'x-noun': noun });
 }
 
 function oneOf<const T extends readonly [string, ...string[]]>(values: T) {
@@ -509,6 +510,55 @@ export const PodTemplateSpec = object(
 );
 export type PodTemplateSpec = z.output<typeof PodTemplateSpec>;
 
+const CIDR = /^([0-9]{1,3}(\.[0-9]{1,3}){3}\/[0-9]{1,2}|[0-9A-Fa-f:.]*:[0-9A-Fa-f:.]*\/[0-9]{1,3})$/;
+const CIDR_NOUN = 'a CIDR block ("10.0.0.0/8", "fd00::/8")';
+
+const IpBlock = object(
+  {
+    cidr: text(CIDR, CIDR_NOUN, 64).describe('The addresses admitted.'),
+    except: list(text(CIDR, CIDR_NOUN, 64), 'a list of CIDR blocks', 0, 16).optional().describe('Blocks inside cidr that are not admitted.'),
+  },
+  'an object with cidr and except',
+);
+
+/** A NetworkPolicyPeer: who may open connections to the members' client API. */
+const NetworkPolicyPeer = object(
+  {
+    podSelector: LabelSelector.optional().describe('Pods admitted, by label (in the group\'s namespace, or in the namespaces namespaceSelector picks).'),
+    namespaceSelector: LabelSelector.optional().describe('Namespaces whose pods are admitted, by label ({} = every namespace). With podSelector: those pods of those namespaces.'),
+    ipBlock: IpBlock.optional().describe('Addresses admitted (clients outside the cluster, a load balancer); not with the selectors.'),
+  },
+  'an object with podSelector, namespaceSelector or ipBlock',
+).superRefine((peer, ctx) => {
+  if (peer.ipBlock !== undefined && (peer.podSelector !== undefined || peer.namespaceSelector !== undefined)) {
+    ctx.addIssue({ code: 'custom', path: ['ipBlock'], message: 'goes alone: an entry admits either pods (podSelector, namespaceSelector) or addresses (ipBlock)' });
+  } else if (peer.ipBlock === undefined && peer.podSelector === undefined && peer.namespaceSelector === undefined) {
+    ctx.addIssue({ code: 'custom', path: [], message: 'admits nothing: give podSelector, namespaceSelector or ipBlock' });
+  }
+});
+
+/** The label the default NetworkPolicy admits client pods by: `derecho.dev/client: <group>`. */
+export const CLIENT_LABEL = 'derecho.dev/client';
+
+export const ClientApiSpec = object(
+  {
+    tls: flag()
+      .default(true)
+      .describe('Serve the HTTP API over TLS with the members\' certificates (those of tls; for tls.mode "hmac" the operator issues certificates for this alone). Clients verify them with ca.crt of the Secret <group>-client. false: plain HTTP.'),
+    authentication: oneOf(['token', 'none'])
+      .default('token')
+      .describe('"token": requests under /v1/ (reads, writes, method calls) need "Authorization: Bearer <token>"; the token is the key "token" of the Secret <group>-client, which the operator makes (or of tokenSecretName). "none": no token asked. /healthz, /readyz, /metrics and /status never ask.'),
+    tokenSecretName: text(DNS_SUBDOMAIN, 'a Secret name (lowercase letters, digits, "-" and ".")')
+      .optional()
+      .describe('Your own Secret with the key "token": the tokens accepted, one per line (two while you rotate). Omitted: the operator makes a random token in <group>-client. Members re-read it within a minute of a change; no restart.'),
+    allowedClients: list(NetworkPolicyPeer, 'a list of network policy peers (podSelector, namespaceSelector, ipBlock)', 0, 32)
+      .optional()
+      .describe(`Who the group's NetworkPolicy lets reach the client API port (besides the operator). Omitted: pods in the group's namespace labelled ${CLIENT_LABEL}: <group name>. [{namespaceSelector: {}}]: every pod of the cluster. An empty list: no client pod.`),
+  },
+  'an object with tls, authentication, tokenSecretName and allowedClients',
+);
+export type ClientApiSpec = z.output<typeof ClientApiSpec>;
+
 const defaultsOf = <T extends z.ZodType>(schema: T): z.output<T> => schema.parse({});
 
 export const GroupSpec = object(
@@ -538,6 +588,7 @@ export const GroupSpec = object(
     podTemplate: PodTemplateSpec.default({}).describe('Scheduling and metadata of the member pods: labels, annotations, nodeSelector, affinity, tolerations, topology spread, priority class, image pull secrets.'),
     storage: StorageSpec.default(defaultsOf(StorageSpec)).describe('Each member\'s persistent volume.'),
     tls: TlsSpec.default(defaultsOf(TlsSpec)).describe('Authentication between members.'),
+    clientApi: ClientApiSpec.default(defaultsOf(ClientApiSpec)).describe('How the members\' HTTP API (kv reads and writes, method calls) is protected: TLS, a bearer token, which pods may connect.'),
     restart: RestartSpec.default(defaultsOf(RestartSpec)).describe('Restart after a total failure (every member down at once).'),
     timing: TimingSpec.default(defaultsOf(TimingSpec)).describe('Failure detection timers.'),
     fsync: oneOf(['fsync', 'os'])
