@@ -9,7 +9,7 @@ import type { AddressInfo } from 'node:net';
 import test from 'ava';
 import { KubeConfig } from '@kubernetes/client-node';
 import { silentLogger } from '../../node-agent/src/agent/logger.ts';
-import { Controller, OWNED_TYPES, ResourceInformer, ScopedInformer, WorkQueue, defaultStatusUrl, resourcePath } from './controller.ts';
+import { Controller, OWNED_TYPES, ResourceInformer, ScopedInformer, WorkQueue, defaultStatusUrl, memberIdentity, resourcePath } from './controller.ts';
 import type { InformerEvent } from './controller.ts';
 import type { KubeObject, ObservedPod } from './kube.ts';
 
@@ -306,4 +306,22 @@ test('controller with namespaces a, b: every list and watch names one of them; o
     }
   }
   await controller.stop();
+});
+
+test('memberIdentity: a member is its pod\'s DNS name in the certificate, or CN node-<id> (a user\'s certificates without names); nobody else', async (t) => {
+  const { x509Issuer } = await import('./certs.ts');
+  const { X509Certificate } = await import('node:crypto');
+  const now = Date.now();
+  const ca = x509Issuer.authority('ca', new Date(now - 60_000), new Date(now + 3_600_000));
+  const peer = (commonName: string, dnsNames: string[]) => {
+    const x = new X509Certificate(x509Issuer.leaf(ca, { commonName, dnsNames }, new Date(now - 60_000), new Date(now + 3_600_000)).certPem);
+    const legacy = x.toLegacyObject();
+    return { ...legacy, subject: { CN: commonName } } as unknown as import('node:tls').PeerCertificate;
+  };
+  const dns = 'g-2.g-peers.ns.svc';
+  t.is(memberIdentity(dns, 2)('10.0.0.2', peer('node-2', [dns])), undefined);
+  t.is(memberIdentity(dns, 2)('10.0.0.2', peer('node-2', [])), undefined, 'no DNS name, CN node-2');
+  t.is(memberIdentity(dns, 2)('10.0.0.2', peer('anything', [dns])), undefined, 'the DNS name whatever the CN');
+  t.regex(memberIdentity(dns, 3)('10.0.0.2', peer('node-2', []))?.message ?? '', /not node 3's: .*its CN is "node-2"/);
+  t.truthy(memberIdentity(dns, 2)('10.0.0.2', peer('node-22', ['g-22.g-peers.ns.svc'])));
 });

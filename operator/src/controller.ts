@@ -31,6 +31,7 @@
 import { randomBytes } from 'node:crypto';
 import http from 'node:http';
 import https from 'node:https';
+import tls from 'node:tls';
 import { ListWatch, Watch } from '@kubernetes/client-node';
 import type { KubeConfig, KubernetesListObject, KubernetesObject } from '@kubernetes/client-node';
 import { createLogger } from '../../node-agent/src/agent/logger.ts';
@@ -607,6 +608,19 @@ export function clientApiTrust(group: DerechoGroupResource, secrets: ObservedSec
   return { ca: ca === undefined ? null : Buffer.from(ca, 'base64').toString('utf8') };
 }
 
+/**
+ * A member's certificate (its chain already verified with the group's CA) is the member's when it carries
+ * its pod's DNS name, or CN node-<id> as the members' own authentication asks: certificates from a user's
+ * Secret (spec.tls.secretName) may carry no DNS name at all.
+ */
+export function memberIdentity(dnsName: string, nodeId: number): (host: string, cert: tls.PeerCertificate) => Error | undefined {
+  return (_host, cert) => {
+    const byName = tls.checkServerIdentity(dnsName, cert);
+    if (byName === undefined) return undefined;
+    return cert.subject?.CN === `node-${nodeId}` ? undefined : new Error(`the certificate is not node ${nodeId}'s: ${byName.message}, and its CN is ${JSON.stringify(cert.subject?.CN ?? null)}`);
+  };
+}
+
 /** Where a member's /status is: the default is the pod IP and its container port "http". */
 export type StatusUrl = (pod: ObservedPod, nodeId: number) => string | null;
 
@@ -991,7 +1005,10 @@ export class Controller {
       try {
         const res = trust === null
           ? await httpRequest({ url, timeoutMs })
-          : await httpRequest({ url: url.replace(/^http:/, 'https:'), timeoutMs, ...(trust.ca !== null ? { ca: trust.ca } : {}), servername: peerHost(group, namespace, nodeId) });
+          : await httpRequest({
+            url: url.replace(/^http:/, 'https:'), timeoutMs, ...(trust.ca !== null ? { ca: trust.ca } : {}), servername: peerHost(group, namespace, nodeId),
+            checkServerIdentity: memberIdentity(peerHost(group, namespace, nodeId), nodeId),
+          });
         const body: unknown = res.status === 200 ? JSON.parse(res.body.toString('utf8')) : null;
         reports[nodeId] = parseAgentReport(body);
         this.metrics.agentPolls.inc({ result: reports[nodeId] === null ? 'invalid' : 'ok' });

@@ -161,6 +161,13 @@ export const MESSAGE_CASES: readonly MessageCase[] = [
     causes: 1,
   },
   {
+    what: 'members below a subgroup\'s minimum: that error only, no "too few members" follow-on',
+    after: { members: 2, subgroups: [subgroup({ minNodesPerShard: 3, maxNodesPerShard: 3 })] },
+    field: 'spec.members: Invalid value: ',
+    says: /^members must be at least every subgroup's minNodesPerShard \(a shard needs that many distinct members\)$/,
+    causes: 1,
+  },
+  {
     what: 'an unknown enum value: the values, and no "some validation rules were not checked" line',
     after: { transport: 'udp' },
     field: 'spec.transport: Invalid value: "udp": ',

@@ -101,10 +101,11 @@ export const CEL_RULES: readonly CelRule[] = [
     holds: (self) => self.members < 1 || self.subgroups.every((s) => s.minNodesPerShard <= self.members),
   }),
   celRule<Spec>('spec', {
-    rule: "self.members < 1 || self.subgroups.map(s, s.minNodesPerShard * (s.shards - (has(s.reservedNodeIds) ? s.reservedNodeIds.filter(r, r.size() > 0).size() : 0))).sum() <= self.members",
+    // (A subgroup whose minimum alone exceeds members is the rule above's error: no follow-on here.)
+    rule: "self.members < 1 || self.subgroups.exists(s, s.minNodesPerShard > self.members) || self.subgroups.map(s, s.minNodesPerShard * (s.shards - (has(s.reservedNodeIds) ? s.reservedNodeIds.filter(r, r.size() > 0).size() : 0))).sum() <= self.members",
     message: 'members is too few for the subgroups: every shard without reservedNodeIds needs minNodesPerShard members of its own (a member that is reserved nowhere serves one shard of the whole group)',
     fieldPath: '.members',
-    holds: (self) => self.members < 1 || sum(self.subgroups.map((s) => s.minNodesPerShard * unreservedShards(s))) <= self.members,
+    holds: (self) => self.members < 1 || self.subgroups.some((s) => s.minNodesPerShard > self.members) || sum(self.subgroups.map((s) => s.minNodesPerShard * unreservedShards(s))) <= self.members,
   }),
   celRule<Spec>('spec', {
     rule: 'self.members < 1 || self.subgroups.all(s, (!has(s.senderNodeIds) || s.senderNodeIds.all(n, n <= self.members)) && (!has(s.reservedNodeIds) || s.reservedNodeIds.all(r, r.all(n, n <= self.members))))',

@@ -36,6 +36,7 @@ import { CoreV1Api, PatchStrategy, makeInformer, setHeaderOptions } from '@kuber
 import type { KubeConfig, V1Pod, V1Volume } from '@kubernetes/client-node';
 import { AGENT_MAIN, REPO_ROOT, freePorts } from '../multiprocess/harness.ts';
 import { httpRequest } from '../../node-agent/src/util/http-request.ts';
+import { memberIdentity } from '../../operator/src/controller.ts';
 
 export const NODE_NAME = 'mock-kubelet';
 const HOST = '127.0.0.1';
@@ -82,7 +83,8 @@ export async function agentCall(url: string, init: { method?: string; body?: str
     headers: { ...init.headers, ...(token !== undefined ? { authorization: `Bearer ${token}` } : {}) },
     ...(init.body !== undefined ? { body: init.body } : {}),
     ...(credentials?.ca !== undefined ? { ca: credentials.ca } : {}),
-    ...(credentials !== null && url.startsWith('https:') ? { servername: credentials.servername } : {}),
+    // As the operator verifies members: the pod's DNS name, or CN node-<id> (a user's certificates may carry no name).
+    ...(credentials !== null && url.startsWith('https:') ? { servername: credentials.servername, checkServerIdentity: memberIdentity(credentials.servername, credentials.nodeId) } : {}),
   });
   const text = res.body.toString('utf8');
   let body: unknown = null;
@@ -221,7 +223,7 @@ export class MockKubelet {
    * the file the agent reads (its first line), the group's CA (ca.crt of the client Secret) and the pod's DNS
    * name to verify its certificate by. null when no pod of this kubelet has that port.
    */
-  async credentials(port: number): Promise<{ token?: string; ca?: string; servername: string } | null> {
+  async credentials(port: number): Promise<{ token?: string; ca?: string; servername: string; nodeId: number } | null> {
     const key = [...this.allocated].find(([, ports]) => ports.http === port)?.[0];
     if (key === undefined) return null;
     const [namespace, name] = key.split('/') as [string, string];
@@ -236,7 +238,8 @@ export class MockKubelet {
       const value = secret?.data?.['ca.crt'];
       if (value !== undefined) ca = Buffer.from(value, 'base64').toString('utf8');
     }
-    return { ...(token !== undefined ? { token } : {}), ...(ca !== undefined ? { ca } : {}), servername: `${state.pod.spec?.hostname ?? name}.${state.pod.spec?.subdomain ?? ''}.${namespace}.svc` };
+    const nodeId = Number(state.pod.metadata?.labels?.['derecho.dev/node-id'] ?? Number.NaN);
+    return { ...(token !== undefined ? { token } : {}), ...(ca !== undefined ? { ca } : {}), servername: `${state.pod.spec?.hostname ?? name}.${state.pod.spec?.subdomain ?? ''}.${namespace}.svc`, nodeId };
   }
 
   /** Where the operator polls a member's /status (null until the pod has ports). */

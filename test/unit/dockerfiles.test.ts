@@ -10,173 +10,11 @@ import { spawnSync } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { fileURLToPath } from 'node:url';
 import test from 'ava';
 import YAML from 'yaml';
 import { DEFAULT_OPTIONS } from '../../operator/src/reconcile.ts';
-
-const ROOT = fileURLToPath(new URL('../../', import.meta.url));
-
-// ---------------------------------------------------------------------------------------------------
-// A small Dockerfile parser.
-
-interface Instruction {
-  /** Upper-case keyword, e.g. RUN. */
-  keyword: string;
-  /** Everything after the keyword, continuations joined with a space. */
-  args: string;
-  /** Flags such as --from=build, --mount=... (leading --name[=value] words). */
-  flags: Record<string, string>;
-  /** 1-based line of the keyword. */
-  line: number;
-}
-
-interface Stage {
-  image: string;
-  name: string | null;
-  index: number;
-  instructions: Instruction[];
-}
-
-interface Dockerfile {
-  file: string;
-  directives: Record<string, string>;
-  stages: Stage[];
-}
-
-function parseDockerfile(file: string): Dockerfile {
-  const text = fs.readFileSync(path.resolve(ROOT, file), 'utf8');
-  const lines = text.split('\n');
-  const directives: Record<string, string> = {};
-  const instructions: Instruction[] = [];
-  let inDirectives = true;
-  for (let i = 0; i < lines.length; i++) {
-    const raw = lines[i]!;
-    const trimmed = raw.trim();
-    if (inDirectives) {
-      const directive = /^#\s*([a-z]+)\s*=\s*(\S+)\s*$/i.exec(trimmed);
-      if (directive) {
-        directives[directive[1]!.toLowerCase()] = directive[2]!;
-        continue;
-      }
-      inDirectives = false;
-    }
-    if (trimmed === '' || trimmed.startsWith('#')) continue;
-    const line = i + 1;
-    let joined = trimmed;
-    // Continuation lines; comment lines inside a continued instruction are dropped (as Docker does).
-    while (joined.endsWith('\\')) {
-      joined = joined.slice(0, -1).trimEnd();
-      i++;
-      while (i < lines.length && lines[i]!.trim().startsWith('#')) i++;
-      if (i >= lines.length) break;
-      joined += ` ${lines[i]!.trim()}`;
-    }
-    const match = /^(\S+)\s*(.*)$/.exec(joined)!;
-    let args = match[2]!;
-    const flags: Record<string, string> = {};
-    for (;;) {
-      const flag = /^--([a-z-]+)(?:=(\S*))?\s+/.exec(args);
-      if (!flag) break;
-      flags[flag[1]!] = flag[2] ?? '';
-      args = args.slice(flag[0].length);
-    }
-    instructions.push({ keyword: match[1]!.toUpperCase(), args, flags, line });
-  }
-  const stages: Stage[] = [];
-  for (const instruction of instructions) {
-    if (instruction.keyword === 'FROM') {
-      const from = /^(\S+)(?:\s+AS\s+(\S+))?$/i.exec(instruction.args);
-      if (!from) throw new Error(`${file}:${instruction.line}: cannot parse FROM ${instruction.args}`);
-      stages.push({ image: from[1]!, name: from[2] ?? null, index: stages.length, instructions: [] });
-    } else if (stages.length === 0) {
-      if (instruction.keyword !== 'ARG') throw new Error(`${file}:${instruction.line}: ${instruction.keyword} before the first FROM`);
-    } else {
-      stages.at(-1)!.instructions.push(instruction);
-    }
-  }
-  return { file, directives, stages };
-}
-
-/** Splits shell-like words: whitespace-separated, with "double" and 'single' quotes. */
-function words(text: string): string[] {
-  const out: string[] = [];
-  const re = /(?:"((?:[^"\\]|\\.)*)"|'([^']*)'|([^\s"']+))+/g;
-  for (const m of text.matchAll(re)) {
-    out.push(m[0].replace(/"((?:[^"\\]|\\.)*)"|'([^']*)'/g, (_all, dq: string | undefined, sq: string | undefined) => (dq !== undefined ? dq.replace(/\\(.)/g, '$1') : sq ?? '')));
-  }
-  return out;
-}
-
-/** KEY=VALUE pairs of ENV or LABEL (the key=value form). */
-function pairs(instructions: Instruction[], keyword: 'ENV' | 'LABEL'): Record<string, string> {
-  const out: Record<string, string> = {};
-  for (const instruction of instructions.filter((i) => i.keyword === keyword)) {
-    for (const word of words(instruction.args)) {
-      const eq = word.indexOf('=');
-      if (eq <= 0) throw new Error(`${keyword} at line ${instruction.line}: use the KEY=VALUE form (${word})`);
-      out[word.slice(0, eq)] = word.slice(eq + 1);
-    }
-  }
-  return out;
-}
-
-function execForm(instruction: Instruction | undefined): string[] | null {
-  if (!instruction) return null;
-  try {
-    const value: unknown = JSON.parse(instruction.args);
-    return Array.isArray(value) && value.every((v) => typeof v === 'string') ? (value as string[]) : null;
-  } catch {
-    return null;
-  }
-}
-
-const finalStage = (d: Dockerfile): Stage => d.stages.at(-1)!;
-const all = (stage: Stage, keyword: string): Instruction[] => stage.instructions.filter((i) => i.keyword === keyword);
-const last = (stage: Stage, keyword: string): Instruction | undefined => all(stage, keyword).at(-1);
-
-// ---------------------------------------------------------------------------------------------------
-// A .dockerignore matcher (Docker's rules: patterns relative to the context root, `*` and `?` within a
-// path element, `**` across elements, a match of a directory excludes what is under it, the last
-// matching pattern wins, `!` re-includes).
-
-function dockerignore(): { pattern: RegExp; negate: boolean; source: string }[] {
-  return fs.readFileSync(path.join(ROOT, '.dockerignore'), 'utf8').split('\n')
-    .map((l) => l.trim())
-    .filter((l) => l !== '' && !l.startsWith('#'))
-    .map((l) => {
-      const negate = l.startsWith('!');
-      const source = path.posix.normalize((negate ? l.slice(1) : l).trim().replace(/^\/+/, '')).replace(/\/+$/, '');
-      let re = '';
-      for (let i = 0; i < source.length; i++) {
-        const c = source[i]!;
-        if (c === '*' && source[i + 1] === '*') {
-          // `**/` matches zero or more directories; a trailing `**` anything.
-          if (source[i + 2] === '/') {
-            re += '(?:.*/)?';
-            i += 2;
-          } else {
-            re += '.*';
-            i += 1;
-          }
-        } else if (c === '*') re += '[^/]*';
-        else if (c === '?') re += '[^/]';
-        else re += c.replace(/[.+^${}()|[\]\\]/g, '\\$&');
-      }
-      return { pattern: new RegExp(`^${re}$`), negate, source: l };
-    });
-}
-
-function ignored(rel: string, rules = dockerignore()): string | null {
-  const parts = rel.split('/');
-  let verdict: string | null = null;
-  for (const rule of rules) {
-    // A pattern matching the path or any of its parent directories applies.
-    const hit = parts.some((_, index) => rule.pattern.test(parts.slice(0, index + 1).join('/')));
-    if (hit) verdict = rule.negate ? null : rule.source;
-  }
-  return verdict;
-}
+import { ROOT, all, dockerignore, execForm, finalStage, ignored, last, pairs, parseDockerfile, words } from '../../scripts/images/dockerfile.ts';
+import { ImageBuildError, planImage } from '../../scripts/images/build.ts';
 
 // ---------------------------------------------------------------------------------------------------
 
@@ -400,4 +238,40 @@ test('the Dockerfile parser handles continuations, comments inside them, flags a
   } finally {
     fs.rmSync(dir, { recursive: true, force: true });
   }
+});
+
+// ---------------------------------------------------------------------------------------------------
+// The local image build (scripts/images/build.ts) follows the Dockerfiles: npm run test:images builds and
+// runs the images; here, without building, that it reads every instruction and refuses what it cannot do.
+
+test('the local image build reads every instruction of both Dockerfiles into the same image config', (t) => {
+  for (const [name, spec] of Object.entries(IMAGES) as [keyof typeof IMAGES, (typeof IMAGES)[keyof typeof IMAGES]][]) {
+    const plan = planImage(name, '9.9.9');
+    const final = finalStage(parseDockerfile(spec.file));
+    t.is(plan.config.User, last(final, 'USER')!.args, name);
+    t.deepEqual(plan.config.Entrypoint, execForm(last(final, 'ENTRYPOINT')), name);
+    t.deepEqual(plan.config.ExposedPorts, Object.fromEntries(spec.ports.map((port) => [`${port}/tcp`, {}])), name);
+    for (const [key, value] of Object.entries(pairs(final.instructions, 'ENV'))) t.true(plan.config.Env.includes(`${key}=${value}`), `${name}: ENV ${key}`);
+    t.is(plan.config.Labels['org.opencontainers.image.version'], '9.9.9', `${name}: ARG VERSION reaches the label`);
+    t.is(plan.config.WorkingDir, '/app');
+    t.true(plan.buildSteps.some((s) => s.kind === 'npm-ci'), name);
+    t.true(plan.users.some((u) => `${u.uid}:${u.gid}` === plan.config.User), `${name}: the USER exists in /etc/passwd`);
+  }
+  const agent = planImage('agent');
+  t.deepEqual(agent.packages, ['ibverbs-providers', 'libibverbs1', 'librdmacm1']);
+  t.deepEqual(agent.directories.find((d) => d.path === '/var/lib/derecho'), { path: '/var/lib/derecho', uid: 65532, gid: 65532 });
+  t.true(agent.copies.some(([, to]) => to === '/app/native/build/Release/derecho_rdma.node'));
+  t.deepEqual(planImage('operator').packages, []);
+});
+
+test('the local image build refuses a Dockerfile instruction it cannot carry out, naming it', (t) => {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'derecho-dockerfile-'));
+  t.teardown(() => fs.rmSync(dir, { recursive: true, force: true }));
+  const text = fs.readFileSync(path.join(ROOT, 'Dockerfile.operator'), 'utf8');
+  const drifted = path.join(dir, 'Dockerfile');
+  fs.writeFileSync(drifted, text.replace(/^USER /m, 'RUN curl -fsSL https://example.com/tool | sh\nUSER '));
+  const error = t.throws(() => planImage('operator', '1.0.0', drifted), { instanceOf: ImageBuildError });
+  t.regex(error?.message ?? '', /RUN curl -fsSL https:\/\/example\.com\/tool \| sh — scripts\/images\/build\.ts does not know how to build it/);
+  fs.writeFileSync(drifted, text.replace(/^FROM node:24-bookworm-slim AS operator$/m, 'FROM gcr.io/distroless/nodejs24 AS operator'));
+  t.throws(() => planImage('operator', '1.0.0', drifted), { message: /this build makes node:<major>-bookworm-slim only/ });
 });

@@ -97,6 +97,7 @@ test('defaults are filled in', (t) => {
     resources: {},
     storage: { size: '1Gi', retention: 'retain' },
     tls: { mode: 'mutual' },
+    clientApi: { tls: true, authentication: 'token' },
     restart: { graceSeconds: 1.5, quorumTimeoutSeconds: 300 },
     timing: { tickMs: 50, heartbeatMs: 100, suspectMs: 1000 },
     fsync: 'fsync',

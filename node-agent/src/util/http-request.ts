@@ -18,6 +18,8 @@ export interface HttpRequest {
   servername?: string;
   /** false: accept any server certificate (a probe, never a client). Default true. */
   verify?: boolean;
+  /** Who the server must be, once its chain is verified (default: its certificate carries `servername`, or the URL's host). */
+  checkServerIdentity?: (host: string, cert: tls.PeerCertificate) => Error | undefined;
   /** The whole request, connect to the end of the body (default 30 s). */
   timeoutMs?: number;
   /** Bound on the answer's body (default 64 MiB): a larger one fails the request. */
@@ -57,6 +59,7 @@ export function httpRequest(request: HttpRequest): Promise<HttpAnswer> {
     if (request.ca !== undefined) options.ca = request.ca;
     if (request.servername !== undefined) options.servername = request.servername;
     if (request.verify === false) options.rejectUnauthorized = false;
+    else if (request.checkServerIdentity !== undefined) options.checkServerIdentity = request.checkServerIdentity;
     else if (request.servername !== undefined) {
       // Verify against the name asked for, not the host connected to (an IP, 127.0.0.1 of a port-forward).
       const servername = request.servername;
