@@ -1071,7 +1071,11 @@ export class Controller {
     // Refused writes go into the status and the Events (and no Event reports them as done).
     output = withWriteFailures(output, failures, group.status ?? null, new Date().toISOString());
 
-    // 4. The status, when it changed.
+    // 4. The status, when it changed; the gauges first, so that whoever sees the status sees them agree.
+    this.phases.set(key, output.status.phase ?? 'Unknown');
+    if (output.status.conditions?.some((c) => c.type === 'Stuck' && c.status === 'True')) this.stuck.add(key);
+    else this.stuck.delete(key);
+    this.updatePhaseGauge();
     if (this.active && canonical(output.status) !== canonical(group.status ?? null)) {
       try {
         await this.writeStatus(key, group, output.status);
@@ -1082,10 +1086,6 @@ export class Controller {
         }
       }
     }
-    this.phases.set(key, output.status.phase ?? 'Unknown');
-    if (output.status.conditions?.some((c) => c.type === 'Stuck' && c.status === 'True')) this.stuck.add(key);
-    else this.stuck.delete(key);
-    this.updatePhaseGauge();
 
     // 5. The finalizer goes last, once reconcile lets the group go.
     if (this.active && !output.finalizer.present && hasFinalizer) {
