@@ -276,8 +276,9 @@ async function operatorFor(t: ExecutionContext, ns: string, group: string, tag: 
   const logs: string[] = [];
   const kubelet = opts.kubelet === false ? null
     : await MockKubelet.start({ kubeConfig: cp!.kubeConfig, namespace: ns, workDir: path.join(workDir, `kubelet-${tag}`), log: (line) => logs.push(line) });
-  const operator = await runOperator(['--namespace', ns, '--leader-elect=false', '--metrics-port', '0', '--health-port', '0', '--bind-address', '127.0.0.1', ...(opts.args ?? [])], { KUBECONFIG: cp!.kubeconfigPath },
+  const start = (args: string[]): Promise<OperatorHandle> => runOperator(['--namespace', ns, '--leader-elect=false', '--metrics-port', '0', '--health-port', '0', '--bind-address', '127.0.0.1', ...args], { KUBECONFIG: cp!.kubeconfigPath },
     { statusUrl: kubelet?.statusUrl ?? (() => null), log: createLogger('info', { op: `operator-${tag}` }, (line) => logs.push(line.trimEnd())) });
+  let operator = await start(opts.args ?? []);
   let ok = false;
   t.teardown(async () => {
     if (!ok) {
@@ -293,7 +294,12 @@ async function operatorFor(t: ExecutionContext, ns: string, group: string, tag: 
       const g = await getGroup(ns, group);
       return probe(g) ? g : false;
     }, { timeoutMs, intervalMs: 200 });
-  return { kubelet, waitForGroup, passed: (): void => { ok = true; } };
+  /** Stops the operator and starts another with these extra flags (an upgrade), the kubelet kept. */
+  const replaceOperator = async (args: string[]): Promise<void> => {
+    await operator.stop();
+    operator = await start(args);
+  };
+  return { kubelet, waitForGroup, replaceOperator, passed: (): void => { ok = true; } };
 }
 
 test('pods the API server refuses (an RDMA pod under the restricted Pod Security standard) are reported: Progressing=False WriteRefused with its words, a Warning, no PodsCreated', async (t) => {
@@ -330,36 +336,17 @@ test.serial('upgrading the operator upgrades the agents of groups that pin no im
   const ns = 'derecho-upgrade';
   const group = 'upgraded';
   await createNamespace(ns);
-  const logs: string[] = [];
-  const kubelet = await MockKubelet.start({ kubeConfig: cp!.kubeConfig, namespace: ns, workDir: path.join(workDir, 'kubelet-upgrade'), log: (line) => logs.push(line) });
-  let operator: OperatorHandle | null = null;
-  const startOperator = async (version: string): Promise<OperatorHandle> => runOperator(
-    ['--namespace', ns, '--leader-elect=false', '--metrics-port', '0', '--health-port', '0', '--bind-address', '127.0.0.1', '--agent-image', `registry.example.com/node-agent:${version}`],
-    { KUBECONFIG: cp!.kubeconfigPath }, { statusUrl: kubelet.statusUrl, log: createLogger('info', { op: `operator-${version}` }, (line) => logs.push(line.trimEnd())) },
-  );
-  let ok = false;
-  t.teardown(async () => {
-    if (!ok) t.log(`--- operator and kubelet log (last 60 lines)\n${logs.slice(-60).join('\n')}`);
-    await operator?.stop().catch(() => {});
-    await kubelet.stop();
-  });
+  const image = (version: string): string[] => ['--agent-image', `registry.example.com/node-agent:${version}`];
+  const { waitForGroup, replaceOperator, passed } = await operatorFor(t, ns, group, 'upgrade', { args: image('1.0.0') });
   type ImagePod = PodLite & { spec: { containers: { image: string }[] }; status?: { phase?: string; conditions?: { type: string; status: string }[] } };
   const images = async (): Promise<string[]> => (await listPods<ImagePod>(ns, group)).map((p) => p.spec.containers[0]!.image).sort();
-  const waitForGroup = (what: string, probe: (g: Group) => boolean, timeoutMs = 120_000): Promise<Group> =>
-    waitFor(what, async () => {
-      const g = await getGroup(ns, group);
-      return probe(g) ? g : false;
-    }, { timeoutMs, intervalMs: 200 });
-
-  operator = await startOperator('1.0.0');
   await applyGroup(fastGroup(group, 3), ns);
   await waitForGroup('the group Ready on the 1.0.0 agents', (g) => readyWith(g, [1, 2, 3]));
   t.deepEqual(await images(), Array(3).fill('registry.example.com/node-agent:1.0.0'), 'no spec.image: the operator\'s agent image');
   const before = new Set((await listPods(ns, group)).map((p) => p.metadata.uid));
 
   // The upgrade: the old operator goes, the new one (another --agent-image) comes.
-  await operator.stop();
-  operator = await startOperator('1.1.0');
+  await replaceOperator(image('1.1.0'));
   // (Pods being replaced at once: deleted and not yet re-created. Pod readiness lags the agents by a probe
   // period, so the operator's gate — every member active in one view, from their /status — is not it.)
   let mostReplaced = 0;
@@ -372,7 +359,7 @@ test.serial('upgrading the operator upgrades the agents of groups that pin no im
   t.log(`upgraded: ${statusLine(upgraded)}`);
   t.true((await listPods(ns, group)).every((p) => !before.has(p.metadata.uid)), 'every member pod was replaced');
   t.true(mostReplaced <= 1, `one member at a time (${mostReplaced} replaced at once)`);
-  ok = true;
+  passed();
 });
 
 test.serial('spec.podTemplate reaches the member pods the API server stores: labels, annotations, nodeSelector, affinity, tolerations, topology spread, priority class (resolved by admission), pull secrets (issue 15 finding 3)', async (t) => {
