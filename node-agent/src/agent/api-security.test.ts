@@ -204,3 +204,16 @@ test.serial('the derecho CLI reaches a protected group with --endpoint, --token-
   t.is(misuse.code, 2);
   t.regex(misuse.stderr, /--token goes with --endpoint/);
 });
+
+test.serial('closing an agent does not wait for a client stuck before its TLS handshake (an HTTPS server tracks HTTP connections only)', async (t) => {
+  const { agent, port } = await secureAgent(t);
+  const net = await import('node:net');
+  // A client that connects and says nothing (a probe cut off mid-way, a scanner): no HTTP connection yet.
+  const silent = net.connect(port, '127.0.0.1');
+  await new Promise<void>((resolve) => silent.once('connect', () => resolve()));
+  t.teardown(() => silent.destroy());
+  const t0 = Date.now();
+  const closed = await Promise.race([agent.close().then(() => 'closed'), new Promise((r) => setTimeout(() => r('still waiting'), 10_000))]);
+  t.is(closed, 'closed', 'the agent exits instead of waiting out the TLS handshake timeout (120 s)');
+  t.log(`closed in ${Date.now() - t0} ms`);
+});

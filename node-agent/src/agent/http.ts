@@ -21,7 +21,7 @@
 
 import http from 'node:http';
 import https from 'node:https';
-import type { AddressInfo } from 'node:net';
+import type { AddressInfo, Socket } from 'node:net';
 import { shardForKey } from '../objects/kv.ts';
 import type { Json, MethodOutcome } from '../objects/replicated.ts';
 import type { Version } from '../core/types.ts';
@@ -105,11 +105,32 @@ export function createHttpServer(agent: Agent, credentials: ApiCredentials | nul
   // An https.Server is an http.Server to everything here (listen, close, address, timeouts).
   const server = tlsOptions === null ? http.createServer(handler) : (https.createServer({ ...tlsOptions }, handler) as unknown as http.Server);
   credentials?.attach(server);
+  // Every accepted socket, for closeHttpServer: an HTTPS server knows a connection only once its TLS
+  // handshake is done, so one stuck before it (a client that connects and says nothing) would hold close().
+  const sockets = new Set<Socket>();
+  server.on('connection', (socket: Socket) => {
+    sockets.add(socket);
+    socket.once('close', () => sockets.delete(socket));
+  });
+  SOCKETS.set(server, sockets);
   server.keepAliveTimeout = 30_000;
   server.headersTimeout = 10_000;
   server.requestTimeout = 60_000;
   server.maxConnections = 1024;
   return server;
+}
+
+const SOCKETS = new WeakMap<http.Server, Set<Socket>>();
+
+/**
+ * Stops the server and drops every connection at once, requests under way included (a write waiting for
+ * delivery never completes once the driver is stopped; close() alone waits for every connection).
+ */
+export function closeHttpServer(server: http.Server): Promise<void> {
+  const closed = new Promise<void>((resolve) => server.close(() => resolve()));
+  server.closeAllConnections();
+  for (const socket of SOCKETS.get(server) ?? []) socket.destroy();
+  return closed;
 }
 
 export function listenHttp(server: http.Server, host: string, port: number): Promise<AddressInfo> {
