@@ -35,6 +35,7 @@ import path from 'node:path';
 import { CoreV1Api, PatchStrategy, makeInformer, setHeaderOptions } from '@kubernetes/client-node';
 import type { KubeConfig, V1Pod, V1Volume } from '@kubernetes/client-node';
 import { AGENT_MAIN, REPO_ROOT, freePorts } from '../multiprocess/harness.ts';
+import { tokenLines } from '../../node-agent/src/agent/api-credentials.ts';
 import { httpRequest } from '../../node-agent/src/util/http-request.ts';
 import { memberIdentity } from '../../operator/src/controller.ts';
 
@@ -230,7 +231,7 @@ export class MockKubelet {
     const state = [...this.states.values()].find((s) => s.namespace === namespace && s.name === name && s.phase !== 'gone');
     if (state === undefined) return null;
     const tokenFile = state.env?.DERECHO_API_TOKEN_FILE;
-    const token = tokenFile !== undefined && fs.existsSync(tokenFile) ? fs.readFileSync(tokenFile, 'utf8').split('\n').map((l) => l.trim()).find((l) => l !== '' && !l.startsWith('#')) : undefined;
+    const token = tokenFile !== undefined && fs.existsSync(tokenFile) ? tokenLines(fs.readFileSync(tokenFile, 'utf8'))[0] : undefined;
     const group = state.pod.metadata?.labels?.['app.kubernetes.io/instance'];
     let ca: string | undefined;
     if (group !== undefined && probeScheme(state.pod) === 'HTTPS') {

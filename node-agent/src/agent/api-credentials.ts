@@ -15,9 +15,14 @@ export const TOKEN_CHARS_MIN = 16;
 /** At most this many tokens in the file (a rotation needs two). */
 export const TOKENS_MAX = 16;
 
-/** The tokens of a token file: one per line; blank lines and lines starting with # skipped. */
+/** The lines of a token file that hold a token: trimmed, blank lines and lines starting with # skipped. */
+export function tokenLines(text: string): string[] {
+  return text.split(/\r?\n/).map((line) => line.trim()).filter((line) => line !== '' && !line.startsWith('#'));
+}
+
+/** The tokens of a token file (tokenLines), checked: at least one, at most TOKENS_MAX, none short or with spaces. */
 export function parseTokens(text: string, file: string): string[] {
-  const tokens = text.split(/\r?\n/).map((line) => line.trim()).filter((line) => line !== '' && !line.startsWith('#'));
+  const tokens = tokenLines(text);
   if (tokens.length === 0) throw new Error(`${file} holds no token (one per line)`);
   if (tokens.length > TOKENS_MAX) throw new Error(`${file} holds ${tokens.length} tokens; at most ${TOKENS_MAX}`);
   const short = tokens.findIndex((t) => t.length < TOKEN_CHARS_MIN);

@@ -13,6 +13,7 @@
 import { spawn } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
+import { tokenLines } from '../agent/api-credentials.ts';
 import { DerechoClient, DerechoError } from '../client/client.ts';
 import type { Version } from '../client/client.ts';
 import { ConfigError } from '../config/errors.ts';
@@ -680,7 +681,7 @@ function remoteOptions(parsed: Parsed, command: CommandSpec): { endpoints: strin
     }
   };
   // A token file may hold two tokens (a rotation): the first is used.
-  const token = tokenOption ?? (tokenFile !== undefined ? read(tokenFile, 'token-file').toString('utf8').split(/\r?\n/).map((l) => l.trim()).find((l) => l !== '' && !l.startsWith('#')) : undefined) ?? process.env.DERECHO_TOKEN;
+  const token = tokenOption ?? (tokenFile !== undefined ? tokenLines(read(tokenFile, 'token-file').toString('utf8'))[0] : undefined) ?? process.env.DERECHO_TOKEN;
   return {
     endpoints,
     ...(token !== undefined && token !== '' ? { token } : {}),
